@@ -1,0 +1,149 @@
+"""Admin for connections, accounts and sync logs. Every write goes through brokers.services."""
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.urls import reverse
+from django.utils.html import format_html
+from django_celery_beat.models import PeriodicTask
+
+from brokers import schedules, services
+from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.providers.registry import provider_choices
+
+
+class BrokerConnectionAdminForm(forms.ModelForm):
+    broker_type = forms.ChoiceField(choices=provider_choices)
+    new_credentials = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        label="Replace credentials",
+        help_text='JSON object of the provider\'s fields, e.g. {"api_key": "..."}. '
+        "Stored encrypted; the current values are never shown. Leave empty to keep them.",
+    )
+
+    class Meta:
+        model = BrokerConnection
+        fields = ["owner", "broker_type", "label", "environment", "sync_enabled", "sync_interval_min"]
+
+    def clean_new_credentials(self):
+        raw = self.cleaned_data["new_credentials"].strip()
+        if not raw:
+            if self.instance.pk is None:
+                raise ValidationError("A new connection needs its credentials.")
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise ValidationError("Credentials must be a JSON object.") from None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValidationError("Credentials must be a JSON object of text values.")
+        return value
+
+    def clean(self):
+        cleaned = super().clean()
+        try:
+            if "sync_interval_min" in cleaned:
+                services.validate_interval(cleaned["sync_interval_min"])
+            credentials = cleaned.get("new_credentials")
+            if credentials is not None and cleaned.get("broker_type"):
+                services.validate_credentials(cleaned["broker_type"], credentials, cleaned.get("environment", ""))
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                self.add_error(field if field in self.fields else "new_credentials", errors)
+        return cleaned
+
+
+@admin.register(BrokerConnection)
+class BrokerConnectionAdmin(admin.ModelAdmin):
+    form = BrokerConnectionAdminForm
+    list_display = ["label", "owner", "broker_type", "status", "sync_enabled", "sync_interval_min", "last_sync_at"]
+    list_filter = ["status", "sync_enabled", "broker_type"]
+    search_fields = ["label", "owner__username", "owner__email"]
+    readonly_fields = ["status", "credentials_rejected", "last_sync_at", "last_success_at", "last_sync_error",
+                       "consecutive_failures", "periodic_task_link", "created_at", "updated_at"]
+    actions = ["sync_now", "enable_auto_sync", "disable_auto_sync"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The broker and environment of an existing connection are fixed: its accounts belong to them.
+        extra = ["owner", "broker_type", "environment"] if obj else []
+        return [*extra, *self.readonly_fields]
+
+    @admin.display(description="Schedule")
+    def periodic_task_link(self, obj):
+        task = PeriodicTask.objects.filter(name=schedules.task_name(obj.pk)).first()
+        if task is None:
+            return "missing (run manage.py reconcile_schedules)"
+        url = reverse("admin:django_celery_beat_periodictask_change", args=[task.pk])
+        return format_html('<a href="{}">{}</a> ({})', url, task.name, "enabled" if task.enabled else "disabled")
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        if not change:
+            created = services.connection_create(
+                owner=data["owner"],
+                broker_type=data["broker_type"],
+                label=data["label"],
+                environment=data.get("environment", ""),
+                credentials=data["new_credentials"],
+                sync_enabled=data["sync_enabled"],
+                sync_interval_min=data["sync_interval_min"],
+            )
+            obj.pk = created.pk
+            return
+        services.connection_update(
+            obj.pk,
+            label=data["label"],
+            credentials=data.get("new_credentials"),
+            sync_enabled=data["sync_enabled"],
+            sync_interval_min=data["sync_interval_min"],
+        )
+
+    def delete_model(self, request, obj):
+        services.connection_delete(obj.pk)
+
+    def delete_queryset(self, request, queryset):
+        for pk in queryset.values_list("pk", flat=True):
+            services.connection_delete(pk)
+
+    @admin.action(description="Sync now")
+    def sync_now(self, request, queryset):
+        for pk in queryset.values_list("pk", flat=True):
+            schedules.request_sync_now(pk, trigger="manual")
+        self.message_user(request, f"Queued a sync of {queryset.count()} connection(s).", messages.SUCCESS)
+
+    @admin.action(description="Enable auto-sync")
+    def enable_auto_sync(self, request, queryset):
+        for pk in queryset.values_list("pk", flat=True):
+            services.update_sync_enabled(pk, True)
+        self.message_user(request, f"Auto-sync enabled for {queryset.count()} connection(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable auto-sync")
+    def disable_auto_sync(self, request, queryset):
+        for pk in queryset.values_list("pk", flat=True):
+            services.update_sync_enabled(pk, False)
+        self.message_user(request, f"Auto-sync disabled for {queryset.count()} connection(s).", messages.SUCCESS)
+
+
+@admin.register(BrokerAccount)
+class BrokerAccountAdmin(admin.ModelAdmin):
+    list_display = ["external_id", "name", "connection", "currency", "sync_cursor", "is_active"]
+    list_filter = ["is_active", "connection__broker_type"]
+    search_fields = ["external_id", "name", "connection__label"]
+    readonly_fields = ["connection", "external_id", "sync_cursor", "created_at"]
+
+
+@admin.register(SyncLog)
+class SyncLogAdmin(admin.ModelAdmin):
+    list_display = ["connection", "trigger", "status", "started_at", "duration_ms", "trades_imported",
+                    "trades_skipped", "attempt"]
+    list_filter = ["status", "trigger", "connection__broker_type"]
+    search_fields = ["connection__label", "task_id", "error_message"]
+    date_hierarchy = "started_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,52 @@
+"""Encryption at rest for credentials and tokens (Fernet, with several keys for rotation)."""
+import json
+from functools import cache
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+class CredentialsUnreadable(Exception):
+    """Stored ciphertext that none of the configured keys can open."""
+
+
+@cache
+def _fernet() -> MultiFernet:
+    keys = settings.FIELD_ENCRYPTION_KEYS
+    if not keys:
+        raise ImproperlyConfigured("Set FIELD_ENCRYPTION_KEYS to one or more Fernet keys (see .env.example).")
+    try:
+        return MultiFernet([Fernet(k.encode()) for k in keys])
+    except (ValueError, TypeError):
+        raise ImproperlyConfigured(
+            "FIELD_ENCRYPTION_KEYS holds a value that is not a Fernet key; make one with "
+            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'."
+        ) from None
+
+
+def check_keys() -> None:
+    """Fail at start-up, not at the first sync, when the keys are missing or malformed."""
+    _fernet()
+
+
+def encrypt_json(value) -> str:
+    return _fernet().encrypt(json.dumps(value, separators=(",", ":")).encode()).decode()
+
+
+def decrypt_json(ciphertext: str):
+    try:
+        return json.loads(_fernet().decrypt(ciphertext.encode()))
+    except InvalidToken:
+        raise CredentialsUnreadable(
+            "Stored credentials cannot be decrypted with the configured FIELD_ENCRYPTION_KEYS; "
+            "the key that wrote them is missing."
+        ) from None
+
+
+def rotate(ciphertext: str) -> str:
+    """Re-encrypt with the newest key (the first in FIELD_ENCRYPTION_KEYS)."""
+    try:
+        return _fernet().rotate(ciphertext.encode()).decode()
+    except InvalidToken:
+        raise CredentialsUnreadable("A stored value cannot be decrypted with any configured key.") from None

@@ -1,0 +1,167 @@
+"""Connections to brokers, the accounts found under them, and one log row per sync run."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from brokers import crypto
+from brokers.providers.errors import BrokerConfigurationError
+from brokers.providers.registry import get_provider_class
+from brokers.providers.types import AuthResult, BrokerCredentials
+
+
+def validate_broker_type(value: str) -> None:
+    try:
+        get_provider_class(value)
+    except BrokerConfigurationError as exc:
+        raise ValidationError(str(exc), code="unknown_broker") from None
+
+
+class BrokerConnection(models.Model):
+    class Status(models.TextChoices):
+        CONNECTED = "CONNECTED", "Connected"
+        SYNCING = "SYNCING", "Syncing"
+        ERROR = "ERROR", "Error"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="broker_connections")
+    broker_type = models.CharField(max_length=40, validators=[validate_broker_type])
+    label = models.CharField(max_length=100)
+    environment = models.CharField(max_length=20, blank=True)
+    # Fernet ciphertext of the credentials dict; read through .credentials only.
+    credentials_ciphertext = models.TextField(editable=False)
+    # Fernet ciphertext of the broker session (token, expiry, extra), so syncs reuse it.
+    token_ciphertext = models.TextField(blank=True, editable=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.CONNECTED)
+    sync_enabled = models.BooleanField(default=True)
+    sync_interval_min = models.PositiveSmallIntegerField(
+        default=settings.SYNC_INTERVAL_DEFAULT_MIN,
+        validators=[MinValueValidator(settings.SYNC_INTERVAL_MIN), MaxValueValidator(settings.SYNC_INTERVAL_MAX)],
+        help_text=f"Minutes between automatic syncs ({settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX}).",
+    )
+    # Set when the broker refused the credentials: automatic sync waits until they are fixed.
+    credentials_rejected = models.BooleanField(default=False)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_sync_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_sync_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["label", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(sync_interval_min__gte=settings.SYNC_INTERVAL_MIN)
+                & Q(sync_interval_min__lte=settings.SYNC_INTERVAL_MAX),
+                name="sync_interval_min_in_range",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.label} ({self.broker_type})"
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return crypto.decrypt_json(self.credentials_ciphertext) if self.credentials_ciphertext else {}
+
+    @credentials.setter
+    def credentials(self, values: dict[str, str]) -> None:
+        self.credentials_ciphertext = crypto.encrypt_json(dict(values))
+
+    def broker_credentials(self) -> BrokerCredentials:
+        return BrokerCredentials(values=self.credentials, environment=self.environment)
+
+    @property
+    def auth(self) -> AuthResult | None:
+        if not self.token_ciphertext:
+            return None
+        data = crypto.decrypt_json(self.token_ciphertext)
+        expires = datetime.fromisoformat(data["expires_at"]) if data.get("expires_at") else None
+        return AuthResult(token=data["token"], expires_at=expires, extra=data.get("extra") or {})
+
+    @auth.setter
+    def auth(self, value: AuthResult | None) -> None:
+        if value is None:
+            self.token_ciphertext = ""
+            return
+        self.token_ciphertext = crypto.encrypt_json(
+            {
+                "token": value.token,
+                "expires_at": value.expires_at.isoformat() if value.expires_at else None,
+                "extra": dict(value.extra),
+            }
+        )
+
+    @property
+    def provider_name(self) -> str:
+        try:
+            return get_provider_class(self.broker_type).display_name
+        except BrokerConfigurationError:
+            return self.broker_type
+
+    @property
+    def schedule_active(self) -> bool:
+        """Whether beat should run this connection: switched on and not waiting for new credentials."""
+        return self.sync_enabled and not self.credentials_rejected
+
+
+class BrokerAccount(models.Model):
+    connection = models.ForeignKey(BrokerConnection, on_delete=models.CASCADE, related_name="accounts")
+    external_id = models.CharField(max_length=100)
+    name = models.CharField(max_length=200, blank=True)
+    currency = models.CharField(max_length=3, default="USD")
+    # Executions up to this moment are in the journal; the next sync starts here less the overlap.
+    sync_cursor = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["external_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "external_id"], name="unique_account_per_connection"),
+        ]
+
+    def __str__(self):
+        return self.name or self.external_id
+
+
+class SyncLog(models.Model):
+    class Trigger(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"
+        MANUAL = "manual", "Manual"
+        RETRY = "retry", "Retry"
+
+    class Status(models.TextChoices):
+        RUNNING = "RUNNING", "Running"
+        SUCCESS = "SUCCESS", "Success"
+        PARTIAL = "PARTIAL", "Partial"
+        FAILED = "FAILED", "Failed"
+        SKIPPED = "SKIPPED", "Skipped"
+        INTERRUPTED = "INTERRUPTED", "Interrupted"
+
+    connection = models.ForeignKey(BrokerConnection, on_delete=models.CASCADE, related_name="sync_logs")
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.SCHEDULED)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    trades_imported = models.PositiveIntegerField(default=0)
+    trades_skipped = models.PositiveIntegerField(default=0)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    task_id = models.CharField(max_length=64, blank=True)
+    error_kind = models.CharField(max_length=30, blank=True)
+    error_message = models.TextField(blank=True)
+    # Per account: {"<external id>": {"imported": n, "skipped": n, "error": "..."}}.
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["connection", "-started_at"], name="synclog_conn_started")]
+
+    def __str__(self):
+        return f"{self.connection} {self.status} {self.started_at:%Y-%m-%d %H:%M}"

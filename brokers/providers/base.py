@@ -1,0 +1,99 @@
+"""The contract every broker adapter fulfils. Providers take credentials and return plain values."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
+from typing import ClassVar
+
+from django.conf import settings
+
+from brokers.providers.http import BrokerHTTP
+from brokers.providers.types import (
+    AuthResult,
+    BrokerAccountInfo,
+    BrokerCredentials,
+    BrokerTrade,
+    CredentialField,
+)
+
+
+class BrokerProvider(ABC):
+    """One broker. Subclasses declare who they are and implement the four calls.
+
+    Declarations:
+      key                registry key, also the module name, the doc page and the limits table
+      display_name       what a trader reads
+      environments       (value, label) pairs, e.g. demo/live; empty if the broker has one
+      credential_fields  what the connection form asks for
+      base_urls          environment -> base URL; settings <KEY>_BASE_URL overrides them all
+      sync_overlap       how far behind the cursor each sync looks again, for late fills
+      max_history        how far back the first sync reaches
+      token_renew_margin renew a token when less than this remains
+    """
+
+    key: ClassVar[str]
+    display_name: ClassVar[str]
+    environments: ClassVar[tuple[tuple[str, str], ...]] = ()
+    credential_fields: ClassVar[tuple[CredentialField, ...]] = ()
+    base_urls: ClassVar[Mapping[str, str]] = {}
+    sync_overlap: ClassVar[timedelta] = timedelta(hours=1)
+    max_history: ClassVar[timedelta] = timedelta(days=30)
+    token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
+
+    def __init__(self, environment: str = ""):
+        self.environment = environment or (self.environments[0][0] if self.environments else "")
+        self._http: BrokerHTTP | None = None
+
+    @property
+    def http(self) -> BrokerHTTP:
+        if self._http is None:
+            self._http = BrokerHTTP(
+                provider_key=self.key, display_name=self.display_name, base_url=self.base_url()
+            )
+        return self._http
+
+    def base_url(self) -> str:
+        override = settings.BROKER_BASE_URLS.get(self.key)
+        return override or self.base_urls.get(self.environment, "")
+
+    @classmethod
+    def validate_credentials(cls, values: Mapping[str, str], environment: str = "") -> dict[str, str]:
+        """Problems with what the trader typed, as {field name: message}; empty when fine."""
+        problems = {}
+        for f in cls.credential_fields:
+            value = (values.get(f.name) or "").strip()
+            if f.required and not value:
+                problems[f.name] = f"{f.label} is required."
+            elif f.choices and value and value not in {c for c, _ in f.choices}:
+                allowed = ", ".join(c for c, _ in f.choices)
+                problems[f.name] = f"{f.label} must be one of: {allowed}."
+        unknown = set(values) - {f.name for f in cls.credential_fields}
+        for name in sorted(unknown):
+            problems[name] = f"{cls.display_name} takes no field named {name!r}."
+        known_envs = [e for e, _ in cls.environments]
+        if known_envs and environment not in known_envs:
+            problems["environment"] = f"Environment must be one of: {', '.join(known_envs)}."
+        return problems
+
+    @abstractmethod
+    def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
+        """Log in with the trader's credentials. Raises BrokerAuthError when refused."""
+
+    @abstractmethod
+    def refresh_token(self, auth: AuthResult) -> AuthResult:
+        """Renew a session before it expires, without a new login.
+
+        Raises BrokerAuthError when the session can no longer be renewed; the caller then
+        logs in again with authenticate(). Brokers whose credentials never expire return auth.
+        """
+
+    @abstractmethod
+    def get_accounts(self, auth: AuthResult) -> list[BrokerAccountInfo]:
+        """The accounts this session can read (closed ones left out)."""
+
+    @abstractmethod
+    def get_trades(
+        self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
+    ) -> Iterator[BrokerTrade]:
+        """Executions of one account in [since, until], fetched page by page as they are consumed."""

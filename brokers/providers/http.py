@@ -1,0 +1,164 @@
+"""The one HTTP layer every provider uses: session, timeouts, rate limit, error mapping, logging."""
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import requests
+import structlog
+from django.conf import settings
+
+from brokers.providers.errors import (
+    BrokerAPIError,
+    BrokerAuthError,
+    BrokerRateLimitError,
+    BrokerTimeoutError,
+    BrokerUnavailableError,
+)
+from brokers.providers.ratelimit import get_limiter
+
+log = structlog.get_logger("brokers.http")
+
+# When a broker says 429 but not for how long, wait this long before anyone asks again.
+DEFAULT_RATE_LIMIT_WAIT_S = 60.0
+
+
+def parse_retry_after(response: requests.Response, now: datetime | None = None) -> float | None:
+    """Seconds to wait from Retry-After (seconds or an HTTP date) or X-Ratelimit-Reset (epoch)."""
+    now = now or datetime.now(UTC)
+    value = response.headers.get("Retry-After")
+    if value:
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, (when - now).total_seconds())
+    reset = response.headers.get("X-Ratelimit-Reset")
+    if reset and reset.strip().isdigit():
+        return max(0.0, int(reset) - now.timestamp())
+    return None
+
+
+class BrokerHTTP:
+    """A reused session for one provider. Every call books a rate-limit slot first."""
+
+    def __init__(self, *, provider_key: str, display_name: str, base_url: str):
+        self.provider_key = provider_key
+        self.display_name = display_name
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = settings.BROKER_HTTP_USER_AGENT
+        self.timeout = (settings.BROKER_HTTP_CONNECT_TIMEOUT_S, settings.BROKER_HTTP_READ_TIMEOUT_S)
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scope: str = "",
+        buckets: tuple[str, ...] | None = None,
+        allow_statuses: tuple[int, ...] = (),
+        **kwargs,
+    ) -> requests.Response:
+        """Send one request and return the response, or raise the matching BrokerError.
+
+        scope names the credential for per-credential limits (see ratelimit.scope_for);
+        allow_statuses are statuses the caller interprets itself instead of the mapping.
+        """
+        url = path_or_url if "://" in path_or_url else f"{self.base_url}/{path_or_url.lstrip('/')}"
+        limiter = get_limiter()
+        limiter.acquire(self.provider_key, scope=scope, buckets=buckets)
+        path = requests.utils.urlparse(url).path  # never the query: it may carry a token
+        started = time.monotonic()
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.Timeout:
+            self._log(method, path, None, started)
+            raise BrokerTimeoutError(
+                f"{self.display_name} did not answer in time. The sync will retry automatically.",
+                provider=self.provider_key,
+            ) from None
+        except requests.ConnectionError:
+            self._log(method, path, None, started)
+            raise BrokerUnavailableError(
+                f"Could not reach {self.display_name}. The sync will retry automatically; "
+                "if this lasts, check the broker's status page.",
+                provider=self.provider_key,
+            ) from None
+        self._log(method, path, response.status_code, started)
+        if response.status_code in allow_statuses or response.ok:
+            return response
+        raise self.error_for(response, scope=scope)
+
+    def error_for(self, response: requests.Response, *, scope: str = "") -> Exception:
+        status = response.status_code
+        retry_after = parse_retry_after(response)
+        name = self.display_name
+        if status in (401, 403):
+            return BrokerAuthError(
+                f"{name} refused the credentials (HTTP {status}). "
+                "Check them on the connection's page and save them again.",
+                provider=self.provider_key,
+                status_code=status,
+            )
+        if status == 429:
+            wait = retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_WAIT_S
+            get_limiter().block(self.provider_key, wait, scope=scope)
+            return BrokerRateLimitError(
+                f"{name} asked us to slow down; the sync continues automatically in about {max(1, round(wait))} s.",
+                provider=self.provider_key,
+                status_code=status,
+                retry_after=wait,
+            )
+        if status == 503:
+            if retry_after is not None:
+                get_limiter().block(self.provider_key, retry_after)
+            return BrokerUnavailableError(
+                f"{name} is temporarily unavailable (HTTP 503). The sync will retry automatically.",
+                provider=self.provider_key,
+                status_code=status,
+                retry_after=retry_after,
+            )
+        if status >= 500:
+            return BrokerAPIError(
+                f"{name} had an internal error (HTTP {status}). The sync will retry automatically.",
+                provider=self.provider_key,
+                status_code=status,
+                transient=True,
+            )
+        return BrokerAPIError(
+            f"{name} rejected a request (HTTP {status}). This is likely a bug on our side; "
+            "retrying will not help — please report it.",
+            provider=self.provider_key,
+            status_code=status,
+            transient=False,
+        )
+
+    def json(self, response: requests.Response):
+        """The body as JSON, or a transient BrokerAPIError for a truncated or garbled answer."""
+        try:
+            return response.json()
+        except ValueError:
+            raise BrokerAPIError(
+                f"{self.display_name} sent an answer we could not read. The sync will retry automatically.",
+                provider=self.provider_key,
+                status_code=response.status_code,
+                transient=True,
+            ) from None
+
+    def _log(self, method, path, status, started):
+        log.info(
+            "broker_http",
+            broker=self.provider_key,
+            method=method,
+            path=path,
+            status=status,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )

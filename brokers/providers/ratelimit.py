@@ -1,0 +1,172 @@
+"""A rate limiter shared by every worker and process, kept in Redis, configured per broker.
+
+Each bucket allows at most `limit` calls in any `window_s` seconds (a sliding-window log,
+so the limit holds for every window, not just aligned ones). The check and the booking run
+in one Lua script on Redis' own clock, so concurrent workers on different machines can
+neither overshoot together nor disagree about time. A broker's own "wait" (Retry-After, a
+Tradovate penalty ticket, Flex code 1018) is recorded with `block()`, so that every other
+worker backs off too.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+import tomllib
+from functools import cache
+from pathlib import Path
+
+import redis
+import structlog
+from django.conf import settings
+
+from brokers.providers.errors import BrokerConfigurationError, BrokerRateLimitError
+from brokers.providers.types import RateLimit
+
+LIMITS_FILE = Path(__file__).resolve().parent.parent / "rate_limits.toml"
+log = structlog.get_logger("brokers.ratelimit")
+
+# KEYS: block keys, then one sorted set per bucket, then the sequence key.
+# ARGV: number of block keys, number of buckets, then (limit, window_us) per bucket.
+# Returns the microseconds to wait, 0 when a slot was booked in every bucket.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local nblock = tonumber(ARGV[1])
+local nbucket = tonumber(ARGV[2])
+local wait = 0
+for i = 1, nblock do
+  local until_us = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if until_us > now then wait = math.max(wait, until_us - now) end
+end
+for j = 1, nbucket do
+  local key = KEYS[nblock + j]
+  local limit = tonumber(ARGV[1 + 2 * j])
+  local window = tonumber(ARGV[2 + 2 * j])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count >= limit then
+    local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+    wait = math.max(wait, tonumber(oldest[2]) + window - now)
+  end
+end
+if wait > 0 then return wait end
+local seq = redis.call('INCR', KEYS[nblock + nbucket + 1])
+for j = 1, nbucket do
+  local key = KEYS[nblock + j]
+  local window = tonumber(ARGV[2 + 2 * j])
+  redis.call('ZADD', key, now, now .. ':' .. seq)
+  redis.call('PEXPIRE', key, math.ceil(window / 1000) + 1000)
+end
+return 0
+"""
+
+# KEYS[1]: the block key. ARGV[1]: seconds. Only ever pushes the deadline later.
+_BLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_us = now + math.floor(tonumber(ARGV[1]) * 1000000)
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_us > current then
+  redis.call('SET', KEYS[1], until_us, 'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
+end
+return until_us
+"""
+
+
+def load_limits(path: Path = LIMITS_FILE, overrides: dict | None = None) -> dict[str, tuple[RateLimit, ...]]:
+    """Read the limits file, apply settings overrides, and check every number."""
+    with open(path, "rb") as fh:
+        raw = tomllib.load(fh)
+    for broker, buckets in (overrides or {}).items():
+        for name, values in buckets.items():
+            raw.setdefault(broker, {}).setdefault(name, {}).update(values)
+    limits = {}
+    for broker, buckets in raw.items():
+        parsed = []
+        for name, values in buckets.items():
+            where = f"{path.name} [{broker}.{name}]"
+            limit, window_s = values.get("limit"), values.get("window_s")
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise BrokerConfigurationError(f"{where}: limit must be a whole number >= 1, got {limit!r}.")
+            if not isinstance(window_s, (int, float)) or isinstance(window_s, bool) or window_s <= 0:
+                raise BrokerConfigurationError(f"{where}: window_s must be a number of seconds > 0, got {window_s!r}.")
+            parsed.append(RateLimit(name, limit, float(window_s), bool(values.get("per_credential", False))))
+        limits[broker] = tuple(parsed)
+    return limits
+
+
+def scope_for(secret_or_id: str) -> str:
+    """A stable, non-reversible name for a credential, fit for a Redis key."""
+    return hashlib.sha256(secret_or_id.encode()).hexdigest()[:16]
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, limits: dict[str, tuple[RateLimit, ...]], max_sleep_s: float):
+        self.client = client
+        self.limits = limits
+        self.max_sleep_s = max_sleep_s
+        self._acquire = client.register_script(_ACQUIRE)
+        self._block = client.register_script(_BLOCK)
+
+    def buckets_for(self, broker: str, names: tuple[str, ...] | None = None) -> tuple[RateLimit, ...]:
+        if broker not in self.limits:
+            raise BrokerConfigurationError(
+                f"No rate limits for broker {broker!r}: add a [{broker}.<bucket>] table to {LIMITS_FILE.name}."
+            )
+        buckets = self.limits[broker]
+        if names is None:
+            return buckets
+        unknown = set(names) - {b.name for b in buckets}
+        if unknown:
+            raise BrokerConfigurationError(
+                f"{LIMITS_FILE.name} has no bucket {sorted(unknown)} for broker {broker!r}."
+            )
+        return tuple(b for b in buckets if b.name in names)
+
+    def _keys(self, broker, buckets, scope):
+        bucket_keys = [f"rl:{broker}:{b.name}" + (f":{scope}" if b.per_credential and scope else "") for b in buckets]
+        block_keys = [f"rl:block:{broker}"] + ([f"rl:block:{broker}:{scope}"] if scope else [])
+        return block_keys, bucket_keys
+
+    def try_acquire(self, broker: str, *, scope: str = "", buckets: tuple[str, ...] | None = None) -> float:
+        """Book one call if every bucket has room; otherwise return the seconds to wait."""
+        chosen = self.buckets_for(broker, buckets)
+        block_keys, bucket_keys = self._keys(broker, chosen, scope)
+        args = [len(block_keys), len(chosen)]
+        for bucket in chosen:
+            args += [bucket.limit, int(bucket.window_s * 1_000_000)]
+        wait_us = self._acquire(keys=[*block_keys, *bucket_keys, f"rl:seq:{broker}"], args=args)
+        return int(wait_us) / 1_000_000
+
+    def acquire(self, broker: str, *, scope: str = "", buckets: tuple[str, ...] | None = None) -> None:
+        """Wait a moment for a slot, or raise BrokerRateLimitError so the task re-queues itself."""
+        waited = 0.0
+        while True:
+            wait = self.try_acquire(broker, scope=scope, buckets=buckets)
+            if wait == 0:
+                return
+            if waited + wait > self.max_sleep_s:
+                log.info("rate_limit_wait_requeue", broker=broker, retry_after_s=round(wait, 3))
+                raise BrokerRateLimitError(
+                    f"We are pacing requests to {broker} to stay within its limits; "
+                    f"the sync continues automatically in about {max(1, round(wait))} s.",
+                    provider=broker,
+                    retry_after=wait,
+                )
+            time.sleep(wait)
+            waited += wait
+
+    def block(self, broker: str, seconds: float, *, scope: str = "") -> None:
+        """Make every worker wait `seconds` before the next call to this broker (or credential)."""
+        key = f"rl:block:{broker}" + (f":{scope}" if scope else "")
+        self._block(keys=[key], args=[max(0.0, float(seconds))])
+        log.warning("rate_limit_block", broker=broker, seconds=round(float(seconds), 3), per_credential=bool(scope))
+
+
+@cache
+def get_limiter() -> RateLimiter:
+    return RateLimiter(
+        redis.Redis.from_url(settings.REDIS_URL),
+        load_limits(overrides=settings.BROKER_RATE_LIMITS),
+        settings.BROKER_RATE_LIMIT_MAX_SLEEP_S,
+    )

@@ -1,0 +1,109 @@
+"""The plain values that providers take and return; they never see a Django model."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+BUY = "BUY"
+SELL = "SELL"
+
+
+@dataclass(frozen=True)
+class CredentialField:
+    """One value a trader types into the connection form."""
+
+    name: str
+    label: str
+    secret: bool = False
+    required: bool = True
+    help_text: str = ""
+    choices: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class BrokerCredentials:
+    """What the trader gave us, decrypted only for the call; repr never shows the values."""
+
+    values: Mapping[str, str] = field(repr=False)
+    environment: str = ""
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name]
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.values.get(name) or default
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """A session with the broker: the token, when it expires (aware UTC, None if unknown), extras."""
+
+    token: str = field(repr=False)
+    expires_at: datetime | None = None
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def expires_within(self, margin: timedelta, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at - margin <= now
+
+
+@dataclass(frozen=True)
+class BrokerAccountInfo:
+    """One account under a connection, as the broker names it."""
+
+    external_id: str
+    name: str
+    currency: str = "USD"
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class BrokerTrade:
+    """One execution (fill). Quantity is always positive; side says the direction.
+
+    fees is a cost (>= 0) in `currency`; executed_at is aware and in UTC; raw is the broker's
+    own record, kept for audits and for fields we do not read yet.
+    """
+
+    broker_trade_id: str
+    account_external_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    price: Decimal
+    executed_at: datetime
+    fees: Decimal = Decimal("0")
+    currency: str = "USD"
+    asset_class: str = "STK"
+    multiplier: Decimal = Decimal("1")
+    order_id: str = ""
+    expiry: date | None = None
+    strike: Decimal | None = None
+    option_right: str = ""
+    raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+
+    def __post_init__(self):
+        if self.side not in (BUY, SELL):
+            raise ValueError(f"side must be {BUY} or {SELL}, got {self.side!r}")
+        for name in ("quantity", "price", "fees", "multiplier"):
+            if not isinstance(getattr(self, name), Decimal):
+                raise TypeError(f"{name} must be a Decimal")
+        if self.quantity <= 0:
+            raise ValueError("quantity must be positive; the side carries the direction")
+        if self.fees < 0:
+            raise ValueError("fees must be a cost (>= 0)")
+        if self.executed_at.tzinfo is None or self.executed_at.utcoffset() != timedelta(0):
+            raise ValueError("executed_at must be an aware datetime in UTC")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `limit` calls in any `window_s` seconds, per broker or per credential."""
+
+    name: str
+    limit: int
+    window_s: float
+    per_credential: bool = False

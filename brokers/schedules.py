@@ -1,0 +1,82 @@
+"""One django-celery-beat PeriodicTask per connection, kept in step with the connection.
+
+Called from the services inside their transaction, so a connection and its schedule
+change together or not at all. The task carries only the connection id, never a secret.
+"""
+from __future__ import annotations
+
+import json
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
+
+SYNC_TASK = "sync.tasks.sync_connection"
+TASK_NAME_PREFIX = "broker-sync:"
+
+
+def task_name(connection_id: int) -> str:
+    return f"{TASK_NAME_PREFIX}{connection_id}"
+
+
+def _period() -> str:
+    return IntervalSchedule.SECONDS if settings.SYNC_INTERVAL_UNIT == "seconds" else IntervalSchedule.MINUTES
+
+
+def ensure_interval_schedules() -> None:
+    """Create the shared schedules for every allowed interval once.
+
+    IntervalSchedule has no unique constraint, so concurrent get_or_create calls could
+    make duplicates; creating them all up front (migration, start-up command) avoids it.
+    """
+    period = _period()
+    existing = set(IntervalSchedule.objects.filter(period=period).values_list("every", flat=True))
+    IntervalSchedule.objects.bulk_create(
+        IntervalSchedule(every=n, period=period)
+        for n in range(settings.SYNC_INTERVAL_MIN, settings.SYNC_INTERVAL_MAX + 1)
+        if n not in existing
+    )
+
+
+def interval_schedule(minutes: int) -> IntervalSchedule:
+    period = _period()
+    schedule = IntervalSchedule.objects.filter(every=minutes, period=period).order_by("id").first()
+    if schedule is None:
+        ensure_interval_schedules()
+        schedule = IntervalSchedule.objects.filter(every=minutes, period=period).order_by("id").first()
+    return schedule
+
+
+def sync_schedule(connection) -> PeriodicTask:
+    """Create or update the connection's PeriodicTask to match it."""
+    seconds = connection.sync_interval_min * (1 if settings.SYNC_INTERVAL_UNIT == "seconds" else 60)
+    task, _ = PeriodicTask.objects.update_or_create(
+        name=task_name(connection.pk),
+        defaults={
+            "task": SYNC_TASK,
+            "interval": interval_schedule(connection.sync_interval_min),
+            "crontab": None,
+            "kwargs": json.dumps({"connection_id": connection.pk}),
+            "enabled": connection.schedule_active,
+            # A message beat sent but no worker took within one interval is stale: the next is due.
+            "expire_seconds": seconds,
+            "description": f"Automatic sync of {connection.label} ({connection.broker_type})",
+        },
+    )
+    return task
+
+
+def delete_schedule(connection_id: int) -> None:
+    PeriodicTask.objects.filter(name=task_name(connection_id)).delete()
+
+
+def mark_schedules_changed() -> None:
+    """Tell beat to reload after bulk writes that bypass PeriodicTask.save()."""
+    PeriodicTasks.update_changed()
+
+
+def request_sync_now(connection_id: int, trigger: str = "manual") -> None:
+    """Queue a sync once the current transaction commits (by task name: brokers does not import sync)."""
+    task = current_app.tasks[SYNC_TASK]
+    transaction.on_commit(lambda: task.apply_async(kwargs={"connection_id": connection_id, "trigger": trigger}))

@@ -1,0 +1,10 @@
+"""The Celery application: workers and beat load the Django settings through it."""
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("tradejournal")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

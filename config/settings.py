@@ -1,0 +1,225 @@
+"""Settings, all read from the environment in this one place (see .env.example)."""
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name, default=None, *, required=False):
+    value = os.environ.get(name, default)
+    if required and not value:
+        raise ImproperlyConfigured(
+            f"Set the environment variable {name} (see .env.example for what it holds)."
+        )
+    return value
+
+
+def env_bool(name, default=False):
+    return str(env(name, str(default))).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name, default):
+    raw = env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}.") from None
+
+
+def database_from_url(url):
+    """Turn DATABASE_URL (sqlite:///path or postgres://user:pass@host:port/name) into Django's form."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = parsed.path[1:] if parsed.path.startswith("//") else parsed.path
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": path or str(BASE_DIR / "var" / "db.sqlite3"),
+            # A worker and the web server write at once; wait for the lock instead of failing.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
+    if parsed.scheme in {"postgres", "postgresql"}:
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parsed.path.lstrip("/")),
+            "USER": unquote(parsed.username or ""),
+            "PASSWORD": unquote(parsed.password or ""),
+            "HOST": parsed.hostname or "",
+            "PORT": str(parsed.port or ""),
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    raise ImproperlyConfigured(
+        f"DATABASE_URL must start with sqlite:// or postgres://, got scheme {parsed.scheme!r}."
+    )
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env("DJANGO_SECRET_KEY", required=True)
+ALLOWED_HOSTS = [h.strip() for h in env("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_celery_beat",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_htmx",
+    "brokers",
+    "journal",
+    "sync",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": database_from_url(env("DATABASE_URL", f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}"))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "brokers:list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env("DJANGO_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+REDIS_URL = env("REDIS_URL", required=True)
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "tj",
+    }
+}
+
+EMAIL_BACKEND = env("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env("DJANGO_DEFAULT_FROM_EMAIL", "journal@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# "name:email,name:email": the product managers told of every new broker.
+MANAGERS = [tuple(item.split(":", 1)) for item in env("DJANGO_MANAGERS", "").split(",") if ":" in item]
+
+# --- Celery -------------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# A sync is idempotent, so a message is acknowledged only once it ran: a killed worker's
+# message goes back to the queue instead of being lost.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("SYNC_TASK_SOFT_TIME_LIMIT", 600)
+CELERY_TASK_TIME_LIMIT = env_int("SYNC_TASK_TIME_LIMIT", 660)
+CELERY_RESULT_EXPIRES = 3600
+# Redis re-delivers an unacknowledged message after this long; it must exceed the longest
+# countdown a retry or a rate-limit wait sets (see docs/operations.md).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 7200)}
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+
+# --- Sync ---------------------------------------------------------------------------------
+SYNC_INTERVAL_DEFAULT_MIN = 15
+SYNC_INTERVAL_MIN = 5
+SYNC_INTERVAL_MAX = 60
+# "minutes" in real use; the real-process tests set "seconds" to see beat work in seconds.
+SYNC_INTERVAL_UNIT = env("SYNC_INTERVAL_UNIT", "minutes")
+if SYNC_INTERVAL_UNIT not in {"minutes", "seconds"}:
+    raise ImproperlyConfigured("SYNC_INTERVAL_UNIT must be 'minutes' or 'seconds'.")
+SYNC_LOCK_TIMEOUT_S = CELERY_TASK_TIME_LIMIT + 60
+SYNC_FAILURE_NOTIFY_AFTER = env_int("SYNC_FAILURE_NOTIFY_AFTER", 3)
+SYNC_IMPORT_BATCH_SIZE = env_int("SYNC_IMPORT_BATCH_SIZE", 2000)
+
+# --- Brokers ------------------------------------------------------------------------------
+# Comma-separated Fernet keys, newest first: credentials are encrypted with the first and
+# read with any, so a key can be rotated (manage.py rotate_credentials_key).
+FIELD_ENCRYPTION_KEYS = [k.strip() for k in env("FIELD_ENCRYPTION_KEYS", required=True).split(",") if k.strip()]
+BROKER_HTTP_CONNECT_TIMEOUT_S = float(env("BROKER_HTTP_CONNECT_TIMEOUT_S", "5"))
+BROKER_HTTP_READ_TIMEOUT_S = float(env("BROKER_HTTP_READ_TIMEOUT_S", "30"))
+BROKER_HTTP_USER_AGENT = env("BROKER_HTTP_USER_AGENT", "TradeJournal/0.1 (+https://example.invalid/trade-journal)")
+# Per-provider base URL overrides, e.g. TRADOVATE_BASE_URL, IBKR_FLEX_BASE_URL, ALPACA_BASE_URL.
+BROKER_BASE_URLS = {
+    key: os.environ[f"{key.upper()}_BASE_URL"]
+    for key in ("tradovate", "ibkr_flex", "alpaca")
+    if os.environ.get(f"{key.upper()}_BASE_URL")
+}
+# Overrides of brokers/rate_limits.toml: {"alpaca": {"requests": {"limit": 100, "window_s": 60}}}.
+BROKER_RATE_LIMITS = {}
+# A wait for a rate-limit slot up to this long sleeps; a longer one re-queues the task.
+BROKER_RATE_LIMIT_MAX_SLEEP_S = float(env("BROKER_RATE_LIMIT_MAX_SLEEP_S", "2"))
+# How often the demo broker produces a fill per account (seconds of simulated trading).
+DEMO_FILL_EVERY_S = env_int("DEMO_FILL_EVERY_S", 90)
+
+# --- API ----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {"TITLE": "Trade Journal API", "VERSION": "0.1.0"}
+RATELIMIT_USE_CACHE = "default"
+
+# --- Logging ------------------------------------------------------------------------------
+LOG_FORMAT = env("LOG_FORMAT", "console" if DEBUG else "json")
+LOG_LEVEL = env("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+from config.logging import configure_structlog  # noqa: E402  (needs LOG_FORMAT above)
+
+configure_structlog(LOG_FORMAT)

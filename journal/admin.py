@@ -1,0 +1,18 @@
+"""Read-only admin of trades: they come from brokers, never typed in."""
+from django.contrib import admin
+
+from journal.models import Trade
+
+
+@admin.register(Trade)
+class TradeAdmin(admin.ModelAdmin):
+    list_display = ["executed_at", "account", "symbol", "side", "quantity", "price", "fees", "currency", "deleted_at"]
+    list_filter = ["side", "asset_class", "currency", "account__connection__broker_type"]
+    search_fields = ["symbol", "broker_trade_id", "account__external_id"]
+    date_hierarchy = "executed_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

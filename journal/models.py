@@ -1,0 +1,35 @@
+"""Trades: one row per broker execution, never two for the same fill."""
+from django.db import models
+
+
+class Trade(models.Model):
+    class Side(models.TextChoices):
+        BUY = "BUY", "Buy"
+        SELL = "SELL", "Sell"
+
+    account = models.ForeignKey("brokers.BrokerAccount", on_delete=models.CASCADE, related_name="trades")
+    broker_trade_id = models.CharField(max_length=128)
+    order_id = models.CharField(max_length=128, blank=True)
+    symbol = models.CharField(max_length=64)
+    asset_class = models.CharField(max_length=10, default="STK")
+    side = models.CharField(max_length=4, choices=Side.choices)
+    quantity = models.DecimalField(max_digits=24, decimal_places=8)
+    price = models.DecimalField(max_digits=24, decimal_places=8)
+    fees = models.DecimalField(max_digits=24, decimal_places=8, default=0)
+    currency = models.CharField(max_length=3, default="USD")
+    multiplier = models.DecimalField(max_digits=24, decimal_places=8, default=1)
+    executed_at = models.DateTimeField()
+    raw = models.JSONField(default=dict)
+    imported_at = models.DateTimeField()
+    # A trade the trader deleted stays as a tombstone, so the next sync does not bring it back.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-executed_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "broker_trade_id"], name="unique_trade_per_account"),
+        ]
+        indexes = [models.Index(fields=["account", "-executed_at"], name="trade_account_executed")]
+
+    def __str__(self):
+        return f"{self.side} {self.quantity} {self.symbol} @ {self.price}"

@@ -1,0 +1,307 @@
+"""One sync of one connection: lock → session → accounts → trades → journal → SyncLog → status.
+
+The Celery task (sync.tasks) decides about retries; this module does the work and tells the
+truth about it in the SyncLog and on the connection. A run spans its retries: every attempt
+of one task id writes to the same SyncLog row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+
+import redis
+import structlog
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from brokers import schedules
+from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.providers.base import BrokerProvider
+from brokers.providers.errors import BrokerAuthError, BrokerError, BrokerRateLimitError
+from brokers.providers.registry import get_broker_provider
+from brokers.providers.types import AuthResult, BrokerAccountInfo
+from journal.importing import ImportResult, import_trades
+
+log = structlog.get_logger("sync")
+
+UNEXPECTED_ERROR = (
+    "The sync stopped on an unexpected error on our side. It will run again at the next "
+    "interval; if this keeps happening, please report it."
+)
+
+
+class RetryableSyncError(Exception):
+    """A transient broker failure on a non-final attempt: the task retries it."""
+
+    def __init__(self, error: BrokerError):
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = error.retry_after
+
+
+class SyncRequeue(Exception):
+    """The broker's rate limit needs a pause: re-queue without counting a failure."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"rate limited for {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Attempt:
+    connection_id: int
+    trigger: str = SyncLog.Trigger.SCHEDULED
+    task_id: str = ""
+    number: int = 1  # failed attempts so far + 1
+    final: bool = True  # no retry follows a transient failure of this attempt
+    may_requeue: bool = True  # False once a run was paused for rate limits too often
+
+
+@cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def run_sync(attempt: Attempt) -> SyncLog | None:
+    """Run (or skip, if another run holds the lock) one sync attempt; returns its SyncLog."""
+    connection = BrokerConnection.objects.filter(pk=attempt.connection_id).first()
+    if connection is None:
+        log.info("sync_connection_gone", connection_id=attempt.connection_id)
+        return None
+    lock = _redis().lock(f"sync-lock:{connection.pk}", timeout=settings.SYNC_LOCK_TIMEOUT_S, blocking=False)
+    if not lock.acquire():
+        return _record_skipped(connection, attempt)
+    try:
+        return _run_locked(connection, attempt)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            log.warning("sync_lock_expired_before_release", connection_id=connection.pk)
+
+
+def _record_skipped(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
+    now = timezone.now()
+    log.info("sync_skipped_already_running", connection_id=connection.pk)
+    return SyncLog.objects.create(
+        connection=connection,
+        trigger=attempt.trigger,
+        status=SyncLog.Status.SKIPPED,
+        started_at=now,
+        finished_at=now,
+        duration_ms=0,
+        task_id=attempt.task_id,
+        attempt=attempt.number,
+        error_message="Another sync of this connection was already running.",
+    )
+
+
+def _open_log(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
+    if attempt.task_id:
+        existing = SyncLog.objects.filter(
+            connection=connection, task_id=attempt.task_id, status=SyncLog.Status.RUNNING
+        ).first()
+        if existing:
+            existing.attempt = attempt.number
+            existing.save(update_fields=["attempt"])
+            return existing
+    return SyncLog.objects.create(
+        connection=connection,
+        trigger=attempt.trigger,
+        started_at=timezone.now(),
+        task_id=attempt.task_id,
+        attempt=attempt.number,
+    )
+
+
+def _run_locked(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
+    sync_log = _open_log(connection, attempt)
+    status_before = connection.status
+    BrokerConnection.objects.filter(pk=connection.pk).update(status=BrokerConnection.Status.SYNCING)
+    bound = log.bind(connection_id=connection.pk, broker=connection.broker_type, task_id=attempt.task_id,
+                     attempt=attempt.number, sync_log_id=sync_log.pk)
+    bound.info("sync_started", trigger=attempt.trigger)
+    try:
+        provider = get_broker_provider(connection.broker_type, connection.environment)
+        detail = _sync_accounts(connection, provider, bound)
+    except BrokerAuthError as exc:
+        return _finish_failed(connection, sync_log, exc, bound, credentials_rejected=True)
+    except BrokerRateLimitError as exc:
+        if not attempt.may_requeue:
+            return _finish_failed(connection, sync_log, exc, bound)
+        _pause(connection, sync_log, status_before, exc)
+        raise SyncRequeue(exc.retry_after) from exc
+    except BrokerError as exc:
+        if exc.transient and not attempt.final:
+            _pause(connection, sync_log, status_before, exc)
+            raise RetryableSyncError(exc) from exc
+        return _finish_failed(connection, sync_log, exc, bound)
+    except Exception as exc:
+        bound.exception("sync_crashed")
+        return _finish_failed(connection, sync_log, exc, bound)
+
+    failed = {k: v for k, v in detail.items() if v.get("error")}
+    if failed and len(failed) == len(detail):
+        first_error = next(iter(failed.values()))
+        return _finish_failed(connection, sync_log, None, bound, detail=detail, message=first_error["error"])
+    return _finish_ok(connection, sync_log, detail, bound)
+
+
+def _session(connection: BrokerConnection, provider: BrokerProvider) -> tuple[AuthResult, bool]:
+    """A valid broker session: the stored one, renewed when close to expiry, or a fresh login.
+
+    Logging in only when needed matters: Tradovate allows two sessions per user, and a
+    login on every sync would close the trader's own platform. Returns (session, reused).
+    """
+    now = timezone.now()
+    auth = connection.auth
+    reused = auth is not None
+    if auth is not None and auth.expires_within(timedelta(0), now):
+        auth = None
+    elif auth is not None and auth.expires_within(provider.token_renew_margin, now):
+        try:
+            auth = provider.refresh_token(auth)
+        except BrokerAuthError:
+            auth = None
+        _store_session(connection, auth)
+    if auth is None:
+        reused = False
+        auth = provider.authenticate(connection.broker_credentials())
+        _store_session(connection, auth)
+    return auth, reused
+
+
+def _store_session(connection: BrokerConnection, auth: AuthResult | None) -> None:
+    connection.auth = auth
+    BrokerConnection.objects.filter(pk=connection.pk).update(token_ciphertext=connection.token_ciphertext)
+
+
+def _sync_accounts(connection: BrokerConnection, provider: BrokerProvider, bound) -> dict[str, dict]:
+    auth, reused = _session(connection, provider)
+    try:
+        infos = provider.get_accounts(auth)
+    except BrokerAuthError:
+        if not reused:
+            raise
+        # The stored session died early (revoked, or the broker restarted): log in once more.
+        _store_session(connection, None)
+        auth, _ = _session(connection, provider)
+        infos = provider.get_accounts(auth)
+    until = timezone.now()
+    rows = _refresh_accounts(connection, infos)
+    detail = {}
+    for info in infos:
+        row = rows[info.external_id]
+        try:
+            result = _sync_account(provider, auth, row, info, until)
+        except (BrokerAuthError, BrokerRateLimitError):
+            raise
+        except BrokerError as exc:
+            bound.warning("account_sync_failed", account=info.external_id, error_kind=exc.kind, error=exc.message)
+            detail[info.external_id] = {"imported": 0, "skipped": 0, "error": exc.message}
+            continue
+        bound.info("account_synced", account=info.external_id, imported=result.imported, skipped=result.skipped)
+        detail[info.external_id] = {"imported": result.imported, "skipped": result.skipped}
+    return detail
+
+
+def _refresh_accounts(connection: BrokerConnection, infos: list[BrokerAccountInfo]) -> dict[str, BrokerAccount]:
+    rows = {}
+    for info in infos:
+        row, _ = BrokerAccount.objects.update_or_create(
+            connection=connection,
+            external_id=info.external_id,
+            defaults={"name": info.name, "currency": info.currency, "is_active": True},
+        )
+        rows[info.external_id] = row
+    return rows
+
+
+def _sync_account(
+    provider: BrokerProvider, auth: AuthResult, row: BrokerAccount, info: BrokerAccountInfo, until: datetime
+) -> ImportResult:
+    since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
+    result = import_trades(row.pk, provider.get_trades(auth, info, since, until))
+    # Only now that every batch committed may the next sync start later.
+    BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=until)
+    return result
+
+
+def _close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = "", kind: str = "") -> None:
+    now = timezone.now()
+    sync_log.status = status
+    sync_log.finished_at = now
+    sync_log.duration_ms = int((now - sync_log.started_at).total_seconds() * 1000)
+    if detail is not None:
+        sync_log.detail = detail
+        sync_log.trades_imported = sum(d["imported"] for d in detail.values())
+        sync_log.trades_skipped = sum(d["skipped"] for d in detail.values())
+    sync_log.error_message = error
+    sync_log.error_kind = kind
+    sync_log.save()
+
+
+@transaction.atomic
+def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict, bound) -> SyncLog:
+    failed = [k for k, v in detail.items() if v.get("error")]
+    status = SyncLog.Status.PARTIAL if failed else SyncLog.Status.SUCCESS
+    error = "; ".join(f"{k}: {detail[k]['error']}" for k in failed)
+    _close_log(sync_log, status, detail, error, "account" if failed else "")
+    now = sync_log.finished_at
+    BrokerConnection.objects.filter(pk=connection.pk).update(
+        status=BrokerConnection.Status.CONNECTED,
+        last_sync_at=now,
+        last_success_at=now,
+        last_sync_error=error,
+        consecutive_failures=0,
+    )
+    bound.info("sync_finished", status=status, imported=sync_log.trades_imported, skipped=sync_log.trades_skipped,
+               duration_ms=sync_log.duration_ms)
+    return sync_log
+
+
+@transaction.atomic
+def _finish_failed(
+    connection: BrokerConnection,
+    sync_log: SyncLog,
+    exc: Exception | None,
+    bound,
+    *,
+    detail: dict | None = None,
+    message: str = "",
+    credentials_rejected: bool = False,
+) -> SyncLog:
+    if isinstance(exc, BrokerError):
+        message, kind = exc.message, exc.kind
+    elif exc is not None:
+        message, kind = UNEXPECTED_ERROR, "internal"
+    else:
+        kind = "account"
+    _close_log(sync_log, SyncLog.Status.FAILED, detail, message, kind)
+    fields = {
+        "status": BrokerConnection.Status.ERROR,
+        "last_sync_at": sync_log.finished_at,
+        "last_sync_error": message,
+        "consecutive_failures": F("consecutive_failures") + 1,
+    }
+    if credentials_rejected:
+        # Hold automatic sync until the trader saves new credentials (services resume it).
+        fields["credentials_rejected"] = True
+        fields["token_ciphertext"] = ""
+    BrokerConnection.objects.filter(pk=connection.pk).update(**fields)
+    if credentials_rejected:
+        connection.refresh_from_db()
+        schedules.sync_schedule(connection)
+    bound.warning("sync_failed", error_kind=kind, error=message)
+    return sync_log
+
+
+def _pause(connection: BrokerConnection, sync_log: SyncLog, status_before: str, exc: BrokerError) -> None:
+    """Between attempts: the log stays open, the connection says what happened and that we retry."""
+    sync_log.error_message = exc.message
+    sync_log.error_kind = exc.kind
+    sync_log.save(update_fields=["error_message", "error_kind"])
+    BrokerConnection.objects.filter(pk=connection.pk).update(status=status_before, last_sync_error=exc.message)
