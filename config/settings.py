@@ -183,11 +183,12 @@ FIELD_ENCRYPTION_KEYS = [k.strip() for k in env("FIELD_ENCRYPTION_KEYS", require
 BROKER_HTTP_CONNECT_TIMEOUT_S = float(env("BROKER_HTTP_CONNECT_TIMEOUT_S", "5"))
 BROKER_HTTP_READ_TIMEOUT_S = float(env("BROKER_HTTP_READ_TIMEOUT_S", "30"))
 BROKER_HTTP_USER_AGENT = env("BROKER_HTTP_USER_AGENT", "TradeJournal/0.1 (+https://example.invalid/trade-journal)")
-# Per-provider base URL overrides, e.g. TRADOVATE_BASE_URL, IBKR_FLEX_BASE_URL, ALPACA_BASE_URL.
+# Base URL overrides per provider: <KEY>_BASE_URL (TRADOVATE_BASE_URL, IBKR_FLEX_BASE_URL,
+# ALPACA_BASE_URL, ...) points a broker at its sandbox or a local simulator.
 BROKER_BASE_URLS = {
-    key: os.environ[f"{key.upper()}_BASE_URL"]
-    for key in ("tradovate", "ibkr_flex", "alpaca")
-    if os.environ.get(f"{key.upper()}_BASE_URL")
+    name.removesuffix("_BASE_URL").lower(): value
+    for name, value in os.environ.items()
+    if name.endswith("_BASE_URL") and value
 }
 # Overrides of brokers/rate_limits.toml: {"alpaca": {"requests": {"limit": 100, "window_s": 60}}}.
 BROKER_RATE_LIMITS = {}

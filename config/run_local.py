@@ -1,0 +1,120 @@
+"""`make run`: the whole product on one machine — Redis, web, Celery worker and beat — in one terminal.
+
+Defaults are embedded (SQLite and a private Redis under var/); a REDIS_URL or DATABASE_URL
+in the environment is used instead. Output of every process is prefixed with its name;
+Ctrl-C stops every process this started, redis-server included.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+LOCAL_ENV = VAR / "local.env"
+PYTHON = sys.executable
+WEB_ADDRESS = os.environ.get("WEB_ADDRESS", "127.0.0.1:8000")
+
+
+def local_secrets() -> dict[str, str]:
+    """Keys made once per checkout and kept in var/local.env, so restarts can read old credentials."""
+    if not LOCAL_ENV.exists():
+        VAR.mkdir(exist_ok=True)
+        LOCAL_ENV.write_text(
+            f"DJANGO_SECRET_KEY={Fernet.generate_key().decode()}\n"
+            f"FIELD_ENCRYPTION_KEYS={Fernet.generate_key().decode()}\n"
+        )
+        LOCAL_ENV.chmod(0o600)
+    pairs = (line.split("=", 1) for line in LOCAL_ENV.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def free_port(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+
+def pipe_output(name: str, process: subprocess.Popen, lock: threading.Lock) -> None:
+    for line in iter(process.stdout.readline, b""):
+        with lock:
+            sys.stdout.write(f"{name:>6} | {line.decode(errors='replace')}")
+            sys.stdout.flush()
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    from config import localredis
+
+    env = os.environ.copy()
+    for key, value in local_secrets().items():
+        env.setdefault(key, value)
+    env.setdefault("DJANGO_DEBUG", "1")
+    env.setdefault("LOG_FORMAT", "console")
+    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+
+    redis_process = None
+    if not env.get("REDIS_URL"):
+        port = free_port(6390)
+        redis_process = localredis.start(port, VAR / "redis", persist=True)
+        env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        print(f" redis | private redis-server on 127.0.0.1:{port} (data in var/redis)", flush=True)
+
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
+        subprocess.run([PYTHON, "manage.py", "seed_demo"], cwd=ROOT, env=env, check=True)
+        commands = {
+            "web": [PYTHON, "manage.py", "runserver", "--noreload", WEB_ADDRESS],
+            "worker": [PYTHON, "-m", "celery", "-A", "config", "worker", "-l", "INFO", "--concurrency", "2"],
+            "beat": [PYTHON, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
+                     "--schedule", str(VAR / "celerybeat-schedule")],
+        }
+        lock = threading.Lock()
+        for name, command in commands.items():
+            # Own sessions: Ctrl-C reaches only this script, which then stops them in order.
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+            processes[name] = process
+            threading.Thread(target=pipe_output, args=(name, process, lock), daemon=True).start()
+        print(f"   run | open http://{WEB_ADDRESS}/ — Ctrl-C stops everything", flush=True)
+        signal.signal(signal.SIGTERM, _stop)
+        while all(p.poll() is None for p in processes.values()):
+            time.sleep(0.5)
+        dead = [name for name, p in processes.items() if p.poll() is not None]
+        print(f"   run | {', '.join(dead)} stopped; stopping the rest", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("\n   run | stopping...", flush=True)
+        return 0
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if redis_process is not None:
+            localredis.stop(redis_process)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
