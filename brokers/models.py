@@ -165,3 +165,13 @@ class SyncLog(models.Model):
 
     def __str__(self):
         return f"{self.connection} {self.status} {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class KnownProvider(models.Model):
+    """Provider keys this installation has seen, so the managers hear of each new broker once."""
+
+    key = models.CharField(max_length=40, unique=True)
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.key

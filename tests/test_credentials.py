@@ -1,0 +1,70 @@
+"""Credentials are encrypted at rest, readable after key rotation, and a wrong key fails loudly."""
+import pytest
+from cryptography.fernet import Fernet
+from django.core import mail
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.test import override_settings
+
+from brokers import crypto, services
+from brokers.governance import announce_new_providers
+from brokers.models import BrokerConnection, KnownProvider
+
+pytestmark = pytest.mark.django_db
+
+SECRET = "very-recognisable-S3CRET"
+
+
+@pytest.fixture(autouse=True)
+def fresh_fernet():
+    crypto._fernet.cache_clear()
+    yield
+    crypto._fernet.cache_clear()
+
+
+@pytest.fixture
+def connection(trader, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        return services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": SECRET})
+
+
+def test_the_database_holds_no_plaintext(connection):
+    raw = BrokerConnection.objects.filter(pk=connection.pk).values_list("credentials_ciphertext", flat=True).get()
+    assert SECRET not in raw
+    assert BrokerConnection.objects.get(pk=connection.pk).credentials["api_key"] == SECRET
+
+
+def test_rotation_re_encrypts_with_the_newest_key(connection, settings):
+    old_key = settings.FIELD_ENCRYPTION_KEYS[0]
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    crypto._fernet.cache_clear()
+    call_command("rotate_credentials_key")
+    # With the old key gone, the credentials are still readable.
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]
+    crypto._fernet.cache_clear()
+    assert BrokerConnection.objects.get(pk=connection.pk).credentials["api_key"] == SECRET
+
+
+def test_a_wrong_key_fails_loudly_and_never_hands_out_ciphertext(connection, settings):
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    crypto._fernet.cache_clear()
+    with pytest.raises(crypto.CredentialsUnreadable) as info:
+        BrokerConnection.objects.get(pk=connection.pk).credentials
+    assert "FIELD_ENCRYPTION_KEYS" in str(info.value)
+
+
+def test_a_malformed_key_fails_at_start_up(settings):
+    settings.FIELD_ENCRYPTION_KEYS = ["not-a-fernet-key"]
+    crypto._fernet.cache_clear()
+    with pytest.raises(ImproperlyConfigured, match="FIELD_ENCRYPTION_KEYS"):
+        crypto.check_keys()
+
+
+@override_settings(MANAGERS=[("PM", "pm@example.com")])
+def test_managers_hear_of_each_new_provider_once():
+    KnownProvider.objects.filter(key="demo").delete()
+    assert announce_new_providers() == ["Demo broker (simulated) (demo)"]
+    assert len(mail.outbox) == 1 and "Demo broker" in mail.outbox[0].subject
+    assert announce_new_providers() == []
+    assert len(mail.outbox) == 1
