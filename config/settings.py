@@ -213,6 +213,8 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {"TITLE": "Trade Journal API", "VERSION": "0.1.0"}
 RATELIMIT_USE_CACHE = "default"
+# "Sync now" per trader and connection, on pages and API alike (django-ratelimit syntax).
+SYNC_NOW_RATE_LIMIT = env("SYNC_NOW_RATE_LIMIT", "3/m")
 
 # --- Logging ------------------------------------------------------------------------------
 LOG_FORMAT = env("LOG_FORMAT", "console" if DEBUG else "json")

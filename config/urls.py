@@ -10,5 +10,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("brokers/", include("brokers.urls")),
     path("trades/", include("journal.urls")),
+    path("sync/", include("sync.urls")),
+    path("api/", include("config.api_urls")),
     path("admin/", admin.site.urls),
 ]

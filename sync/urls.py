@@ -1,0 +1,4 @@
+"""Sync history and notices pages."""
+
+app_name = "sync"
+urlpatterns = []
