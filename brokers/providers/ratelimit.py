@@ -10,6 +10,7 @@ worker backs off too.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import tomllib
 from functools import cache
@@ -78,21 +79,44 @@ def load_limits(path: Path = LIMITS_FILE, overrides: dict | None = None) -> dict
     with open(path, "rb") as fh:
         raw = tomllib.load(fh)
     for broker, buckets in (overrides or {}).items():
-        for name, values in buckets.items():
-            raw.setdefault(broker, {}).setdefault(name, {}).update(values)
+        for name, values in _tables(path, broker, buckets).items():
+            raw.setdefault(broker, {}).setdefault(name, {}).update(_table(f"{path.name} [{broker}.{name}]", values))
     limits = {}
     for broker, buckets in raw.items():
         parsed = []
-        for name, values in buckets.items():
+        for name, values in _tables(path, broker, buckets).items():
             where = f"{path.name} [{broker}.{name}]"
+            values = _table(where, values)
             limit, window_s = values.get("limit"), values.get("window_s")
+            per_credential = values.get("per_credential", False)
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
                 raise BrokerConfigurationError(f"{where}: limit must be a whole number >= 1, got {limit!r}.")
-            if not isinstance(window_s, (int, float)) or isinstance(window_s, bool) or window_s <= 0:
+            if (
+                not isinstance(window_s, (int, float))
+                or isinstance(window_s, bool)
+                or not math.isfinite(window_s)
+                or window_s <= 0
+            ):
                 raise BrokerConfigurationError(f"{where}: window_s must be a number of seconds > 0, got {window_s!r}.")
-            parsed.append(RateLimit(name, limit, float(window_s), bool(values.get("per_credential", False))))
+            if not isinstance(per_credential, bool):
+                raise BrokerConfigurationError(f"{where}: per_credential must be true or false, got {per_credential!r}.")
+            parsed.append(RateLimit(name, limit, float(window_s), per_credential))
         limits[broker] = tuple(parsed)
     return limits
+
+
+def _tables(path: Path, broker: str, buckets) -> dict:
+    if not isinstance(buckets, dict):
+        raise BrokerConfigurationError(
+            f"{path.name} [{broker}]: expected bucket tables such as [{broker}.requests], got {buckets!r}."
+        )
+    return buckets
+
+
+def _table(where: str, values) -> dict:
+    if not isinstance(values, dict):
+        raise BrokerConfigurationError(f"{where}: expected a table with limit and window_s, got {values!r}.")
+    return values
 
 
 def scope_for(secret_or_id: str) -> str:

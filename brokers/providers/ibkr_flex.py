@@ -1,0 +1,497 @@
+"""Interactive Brokers through the Flex Web Service (v3): a Flex Query's XML report, requested then polled."""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import ClassVar
+from urllib.parse import urlparse
+from xml.etree.ElementTree import Element, ParseError
+from zoneinfo import ZoneInfo
+
+import structlog
+from defusedxml import ElementTree
+from defusedxml.common import DefusedXmlException
+
+from brokers.providers.base import BrokerProvider
+from brokers.providers.errors import (
+    BrokerAPIError,
+    BrokerAuthError,
+    BrokerError,
+    BrokerRateLimitError,
+)
+from brokers.providers.ratelimit import get_limiter, scope_for
+from brokers.providers.registry import register
+from brokers.providers.types import (
+    BUY,
+    SELL,
+    AuthResult,
+    BrokerAccountInfo,
+    BrokerCredentials,
+    BrokerTrade,
+    CredentialField,
+)
+
+log = structlog.get_logger("brokers.ibkr_flex")
+
+# Flex times carry no offset. Community sources say US/Eastern (UNCONFIRMED by IBKR): if
+# that proves wrong, this is the one place to change (see docs/brokers/ibkr_flex.md).
+REPORT_TIMEZONE = ZoneInfo("America/New_York")
+# A pause before each poll of a report being generated: six polls plus the SendRequest
+# fit the 9-per-minute bucket, and polling faster has been answered with 1020.
+POLL_PAUSE_S = 10.0
+# Reports can take minutes; past this the sync gives up and retries later, well within
+# the task's time limit even when a sync needs several reports.
+POLL_MAX_S = 180.0
+# 1018 says no wait; the per-minute window is 60 s, and hammering risks a 1025 lockout.
+RATE_LIMIT_WAIT_S = 60.0
+# IBKR's longest period per request, both end dates included.
+MAX_PERIOD_DAYS = 365
+# get_accounts proves the token and query with a short report ending yesterday: Activity
+# statements only exist for closed days, and a week always holds a business day.
+ACCOUNTS_CHECK_DAYS = 7
+API_VERSION = "3"
+EMPTY_VALUES = {"", "-", "--", "N/A"}
+TOKEN_HELP = "Client Portal → Settings → Flex Web Service"
+
+# 1017 and 1019 are handled while polling; should SendRequest ever answer them, a retry is the cure.
+_TRANSIENT_CODES = {"1001", "1004", "1005", "1006", "1007", "1008", "1009", "1017", "1019", "1021"}
+_USER_ACTION = {
+    "1010": "IBKR no longer runs this legacy Flex Query. Create a new Activity or Trade Confirmation "
+    "Flex Query in XML format with the Trades section, and save its Query ID on the connection.",
+    "1011": "IBKR says the Flex Web Service account is inactive. Enable the Flex Web Service in "
+    f"{TOKEN_HELP}, then save a new token on the connection.",
+    "1012": f"Your IBKR Flex token has expired. Generate a new token in {TOKEN_HELP} and save it "
+    "on the connection.",
+    "1013": "IBKR refused the request because of the token's IP restriction. Remove the IP restriction "
+    f"from the token in {TOKEN_HELP} (or allow this server's address), then save the token again.",
+    "1014": "IBKR says the Flex Query is invalid. Check the Query ID on the connection against the query "
+    "in Client Portal → Performance & Reports → Flex Queries.",
+    "1015": f"IBKR says the Flex token is invalid. Generating a new token invalidates the old one: copy "
+    f"the current token from {TOKEN_HELP} and save it on the connection.",
+}
+_PERMANENT = {
+    "1003": "IBKR has no statement for the requested period. Check that the Flex Query covers your "
+    "accounts; the next sync asks again.",
+    "1016": "IBKR says an account of this Flex Query is invalid. Check the accounts selected in the "
+    "Flex Query.",
+    "1020": "IBKR rejected the request as invalid. This is likely a bug on our side; retrying will not "
+    "help — please report it.",
+}
+_DATE_PATTERNS = (
+    (re.compile(r"\d{8}"), "%Y%m%d"),
+    (re.compile(r"\d{4}-\d{2}-\d{2}"), "%Y-%m-%d"),
+    (re.compile(r"\d{2}/\d{2}/\d{4}"), "%m/%d/%Y"),
+)
+_DATE_TIME = re.compile(
+    r"(?P<date>[\d/-]+)(?:\s*[;,T]\s*|\s+)(?P<hour>\d{2}):?(?P<minute>\d{2}):?(?P<second>\d{2})"
+)
+_OPTION_CLASSES = {"OPT", "FOP"}
+_OPTION_RIGHTS = {"C": "C", "CALL": "C", "P": "P", "PUT": "P"}
+
+
+@dataclass(frozen=True)
+class FlexReport:
+    """What one Flex report holds for us: its accounts, and each account's executions."""
+
+    accounts: tuple[BrokerAccountInfo, ...]
+    trades: Mapping[str, tuple[BrokerTrade, ...]]
+
+
+class _BadRow(ValueError):
+    """A Trade row we cannot read; the message names the field, never a secret."""
+
+
+class IbkrFlexProvider(BrokerProvider):
+    key = "ibkr_flex"
+    display_name = "Interactive Brokers (Flex Web Service)"
+    base_urls: ClassVar[Mapping[str, str]] = {
+        "": "https://ndcdyn.interactivebrokers.com/AccountManagement/FlexWebService"
+    }
+    credential_fields = (
+        CredentialField("token", "Flex Web Service token", secret=True, help_text=f"Generate it in {TOKEN_HELP}."),
+        CredentialField(
+            "query_id",
+            "Flex Query ID",
+            help_text="The id of your Flex Query: an Activity or Trade Confirmation query in XML "
+            "format that includes the Trades section.",
+        ),
+        CredentialField(
+            "token_expires_on",
+            "Token expires on",
+            required=False,
+            help_text="The expiry date you chose for the token (YYYY-MM-DD), so that we can warn you before it.",
+        ),
+    )
+    # Activity statements update once a day, after the close: look two days back again.
+    sync_overlap = timedelta(days=2)
+    max_history = timedelta(days=365)
+
+    def __init__(self, environment: str = ""):
+        super().__init__(environment)
+        # Every account of a token is synced from the same report, and a token allows only
+        # 10 requests a minute: one provider instance fetches each report once.
+        self._reports: dict[tuple[str, str, date, date], FlexReport] = {}
+        # Flex has no login, so the engine's second try after an auth error would send the
+        # same token again: answer it from here instead of spending IBKR's budget.
+        self._refused: dict[tuple[str, str], BrokerAuthError] = {}
+
+    @classmethod
+    def validate_credentials(cls, values: Mapping[str, str], environment: str = "") -> dict[str, str]:
+        problems = super().validate_credentials(values, environment)
+        expires_on = (values.get("token_expires_on") or "").strip()
+        if expires_on and _expiry_date(expires_on) is None:
+            problems["token_expires_on"] = "Token expires on must be a date written YYYY-MM-DD."
+        return problems
+
+    def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
+        token = credentials.get("token").strip()
+        query_id = credentials.get("query_id").strip()
+        if not token or not query_id:
+            raise BrokerAuthError(
+                "The connection needs a Flex token and a Flex Query ID. Edit it and fill in both.",
+                provider=self.key,
+            )
+        expires_at = None
+        expires_on = credentials.get("token_expires_on").strip()
+        if expires_on:
+            expiry = _expiry_date(expires_on)
+            if expiry is None:
+                raise BrokerAuthError(
+                    "The token's expiry date on the connection is not a date written YYYY-MM-DD. "
+                    "Edit the connection and correct it.",
+                    provider=self.key,
+                )
+            expires_at = datetime.combine(expiry + timedelta(days=1), datetime.min.time(), UTC)
+            if expires_at <= datetime.now(UTC):
+                raise self._expired(expiry)
+        return AuthResult(token=token, expires_at=expires_at, extra={"query_id": query_id})
+
+    def refresh_token(self, auth: AuthResult) -> AuthResult:
+        if auth.expires_at is not None and auth.expires_at <= datetime.now(UTC):
+            raise self._expired(auth.expires_at.date() - timedelta(days=1))
+        return auth
+
+    def get_accounts(self, auth: AuthResult) -> list[BrokerAccountInfo]:
+        today = datetime.now(REPORT_TIMEZONE).date()
+        report = self._report(auth, today - timedelta(days=ACCOUNTS_CHECK_DAYS), today - timedelta(days=1))
+        return list(report.accounts)
+
+    def get_trades(
+        self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
+    ) -> Iterator[BrokerTrade]:
+        for first, last in _periods(since, until):
+            report = self._report(auth, first, last)
+            for trade in report.trades.get(account.external_id, ()):
+                if since <= trade.executed_at <= until:
+                    yield trade
+
+    # --- the two calls -------------------------------------------------------------------
+    def _report(self, auth: AuthResult, first: date, last: date) -> FlexReport:
+        scope = scope_for(auth.token)
+        query_id = str(auth.extra["query_id"])
+        refused = self._refused.get((scope, query_id))
+        if refused is not None:
+            raise refused
+        key = (scope, query_id, first, last)
+        if key not in self._reports:
+            try:
+                self._reports[key] = parse_report(self._fetch(auth.token, query_id, first, last, scope))
+            except BrokerAuthError as exc:
+                self._refused[(scope, query_id)] = exc
+                raise
+        return self._reports[key]
+
+    def _fetch(self, token: str, query_id: str, first: date, last: date, scope: str) -> Element:
+        root = self._poll(token, *self._send_request(token, query_id, first, last, scope), scope)
+        if root is None:
+            # 1017: IBKR forgot the reference code; it asks for a new request, once is enough.
+            root = self._poll(token, *self._send_request(token, query_id, first, last, scope), scope)
+        if root is None:
+            raise BrokerAPIError(
+                f"{self.display_name} lost track of the report twice. The sync will retry automatically.",
+                provider=self.key,
+                transient=True,
+            )
+        return root
+
+    def _send_request(self, token: str, query_id: str, first: date, last: date, scope: str) -> tuple[str, str]:
+        # Always a period: on v3 a saved "last N days" query can silently shrink to one day.
+        params = {"t": token, "q": query_id, "v": API_VERSION, "fd": f"{first:%Y%m%d}", "td": f"{last:%Y%m%d}"}
+        root = self._get_xml("SendRequest", params, scope)
+        if root.tag != "FlexStatementResponse":
+            raise self._unreadable()
+        code = _child_text(root, "ErrorCode")
+        if code:
+            raise self._error_for(code, root, token, scope)
+        reference, url = _child_text(root, "ReferenceCode"), _child_text(root, "Url")
+        if _child_text(root, "Status") != "Success" or not reference or not url:
+            raise self._unreadable()
+        self._check_statement_url(url)
+        return reference, url
+
+    def _poll(self, token: str, reference: str, url: str, scope: str) -> Element | None:
+        """The report, or None when IBKR says the reference code is no longer valid (1017)."""
+        started = time.monotonic()
+        while True:
+            time.sleep(POLL_PAUSE_S)
+            root = self._get_xml(url, {"t": token, "q": reference, "v": API_VERSION}, scope)
+            if root.tag == "FlexQueryResponse":
+                return root
+            if root.tag != "FlexStatementResponse":
+                raise self._unreadable()
+            code = _child_text(root, "ErrorCode")
+            if code == "1017":
+                return None
+            if code != "1019":
+                raise self._error_for(code, root, token, scope)
+            if time.monotonic() - started >= POLL_MAX_S:
+                raise BrokerAPIError(
+                    f"{self.display_name} was still generating the report after {round(POLL_MAX_S)} s. "
+                    "The sync will retry automatically.",
+                    provider=self.key,
+                    transient=True,
+                )
+
+    def _get_xml(self, path_or_url: str, params: dict[str, str], scope: str) -> Element:
+        # The token travels in the query string: BrokerHTTP logs only the path.
+        response = self.http.request("GET", path_or_url, scope=scope, params=params)
+        try:
+            return ElementTree.fromstring(response.content)
+        except (ParseError, DefusedXmlException):
+            raise self._unreadable() from None
+
+    def _check_statement_url(self, url: str) -> None:
+        # The token goes to this address next: only IBKR (or the configured base URL's host) gets it.
+        parsed = urlparse(url)
+        host = parsed.hostname or ""
+        from_ibkr = parsed.scheme == "https" and host.endswith(".interactivebrokers.com")
+        if not from_ibkr and host != urlparse(self.base_url()).hostname:
+            raise BrokerAPIError(
+                f"{self.display_name} pointed us to an unexpected address for the report, so we did "
+                "not send the token there. Please report it.",
+                provider=self.key,
+                transient=False,
+            )
+
+    # --- errors --------------------------------------------------------------------------
+    def _error_for(self, code: str, root: Element, token: str, scope: str) -> BrokerError:
+        ibkr_message = _child_text(root, "ErrorMessage").replace(token, "***")
+        log.warning("ibkr_flex_error", code=code, ibkr_message=ibkr_message)
+        if code == "1018":
+            get_limiter().block(self.key, RATE_LIMIT_WAIT_S, scope=scope)
+            return BrokerRateLimitError(
+                f"{self.display_name} says this token made too many requests (IBKR error 1018); the sync "
+                f"continues automatically in about {round(RATE_LIMIT_WAIT_S)} s. Other software using the "
+                "same token shares its limit of 10 requests a minute.",
+                provider=self.key,
+                retry_after=RATE_LIMIT_WAIT_S,
+            )
+        if code in _USER_ACTION:
+            return BrokerAuthError(f"{_USER_ACTION[code]} (IBKR error {code})", provider=self.key)
+        if code in _TRANSIENT_CODES:
+            return BrokerAPIError(
+                f"{self.display_name} could not produce the report right now (IBKR error {code}). "
+                "The sync will retry automatically.",
+                provider=self.key,
+                transient=True,
+            )
+        if code in _PERMANENT:
+            return BrokerAPIError(f"{_PERMANENT[code]} (IBKR error {code})", provider=self.key, transient=False)
+        return BrokerAPIError(
+            f"{self.display_name} answered with an error we do not know (IBKR error {code}: {ibkr_message}). "
+            "Please report it.",
+            provider=self.key,
+            transient=False,
+        )
+
+    def _unreadable(self) -> BrokerAPIError:
+        return BrokerAPIError(
+            f"{self.display_name} sent an answer we could not read. The sync will retry automatically.",
+            provider=self.key,
+            transient=True,
+        )
+
+    def _expired(self, expiry: date) -> BrokerAuthError:
+        return BrokerAuthError(
+            f"Your IBKR Flex token expired on {expiry:%Y-%m-%d}. Generate a new token in {TOKEN_HELP} "
+            "and save it, with its new expiry date, on the connection.",
+            provider=self.key,
+        )
+
+
+# --- periods -------------------------------------------------------------------------------
+def _periods(since: datetime, until: datetime) -> list[tuple[date, date]]:
+    """[since, until] as IBKR report dates, cut into requests of at most MAX_PERIOD_DAYS days."""
+    first = since.astimezone(REPORT_TIMEZONE).date()
+    last = min(until.astimezone(REPORT_TIMEZONE).date(), datetime.now(REPORT_TIMEZONE).date())
+    periods = []
+    while first <= last:
+        end = min(first + timedelta(days=MAX_PERIOD_DAYS - 1), last)
+        periods.append((first, end))
+        first = end + timedelta(days=1)
+    return periods
+
+
+# --- the report parser ---------------------------------------------------------------------
+def parse_report(root: Element) -> FlexReport:
+    """Accounts and executions of a FlexQueryResponse; a row we cannot read is logged and left out."""
+    accounts: dict[str, BrokerAccountInfo] = {}
+    trades: dict[str, list[BrokerTrade]] = {}
+    for statement in root.iter("FlexStatement"):
+        statement_account = _value(statement.attrib, "accountId")
+        if statement_account and statement_account not in accounts:
+            accounts[statement_account] = _account_info(statement, statement_account)
+        for row in statement.iterfind("Trades/Trade"):
+            # The same fill also appears as ORDER and CLOSED_LOT rows with other ids.
+            if _value(row.attrib, "levelOfDetail").upper() not in ("", "EXECUTION"):
+                continue
+            account_id = _value(row.attrib, "accountId") or statement_account
+            try:
+                trade = _trade(row.attrib, account_id)
+            except _BadRow as exc:
+                log.warning("ibkr_flex_row_skipped", account=account_id, row_id=_row_id(row.attrib), reason=str(exc))
+                continue
+            if account_id not in accounts:
+                accounts[account_id] = BrokerAccountInfo(external_id=account_id, name=account_id)
+            trades.setdefault(account_id, []).append(trade)
+    return FlexReport(
+        accounts=tuple(accounts.values()),
+        trades={account_id: tuple(rows) for account_id, rows in trades.items()},
+    )
+
+
+def _account_info(statement: Element, account_id: str) -> BrokerAccountInfo:
+    # AccountInformation is an optional section of the query; without it, the id names the account.
+    info = statement.find("AccountInformation")
+    attrs = info.attrib if info is not None else {}
+    currency = _value(attrs, "currency").upper()
+    return BrokerAccountInfo(
+        external_id=account_id,
+        name=_value(attrs, "acctAlias") or account_id,
+        currency=currency if _is_currency(currency) else "USD",
+    )
+
+
+def _trade(attrs: Mapping[str, str], account_id: str) -> BrokerTrade:
+    trade_id = _row_id(attrs)
+    if not trade_id:
+        raise _BadRow("no ibExecID, transactionID or tradeID")
+    if not account_id:
+        raise _BadRow("no accountId")
+    symbol = _value(attrs, "symbol")
+    if not symbol:
+        raise _BadRow("no symbol")
+    currency = _value(attrs, "currency").upper()
+    if not _is_currency(currency):
+        raise _BadRow(f"currency {currency!r} is not a currency code")
+    quantity = _required_decimal(attrs, "quantity")
+    if quantity == 0:
+        raise _BadRow("quantity is zero")
+    commission = _decimal(attrs, "ibCommission")
+    multiplier = _decimal(attrs, "multiplier")
+    asset_class = _value(attrs, "assetCategory").upper() or "STK"
+    is_option = asset_class in _OPTION_CLASSES
+    expiry = _value(attrs, "expiry")
+    try:
+        return BrokerTrade(
+            broker_trade_id=trade_id,
+            account_external_id=account_id,
+            symbol=symbol,
+            # quantity is signed (negative for sells), including on "BUY (Ca.)" cancellations.
+            side=SELL if quantity < 0 else BUY,
+            quantity=abs(quantity),
+            price=_required_decimal(attrs, "tradePrice"),
+            executed_at=_executed_at(_value(attrs, "dateTime")),
+            # Negative ibCommission is a cost; a positive one is a rebate, kept only in raw.
+            fees=-commission if commission is not None and commission < 0 else Decimal(0),
+            currency=currency,
+            asset_class=asset_class,
+            multiplier=multiplier if multiplier is not None and multiplier > 0 else Decimal(1),
+            order_id=_value(attrs, "ibOrderID"),
+            expiry=_date(expiry) if expiry else None,
+            strike=_decimal(attrs, "strike") if is_option else None,
+            option_right=_OPTION_RIGHTS.get(_value(attrs, "putCall").upper(), "") if is_option else "",
+            raw=dict(attrs),
+        )
+    except (TypeError, ValueError) as exc:
+        raise _BadRow(str(exc)) from None
+
+
+def _row_id(attrs: Mapping[str, str]) -> str:
+    # ibExecID names one execution; the others are fallbacks for rows without it.
+    return _value(attrs, "ibExecID") or _value(attrs, "transactionID") or _value(attrs, "tradeID")
+
+
+def _value(attrs: Mapping[str, str], name: str) -> str:
+    value = (attrs.get(name) or "").strip()
+    return "" if value in EMPTY_VALUES else value
+
+
+def _decimal(attrs: Mapping[str, str], name: str) -> Decimal | None:
+    text = _value(attrs, name).replace(",", "")
+    if not text:
+        return None
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise _BadRow(f"{name} {text!r} is not a number") from None
+    if not number.is_finite():
+        raise _BadRow(f"{name} {text!r} is not a number")
+    return number
+
+
+def _required_decimal(attrs: Mapping[str, str], name: str) -> Decimal:
+    number = _decimal(attrs, name)
+    if number is None:
+        raise _BadRow(f"no {name}")
+    return number
+
+
+def _is_currency(code: str) -> bool:
+    return len(code) == 3 and code.isalpha()
+
+
+def _date(text: str) -> date:
+    for pattern, fmt in _DATE_PATTERNS:
+        if pattern.fullmatch(text):
+            try:
+                return datetime.strptime(text, fmt).date()
+            except ValueError:
+                raise _BadRow(f"date {text!r} does not exist") from None
+    raise _BadRow(f"date {text!r} is in no known format")
+
+
+def _executed_at(text: str) -> datetime:
+    """A Flex date-time in any of the formats the trader can choose, from New York time to UTC."""
+    match = _DATE_TIME.fullmatch(text)
+    if match is None:
+        raise _BadRow(f"dateTime {text!r} is in no known format")
+    day = _date(match["date"])
+    try:
+        local = datetime(
+            day.year, day.month, day.day, int(match["hour"]), int(match["minute"]), int(match["second"]),
+            tzinfo=REPORT_TIMEZONE,
+        )
+    except ValueError:
+        raise _BadRow(f"dateTime {text!r} does not exist") from None
+    return local.astimezone(UTC)
+
+
+def _expiry_date(text: str) -> date | None:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _child_text(root: Element, tag: str) -> str:
+    return (root.findtext(tag) or "").strip()
+
+
+register(IbkrFlexProvider)

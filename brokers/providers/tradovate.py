@@ -1,0 +1,373 @@
+"""Tradovate (futures): one stored session per user, today's fills resolved in batches to accounts and contracts."""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import requests
+import structlog
+from django.conf import settings
+
+from brokers.providers.base import BrokerProvider
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError
+from brokers.providers.http import parse_retry_after
+from brokers.providers.ratelimit import get_limiter, scope_for
+from brokers.providers.registry import register
+from brokers.providers.types import (
+    BUY,
+    SELL,
+    AuthResult,
+    BrokerAccountInfo,
+    BrokerCredentials,
+    BrokerTrade,
+    CredentialField,
+)
+
+log = structlog.get_logger("brokers.tradovate")
+
+AUTH_BUCKETS = ("auth", "requests", "hourly")
+DATA_BUCKETS = ("requests", "hourly")
+# Ids per /items call: keeps URLs short and the number of calls independent of the fill count.
+BATCH_SIZE = 100
+SIDES = {"Buy": BUY, "Sell": SELL}
+FEE_FIELDS = ("commission", "clearingFee", "exchangeFee", "nfaFee", "brokerageFee", "ipFee", "orderRoutingFee")
+# 429 is a lockout of the user for about an hour and 423 its last warning; both come without Retry-After.
+LOCKOUT_STATUSES = (423, 429)
+LOCKOUT_WAIT_S = 3600.0
+# A captcha ticket cannot be solved by a server: everyone on this IP range waits it out.
+CAPTCHA_WAIT_S = 3600.0
+# A server answering ticket after ticket is not going to let us through by insisting.
+MAX_PENALTY_RESENDS = 3
+
+# --- UNCONFIRMED points (docs/brokers/tradovate.md lists them) ------------------------------
+# Token lifetime is 80 or 90 minutes depending on the source; only used when a login or
+# renewal answer lacks expirationTime, so take the shorter.
+TOKEN_LIFETIME_IF_UNSTATED = timedelta(minutes=80)
+# FillFee ids are said to equal the ids of their fills; fees are looked up that way.
+FILL_FEES_PATH = "/fillFee/items"
+
+
+def _utc(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _decimal(value: Any) -> Decimal:
+    # JSON numbers arrive as floats; their shortest repr is the decimal Tradovate sent.
+    return Decimal(str(value))
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class TradovateProvider(BrokerProvider):
+    key = "tradovate"
+    display_name = "Tradovate"
+    environments = (("demo", "Demo (simulated money)"), ("live", "Live"))
+    credential_fields = (
+        CredentialField(
+            "username",
+            "Username",
+            help_text="The name you log in to Tradovate with (trader.tradovate.com).",
+        ),
+        CredentialField(
+            "password",
+            "Password",
+            secret=True,
+            help_text="Your Tradovate password, or the dedicated password you set when creating the API key. "
+            "Stored encrypted; used only when the saved session has expired.",
+        ),
+        CredentialField(
+            "app_id",
+            "App ID",
+            help_text="The application name sent with each login, e.g. TradeJournal. "
+            "Use the one Tradovate gave you with the API key, if it gave one.",
+        ),
+        CredentialField(
+            "app_version",
+            "App version",
+            help_text="The application version sent with each login; 1.0 unless Tradovate told you otherwise.",
+        ),
+        CredentialField(
+            "cid",
+            "API key ID (cid)",
+            help_text="In Tradovate, open Application Settings → API Access and generate an API key "
+            "(API access must be enabled on your account). The number shown as CID goes here. "
+            "Read-only permissions are enough for the journal.",
+        ),
+        CredentialField(
+            "sec",
+            "API secret (sec)",
+            secret=True,
+            help_text="Shown once next to the CID when you generate the API key (Application Settings → API "
+            "Access). If you lost it, generate a new key.",
+        ),
+        CredentialField(
+            "device_id",
+            "Device ID",
+            required=False,
+            help_text="Optional. Tradovate ties an API key to the device that first uses it; leave empty and "
+            "we send a stable id derived from your username.",
+        ),
+    )
+    base_urls = {
+        "demo": "https://demo.tradovateapi.com/v1",
+        "live": "https://live.tradovateapi.com/v1",
+    }
+    # /fill/list returns the whole trading day on every call, so a wide overlap costs no extra
+    # listing; it only re-resolves fills the journal dedups on their id.
+    sync_overlap = timedelta(hours=1)
+    # UNCONFIRMED: /fill/list reportedly returns the current trading day only. Reach further
+    # anyway, so that if it returns more, a first sync keeps it.
+    max_history = timedelta(days=30)
+    token_renew_margin = timedelta(minutes=15)
+
+    @classmethod
+    def validate_credentials(cls, values: Mapping[str, str], environment: str = "") -> dict[str, str]:
+        problems = super().validate_credentials(values, environment)
+        cid = (values.get("cid") or "").strip()
+        if cid and not cid.isdigit():
+            problems["cid"] = "The API key ID (cid) is a whole number, as shown under API Access in Tradovate."
+        return problems
+
+    # --- session --------------------------------------------------------------------------
+    def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
+        username = credentials["username"].strip()
+        scope = scope_for(username.lower())
+        body = {
+            "name": username,
+            "password": credentials["password"],
+            "appId": credentials["app_id"].strip(),
+            "appVersion": credentials["app_version"].strip(),
+            "cid": int(credentials["cid"].strip()),
+            "sec": credentials["sec"].strip(),
+            # Tradovate binds an API key to a device: the same id on every login avoids a new-device refusal.
+            "deviceId": credentials.get("device_id").strip()
+            or hashlib.sha256(f"trade-journal:{username.lower()}".encode()).hexdigest()[:32],
+        }
+        data = self._call("POST", "/auth/accesstokenrequest", scope=scope, buckets=AUTH_BUCKETS, body=body)
+        if data.get("errorText") or not data.get("accessToken"):
+            reason = _scrub(str(data.get("errorText") or "no session was returned"), (body["password"], body["sec"]))
+            raise BrokerAuthError(
+                f"Tradovate refused the login: {reason}. Check the username, password, API key ID (cid) and "
+                "secret (sec) for the chosen environment, then save the connection again.",
+                provider=self.key,
+            )
+        return self._session(data, {"limit_scope": scope})
+
+    def refresh_token(self, auth: AuthResult) -> AuthResult:
+        # Renewing extends the same session: a new login would take one of the user's two session slots.
+        data = self._call("GET", "/auth/renewaccesstoken", auth=auth, buckets=AUTH_BUCKETS)
+        if data.get("errorText") or not data.get("accessToken"):
+            raise BrokerAuthError(
+                "Tradovate would not renew the session; we log in again with the saved credentials.",
+                provider=self.key,
+            )
+        return self._session(data, auth.extra)
+
+    def _session(self, data: Mapping[str, Any], extra: Mapping[str, Any]) -> AuthResult:
+        expires_at = (
+            _utc(data["expirationTime"])
+            if data.get("expirationTime")
+            else datetime.now(UTC) + TOKEN_LIFETIME_IF_UNSTATED
+        )
+        kept = {k: data[k] for k in ("userId", "name", "userStatus", "hasLive") if k in data}
+        return AuthResult(token=data["accessToken"], expires_at=expires_at, extra={**extra, **kept})
+
+    # --- data -----------------------------------------------------------------------------
+    def get_accounts(self, auth: AuthResult) -> list[BrokerAccountInfo]:
+        accounts = self._list(auth, "/account/list")
+        return [
+            BrokerAccountInfo(
+                external_id=str(a["id"]),
+                name=a.get("name") or str(a["id"]),
+                currency="USD",
+                extra={"account_type": a.get("accountType", "")},
+            )
+            for a in accounts
+            if not a.get("closed") and a.get("active", True)
+        ]
+
+    def get_trades(
+        self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
+    ) -> Iterator[BrokerTrade]:
+        fills = [
+            f
+            for f in self._list(auth, "/fill/list")
+            # active false marks a busted fill: it never happened.
+            if f.get("active", True) and since <= _utc(f["timestamp"]) <= until
+        ]
+        fills.sort(key=lambda f: (_utc(f["timestamp"]), f["id"]))
+        instruments: dict[int, tuple[str, Decimal]] = {}
+        for batch in _batches(fills, BATCH_SIZE):
+            # A fill names no account: its order does.
+            orders = self._items(auth, "order", {f["orderId"] for f in batch})
+            mine = [f for f in batch if str(orders[f["orderId"]].get("accountId")) == account.external_id]
+            if not mine:
+                continue
+            fees = self._fill_fees(auth, [f["id"] for f in mine])
+            self._resolve_instruments(auth, {f["contractId"] for f in mine}, instruments)
+            for fill in mine:
+                symbol, multiplier = instruments[fill["contractId"]]
+                yield BrokerTrade(
+                    broker_trade_id=str(fill["id"]),
+                    account_external_id=account.external_id,
+                    symbol=symbol,
+                    side=SIDES[fill["action"]],
+                    quantity=_decimal(fill["qty"]),
+                    price=_decimal(fill["price"]),
+                    executed_at=_utc(fill["timestamp"]),
+                    fees=fees.get(fill["id"], Decimal(0)),
+                    currency="USD",
+                    asset_class="FUT",
+                    multiplier=multiplier,
+                    order_id=str(fill["orderId"]),
+                    raw=fill,
+                )
+
+    def _resolve_instruments(self, auth: AuthResult, contract_ids: set[int], known: dict) -> None:
+        """Fill `known` with contract id -> (contract name, value per point), three batched hops deep."""
+        contracts = self._items(auth, "contract", contract_ids - known.keys())
+        maturities = self._items(auth, "contractMaturity", {c["contractMaturityId"] for c in contracts.values()})
+        products = self._items(auth, "product", {m["productId"] for m in maturities.values()})
+        for contract_id, contract in contracts.items():
+            product = products[maturities[contract["contractMaturityId"]]["productId"]]
+            known[contract_id] = (contract["name"], _decimal(product["valuePerPoint"]))
+
+    def _fill_fees(self, auth: AuthResult, fill_ids: list[int]) -> dict[int, Decimal]:
+        """Total fee per fill id. UNCONFIRMED: FillFee ids equal fill ids (see FILL_FEES_PATH)."""
+        records = self._list(auth, FILL_FEES_PATH, {"ids": ",".join(map(str, fill_ids))})
+        fees = {
+            r["id"]: sum((_decimal(r[k]) for k in FEE_FIELDS if r.get(k) is not None), Decimal(0)) for r in records
+        }
+        missing = len(set(fill_ids) - fees.keys())
+        if missing:
+            log.warning("tradovate_fill_fees_missing", fills=missing, counted_as="0")
+        return fees
+
+    def _items(self, auth: AuthResult, entity: str, ids: set[int]) -> dict[int, dict]:
+        """Entities by id, BATCH_SIZE per call; every id asked for must come back."""
+        found: dict[int, dict] = {}
+        for batch in _batches(sorted(ids), BATCH_SIZE):
+            records = self._list(auth, f"/{entity}/items", {"ids": ",".join(map(str, batch))})
+            found.update((r["id"], r) for r in records)
+        if not ids <= found.keys():
+            raise BrokerAPIError(
+                f"Tradovate did not return every {entity} the fills refer to. The sync will retry automatically.",
+                provider=self.key,
+                transient=True,
+            )
+        return found
+
+    # --- one call, with Tradovate's own ways of saying "wait" -------------------------------
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: AuthResult | None = None,
+        scope: str = "",
+        buckets: tuple[str, ...] = DATA_BUCKETS,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        """The JSON answer to one request, after honouring penalty tickets; raises on lockouts."""
+        scope = scope or (auth.extra.get("limit_scope", "") if auth else "")
+        headers = {"Authorization": f"Bearer {auth.token}"} if auth else {}
+        params, body = params or {}, body or {}
+        resends = 0
+        while True:
+            response = self.http.request(
+                method,
+                path,
+                scope=scope,
+                buckets=buckets,
+                allow_statuses=LOCKOUT_STATUSES,
+                headers=headers,
+                params=params or None,
+                json=body if method == "POST" else None,
+            )
+            if response.status_code in LOCKOUT_STATUSES:
+                raise self._lockout(response, scope)
+            data = self.http.json(response)
+            if not (isinstance(data, dict) and "p-ticket" in data):
+                return data
+            ticket = self._wait_out_penalty(data, last_try=resends == MAX_PENALTY_RESENDS)
+            params, body = self._with_ticket(method, params, body, ticket)
+            resends += 1
+
+    def _list(self, auth: AuthResult, path: str, params: dict[str, str] | None = None) -> list[dict]:
+        """A listing; a business error (errorText, ok: false, violations) comes as an object instead."""
+        data = self._call("GET", path, auth=auth, params=params)
+        if not isinstance(data, list):
+            reason = data.get("errorText") if isinstance(data, dict) else None
+            raise BrokerAPIError(
+                f"Tradovate answered {path} with an error ({reason or 'unexpected answer'}). "
+                "The sync will try again at the next interval; if this keeps happening, please report it.",
+                provider=self.key,
+            )
+        return data
+
+    @staticmethod
+    def _with_ticket(method: str, params: dict, body: dict, ticket: str) -> tuple[dict, dict]:
+        """Attach a penalty ticket to the resend. UNCONFIRMED for GET: sent as a query parameter,
+        because the older alternative (the ticket as Bearer value) would drop the session token."""
+        if method == "POST":
+            return params, {**body, "p-ticket": ticket}
+        return {**params, "p-ticket": ticket}, body
+
+    def _wait_out_penalty(self, data: Mapping[str, Any], *, last_try: bool) -> str:
+        """Back every worker off for the ticket's time; sleep through a short one and return the ticket."""
+        limiter = get_limiter()
+        if data.get("p-captcha"):
+            limiter.block(self.key, CAPTCHA_WAIT_S)
+            raise BrokerRateLimitError(
+                "Tradovate asked for a captcha because our server sent too many requests; an automatic "
+                "sync cannot solve one. All Tradovate syncs pause for about an hour and then resume on "
+                "their own; nothing to do on your side.",
+                provider=self.key,
+                retry_after=CAPTCHA_WAIT_S,
+            )
+        wait = float(data.get("p-time") or 0)
+        log.warning("tradovate_penalty_ticket", p_time=wait)
+        # Tickets count against our whole IP range, so every worker must back off, not just this one.
+        limiter.block(self.key, wait)
+        if last_try or wait > settings.BROKER_RATE_LIMIT_MAX_SLEEP_S:
+            raise BrokerRateLimitError(
+                f"Tradovate asked us to pause for {max(1, round(wait))} s (too many requests from our "
+                "server). The sync continues automatically.",
+                provider=self.key,
+                retry_after=max(wait, 1.0),
+            )
+        time.sleep(wait)
+        return data["p-ticket"]
+
+    def _lockout(self, response: requests.Response, scope: str) -> BrokerRateLimitError:
+        wait = parse_retry_after(response)
+        wait = LOCKOUT_WAIT_S if wait is None else wait
+        # The lockout is per Tradovate user: block that user's calls, not every trader's.
+        get_limiter().block(self.key, wait, scope=scope)
+        return BrokerRateLimitError(
+            f"Tradovate locked out this user for too many requests (HTTP {response.status_code}). "
+            f"The sync pauses and resumes automatically in about {max(1, round(wait / 60))} min; "
+            "meanwhile keep other API tools on this login quiet.",
+            provider=self.key,
+            status_code=response.status_code,
+            retry_after=wait,
+        )
+
+
+register(TradovateProvider)

@@ -1,0 +1,382 @@
+"""IBKR Flex Web Service on the shared contract, plus its quirks: polling, error codes and the report format."""
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from urllib.parse import parse_qs, urlparse
+from xml.sax.saxutils import quoteattr
+
+import pytest
+import responses
+from defusedxml import ElementTree
+from structlog.testing import capture_logs
+
+from brokers.providers import ibkr_flex, ratelimit
+from brokers.providers.errors import (
+    BrokerAPIError,
+    BrokerAuthError,
+    BrokerRateLimitError,
+)
+from brokers.providers.ibkr_flex import IbkrFlexProvider, parse_report
+from brokers.providers.registry import get_broker_provider
+from brokers.providers.types import (
+    BUY,
+    SELL,
+    AuthResult,
+    BrokerAccountInfo,
+    BrokerCredentials,
+)
+from tests.providers.contract import SECRET_MARK, ProviderContract
+
+TOKEN = f"{SECRET_MARK}-184467440737095"
+QUERY_ID = "987654"
+REFERENCE = "7766554433"
+STATEMENT_URL = "https://gdcdyn.interactivebrokers.com/AccountManagement/FlexWebService/GetStatement"
+
+
+@pytest.fixture(autouse=True)
+def fast_flex(monkeypatch):
+    # No real waits between polls, and room for the limiter's 1-per-second bucket to sleep
+    # between the few calls of one test instead of re-queueing (test settings allow 0.5 s).
+    monkeypatch.setattr(ibkr_flex, "POLL_PAUSE_S", 0)
+    monkeypatch.setattr(ratelimit.get_limiter(), "max_sleep_s", 1.5)
+
+
+def send_url() -> str:
+    return get_broker_provider("ibkr_flex").base_url() + "/SendRequest"
+
+
+def auth() -> AuthResult:
+    return AuthResult(token=TOKEN, extra={"query_id": QUERY_ID})
+
+
+def send_ok(reference: str = REFERENCE) -> str:
+    return (
+        "<FlexStatementResponse timestamp='21 November, 2026 09:30 AM EST'>"
+        f"<Status>Success</Status><ReferenceCode>{reference}</ReferenceCode><Url>{STATEMENT_URL}</Url>"
+        "</FlexStatementResponse>"
+    )
+
+
+def flex_error(code: str, message: str = "Something happened.") -> str:
+    status = "Warn" if code == "1019" else "Fail"
+    return (
+        "<FlexStatementResponse timestamp='21 November, 2026 09:30 AM EST'>"
+        f"<Status>{status}</Status><ErrorCode>{code}</ErrorCode><ErrorMessage>{message}</ErrorMessage>"
+        "</FlexStatementResponse>"
+    )
+
+
+def row(tag: str = "Trade", **overrides: str) -> str:
+    attrs = {
+        "accountId": "U1111111", "acctAlias": "", "currency": "USD", "fxRateToBase": "1",
+        "assetCategory": "STK", "symbol": "AAPL", "description": "APPLE INC", "conid": "265598",
+        "underlyingSymbol": "AAPL", "multiplier": "1", "strike": "", "expiry": "", "putCall": "",
+        "tradeID": "5001", "transactionID": "6001", "ibExecID": "0000e0d5.6598a1b2.01.01", "ibOrderID": "7001",
+        "dateTime": "20261105;093001", "tradeDate": "20261105", "transactionType": "ExchTrade",
+        "exchange": "NASDAQ", "buySell": "BUY", "quantity": "100", "tradePrice": "230.5",
+        "ibCommission": "-1", "ibCommissionCurrency": "USD", "netCash": "-23051", "openCloseIndicator": "O",
+        "notes": "", "orderType": "LMT", "levelOfDetail": "EXECUTION",
+    }
+    attrs.update(overrides)
+    return f"<{tag} " + " ".join(f"{k}={quoteattr(v)}" for k, v in attrs.items() if v is not None) + " />"
+
+
+def statement(account: str, *rows: str, alias: str = "", currency: str = "") -> str:
+    info = f'<AccountInformation accountId="{account}" acctAlias="{alias}" currency="{currency}" />' if currency else ""
+    return (
+        f'<FlexStatement accountId="{account}" fromDate="20261101" toDate="20261120" period="" '
+        f'whenGenerated="20261121;023546">{info}<Trades>{"".join(rows)}</Trades></FlexStatement>'
+    )
+
+
+def report(*statements: str) -> str:
+    return (
+        f'<FlexQueryResponse queryName="journal" type="AF"><FlexStatements count="{len(statements)}">'
+        f'{"".join(statements)}</FlexStatements></FlexQueryResponse>'
+    )
+
+
+def parse(*statements: str):
+    return parse_report(ElementTree.fromstring(report(*statements)))
+
+
+def query(call) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlparse(call.request.url).query).items()}
+
+
+def stub_flow(rsps, *statement_answers: str) -> None:
+    rsps.add(responses.GET, send_url(), body=send_ok())
+    for body in statement_answers:
+        rsps.add(responses.GET, STATEMENT_URL, body=body)
+
+
+class TestIbkrFlexContract(ProviderContract):
+    provider_key = "ibkr_flex"
+    token_expires_on = ""
+
+    def stub_credentials(self):
+        values = {"token": TOKEN, "query_id": QUERY_ID}
+        if self.token_expires_on:
+            values["token_expires_on"] = self.token_expires_on
+        return BrokerCredentials(values=values)
+
+    def stub_login_refused(self, rsps):
+        # Flex has no login call: the refusal authenticate() can see is a token past its expiry.
+        self.token_expires_on = "2026-01-31"
+
+    def auth(self):
+        return auth()
+
+    def stub_accounts(self, rsps):
+        stub_flow(rsps, report(statement("U1111111", currency="EUR", alias="Main"), statement("U2222222")))
+        return ["U1111111", "U2222222"]
+
+    def account(self):
+        return BrokerAccountInfo(external_id="U1111111", name="U1111111")
+
+    def stub_trades(self, rsps, account):
+        rows = [
+            row(ibExecID=f"0000e0d5.6598a1b2.01.0{i}", dateTime=f"2026110{i + 3};10000{i}") for i in range(3)
+        ]
+        other = row(accountId="U2222222", ibExecID="0000e0d5.6598a1b2.02.01")
+        order = row("Order", levelOfDetail="ORDER", ibExecID="", transactionID="", tradeID="", ibOrderID="7001")
+        stub_flow(rsps, flex_error("1019"), report(statement("U1111111", *rows, order), statement("U2222222", other)))
+        return 3
+
+    def stub_server_error(self, rsps):
+        rsps.add(responses.GET, send_url(), status=500)
+
+    def stub_rate_limited(self, rsps, retry_after):
+        body = flex_error("1018", "Too many requests have been made from this token.")
+        rsps.add(responses.GET, send_url(), body=body)
+
+    def limiter_scope(self):
+        return ratelimit.scope_for(TOKEN)
+
+
+# --- the session ---------------------------------------------------------------------------
+def test_authenticate_makes_no_call_and_carries_the_expiry_and_query():
+    with responses.RequestsMock() as mock:
+        session = IbkrFlexProvider().authenticate(
+            BrokerCredentials(values={"token": f" {TOKEN} ", "query_id": QUERY_ID, "token_expires_on": "2099-03-31"})
+        )
+        assert not mock.calls
+    assert session.token == TOKEN and session.extra["query_id"] == QUERY_ID
+    assert session.expires_at == datetime(2099, 4, 1, tzinfo=UTC)
+
+
+def test_expiry_date_must_be_written_yyyy_mm_dd():
+    values = {"token": TOKEN, "query_id": QUERY_ID}
+    assert IbkrFlexProvider.validate_credentials({**values, "token_expires_on": "2099-03-31"}) == {}
+    for bad in ("31/03/2099", "20990331", "2099-02-30"):
+        problems = IbkrFlexProvider.validate_credentials({**values, "token_expires_on": bad})
+        assert set(problems) == {"token_expires_on"}
+
+
+def test_refresh_refuses_a_token_past_its_expiry():
+    with pytest.raises(BrokerAuthError) as info:
+        IbkrFlexProvider().refresh_token(AuthResult(token=TOKEN, expires_at=datetime(2026, 2, 1, tzinfo=UTC)))
+    assert "2026-01-31" in str(info.value) and SECRET_MARK not in str(info.value)
+
+
+# --- the two calls -------------------------------------------------------------------------
+@responses.activate
+def test_polls_while_the_report_is_generated_then_reads_it():
+    stub_flow(responses, flex_error("1019"), flex_error("1019"), report(statement("U1111111", row())))
+    with capture_logs() as logs:
+        trades = list(IbkrFlexProvider().get_trades(
+            auth(), BrokerAccountInfo("U1111111", "U1111111"),
+            datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC),
+        ))
+    assert len(trades) == 1
+    assert [e["path"] for e in logs if e["event"] == "broker_http"][:2] == [
+        urlparse(send_url()).path, urlparse(STATEMENT_URL).path,
+    ]
+    assert SECRET_MARK not in str(logs)
+    calls = responses.calls
+    assert len(calls) == 4
+    assert query(calls[0]) == {"t": TOKEN, "q": QUERY_ID, "v": "3", "fd": "20261031", "td": "20261119"}
+    assert all(query(c) == {"t": TOKEN, "q": REFERENCE, "v": "3"} for c in calls[1:])
+    assert all(c.request.headers["User-Agent"] for c in calls)
+
+
+@responses.activate
+def test_gives_up_polling_after_the_maximum_with_a_transient_error(monkeypatch):
+    monkeypatch.setattr(ibkr_flex, "POLL_MAX_S", 0)
+    stub_flow(responses, flex_error("1019"))
+    with pytest.raises(BrokerAPIError) as info:
+        IbkrFlexProvider().get_accounts(auth())
+    assert info.value.transient
+
+
+@responses.activate
+def test_too_many_requests_while_polling_blocks_the_token():
+    stub_flow(responses, flex_error("1018"))
+    with pytest.raises(BrokerRateLimitError) as info:
+        IbkrFlexProvider().get_accounts(auth())
+    assert info.value.retry_after >= 60
+    assert ratelimit.get_limiter().try_acquire("ibkr_flex", scope=ratelimit.scope_for(TOKEN)) > 30
+
+
+@pytest.mark.parametrize("code", ["1012", "1015", "1013", "1014", "1010", "1011"])
+@responses.activate
+def test_token_or_query_problems_ask_the_trader_to_act_without_showing_the_token(code):
+    responses.add(responses.GET, send_url(), body=flex_error(code, f"Token {TOKEN} is not valid."))
+    provider = IbkrFlexProvider()
+    with capture_logs() as logs, pytest.raises(BrokerAuthError) as info:
+        provider.get_accounts(auth())
+    assert SECRET_MARK not in str(logs)
+    assert code in str(info.value) and TOKEN not in str(info.value) and SECRET_MARK not in repr(info.value.args)
+    # The engine's second try with the same token is answered without asking IBKR again.
+    with pytest.raises(BrokerAuthError):
+        provider.get_accounts(auth())
+    assert len(responses.calls) == 1
+
+
+@pytest.mark.parametrize("code", ["1003", "1016", "1020"])
+@responses.activate
+def test_permanent_errors_are_not_retried(code):
+    responses.add(responses.GET, send_url(), body=flex_error(code))
+    with pytest.raises(BrokerAPIError) as info:
+        IbkrFlexProvider().get_accounts(auth())
+    assert not info.value.transient and not isinstance(info.value, BrokerAuthError)
+
+
+@pytest.mark.parametrize("code", ["1001", "1009", "1021"])
+@responses.activate
+def test_not_ready_errors_are_transient(code):
+    stub_flow(responses, flex_error(code))
+    with pytest.raises(BrokerAPIError) as info:
+        IbkrFlexProvider().get_accounts(auth())
+    assert info.value.transient
+
+
+@responses.activate
+def test_unknown_code_shows_ibkr_message_without_the_token():
+    responses.add(responses.GET, send_url(), body=flex_error("1099", f"Odd token {TOKEN}."))
+    with pytest.raises(BrokerAPIError) as info:
+        IbkrFlexProvider().get_accounts(auth())
+    assert "1099" in str(info.value) and SECRET_MARK not in str(info.value)
+
+
+@responses.activate
+def test_invalid_reference_code_starts_again_once():
+    responses.add(responses.GET, send_url(), body=send_ok())
+    responses.add(responses.GET, STATEMENT_URL, body=flex_error("1017"))
+    responses.add(responses.GET, STATEMENT_URL, body=report(statement("U1111111")))
+    assert [a.external_id for a in IbkrFlexProvider().get_accounts(auth())] == ["U1111111"]
+    assert [urlparse(c.request.url).path.rsplit("/", 1)[1] for c in responses.calls] == [
+        "SendRequest", "GetStatement", "SendRequest", "GetStatement",
+    ]
+
+
+@responses.activate
+def test_report_address_outside_ibkr_never_gets_the_token():
+    responses.add(responses.GET, send_url(), body=send_ok().replace("gdcdyn.interactivebrokers.com", "evil.example"))
+    with pytest.raises(BrokerAPIError):
+        IbkrFlexProvider().get_accounts(auth())
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_several_accounts_come_from_one_report_fetched_once():
+    stub_flow(responses, report(
+        statement("U1111111", row(), row(ibExecID="0000e0d5.6598a1b2.01.02")),
+        statement("U2222222", row(accountId="U2222222", ibExecID="0000e0d5.6598a1b2.02.01")),
+    ))
+    provider = IbkrFlexProvider()
+    since, until = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
+    first = list(provider.get_trades(auth(), BrokerAccountInfo("U1111111", "a"), since, until))
+    second = list(provider.get_trades(auth(), BrokerAccountInfo("U2222222", "b"), since, until))
+    assert [t.account_external_id for t in first] == ["U1111111", "U1111111"]
+    assert [t.broker_trade_id for t in second] == ["0000e0d5.6598a1b2.02.01"]
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_periods_longer_than_365_days_are_split():
+    for _ in range(2):
+        stub_flow(responses, report(statement("U1111111")))
+    list(IbkrFlexProvider().get_trades(
+        auth(), BrokerAccountInfo("U1111111", "a"),
+        datetime(2024, 1, 1, 12, tzinfo=UTC), datetime(2025, 6, 30, 12, tzinfo=UTC),
+    ))
+    sends = [query(c) for c in responses.calls if c.request.url.startswith(send_url())]
+    assert [(q["fd"], q["td"]) for q in sends] == [("20240101", "20241230"), ("20241231", "20250630")]
+
+
+# --- the report ----------------------------------------------------------------------------
+def test_only_execution_rows_are_imported():
+    parsed = parse(statement(
+        "U1111111",
+        row(),
+        row(levelOfDetail=None, ibExecID="0000e0d5.6598a1b2.01.02"),
+        row("Order", levelOfDetail="ORDER", ibExecID="", transactionID="", tradeID=""),
+        row(levelOfDetail="CLOSED_LOT", ibExecID="", transactionID="9001"),
+        row("Lot", levelOfDetail="CLOSED_LOT", ibExecID="", transactionID="9002"),
+    ))
+    assert [t.broker_trade_id for t in parsed.trades["U1111111"]] == [
+        "0000e0d5.6598a1b2.01.01", "0000e0d5.6598a1b2.01.02",
+    ]
+
+
+def test_signed_quantity_gives_the_side_and_commission_the_fees():
+    sell, cancelled_buy, rebate = parse(statement(
+        "U1111111",
+        row(buySell="SELL", quantity="-1,250", tradePrice="1,234.50", ibCommission="-6.25"),
+        row(buySell="BUY (Ca.)", quantity="-100", ibExecID="x2"),
+        row(quantity="10", ibCommission="0.35", ibExecID="x3"),
+    )).trades["U1111111"]
+    assert (sell.side, sell.quantity, sell.price) == (SELL, Decimal(1250), Decimal("1234.50"))
+    assert sell.fees == Decimal("6.25")
+    assert (cancelled_buy.side, cancelled_buy.quantity, cancelled_buy.fees) == (SELL, Decimal(100), Decimal(1))
+    assert rebate.side == BUY
+    assert rebate.fees == Decimal(0) and rebate.raw["ibCommission"] == "0.35"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20241101;120000", datetime(2024, 11, 1, 16, 0, tzinfo=UTC)),  # EDT, before the change
+        ("20241104;120000", datetime(2024, 11, 4, 17, 0, tzinfo=UTC)),  # EST, after it
+        ("2024-11-04, 12:00:00", datetime(2024, 11, 4, 17, 0, tzinfo=UTC)),
+        ("11/04/2024 120000", datetime(2024, 11, 4, 17, 0, tzinfo=UTC)),
+        ("2024-03-11T09:30:01", datetime(2024, 3, 11, 13, 30, 1, tzinfo=UTC)),
+    ],
+)
+def test_new_york_times_become_utc_across_dst(text, expected):
+    (trade,) = parse(statement("U1111111", row(dateTime=text))).trades["U1111111"]
+    assert trade.executed_at == expected and trade.raw["dateTime"] == text
+
+
+def test_unknown_attributes_and_values_are_tolerated_and_options_read():
+    (future_thing, option) = parse(statement(
+        "U1111111",
+        row(assetCategory="NEWCLASS", transactionType="SomethingNew", brandNewField="42", fxRateToBase="N/A"),
+        row(assetCategory="OPT", symbol="AAPL  261218C00250000", multiplier="100", strike="250", expiry="20261218",
+            putCall="C", ibExecID="x2", ibCommission="--"),
+    )).trades["U1111111"]
+    assert future_thing.asset_class == "NEWCLASS" and future_thing.raw["brandNewField"] == "42"
+    assert (option.multiplier, option.strike, option.expiry, option.option_right, option.fees) == (
+        Decimal(100), Decimal(250), date(2026, 12, 18), "C", Decimal(0),
+    )
+
+
+def test_a_malformed_row_is_reported_and_the_others_kept():
+    with capture_logs() as logs:
+        parsed = parse(statement(
+            "U1111111",
+            row(quantity="lots", ibExecID="bad.1"),
+            row(dateTime="yesterday", ibExecID="bad.2"),
+            row(ibExecID="good.1"),
+        ))
+    assert [t.broker_trade_id for t in parsed.trades["U1111111"]] == ["good.1"]
+    skipped = [e for e in logs if e["event"] == "ibkr_flex_row_skipped"]
+    assert [e["row_id"] for e in skipped] == ["bad.1", "bad.2"]
+    assert all(e["log_level"] == "warning" and SECRET_MARK not in str(e) for e in skipped)
+
+
+def test_account_currency_and_name_come_from_account_information_when_present():
+    accounts = parse(statement("U1111111", currency="EUR", alias="Main"), statement("U2222222")).accounts
+    assert [(a.external_id, a.name, a.currency) for a in accounts] == [
+        ("U1111111", "Main", "EUR"), ("U2222222", "U2222222", "USD"),
+    ]
