@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import transaction
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
+from brokers.models import BrokerConnection
+
 SYNC_TASK = "sync.tasks.sync_connection"
 TASK_NAME_PREFIX = "broker-sync:"
 
@@ -80,3 +82,44 @@ def request_sync_now(connection_id: int, trigger: str = "manual") -> None:
     """Queue a sync once the current transaction commits (by task name: brokers does not import sync)."""
     task = current_app.tasks[SYNC_TASK]
     transaction.on_commit(lambda: task.apply_async(kwargs={"connection_id": connection_id, "trigger": trigger}))
+
+
+def reconcile() -> dict[str, list[str]]:
+    """Find and repair drift between connections and their PeriodicTasks; say what changed.
+
+    Drift comes from hand edits in the admin's PeriodicTask pages, restored backups, or a
+    crash between two writes outside the services. Missing tasks are created, wrong ones
+    re-pointed, orphans (no connection) deleted.
+    """
+    changes: dict[str, list[str]] = {"created": [], "updated": [], "deleted": []}
+    tasks = {t.name: t for t in PeriodicTask.objects.filter(name__startswith=TASK_NAME_PREFIX).select_related("interval")}
+    for connection in BrokerConnection.objects.all():
+        name = task_name(connection.pk)
+        task = tasks.pop(name, None)
+        if task is None:
+            sync_schedule(connection)
+            changes["created"].append(name)
+        elif not _matches(task, connection):
+            sync_schedule(connection)
+            changes["updated"].append(name)
+    for name, task in tasks.items():
+        task.delete()
+        changes["deleted"].append(name)
+    if any(changes.values()):
+        mark_schedules_changed()
+    return changes
+
+
+def _matches(task: PeriodicTask, connection) -> bool:
+    unit = 1 if settings.SYNC_INTERVAL_UNIT == "seconds" else 60
+    return (
+        task.task == SYNC_TASK
+        and task.crontab_id is None
+        and task.interval is not None
+        and task.interval.every == connection.sync_interval_min
+        and task.interval.period == _period()
+        and task.enabled == connection.schedule_active
+        and json.loads(task.kwargs or "{}") == {"connection_id": connection.pk}
+        and task.args in ("[]", "")
+        and task.expire_seconds == connection.sync_interval_min * unit
+    )

@@ -167,7 +167,13 @@ CELERY_RESULT_EXPIRES = 3600
 # countdown a retry or a rate-limit wait sets (see docs/operations.md).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 7200)}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
-CELERY_TASK_EAGER_PROPAGATES = True
+# Housekeeping that beat runs besides the per-connection syncs (kept in the database by
+# django-celery-beat like every other schedule).
+CELERY_BEAT_SCHEDULE = {
+    "close-interrupted-sync-runs": {"task": "sync.tasks.close_interrupted_runs", "schedule": 60.0},
+    "reconcile-sync-schedules": {"task": "sync.tasks.reconcile_schedules", "schedule": 3600.0},
+    "prune-sync-logs": {"task": "sync.tasks.prune_sync_logs", "schedule": 86400.0},
+}
 
 # --- Sync ---------------------------------------------------------------------------------
 SYNC_INTERVAL_DEFAULT_MIN = 15
@@ -179,6 +185,11 @@ if SYNC_INTERVAL_UNIT not in {"minutes", "seconds"}:
     raise ImproperlyConfigured("SYNC_INTERVAL_UNIT must be 'minutes' or 'seconds'.")
 SYNC_LOCK_TIMEOUT_S = CELERY_TASK_TIME_LIMIT + 60
 SYNC_FAILURE_NOTIFY_AFTER = env_int("SYNC_FAILURE_NOTIFY_AFTER", 3)
+# Waits before retries 1, 2 and 3 of a transiently failed sync: about 1, 5 and 15 minutes.
+# (The real-process tests shorten them; there are always as many retries as steps.)
+SYNC_RETRY_DELAYS_S = tuple(float(s) for s in env("SYNC_RETRY_DELAYS_S", "60,300,900").split(","))
+# SyncLog rows older than this many days are deleted by the daily prune task.
+SYNC_LOG_RETENTION_DAYS = env_int("SYNC_LOG_RETENTION_DAYS", 90)
 SYNC_IMPORT_BATCH_SIZE = env_int("SYNC_IMPORT_BATCH_SIZE", 2000)
 
 # --- Brokers ------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from config.settings import DATABASES  # noqa: E402
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 CELERY_TASK_ALWAYS_EAGER = True
+# Eager retries only re-run when errors are not propagated; .get() still re-raises a failure.
+CELERY_TASK_EAGER_PROPAGATES = False
 BROKER_RATE_LIMIT_MAX_SLEEP_S = 0.5
 # A file, not memory, so that real worker and beat processes can open the test database.
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):

@@ -6,7 +6,8 @@ of one task id writes to the same SyncLog row.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
 
@@ -24,6 +25,7 @@ from brokers.providers.errors import BrokerAuthError, BrokerError, BrokerRateLim
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import AuthResult, BrokerAccountInfo
 from journal.importing import ImportResult, import_trades
+from sync import notifications
 
 log = structlog.get_logger("sync")
 
@@ -65,22 +67,48 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+# Release only our own lock: a run that outlived its lock must not free someone else's.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def lock_key(connection_id: int) -> str:
+    return f"sync-lock:{connection_id}"
+
+
+def _acquire_lock(connection_id: int, owner: str) -> bool:
+    """Take the connection's lock, or re-enter it when it is held by this same task id.
+
+    Re-entry is what lets a message redelivered after its worker was killed finish the run
+    it started, instead of being skipped by its own stale lock.
+    """
+    key = lock_key(connection_id)
+    if _redis().set(key, owner, nx=True, ex=settings.SYNC_LOCK_TIMEOUT_S):
+        return True
+    if _redis().get(key) == owner.encode():
+        _redis().expire(key, settings.SYNC_LOCK_TIMEOUT_S)
+        return True
+    return False
+
+
+def _release_lock(connection_id: int, owner: str) -> None:
+    if not _redis().eval(_RELEASE, 1, lock_key(connection_id), owner):
+        log.warning("sync_lock_lost_before_release", connection_id=connection_id)
+
+
 def run_sync(attempt: Attempt) -> SyncLog | None:
     """Run (or skip, if another run holds the lock) one sync attempt; returns its SyncLog."""
     connection = BrokerConnection.objects.filter(pk=attempt.connection_id).first()
     if connection is None:
         log.info("sync_connection_gone", connection_id=attempt.connection_id)
         return None
-    lock = _redis().lock(f"sync-lock:{connection.pk}", timeout=settings.SYNC_LOCK_TIMEOUT_S, blocking=False)
-    if not lock.acquire():
+    if not attempt.task_id:
+        attempt = replace(attempt, task_id=f"inline-{uuid.uuid4()}")
+    if not _acquire_lock(connection.pk, attempt.task_id):
         return _record_skipped(connection, attempt)
     try:
         return _run_locked(connection, attempt)
     finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            log.warning("sync_lock_expired_before_release", connection_id=connection.pk)
+        _release_lock(connection.pk, attempt.task_id)
 
 
 def _record_skipped(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
@@ -251,6 +279,7 @@ def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict, bo
     error = "; ".join(f"{k}: {detail[k]['error']}" for k in failed)
     _close_log(sync_log, status, detail, error, "account" if failed else "")
     now = sync_log.finished_at
+    failures_before = BrokerConnection.objects.values_list("consecutive_failures", flat=True).get(pk=connection.pk)
     BrokerConnection.objects.filter(pk=connection.pk).update(
         status=BrokerConnection.Status.CONNECTED,
         last_sync_at=now,
@@ -258,6 +287,7 @@ def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict, bo
         last_sync_error=error,
         consecutive_failures=0,
     )
+    notifications.run_succeeded(connection, failures_before)
     bound.info("sync_finished", status=status, imported=sync_log.trades_imported, skipped=sync_log.trades_skipped,
                duration_ms=sync_log.duration_ms)
     return sync_log
@@ -291,10 +321,14 @@ def _finish_failed(
         # Hold automatic sync until the trader saves new credentials (services resume it).
         fields["credentials_rejected"] = True
         fields["token_ciphertext"] = ""
+    was_rejected = connection.credentials_rejected
     BrokerConnection.objects.filter(pk=connection.pk).update(**fields)
+    connection.refresh_from_db()
     if credentials_rejected:
-        connection.refresh_from_db()
         schedules.sync_schedule(connection)
+        if not was_rejected:
+            notifications.credentials_refused(connection, message)
+    notifications.run_failed(connection, connection.consecutive_failures, message)
     bound.warning("sync_failed", error_kind=kind, error=message)
     return sync_log
 
@@ -305,3 +339,43 @@ def _pause(connection: BrokerConnection, sync_log: SyncLog, status_before: str, 
     sync_log.error_kind = exc.kind
     sync_log.save(update_fields=["error_message", "error_kind"])
     BrokerConnection.objects.filter(pk=connection.pk).update(status=status_before, last_sync_error=exc.message)
+
+
+INTERRUPTED_MESSAGE = (
+    "This sync was interrupted (its worker stopped) and did not resume. Nothing was lost: "
+    "the next sync fetches everything since the last completed one."
+)
+
+
+def close_interrupted_runs() -> int:
+    """Close runs a killed worker left behind, and free connections stuck in SYNCING.
+
+    SYNCING is only ever set while the run's lock is held, so SYNCING without a lock is
+    stale at once. A RUNNING log may legitimately wait between retries, so it is closed
+    only once it is older than any run with all its retries could be.
+    """
+    client = _redis()
+    closed = 0
+    for connection in BrokerConnection.objects.filter(status=BrokerConnection.Status.SYNCING):
+        if not client.exists(lock_key(connection.pk)):
+            status = BrokerConnection.Status.ERROR if connection.last_sync_error else BrokerConnection.Status.CONNECTED
+            BrokerConnection.objects.filter(pk=connection.pk, status=BrokerConnection.Status.SYNCING).update(
+                status=status
+            )
+    oldest_live = timezone.now() - timedelta(
+        seconds=settings.SYNC_LOCK_TIMEOUT_S + sum(settings.SYNC_RETRY_DELAYS_S) * 1.1
+    )
+    for sync_log in SyncLog.objects.filter(status=SyncLog.Status.RUNNING, started_at__lt=oldest_live):
+        if client.exists(lock_key(sync_log.connection_id)):
+            continue
+        _close_log(sync_log, SyncLog.Status.INTERRUPTED, None, INTERRUPTED_MESSAGE, "interrupted")
+        closed += 1
+    if closed:
+        log.warning("sync_runs_closed_as_interrupted", count=closed)
+    return closed
+
+
+def prune_sync_logs() -> int:
+    cutoff = timezone.now() - timedelta(days=settings.SYNC_LOG_RETENTION_DAYS)
+    deleted, _ = SyncLog.objects.filter(started_at__lt=cutoff).exclude(status=SyncLog.Status.RUNNING).delete()
+    return deleted

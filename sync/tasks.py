@@ -5,14 +5,15 @@ import random
 
 import structlog
 from celery import Task, shared_task
+from django.conf import settings
 
 from brokers.models import SyncLog
+from brokers import schedules
+from sync import engine
 from sync.engine import Attempt, RetryableSyncError, SyncRequeue, run_sync
 
 log = structlog.get_logger("sync.tasks")
 
-# Waits before retry 1, 2 and 3 after a transient failure: about 1, 5 and 15 minutes.
-RETRY_DELAYS_S = (60, 300, 900)
 RETRY_JITTER = 0.10
 # Rate-limit pauses are not failures, but a broker that never lets us in must end somewhere.
 MAX_RATE_LIMIT_REQUEUES = 20
@@ -20,7 +21,8 @@ MAX_RATE_LIMIT_REQUEUES = 20
 
 def retry_delay(failures: int, retry_after: float | None = None) -> float:
     """The pause before the next attempt: the policy's step ±10%, or the broker's Retry-After if longer."""
-    base = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S)) - 1]
+    delays = settings.SYNC_RETRY_DELAYS_S
+    base = delays[min(failures, len(delays)) - 1]
     delay = base * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
     return max(delay, retry_after or 0)
 
@@ -60,7 +62,7 @@ def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCH
         trigger=trigger,
         task_id=self.request.id or "",
         number=failures + 1,
-        final=failures >= len(RETRY_DELAYS_S),
+        final=failures >= len(settings.SYNC_RETRY_DELAYS_S),
         may_requeue=requeues < MAX_RATE_LIMIT_REQUEUES,
     )
     structlog.contextvars.bind_contextvars(connection_id=connection_id, task_id=attempt.task_id, attempt=attempt.number)
@@ -77,3 +79,24 @@ def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCH
         structlog.contextvars.unbind_contextvars("connection_id", "task_id", "attempt")
     return None if sync_log is None else {"sync_log_id": sync_log.pk, "status": sync_log.status}
 
+
+
+@shared_task(name="sync.tasks.close_interrupted_runs")
+def close_interrupted_runs():
+    """Periodic: close runs a killed worker left open and free connections stuck in SYNCING."""
+    return engine.close_interrupted_runs()
+
+
+@shared_task(name="sync.tasks.reconcile_schedules")
+def reconcile_schedules():
+    """Periodic: repair drift between connections and their beat schedules."""
+    changes = schedules.reconcile()
+    if any(changes.values()):
+        log.warning("schedules_reconciled", **changes)
+    return changes
+
+
+@shared_task(name="sync.tasks.prune_sync_logs")
+def prune_sync_logs():
+    """Daily: delete SyncLog rows past SYNC_LOG_RETENTION_DAYS."""
+    return engine.prune_sync_logs()

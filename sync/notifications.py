@@ -1,0 +1,68 @@
+"""Tell traders when sync keeps failing, when their credentials need them, and when it recovers.
+
+Each notice is sent once per episode: on the run that reaches the failure threshold, on the
+run that finds the credentials refused, and on the first success after a notified failure.
+"""
+from __future__ import annotations
+
+import structlog
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+
+from brokers.models import BrokerConnection
+from sync.models import Notice
+
+log = structlog.get_logger("sync.notifications")
+
+
+def _notify(connection: BrokerConnection, kind: str, subject: str, message: str) -> None:
+    Notice.objects.create(owner=connection.owner, connection=connection, kind=kind, message=message)
+    email = connection.owner.email
+    if not email:
+        return
+
+    def send():
+        try:
+            send_mail(subject, message, None, [email])
+        except Exception:
+            # A mail server outage must not turn a sync outcome into a crash; the notice is on the dashboard.
+            log.exception("notice_email_failed", connection_id=connection.pk, kind=kind)
+
+    transaction.on_commit(send)
+
+
+def run_failed(connection: BrokerConnection, failures: int, message: str) -> None:
+    """Called after a failed run with the new count of consecutive failed runs."""
+    if failures != settings.SYNC_FAILURE_NOTIFY_AFTER:
+        return
+    _notify(
+        connection,
+        Notice.Kind.REPEATED_FAILURE,
+        f"Sync of {connection.label} keeps failing",
+        f"The last {failures} syncs of {connection.label} ({connection.provider_name}) failed, so your "
+        f"journal may be missing recent trades.\n\nLast error: {message}\n\nWe keep trying at every "
+        "interval and will tell you when it works again.",
+    )
+
+
+def credentials_refused(connection: BrokerConnection, message: str) -> None:
+    _notify(
+        connection,
+        Notice.Kind.CREDENTIALS,
+        f"{connection.label}: the broker refused your credentials",
+        f"{connection.provider_name} refused the credentials of {connection.label}.\n\n{message}\n\n"
+        "Automatic sync is paused until you save new credentials on the brokers page; it resumes by itself then.",
+    )
+
+
+def run_succeeded(connection: BrokerConnection, failures_before: int) -> None:
+    if failures_before < settings.SYNC_FAILURE_NOTIFY_AFTER:
+        return
+    _notify(
+        connection,
+        Notice.Kind.RECOVERED,
+        f"Sync of {connection.label} works again",
+        f"{connection.label} ({connection.provider_name}) synced successfully after {failures_before} failed "
+        "runs. Trades missed meanwhile were fetched as far as the broker's history allows.",
+    )

@@ -1,0 +1,198 @@
+"""The sync path under failure: retries, auth holds, notices, locks, interrupted runs, tombstones."""
+from datetime import timedelta
+
+import pytest
+import responses
+from django.conf import settings
+from django.core import mail
+from django.core.management import call_command
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from brokers import schedules, services
+from brokers.models import BrokerConnection, SyncLog
+from journal.models import Trade
+from sync import engine
+from sync.models import Notice
+from sync.tasks import retry_delay, sync_connection
+
+pytestmark = pytest.mark.django_db
+
+ACCOUNT_URL = "https://paper-api.alpaca.markets/v2/account"
+FILLS_URL = "https://paper-api.alpaca.markets/v2/account/activities/FILL"
+ACCOUNT = {"id": "acc-uuid", "account_number": "PA123", "currency": "USD", "status": "ACTIVE"}
+FILLS = [
+    {"id": f"2026111{i}093000000::f{i}", "activity_type": "FILL", "transaction_time": f"2026-11-1{i}T14:30:00.123Z",
+     "type": "fill", "price": "101.25", "qty": "3", "side": "buy", "symbol": "AAPL", "order_id": f"o{i}",
+     "cum_qty": "3", "leaves_qty": "0"}
+    for i in range(1, 6)
+]
+
+
+@pytest.fixture
+def alpaca(trader, django_capture_on_commit_callbacks):
+    trader.email = "alice@example.com"
+    trader.save()
+    with django_capture_on_commit_callbacks(execute=False):
+        return services.connection_create(
+            owner=trader, broker_type="alpaca", label="Alpaca paper", environment="paper",
+            credentials={"key_id": "AKTEST", "secret_key": "SECRET-alpaca-value"},
+        )
+
+
+def fails(rsps, status, times, url=ACCOUNT_URL, headers=None):
+    for _ in range(times):
+        rsps.get(url, status=status, json={"message": "nope"}, headers=headers or {})
+
+
+def healthy(rsps):
+    rsps.get(ACCOUNT_URL, json=ACCOUNT)
+    rsps.get(FILLS_URL, json=FILLS)
+
+
+def run(connection):
+    return SyncLog.objects.get(pk=sync_connection.delay(connection.pk).get()["sync_log_id"])
+
+
+def test_retry_steps_are_about_1_5_15_minutes_and_retry_after_wins_when_longer():
+    for failures, base in ((1, 60), (2, 300), (3, 900)):
+        delays = [retry_delay(failures) for _ in range(50)]
+        assert all(base * 0.9 <= d <= base * 1.1 for d in delays)
+        assert max(delays) - min(delays) > 0  # jitter spreads retries of many connections
+    assert retry_delay(1, retry_after=200) == 200
+
+
+@responses.activate
+def test_a_broker_failing_twice_then_answering_gives_one_success_log(alpaca):
+    fails(responses, 503, 2)
+    healthy(responses)
+    log = run(alpaca)
+    assert log.status == SyncLog.Status.SUCCESS and log.attempt == 3
+    assert SyncLog.objects.count() == 1
+    assert log.trades_imported == 5 and Trade.objects.count() == 5
+    alpaca.refresh_from_db()
+    assert alpaca.status == "CONNECTED" and alpaca.last_sync_error == "" and alpaca.consecutive_failures == 0
+
+
+@responses.activate
+def test_after_the_last_retry_the_connection_is_in_error_with_a_readable_message(alpaca):
+    fails(responses, 500, 4)
+    log = run(alpaca)
+    assert log.status == SyncLog.Status.FAILED and log.attempt == 4 and log.error_kind == "api"
+    alpaca.refresh_from_db()
+    assert alpaca.status == "ERROR"
+    assert "Alpaca had an internal error (HTTP 500). The sync will retry automatically." in alpaca.last_sync_error
+    assert alpaca.consecutive_failures == 1
+    assert len(responses.calls) == 4  # first attempt + 3 retries, no more
+
+
+@responses.activate
+def test_auth_failure_stops_at_once_holds_the_schedule_and_notifies_once(alpaca, django_capture_on_commit_callbacks):
+    fails(responses, 401, 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        log = run(alpaca)
+    assert log.status == SyncLog.Status.FAILED and log.attempt == 1 and log.error_kind == "auth"
+    assert len(responses.calls) == 1  # no retries
+    alpaca.refresh_from_db()
+    assert alpaca.status == "ERROR" and alpaca.credentials_rejected
+    assert not PeriodicTask.objects.get(name=schedules.task_name(alpaca.pk)).enabled
+    assert Notice.objects.filter(connection=alpaca, kind="credentials").count() == 1
+    assert len(mail.outbox) == 1 and "refused your credentials" in mail.outbox[0].subject
+    assert "SECRET-alpaca-value" not in mail.outbox[0].body + alpaca.last_sync_error
+
+    # Saving new credentials clears the hold and sync resumes by itself.
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.connection_update(alpaca.pk, credentials={"key_id": "AKNEW", "secret_key": "new-secret"})
+    alpaca.refresh_from_db()
+    assert not alpaca.credentials_rejected and alpaca.status == "CONNECTED" and alpaca.last_sync_error == ""
+    assert PeriodicTask.objects.get(name=schedules.task_name(alpaca.pk)).enabled
+    assert len(callbacks) == 1  # a sync is queued right away
+
+
+@responses.activate
+def test_repeated_failures_notify_once_and_recovery_is_announced(alpaca, django_capture_on_commit_callbacks):
+    threshold = settings.SYNC_FAILURE_NOTIFY_AFTER
+    for _ in range(threshold + 1):
+        fails(responses, 500, 4)
+        with django_capture_on_commit_callbacks(execute=True):
+            run(alpaca)
+    assert Notice.objects.filter(kind="repeated_failure").count() == 1
+    assert [m.subject for m in mail.outbox] == ["Sync of Alpaca paper keeps failing"]
+    healthy(responses)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert run(alpaca).status == SyncLog.Status.SUCCESS
+    assert Notice.objects.filter(kind="recovered").count() == 1
+    assert mail.outbox[-1].subject == "Sync of Alpaca paper works again"
+
+
+@responses.activate
+def test_rate_limit_waits_requeue_without_counting_as_a_failure(alpaca):
+    # Eager tasks ignore countdowns, so the broker's wait is 0 here; a worker would wait it out.
+    fails(responses, 429, 2, headers={"Retry-After": "0"})
+    healthy(responses)
+    log = run(alpaca)
+    assert log.status == SyncLog.Status.SUCCESS and log.attempt == 1  # two pauses, no failure counted
+    assert log.trades_imported == 5 and len(responses.calls) == 5  # 2 refused, login, account, fills
+
+
+def test_a_run_while_another_holds_the_lock_is_skipped(trader):
+    connection = services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"})
+    before = Trade.objects.count()
+    assert engine._acquire_lock(connection.pk, "someone-else")
+    log = engine.run_sync(engine.Attempt(connection_id=connection.pk, task_id="mine"))
+    assert log.status == SyncLog.Status.SKIPPED and Trade.objects.count() == before
+    # A redelivered message (same task id) re-enters its own lock and finishes the run.
+    log = engine.run_sync(engine.Attempt(connection_id=connection.pk, task_id="someone-else"))
+    assert log.status == SyncLog.Status.SUCCESS
+
+
+def test_interrupted_runs_are_closed_and_stuck_syncing_is_freed(trader):
+    connection = services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"})
+    BrokerConnection.objects.filter(pk=connection.pk).update(status="SYNCING")
+    old = SyncLog.objects.create(connection=connection, started_at=timezone.now() - timedelta(hours=3), task_id="t")
+    recent = SyncLog.objects.create(connection=connection, started_at=timezone.now(), task_id="u")
+    assert engine.close_interrupted_runs() == 1
+    old.refresh_from_db()
+    recent.refresh_from_db()
+    assert old.status == SyncLog.Status.INTERRUPTED and "interrupted" in old.error_message
+    assert recent.status == SyncLog.Status.RUNNING  # may be waiting for its retry
+    connection.refresh_from_db()
+    assert connection.status == "CONNECTED"
+
+
+def test_a_deleted_trade_does_not_come_back(trader):
+    connection = services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"})
+    run(connection)
+    trade = Trade.objects.first()
+    Trade.objects.filter(pk=trade.pk).update(deleted_at=timezone.now())
+    connection.accounts.update(sync_cursor=None)
+    log = run(connection)
+    assert log.trades_skipped > 0
+    assert Trade.objects.filter(account=trade.account, broker_trade_id=trade.broker_trade_id).count() == 1
+    assert Trade.objects.get(pk=trade.pk).deleted_at is not None
+
+
+def test_reconcile_repairs_missing_wrong_and_orphaned_tasks(trader, capsys):
+    a = services.connection_create(owner=trader, broker_type="demo", label="A", credentials={"api_key": "k"})
+    b = services.connection_create(owner=trader, broker_type="demo", label="B", credentials={"api_key": "k"})
+    PeriodicTask.objects.filter(name=schedules.task_name(a.pk)).delete()
+    PeriodicTask.objects.filter(name=schedules.task_name(b.pk)).update(enabled=False, interval=schedules.interval_schedule(60))
+    orphan = PeriodicTask.objects.create(name="broker-sync:99999", task=schedules.SYNC_TASK, interval=schedules.interval_schedule(5))
+    call_command("reconcile_schedules")
+    out = capsys.readouterr().out
+    assert f"created: broker-sync:{a.pk}" in out and f"updated: broker-sync:{b.pk}" in out
+    assert "deleted: broker-sync:99999" in out and "3 schedule(s) repaired." in out
+    assert not PeriodicTask.objects.filter(pk=orphan.pk).exists()
+    task = PeriodicTask.objects.get(name=schedules.task_name(b.pk))
+    assert task.enabled and task.interval.every == 15
+    call_command("reconcile_schedules")
+    assert "All schedules in step." in capsys.readouterr().out
+
+
+def test_old_logs_are_pruned(trader, settings):
+    connection = services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"})
+    run(connection)
+    SyncLog.objects.create(connection=connection, status="SUCCESS",
+                           started_at=timezone.now() - timedelta(days=settings.SYNC_LOG_RETENTION_DAYS + 1))
+    assert engine.prune_sync_logs() == 1
+    assert SyncLog.objects.filter(connection=connection).count() == 1
