@@ -95,8 +95,35 @@ def _release_lock(connection_id: int, owner: str) -> None:
         log.warning("sync_lock_lost_before_release", connection_id=connection_id)
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A run ready for its accounts: its log, the lock's owner, and the moment to sync up to."""
+
+    sync_log_id: int
+    owner: str
+    account_ids: tuple[int, ...]
+    until: datetime
+
+
 def run_sync(attempt: Attempt) -> SyncLog | None:
-    """Run (or skip, if another run holds the lock) one sync attempt; returns its SyncLog."""
+    """Run one sync inline, accounts one after another (commands, tests); returns its SyncLog."""
+    started = start_run(attempt)
+    if not isinstance(started, RunPlan):
+        return started
+    try:
+        results = [sync_account_safely(started, account_id) for account_id in started.account_ids]
+    except BaseException:
+        _release_lock(attempt.connection_id, started.owner)
+        raise
+    return finish_run(started, results)
+
+
+def start_run(attempt: Attempt) -> RunPlan | SyncLog | None:
+    """Lock, open the log, get a session and the accounts. Returns the plan, or the run's end.
+
+    With a plan the lock stays held: finish_run() releases it once every account reported.
+    Raises RetryableSyncError / SyncRequeue for the task to retry or re-queue.
+    """
     connection = BrokerConnection.objects.filter(pk=attempt.connection_id).first()
     if connection is None:
         log.info("sync_connection_gone", connection_id=attempt.connection_id)
@@ -106,9 +133,13 @@ def run_sync(attempt: Attempt) -> SyncLog | None:
     if not _acquire_lock(connection.pk, attempt.task_id):
         return _record_skipped(connection, attempt)
     try:
-        return _run_locked(connection, attempt)
-    finally:
+        outcome = _start_locked(connection, attempt)
+    except BaseException:
         _release_lock(connection.pk, attempt.task_id)
+        raise
+    if not isinstance(outcome, RunPlan):
+        _release_lock(connection.pk, attempt.task_id)
+    return outcome
 
 
 def _record_skipped(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
@@ -145,16 +176,20 @@ def _open_log(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
     )
 
 
-def _run_locked(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
+def _bound(connection: BrokerConnection, sync_log: SyncLog):
+    return log.bind(connection_id=connection.pk, broker=connection.broker_type, task_id=sync_log.task_id,
+                    attempt=sync_log.attempt, sync_log_id=sync_log.pk)
+
+
+def _start_locked(connection: BrokerConnection, attempt: Attempt) -> RunPlan | SyncLog:
     sync_log = _open_log(connection, attempt)
     status_before = connection.status
     BrokerConnection.objects.filter(pk=connection.pk).update(status=BrokerConnection.Status.SYNCING)
-    bound = log.bind(connection_id=connection.pk, broker=connection.broker_type, task_id=attempt.task_id,
-                     attempt=attempt.number, sync_log_id=sync_log.pk)
+    bound = _bound(connection, sync_log)
     bound.info("sync_started", trigger=attempt.trigger)
     try:
         provider = get_broker_provider(connection.broker_type, connection.environment)
-        detail = _sync_accounts(connection, provider, bound)
+        infos = _list_accounts(connection, provider)
     except BrokerAuthError as exc:
         return _finish_failed(connection, sync_log, exc, bound, credentials_rejected=True)
     except BrokerRateLimitError as exc:
@@ -170,12 +205,15 @@ def _run_locked(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
     except Exception as exc:
         bound.exception("sync_crashed")
         return _finish_failed(connection, sync_log, exc, bound)
-
-    failed = {k: v for k, v in detail.items() if v.get("error")}
-    if failed and len(failed) == len(detail):
-        first_error = next(iter(failed.values()))
-        return _finish_failed(connection, sync_log, None, bound, detail=detail, message=first_error["error"])
-    return _finish_ok(connection, sync_log, detail, bound)
+    rows = _refresh_accounts(connection, infos)
+    if not rows:
+        return _finish_ok(connection, sync_log, {}, bound)
+    return RunPlan(
+        sync_log_id=sync_log.pk,
+        owner=attempt.task_id,
+        account_ids=tuple(row.pk for row in rows.values()),
+        until=timezone.now(),
+    )
 
 
 def _session(connection: BrokerConnection, provider: BrokerProvider) -> tuple[AuthResult, bool]:
@@ -207,33 +245,76 @@ def _store_session(connection: BrokerConnection, auth: AuthResult | None) -> Non
     BrokerConnection.objects.filter(pk=connection.pk).update(token_ciphertext=connection.token_ciphertext)
 
 
-def _sync_accounts(connection: BrokerConnection, provider: BrokerProvider, bound) -> dict[str, dict]:
+def _list_accounts(connection: BrokerConnection, provider: BrokerProvider) -> list[BrokerAccountInfo]:
     auth, reused = _session(connection, provider)
     try:
-        infos = provider.get_accounts(auth)
+        return provider.get_accounts(auth)
     except BrokerAuthError:
         if not reused:
             raise
         # The stored session died early (revoked, or the broker restarted): log in once more.
         _store_session(connection, None)
         auth, _ = _session(connection, provider)
-        infos = provider.get_accounts(auth)
-    until = timezone.now()
-    rows = _refresh_accounts(connection, infos)
-    detail = {}
-    for info in infos:
-        row = rows[info.external_id]
-        try:
-            result = _sync_account(provider, auth, row, info, until)
-        except (BrokerAuthError, BrokerRateLimitError):
+        return provider.get_accounts(auth)
+
+
+def sync_account(plan: RunPlan, account_id: int) -> dict:
+    """Fetch and import one account's trades since its cursor; raises BrokerError on failure."""
+    row = BrokerAccount.objects.select_related("connection").get(pk=account_id)
+    connection = row.connection
+    # Keep the run's lock alive while its accounts work (they may wait for retries).
+    _acquire_lock(connection.pk, plan.owner)
+    provider = get_broker_provider(connection.broker_type, connection.environment)
+    info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
+    auth, reused = _session(connection, provider)
+    try:
+        result = _import_account(provider, auth, row, info, plan.until)
+    except BrokerAuthError:
+        if not reused:
             raise
-        except BrokerError as exc:
-            bound.warning("account_sync_failed", account=info.external_id, error_kind=exc.kind, error=exc.message)
-            detail[info.external_id] = {"imported": 0, "skipped": 0, "error": exc.message}
-            continue
-        bound.info("account_synced", account=info.external_id, imported=result.imported, skipped=result.skipped)
-        detail[info.external_id] = {"imported": result.imported, "skipped": result.skipped}
-    return detail
+        _store_session(connection, None)
+        auth, _ = _session(connection, provider)
+        result = _import_account(provider, auth, row, info, plan.until)
+    log.info("account_synced", connection_id=connection.pk, broker=connection.broker_type, account=row.external_id,
+             sync_log_id=plan.sync_log_id, imported=result.imported, skipped=result.skipped)
+    return {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+
+
+def account_failure(account_id: int, exc: BaseException) -> dict:
+    """The result of an account that gave up; the run goes on with the others."""
+    external_id = BrokerAccount.objects.filter(pk=account_id).values_list("external_id", flat=True).first()
+    if isinstance(exc, BrokerError):
+        message, kind = exc.message, exc.kind
+    else:
+        log.error("account_sync_crashed", account_id=account_id, exc_info=exc)
+        message, kind = UNEXPECTED_ERROR, "internal"
+    log.warning("account_sync_failed", account=external_id, error_kind=kind, error=message)
+    return {"account": external_id or str(account_id), "imported": 0, "skipped": 0, "error": message, "kind": kind}
+
+
+def sync_account_safely(plan: RunPlan, account_id: int) -> dict:
+    try:
+        return sync_account(plan, account_id)
+    except Exception as exc:
+        return account_failure(account_id, exc)
+
+
+def finish_run(plan: RunPlan, results: list[dict]) -> SyncLog:
+    """Write the run's outcome from every account's result, then free the connection's lock."""
+    sync_log = SyncLog.objects.select_related("connection").get(pk=plan.sync_log_id)
+    connection = sync_log.connection
+    try:
+        detail = {r["account"]: {k: v for k, v in r.items() if k != "account"} for r in results}
+        bound = _bound(connection, sync_log)
+        failed = [r for r in results if r.get("error")]
+        if failed and len(failed) == len(results):
+            return _finish_failed(
+                connection, sync_log, None, bound, detail=detail, message=failed[0]["error"],
+                kind=failed[0]["kind"], credentials_rejected=any(r["kind"] == "auth" for r in failed),
+            )
+        return _finish_ok(connection, sync_log, detail, bound)
+    finally:
+        _release_lock(connection.pk, plan.owner)
 
 
 def _refresh_accounts(connection: BrokerConnection, infos: list[BrokerAccountInfo]) -> dict[str, BrokerAccount]:
@@ -248,7 +329,7 @@ def _refresh_accounts(connection: BrokerConnection, infos: list[BrokerAccountInf
     return rows
 
 
-def _sync_account(
+def _import_account(
     provider: BrokerProvider, auth: AuthResult, row: BrokerAccount, info: BrokerAccountInfo, until: datetime
 ) -> ImportResult:
     since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
@@ -302,14 +383,13 @@ def _finish_failed(
     *,
     detail: dict | None = None,
     message: str = "",
+    kind: str = "",
     credentials_rejected: bool = False,
 ) -> SyncLog:
     if isinstance(exc, BrokerError):
         message, kind = exc.message, exc.kind
     elif exc is not None:
         message, kind = UNEXPECTED_ERROR, "internal"
-    else:
-        kind = "account"
     _close_log(sync_log, SyncLog.Status.FAILED, detail, message, kind)
     fields = {
         "status": BrokerConnection.Status.ERROR,

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime
 
 import structlog
-from celery import Task, shared_task
+from celery import Task, chord, shared_task
 from django.conf import settings
 
-from brokers.models import SyncLog
 from brokers import schedules
+from brokers.models import SyncLog
+from brokers.providers.errors import BrokerError, BrokerRateLimitError
 from sync import engine
-from sync.engine import Attempt, RetryableSyncError, SyncRequeue, run_sync
+from sync.engine import Attempt, RetryableSyncError, RunPlan, SyncRequeue
 
 log = structlog.get_logger("sync.tasks")
 
@@ -38,10 +40,15 @@ class SyncTask(Task):
         if isinstance(exc, RetryableSyncError):
             failures = self.request.retries - (self.request.kwargs or {}).get("requeues", 0) + 1
             countdown = retry_delay(failures, exc.retry_after)
-            log.info("sync_retry_scheduled", connection_id=(self.request.kwargs or {}).get("connection_id"),
-                     failures=failures, countdown_s=round(countdown, 1), error=str(exc))
+            log.info("sync_retry_scheduled", task=self.name, failures=failures, countdown_s=round(countdown, 1),
+                     error=str(exc))
         return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta, countdown=countdown,
                              max_retries=max_retries, **options)
+
+
+# acks_late + reject_on_worker_lost: a message whose worker died goes back to the queue and
+# runs again; safe because the import is idempotent and the run lock is re-entrant.
+RELIABLE = {"acks_late": True, "reject_on_worker_lost": True}
 
 
 @shared_task(
@@ -51,11 +58,14 @@ class SyncTask(Task):
     autoretry_for=(RetryableSyncError,),
     retry_backoff=True,
     max_retries=None,
-    acks_late=True,
-    reject_on_worker_lost=True,
+    **RELIABLE,
 )
 def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCHEDULED, requeues: int = 0):
-    """Sync one connection. Retries transient failures up to 3 times; re-queues on rate limits."""
+    """Start a sync: session and accounts here, then one sync_account task per account in parallel.
+
+    Transient failures are retried up to 3 times (about 1, 5 and 15 minutes apart); rate-limit
+    pauses re-queue the task without counting as a failure.
+    """
     failures = self.request.retries - requeues
     attempt = Attempt(
         connection_id=connection_id,
@@ -67,9 +77,9 @@ def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCH
     )
     structlog.contextvars.bind_contextvars(connection_id=connection_id, task_id=attempt.task_id, attempt=attempt.number)
     try:
-        sync_log = run_sync(attempt)
+        started = engine.start_run(attempt)
     except SyncRequeue as pause:
-        log.info("sync_requeued_for_rate_limit", connection_id=connection_id, countdown_s=round(pause.retry_after, 1))
+        log.info("sync_requeued_for_rate_limit", countdown_s=round(pause.retry_after, 1), requeues=requeues + 1)
         raise self.retry(
             kwargs={"connection_id": connection_id, "trigger": trigger, "requeues": requeues + 1},
             countdown=pause.retry_after,
@@ -77,8 +87,57 @@ def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCH
         ) from None
     finally:
         structlog.contextvars.unbind_contextvars("connection_id", "task_id", "attempt")
-    return None if sync_log is None else {"sync_log_id": sync_log.pk, "status": sync_log.status}
+    if started is None:
+        return None
+    if isinstance(started, RunPlan):
+        run = {"sync_log_id": started.sync_log_id, "owner": started.owner, "until": started.until.isoformat()}
+        chord(sync_account.s(account_id=pk, **run) for pk in started.account_ids)(finish_sync.s(**run))
+        return {"sync_log_id": started.sync_log_id, "status": SyncLog.Status.RUNNING}
+    return {"sync_log_id": started.pk, "status": started.status}
 
+
+@shared_task(
+    bind=True,
+    base=SyncTask,
+    name="sync.tasks.sync_account",
+    autoretry_for=(RetryableSyncError,),
+    retry_backoff=True,
+    max_retries=None,
+    **RELIABLE,
+)
+def sync_account(self, account_id: int, sync_log_id: int, owner: str, until: str, requeues: int = 0) -> dict:
+    """Import one account's trades for a run. Always returns a result, so the run can finish."""
+    plan = RunPlan(sync_log_id=sync_log_id, owner=owner, account_ids=(), until=datetime.fromisoformat(until))
+    failures = self.request.retries - requeues
+    structlog.contextvars.bind_contextvars(account_id=account_id, sync_log_id=sync_log_id, task_id=self.request.id,
+                                           attempt=failures + 1)
+    try:
+        return engine.sync_account(plan, account_id)
+    except BrokerRateLimitError as exc:
+        if requeues >= MAX_RATE_LIMIT_REQUEUES:
+            return engine.account_failure(account_id, exc)
+        raise self.retry(
+            kwargs={"account_id": account_id, "sync_log_id": sync_log_id, "owner": owner, "until": until,
+                    "requeues": requeues + 1},
+            countdown=exc.retry_after,
+            max_retries=None,
+        ) from None
+    except BrokerError as exc:
+        if exc.transient and failures < len(settings.SYNC_RETRY_DELAYS_S):
+            raise RetryableSyncError(exc) from exc
+        return engine.account_failure(account_id, exc)
+    except Exception as exc:
+        return engine.account_failure(account_id, exc)
+    finally:
+        structlog.contextvars.unbind_contextvars("account_id", "sync_log_id", "task_id", "attempt")
+
+
+@shared_task(name="sync.tasks.finish_sync", **RELIABLE)
+def finish_sync(results: list[dict], sync_log_id: int, owner: str, until: str) -> dict:
+    """Close the run once every account reported: one SyncLog, the connection's status, the lock."""
+    plan = RunPlan(sync_log_id=sync_log_id, owner=owner, account_ids=(), until=datetime.fromisoformat(until))
+    sync_log = engine.finish_run(plan, results)
+    return {"sync_log_id": sync_log.pk, "status": sync_log.status}
 
 
 @shared_task(name="sync.tasks.close_interrupted_runs")

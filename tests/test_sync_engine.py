@@ -196,3 +196,20 @@ def test_old_logs_are_pruned(trader, settings):
                            started_at=timezone.now() - timedelta(days=settings.SYNC_LOG_RETENTION_DAYS + 1))
     assert engine.prune_sync_logs() == 1
     assert SyncLog.objects.filter(connection=connection).count() == 1
+
+
+def test_one_failing_account_does_not_lose_the_others_trades(trader):
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="D", credentials={"api_key": "k", "scenario": "account_down"}
+    )
+    log = run(connection)
+    assert log.status == SyncLog.Status.PARTIAL
+    assert log.detail["DEMO-FUT-1"]["imported"] > 0 and "error" not in log.detail["DEMO-FUT-1"]
+    assert "stocks account" in log.detail["DEMO-STK-1"]["error"]
+    assert log.trades_imported == Trade.objects.count() == log.detail["DEMO-FUT-1"]["imported"]
+    assert not Trade.objects.filter(account__external_id="DEMO-STK-1").exists()
+    connection.refresh_from_db()
+    assert connection.status == "CONNECTED" and "DEMO-STK-1" in connection.last_sync_error
+    futures = connection.accounts.get(external_id="DEMO-FUT-1")
+    stocks = connection.accounts.get(external_id="DEMO-STK-1")
+    assert futures.sync_cursor is not None and stocks.sync_cursor is None  # the failed one is fetched again next time

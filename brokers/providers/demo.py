@@ -83,8 +83,14 @@ class DemoProvider(BrokerProvider):
             "scenario",
             "Scenario",
             required=False,
-            help_text="Simulate a healthy broker, a refused login, or a broker that is down.",
-            choices=(("normal", "Healthy"), ("auth_error", "Refuses the login"), ("broker_down", "Down")),
+            help_text="Simulate a healthy broker, a refused login, a broker that is down, "
+            "or one whose stocks account cannot be read.",
+            choices=(
+                ("normal", "Healthy"),
+                ("auth_error", "Refuses the login"),
+                ("broker_down", "Down"),
+                ("account_down", "Stocks account unavailable"),
+            ),
         ),
     )
     sync_overlap = timedelta(minutes=10)
@@ -105,10 +111,10 @@ class DemoProvider(BrokerProvider):
                 provider=self.key,
             )
         token = hashlib.sha256(f"demo-session:{credentials['api_key']}".encode()).hexdigest()
-        return AuthResult(token=token, expires_at=datetime.now(UTC) + timedelta(hours=1))
+        return AuthResult(token=token, expires_at=datetime.now(UTC) + timedelta(hours=1), extra={"scenario": scenario})
 
     def refresh_token(self, auth: AuthResult) -> AuthResult:
-        return AuthResult(token=auth.token, expires_at=datetime.now(UTC) + timedelta(hours=1))
+        return AuthResult(token=auth.token, expires_at=datetime.now(UTC) + timedelta(hours=1), extra=auth.extra)
 
     def get_accounts(self, auth: AuthResult) -> list[BrokerAccountInfo]:
         return [BrokerAccountInfo(external_id=ext, name=name, currency="USD") for ext, (name, _) in ACCOUNTS.items()]
@@ -116,6 +122,12 @@ class DemoProvider(BrokerProvider):
     def get_trades(
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
+        if auth.extra.get("scenario") == "account_down" and account.external_id == "DEMO-STK-1":
+            raise BrokerUnavailableError(
+                "The demo broker cannot read the stocks account right now (scenario 'Stocks account "
+                "unavailable'). The sync will retry automatically.",
+                provider=self.key,
+            )
         every = settings.DEMO_FILL_EVERY_S
         until = min(until, datetime.now(UTC))
         first = max(0, math.floor((since - EPOCH).total_seconds() / every))
