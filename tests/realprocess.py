@@ -50,6 +50,7 @@ def celery_processes(tmp_path: Path, *, beat: bool = True, concurrency: int = 2,
     if beat:
         commands["beat"] = [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
                             "--max-interval", "1", "--schedule", str(tmp_path / "beat-schedule")]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     processes = {}
     try:
         for name, command in commands.items():
