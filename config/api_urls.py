@@ -1,3 +1,29 @@
 """The JSON API under /api/."""
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
 
-urlpatterns = []
+from brokers.api import (
+    ConnectionLogList,
+    ConnectionSyncView,
+    ConnectionViewSet,
+    ProviderList,
+)
+from journal.api import TradeList
+
+app_name = "api"
+
+router = SimpleRouter(use_regex_path=False)
+router.register("connections", ConnectionViewSet, basename="connection")
+
+urlpatterns = [
+    *router.urls,
+    path("connections/<int:pk>/sync/", ConnectionSyncView.as_view(), name="connection-sync"),
+    path("connections/<int:pk>/logs/", ConnectionLogList.as_view(), name="connection-logs"),
+    path("providers/", ProviderList.as_view(), name="providers"),
+    path("trades/", TradeList.as_view(), name="trades"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    # Swagger UI's script and styles come from a CDN (drf-spectacular's default), so the page
+    # needs internet in the browser; the schema itself is served from here.
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+]

@@ -197,7 +197,7 @@ def test_an_unknown_broker_exits_non_zero_naming_the_known_ones():
         (["--interval", "61"], "Sync interval must be a whole number of minutes from 5 to 60."),
         (["--interval", "ten"], "Sync interval must be a whole number of minutes from 5 to 60."),
         (["--owner", "mallory"], "No user named 'mallory'."),
-        (["--field", "scenario=sunny"], "scenario: Scenario must be one of: normal, auth_error, broker_down."),
+        (["--field", "scenario=sunny"], "scenario: Scenario must be one of: normal, auth_error, broker_down, account_down."),
         (["--field", "colour=blue"], "colour: Demo broker (simulated) takes no field named 'colour'."),
         (["--field", "scenario"], "--field takes NAME=VALUE, got 'scenario'."),
         (["--broker", "tradovate", "--environment", "paper", "--field", "username=a", "--field", "app_id=b",

@@ -1,0 +1,84 @@
+"""The JSON API of the journal: the trader's trades, newest first, filtered and cursor-paginated."""
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers
+from rest_framework.pagination import CursorPagination
+
+from journal.models import Trade
+
+
+class TradeFilterSerializer(serializers.Serializer):
+    account = serializers.IntegerField(required=False, help_text="Only this account (its id).")
+    connection = serializers.IntegerField(required=False, help_text="Only this connection (its id).")
+    symbol = serializers.CharField(required=False, max_length=64, help_text="Only this symbol (any case).")
+    since = serializers.DateTimeField(required=False, help_text="Executed at or after this moment (ISO 8601).")
+    until = serializers.DateTimeField(required=False, help_text="Executed before this moment (ISO 8601).")
+
+
+class TradeSerializer(serializers.ModelSerializer):
+    account_external_id = serializers.CharField(source="account.external_id", read_only=True)
+    connection = serializers.IntegerField(source="account.connection_id", read_only=True)
+
+    class Meta:
+        model = Trade
+        fields = [
+            "id",
+            "connection",
+            "account",
+            "account_external_id",
+            "broker_trade_id",
+            "order_id",
+            "symbol",
+            "asset_class",
+            "side",
+            "quantity",
+            "price",
+            "fees",
+            "currency",
+            "multiplier",
+            "executed_at",
+            "imported_at",
+        ]
+        read_only_fields = fields
+
+
+class TradePagination(CursorPagination):
+    # A cursor, not page numbers: syncs keep inserting newer trades, which would shift every page.
+    ordering = ("-executed_at", "-id")
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class TradeList(generics.ListAPIView):
+    """The trader's trades (deleted ones left out), newest first."""
+
+    serializer_class = TradeSerializer
+    pagination_class = TradePagination
+    queryset = Trade.objects.none()
+
+    @extend_schema(parameters=[TradeFilterSerializer])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        filters = TradeFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        wanted = filters.validated_data
+        trades = Trade.objects.filter(
+            account__connection__owner=self.request.user, deleted_at__isnull=True
+        ).select_related("account")
+        if "account" in wanted:
+            trades = trades.filter(account_id=wanted["account"])
+        if "connection" in wanted:
+            trades = trades.filter(account__connection_id=wanted["connection"])
+        if "symbol" in wanted:
+            trades = trades.filter(symbol__iexact=wanted["symbol"])
+        if "since" in wanted:
+            trades = trades.filter(executed_at__gte=wanted["since"])
+        if "until" in wanted:
+            trades = trades.filter(executed_at__lt=wanted["until"])
+        return trades
