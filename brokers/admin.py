@@ -1,4 +1,5 @@
 """Admin for connections, accounts and sync logs. Every write goes through brokers.services."""
+
 import json
 
 from django import forms
@@ -61,8 +62,17 @@ class BrokerConnectionAdmin(admin.ModelAdmin):
     list_display = ["label", "owner", "broker_type", "status", "sync_enabled", "sync_interval_min", "last_sync_at"]
     list_filter = ["status", "sync_enabled", "broker_type"]
     search_fields = ["label", "owner__username", "owner__email"]
-    readonly_fields = ["status", "credentials_rejected", "last_sync_at", "last_success_at", "last_sync_error",
-                       "consecutive_failures", "periodic_task_link", "created_at", "updated_at"]
+    readonly_fields = [
+        "status",
+        "credentials_rejected",
+        "last_sync_at",
+        "last_success_at",
+        "last_sync_error",
+        "consecutive_failures",
+        "periodic_task_link",
+        "created_at",
+        "updated_at",
+    ]
     actions = ["sync_now", "enable_auto_sync", "disable_auto_sync"]
 
     def get_readonly_fields(self, request, obj=None):
@@ -136,8 +146,16 @@ class BrokerAccountAdmin(admin.ModelAdmin):
 
 @admin.register(SyncLog)
 class SyncLogAdmin(admin.ModelAdmin):
-    list_display = ["connection", "trigger", "status", "started_at", "duration_ms", "trades_imported",
-                    "trades_skipped", "attempt"]
+    list_display = [
+        "connection",
+        "trigger",
+        "status",
+        "started_at",
+        "duration_ms",
+        "trades_imported",
+        "trades_skipped",
+        "attempt",
+    ]
     list_filter = ["status", "trigger", "connection__broker_type"]
     search_fields = ["connection__label", "task_id", "error_message"]
     date_hierarchy = "started_at"

@@ -1,18 +1,15 @@
 """The JSON API of broker connections, their sync logs, "Sync now" and the providers."""
+
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 
-from celery import current_app
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
-from django_ratelimit.core import get_usage
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, mixins, serializers, status, viewsets
@@ -24,14 +21,13 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from brokers import schedules, selectors, services
+from brokers import schedules, selectors, services, throttle
 from brokers.models import BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class, provider_classes
 
 # The django-ratelimit group, method and key of the brokers page's "Sync now" (brokers/views.py):
 # the same bucket, so a trader has one allowance per connection, on the page and the API alike.
-SYNC_NOW_GROUP = "brokers.sync_now"
 
 
 def drf_validation_error(exc: DjangoValidationError, credential_names: Iterable[str] = ()) -> ValidationError:
@@ -132,7 +128,9 @@ class ConnectionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     @extend_schema_field(
-        serializers.ChoiceField(choices=[*BrokerConnection.Status.values, "PAUSED"], help_text="PAUSED when auto-sync is off.")
+        serializers.ChoiceField(
+            choices=[*BrokerConnection.Status.values, "PAUSED"], help_text="PAUSED when auto-sync is off."
+        )
     )
     def get_display_status(self, connection: BrokerConnection) -> str:
         return selectors.connection_display_status(connection)
@@ -149,7 +147,10 @@ class ConnectionCreateSerializer(serializers.Serializer):
     broker_type = serializers.CharField(max_length=40, help_text="A provider key from /api/providers/.")
     label = serializers.CharField(max_length=100)
     environment = serializers.CharField(
-        max_length=20, required=False, allow_blank=True, help_text="One of the provider's environments; default its first."
+        max_length=20,
+        required=False,
+        allow_blank=True,
+        help_text="One of the provider's environments; default its first.",
     )
     credentials = _credentials_field()
     sync_enabled = AutoSyncField(default=True)
@@ -264,7 +265,9 @@ class ConnectionViewSet(
         return BrokerConnection.objects.filter(owner=self.request.user).prefetch_related("accounts")
 
     def _shown(self, connection_id: int) -> dict:
-        return ConnectionSerializer(self.get_queryset().get(pk=connection_id), context=self.get_serializer_context()).data
+        return ConnectionSerializer(
+            self.get_queryset().get(pk=connection_id), context=self.get_serializer_context()
+        ).data
 
     def list(self, request, *args, **kwargs):
         connections = list(self.get_queryset())
@@ -293,7 +296,9 @@ class ConnectionViewSet(
         try:
             services.connection_update(connection.pk, **serializer.validated_data)
         except DjangoValidationError as exc:
-            names = _credential_names(connection.broker_type, serializer.validated_data.get("credentials"), serializer.fields)
+            names = _credential_names(
+                connection.broker_type, serializer.validated_data.get("credentials"), serializer.fields
+            )
             raise drf_validation_error(exc, names) from None
         except BrokerConnection.DoesNotExist:
             # Deleted by another request between the lookup and the locked update.
@@ -316,32 +321,21 @@ class ConnectionSyncView(APIView):
     )
     def post(self, request, pk: int):
         connection = get_object_or_404(BrokerConnection, pk=pk, owner=request.user)
-        usage = get_usage(
-            request,
-            group=SYNC_NOW_GROUP,
-            key=lambda group, req: f"{req.user.pk}:{connection.pk}",
-            rate=settings.SYNC_NOW_RATE_LIMIT,
-            method="POST",
-            increment=True,
-        )
-        if usage is not None and usage["should_limit"]:
-            # The window still holds at its end second (time_left 0), so the next one opens a second
-            # later; time_left is -1 when the cache failed, and the wait is then a plain 1 s.
-            wait = max(1, usage["time_left"] + 1)
+        wait = throttle.sync_now_wait(request, connection.pk)
+        if wait is not None:
             return Response(
-                {"detail": f"Too many syncs requested for this connection; try again in {wait} seconds.", "retry_after": wait},
+                {
+                    "detail": f"Too many syncs requested for this connection; try again in {wait} seconds.",
+                    "retry_after": wait,
+                },
                 status=status.HTTP_429_TOO_MANY_REQUESTS,
                 headers={"Retry-After": str(wait)},
             )
-        task_id = str(uuid.uuid4())
-        task = current_app.tasks[schedules.SYNC_TASK]
-        transaction.on_commit(
-            lambda: task.apply_async(
-                kwargs={"connection_id": connection.pk, "trigger": SyncLog.Trigger.MANUAL.value}, task_id=task_id
-            )
-        )
+        task_id = schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL.value)
         logs_url = request.build_absolute_uri(reverse("api:connection-logs", args=[connection.pk]))
-        return Response({"task_id": task_id, "logs_url": f"{logs_url}?task_id={task_id}"}, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            {"task_id": task_id, "logs_url": f"{logs_url}?task_id={task_id}"}, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class SyncLogPagination(PageNumberPagination):

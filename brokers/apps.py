@@ -1,4 +1,5 @@
 """The brokers app: connections, accounts, sync logs and the broker adapters."""
+
 from django.apps import AppConfig
 
 

@@ -1,4 +1,5 @@
 """Encryption at rest for credentials and tokens (Fernet, with several keys for rotation)."""
+
 import json
 from functools import cache
 

@@ -1,10 +1,75 @@
 """Forms for the trader's pages; they validate and hand over to the services."""
+
 from django import forms
 from django.conf import settings
 
+from brokers.crypto import CredentialsUnreadable
 from brokers.providers.registry import provider_choices
+from brokers.providers.types import CredentialField
 
-INTERVAL_CHOICES = [(n, f"every {n} min") for n in (5, 10, 15, 20, 30, 45, 60)]
+ROUND_INTERVALS = (5, 10, 15, 20, 30, 45, 60)
+INTERVAL_RANGE_ERRORS = {
+    "min_value": f"Sync interval must be from {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} minutes.",
+    "max_value": f"Sync interval must be from {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} minutes.",
+    "invalid": "Sync interval must be a whole number of minutes.",
+}
+CREDENTIAL_PREFIX = "cred_"
+
+
+def interval_choices(current: int | None = None) -> list[int]:
+    """The round intervals, plus the connection's own one when the admin or API set another."""
+    values = set(ROUND_INTERVALS)
+    if current is not None:
+        values.add(current)
+    return sorted(values)
+
+
+def _credential_form_field(spec: CredentialField, *, keep_saved_secret: bool) -> forms.Field:
+    if spec.choices:
+        field = forms.ChoiceField(choices=spec.choices, required=spec.required)
+    elif spec.secret:
+        # render_value=False: a secret typed or saved once never goes back into the page.
+        field = forms.CharField(
+            required=spec.required and not keep_saved_secret,
+            widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+            strip=True,
+        )
+    else:
+        field = forms.CharField(
+            required=spec.required, strip=True, widget=forms.TextInput(attrs={"autocomplete": "off"})
+        )
+    field.label = spec.label
+    field.help_text = spec.help_text
+    if spec.secret and keep_saved_secret:
+        field.help_text = f"{spec.help_text} Leave blank to keep the saved value.".strip()
+    return field
+
+
+class CredentialFieldsMixin:
+    """Adds the provider's declared credential fields as cred_<name> and reads them back."""
+
+    def add_credential_fields(self, provider_class, *, keep_saved_secrets: bool = False) -> None:
+        for spec in provider_class.credential_fields:
+            self.fields[f"{CREDENTIAL_PREFIX}{spec.name}"] = _credential_form_field(
+                spec, keep_saved_secret=keep_saved_secrets
+            )
+
+    def credentials(self) -> dict[str, str]:
+        """The values the trader typed (blank ones left out)."""
+        return {
+            name.removeprefix(CREDENTIAL_PREFIX): value
+            for name, value in self.cleaned_data.items()
+            if name.startswith(CREDENTIAL_PREFIX) and value
+        }
+
+    def credential_values(self) -> dict[str, str]:
+        """What the trader typed so far, valid or not: enough to test a login before saving."""
+        typed = {
+            name.removeprefix(CREDENTIAL_PREFIX): (self.data.get(self.add_prefix(name)) or "").strip()
+            for name in self.fields
+            if name.startswith(CREDENTIAL_PREFIX)
+        }
+        return {name: value for name, value in typed.items() if value}
 
 
 class SyncSettingsForm(forms.Form):
@@ -13,16 +78,12 @@ class SyncSettingsForm(forms.Form):
         label="Sync interval (minutes)",
         min_value=settings.SYNC_INTERVAL_MIN,
         max_value=settings.SYNC_INTERVAL_MAX,
-        error_messages={
-            "min_value": f"Sync interval must be from {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} minutes.",
-            "max_value": f"Sync interval must be from {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} minutes.",
-            "invalid": "Sync interval must be a whole number of minutes.",
-        },
+        error_messages=INTERVAL_RANGE_ERRORS,
     )
 
 
-class ConnectionForm(forms.Form):
-    """Broker, label and the provider's declared credential fields (added per broker)."""
+class ConnectionForm(CredentialFieldsMixin, forms.Form):
+    """Broker, label, interval and the provider's declared credential fields."""
 
     broker_type = forms.ChoiceField(label="Broker")
     label = forms.CharField(max_length=100, help_text="A name you will recognise, e.g. 'Prop account'.")
@@ -31,29 +92,42 @@ class ConnectionForm(forms.Form):
         initial=settings.SYNC_INTERVAL_DEFAULT_MIN,
         min_value=settings.SYNC_INTERVAL_MIN,
         max_value=settings.SYNC_INTERVAL_MAX,
+        help_text=(
+            f"How often your trades are fetched: {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} minutes."
+        ),
     )
 
-    def __init__(self, *args, provider_class=None, **kwargs):
+    def __init__(self, *args, provider_class, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["broker_type"].choices = provider_choices()
         self.provider_class = provider_class
-        if provider_class is None:
-            return
+        self.fields["broker_type"].choices = provider_choices()
         self.fields["broker_type"].initial = provider_class.key
         if provider_class.environments:
             self.fields["environment"] = forms.ChoiceField(choices=provider_class.environments, label="Environment")
-        for f in provider_class.credential_fields:
-            if f.choices:
-                field = forms.ChoiceField(choices=f.choices, required=f.required)
-            else:
-                widget = forms.PasswordInput(render_value=False) if f.secret else forms.TextInput
-                field = forms.CharField(required=f.required, widget=widget, strip=True)
-            field.label, field.help_text = f.label, f.help_text
-            self.fields[f"cred_{f.name}"] = field
+        self.add_credential_fields(provider_class)
 
-    def credentials(self) -> dict[str, str]:
-        return {
-            name.removeprefix("cred_"): value
-            for name, value in self.cleaned_data.items()
-            if name.startswith("cred_") and value
+
+class EditConnectionForm(CredentialFieldsMixin, forms.Form):
+    """Label and credentials of an existing connection; blank secrets keep the saved ones."""
+
+    label = forms.CharField(max_length=100)
+
+    def __init__(self, *args, connection, provider_class, **kwargs):
+        try:
+            saved = connection.credentials
+        except CredentialsUnreadable:
+            # No key opens them any more: the trader types them all again, which is the fix.
+            saved = {}
+        secret_names = {spec.name for spec in provider_class.credential_fields if spec.secret}
+        initial = {"label": connection.label} | {
+            f"{CREDENTIAL_PREFIX}{name}": value for name, value in saved.items() if name not in secret_names
         }
+        super().__init__(*args, initial=initial, **kwargs)
+        self.saved_credentials = saved
+        self.secret_names = secret_names
+        self.add_credential_fields(provider_class, keep_saved_secrets=bool(saved))
+
+    def merged(self, typed: dict[str, str]) -> dict[str, str]:
+        """The typed values, with every secret left blank taken from the saved credentials."""
+        kept = {name: self.saved_credentials[name] for name in self.secret_names if name in self.saved_credentials}
+        return kept | typed

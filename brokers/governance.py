@@ -1,4 +1,5 @@
 """The product rule "the product manager is told of every new broker", applied on each deploy."""
+
 import structlog
 from django.core.mail import mail_managers
 from django.db import IntegrityError, transaction

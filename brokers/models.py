@@ -1,4 +1,5 @@
 """Connections to brokers, the accounts found under them, and one log row per sync run."""
+
 from __future__ import annotations
 
 from datetime import datetime

@@ -3,9 +3,11 @@
 Called from the services inside their transaction, so a connection and its schedule
 change together or not at all. The task carries only the connection id, never a secret.
 """
+
 from __future__ import annotations
 
 import json
+import uuid
 
 from celery import current_app
 from django.conf import settings
@@ -78,10 +80,17 @@ def mark_schedules_changed() -> None:
     PeriodicTasks.update_changed()
 
 
-def request_sync_now(connection_id: int, trigger: str = "manual") -> None:
-    """Queue a sync once the current transaction commits (by task name: brokers does not import sync)."""
+def request_sync_now(connection_id: int, trigger: str = "manual", task_id: str | None = None) -> str:
+    """Queue a sync once the current transaction commits; returns the run's task id.
+
+    By task name: brokers does not import sync.
+    """
+    task_id = task_id or str(uuid.uuid4())
     task = current_app.tasks[SYNC_TASK]
-    transaction.on_commit(lambda: task.apply_async(kwargs={"connection_id": connection_id, "trigger": trigger}))
+    transaction.on_commit(
+        lambda: task.apply_async(kwargs={"connection_id": connection_id, "trigger": trigger}, task_id=task_id)
+    )
+    return task_id
 
 
 def reconcile() -> dict[str, list[str]]:
@@ -92,7 +101,9 @@ def reconcile() -> dict[str, list[str]]:
     re-pointed, orphans (no connection) deleted.
     """
     changes: dict[str, list[str]] = {"created": [], "updated": [], "deleted": []}
-    tasks = {t.name: t for t in PeriodicTask.objects.filter(name__startswith=TASK_NAME_PREFIX).select_related("interval")}
+    tasks = {
+        t.name: t for t in PeriodicTask.objects.filter(name__startswith=TASK_NAME_PREFIX).select_related("interval")
+    }
     for connection in BrokerConnection.objects.all():
         name = task_name(connection.pk)
         task = tasks.pop(name, None)

@@ -1,4 +1,5 @@
 """Reads about connections that several pages, the API and the commands share."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta

@@ -4,6 +4,7 @@ Pages, the admin, the API and the commands call these; each validates first (a
 ValidationError naming the field and the rule, nothing saved) and changes the connection
 and its PeriodicTask in one transaction.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -177,4 +178,3 @@ def verify_credentials(
     provider = get_broker_provider(broker_type, environment)
     auth = provider.authenticate(BrokerCredentials(values=dict(credentials), environment=environment))
     return provider.get_accounts(auth)
-

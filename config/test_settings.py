@@ -1,4 +1,5 @@
 """Settings for the test suite: the real settings plus a private Redis and fixed test keys."""
+
 import os
 import socket
 import tempfile

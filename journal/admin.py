@@ -1,4 +1,5 @@
 """Read-only admin of trades: they come from brokers, never typed in."""
+
 from django.contrib import admin
 
 from journal.models import Trade

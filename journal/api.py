@@ -1,4 +1,5 @@
 """The JSON API of the journal: the trader's trades, newest first, filtered and cursor-paginated."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema

@@ -1,4 +1,5 @@
 """The journal app: the trades themselves."""
+
 from django.apps import AppConfig
 
 

@@ -6,6 +6,7 @@ exact even when two runs import the same fills at once, and a tombstoned (delete
 is never inserted again. The statement's row count is the number imported; the rest of
 the batch was skipped.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,10 @@
-"""Trades: one row per broker execution, never two for the same fill."""
+"""Trades: one row per broker execution, never two for the same fill; and the trader's profile."""
+
+import zoneinfo
+from functools import cache
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 
@@ -33,3 +39,28 @@ class Trade(models.Model):
 
     def __str__(self):
         return f"{self.side} {self.quantity} {self.symbol} @ {self.price}"
+
+
+@cache
+def _known_time_zones() -> frozenset[str]:
+    # Scanning the tz database is slow and it does not change while the process runs.
+    return frozenset(zoneinfo.available_timezones())
+
+
+def time_zone_choices() -> list[tuple[str, str]]:
+    return [(name, name.replace("_", " ")) for name in sorted(_known_time_zones())]
+
+
+def validate_time_zone(value: str) -> None:
+    if value not in _known_time_zones():
+        raise ValidationError(f"{value!r} is not a time zone name such as Europe/Berlin.", code="unknown_time_zone")
+
+
+class TraderProfile(models.Model):
+    """What a trader sets for themselves; today the time zone their pages show times in."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="trader_profile")
+    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+
+    def __str__(self):
+        return f"{self.user} ({self.time_zone})"

@@ -5,4 +5,5 @@ from journal import views
 app_name = "journal"
 urlpatterns = [
     path("", views.trade_list, name="trades"),
+    path("profile/", views.profile, name="profile"),
 ]

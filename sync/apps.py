@@ -1,4 +1,5 @@
 """The sync app: runs a connection's sync and records the outcome."""
+
 from django.apps import AppConfig
 
 

@@ -4,6 +4,7 @@ The Celery task (sync.tasks) decides about retries; this module does the work an
 truth about it in the SyncLog and on the connection. A run spans its retries: every attempt
 of one task id writes to the same SyncLog row.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -177,8 +178,13 @@ def _open_log(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
 
 
 def _bound(connection: BrokerConnection, sync_log: SyncLog):
-    return log.bind(connection_id=connection.pk, broker=connection.broker_type, task_id=sync_log.task_id,
-                    attempt=sync_log.attempt, sync_log_id=sync_log.pk)
+    return log.bind(
+        connection_id=connection.pk,
+        broker=connection.broker_type,
+        task_id=sync_log.task_id,
+        attempt=sync_log.attempt,
+        sync_log_id=sync_log.pk,
+    )
 
 
 def _start_locked(connection: BrokerConnection, attempt: Attempt) -> RunPlan | SyncLog:
@@ -275,8 +281,15 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
         _store_session(connection, None)
         auth, _ = _session(connection, provider)
         result = _import_account(provider, auth, row, info, plan.until)
-    log.info("account_synced", connection_id=connection.pk, broker=connection.broker_type, account=row.external_id,
-             sync_log_id=plan.sync_log_id, imported=result.imported, skipped=result.skipped)
+    log.info(
+        "account_synced",
+        connection_id=connection.pk,
+        broker=connection.broker_type,
+        account=row.external_id,
+        sync_log_id=plan.sync_log_id,
+        imported=result.imported,
+        skipped=result.skipped,
+    )
     return {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
 
 
@@ -309,8 +322,14 @@ def finish_run(plan: RunPlan, results: list[dict]) -> SyncLog:
         failed = [r for r in results if r.get("error")]
         if failed and len(failed) == len(results):
             return _finish_failed(
-                connection, sync_log, None, bound, detail=detail, message=failed[0]["error"],
-                kind=failed[0]["kind"], credentials_rejected=any(r["kind"] == "auth" for r in failed),
+                connection,
+                sync_log,
+                None,
+                bound,
+                detail=detail,
+                message=failed[0]["error"],
+                kind=failed[0]["kind"],
+                credentials_rejected=any(r["kind"] == "auth" for r in failed),
             )
         return _finish_ok(connection, sync_log, detail, bound)
     finally:
@@ -369,8 +388,13 @@ def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict, bo
         consecutive_failures=0,
     )
     notifications.run_succeeded(connection, failures_before)
-    bound.info("sync_finished", status=status, imported=sync_log.trades_imported, skipped=sync_log.trades_skipped,
-               duration_ms=sync_log.duration_ms)
+    bound.info(
+        "sync_finished",
+        status=status,
+        imported=sync_log.trades_imported,
+        skipped=sync_log.trades_skipped,
+        duration_ms=sync_log.duration_ms,
+    )
     return sync_log
 
 

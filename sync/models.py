@@ -1,4 +1,5 @@
 """Notices to traders about their syncs: repeated failures, and recovery afterwards."""
+
 from django.conf import settings
 from django.db import models
 

@@ -3,6 +3,7 @@
 Each notice is sent once per episode: on the run that reaches the failure threshold, on the
 run that finds the credentials refused, and on the first success after a notified failure.
 """
+
 from __future__ import annotations
 
 import structlog

@@ -1,4 +1,5 @@
 """Celery tasks: thin interfaces that take an id, call the engine and declare the retry policy."""
+
 from __future__ import annotations
 
 import random
@@ -36,14 +37,29 @@ class SyncTask(Task):
     retry() here replaces the computed countdown with our own.
     """
 
-    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None, **options):
+    def retry(
+        self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None, **options
+    ):
         if isinstance(exc, RetryableSyncError):
             failures = self.request.retries - (self.request.kwargs or {}).get("requeues", 0) + 1
             countdown = retry_delay(failures, exc.retry_after)
-            log.info("sync_retry_scheduled", task=self.name, failures=failures, countdown_s=round(countdown, 1),
-                     error=str(exc))
-        return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta, countdown=countdown,
-                             max_retries=max_retries, **options)
+            log.info(
+                "sync_retry_scheduled",
+                task=self.name,
+                failures=failures,
+                countdown_s=round(countdown, 1),
+                error=str(exc),
+            )
+        return super().retry(
+            args=args,
+            kwargs=kwargs,
+            exc=exc,
+            throw=throw,
+            eta=eta,
+            countdown=countdown,
+            max_retries=max_retries,
+            **options,
+        )
 
 
 # acks_late + reject_on_worker_lost: a message whose worker died goes back to the queue and
@@ -109,16 +125,22 @@ def sync_account(self, account_id: int, sync_log_id: int, owner: str, until: str
     """Import one account's trades for a run. Always returns a result, so the run can finish."""
     plan = RunPlan(sync_log_id=sync_log_id, owner=owner, account_ids=(), until=datetime.fromisoformat(until))
     failures = self.request.retries - requeues
-    structlog.contextvars.bind_contextvars(account_id=account_id, sync_log_id=sync_log_id, task_id=self.request.id,
-                                           attempt=failures + 1)
+    structlog.contextvars.bind_contextvars(
+        account_id=account_id, sync_log_id=sync_log_id, task_id=self.request.id, attempt=failures + 1
+    )
     try:
         return engine.sync_account(plan, account_id)
     except BrokerRateLimitError as exc:
         if requeues >= MAX_RATE_LIMIT_REQUEUES:
             return engine.account_failure(account_id, exc)
         raise self.retry(
-            kwargs={"account_id": account_id, "sync_log_id": sync_log_id, "owner": owner, "until": until,
-                    "requeues": requeues + 1},
+            kwargs={
+                "account_id": account_id,
+                "sync_log_id": sync_log_id,
+                "owner": owner,
+                "until": until,
+                "requeues": requeues + 1,
+            },
             countdown=exc.retry_after,
             max_retries=None,
         ) from None

@@ -1,4 +1,5 @@
 """Shared fixtures: a real Redis server for the session, a clean Redis per test, traders."""
+
 import os
 import tempfile
 from pathlib import Path

@@ -5,6 +5,7 @@ server. Payloads follow Alpaca's documented formats (see docs/brokers/alpaca.md)
 server can fail the account call a number of times, refuse the keys, or be slow, so tests
 can watch retries, auth failures, overlapping runs and killed workers.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,7 +92,7 @@ class FakeAlpaca:
                     if "page_token" in query:
                         ids = [f["id"] for f in fake.fills]
                         start = ids.index(query["page_token"][0]) + 1
-                    return self._send(200, fake.fills[start:start + size])
+                    return self._send(200, fake.fills[start : start + size])
                 return self._send(404, {"message": "not found"})
 
         return Handler

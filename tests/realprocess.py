@@ -1,4 +1,5 @@
 """Start real Celery worker and beat processes against the test database and the test Redis."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,19 +45,44 @@ def celery_processes(tmp_path: Path, *, beat: bool = True, concurrency: int = 2,
     """Yield {name: Popen} for a worker (and beat); stop them all on exit. Logs go to tmp_path."""
     env = child_env(**env_extra)
     commands = {
-        "worker": [sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "INFO",
-                   "--concurrency", str(concurrency), "--without-mingle", "--without-gossip"],
+        "worker": [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-l",
+            "INFO",
+            "--concurrency",
+            str(concurrency),
+            "--without-mingle",
+            "--without-gossip",
+        ],
     }
     if beat:
-        commands["beat"] = [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
-                            "--max-interval", "1", "--schedule", str(tmp_path / "beat-schedule")]
+        commands["beat"] = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "beat",
+            "-l",
+            "INFO",
+            "--max-interval",
+            "1",
+            "--schedule",
+            str(tmp_path / "beat-schedule"),
+        ]
     tmp_path.mkdir(parents=True, exist_ok=True)
     processes = {}
     try:
         for name, command in commands.items():
             log = open(tmp_path / f"{name}.log", "wb")
-            processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True)
+            processes[name] = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         yield processes
     finally:
         for process in processes.values():

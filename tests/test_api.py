@@ -1,4 +1,5 @@
 """The JSON API: auth, tenant isolation, services-backed writes in step with schedules, no secrets out."""
+
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,8 +23,20 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SECRET = "sk-RECOGNISABLE-9f31c7d2"
 OTHER_SECRET = "sk-RECOGNISABLE-second-55ab"
 CONNECTION_FIELDS = {
-    "id", "broker_type", "provider_name", "label", "environment", "status", "display_status", "sync_enabled",
-    "sync_interval_min", "last_sync_at", "last_success_at", "last_sync_error", "next_sync_at", "accounts",
+    "id",
+    "broker_type",
+    "provider_name",
+    "label",
+    "environment",
+    "status",
+    "display_status",
+    "sync_enabled",
+    "sync_interval_min",
+    "last_sync_at",
+    "last_success_at",
+    "last_sync_error",
+    "next_sync_at",
+    "accounts",
     "created_at",
 }
 
@@ -138,7 +151,9 @@ def test_token_authentication(trader, quiet_connection):
     assert response.status_code == 200
     assert [c["id"] for c in response.json()] == [quiet_connection.pk]
     created = client.post(
-        "/api/connections/", {"broker_type": "demo", "label": "By token", "credentials": {"api_key": "k"}}, format="json"
+        "/api/connections/",
+        {"broker_type": "demo", "label": "By token", "credentials": {"api_key": "k"}},
+        format="json",
     )
     assert created.status_code == 201
     client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
@@ -212,9 +227,7 @@ def test_patch_bad_interval_is_400_naming_field_and_rule_and_changes_nothing(api
         f"/api/connections/{connection.pk}/", {"sync_interval_min": bad, "label": "Changed"}, format="json"
     )
     assert response.status_code == 400
-    assert response.json() == {
-        "sync_interval_min": ["Sync interval must be a whole number of minutes from 5 to 60."]
-    }
+    assert response.json() == {"sync_interval_min": ["Sync interval must be a whole number of minutes from 5 to 60."]}
     assert task_state(connection.pk) == before
     connection.refresh_from_db()
     assert connection.sync_interval_min == 15 and connection.label == "Demo"
@@ -275,8 +288,14 @@ def test_patch_replaces_credentials_without_returning_them(api, connection):
             {"credentials": {"extra": ["Demo broker (simulated) takes no field named 'extra'."]}},
         ),
         ({"credentials": SECRET}, {"credentials": ['Expected a dictionary of items but got type "str".']}),
-        ({"sync_interval_min": 61}, {"sync_interval_min": ["Sync interval must be a whole number of minutes from 5 to 60."]}),
-        ({"sync_interval_min": "abc"}, {"sync_interval_min": ["Sync interval must be a whole number of minutes from 5 to 60."]}),
+        (
+            {"sync_interval_min": 61},
+            {"sync_interval_min": ["Sync interval must be a whole number of minutes from 5 to 60."]},
+        ),
+        (
+            {"sync_interval_min": "abc"},
+            {"sync_interval_min": ["Sync interval must be a whole number of minutes from 5 to 60."]},
+        ),
         ({"sync_enabled": "yes"}, {"sync_enabled": ["Auto-sync must be true or false."]}),
         ({"label": ""}, {"label": ["This field may not be blank."]}),
         ({"label": "   "}, {"label": ["This field may not be blank."]}),
@@ -370,16 +389,32 @@ def test_sync_now_allowance_is_shared_with_the_brokers_page(api, quiet_connectio
 def test_logs_are_newest_first_and_paginated(api, quiet_connection):
     start = datetime(2026, 3, 1, tzinfo=UTC)
     for minutes in (0, 30, 10):
-        SyncLog.objects.create(connection=quiet_connection, started_at=start + timedelta(minutes=minutes),
-                               status=SyncLog.Status.SUCCESS, task_id=f"t{minutes}", trades_imported=minutes)
+        SyncLog.objects.create(
+            connection=quiet_connection,
+            started_at=start + timedelta(minutes=minutes),
+            status=SyncLog.Status.SUCCESS,
+            task_id=f"t{minutes}",
+            trades_imported=minutes,
+        )
     response = api.get(f"/api/connections/{quiet_connection.pk}/logs/?page_size=2")
     assert response.status_code == 200
     page = response.json()
     assert page["count"] == 3 and page["next"] and page["previous"] is None
     assert [r["task_id"] for r in page["results"]] == ["t30", "t10"]
     assert set(page["results"][0]) == {
-        "id", "trigger", "status", "started_at", "finished_at", "duration_ms", "trades_imported", "trades_skipped",
-        "attempt", "task_id", "error_kind", "error_message", "detail",
+        "id",
+        "trigger",
+        "status",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "trades_imported",
+        "trades_skipped",
+        "attempt",
+        "task_id",
+        "error_kind",
+        "error_message",
+        "detail",
     }
     assert [r["task_id"] for r in api.get(page["next"]).json()["results"]] == ["t0"]
 
@@ -425,7 +460,9 @@ def test_trades_filters(api, journal):
     t0 = journal["t0"]
     assert trade_ids(api.get("/api/trades/", {"account": journal["futures"].pk})) == ["es-1"]
     assert trade_ids(api.get("/api/trades/", {"connection": journal["stocks"].connection_id})) == [
-        "msft-1", "aapl-2", "aapl-1"
+        "msft-1",
+        "aapl-2",
+        "aapl-1",
     ]
     assert trade_ids(api.get("/api/trades/", {"symbol": "aapl"})) == ["aapl-2", "aapl-1"]
     since, until = (t0 + timedelta(hours=1)).isoformat(), (t0 + timedelta(hours=4)).isoformat()
@@ -486,9 +523,12 @@ def test_providers_list_their_environments_and_credential_fields(api):
     api_key, scenario = demo["credential_fields"]
     assert api_key["name"] == "api_key" and api_key["secret"] is True and api_key["required"] is True
     assert api_key["label"] == "Demo API key" and api_key["help_text"] and api_key["choices"] == []
-    assert scenario["required"] is False and {"value": "auth_error", "label": "Refuses the login"} in scenario["choices"]
+    assert (
+        scenario["required"] is False and {"value": "auth_error", "label": "Refuses the login"} in scenario["choices"]
+    )
     assert providers["alpaca"]["environments"] == [
-        {"value": "paper", "label": "Paper trading"}, {"value": "live", "label": "Live"}
+        {"value": "paper", "label": "Paper trading"},
+        {"value": "live", "label": "Live"},
     ]
 
 
@@ -496,15 +536,21 @@ def test_schema_renders_and_docs_page_answers(anonymous):
     schema = anonymous.get("/api/schema/")
     assert schema.status_code == 200
     text = schema.content.decode()
-    for path in ("/api/connections/", "/api/connections/{id}/sync/", "/api/connections/{id}/logs/",
-                 "/api/trades/", "/api/providers/"):
+    for path in (
+        "/api/connections/",
+        "/api/connections/{id}/sync/",
+        "/api/connections/{id}/logs/",
+        "/api/trades/",
+        "/api/providers/",
+    ):
         assert path in text
     assert anonymous.get("/api/docs/").status_code == 200
 
 
 def test_credentials_never_appear_in_any_response(api, other_api):
     created = api.post(
-        "/api/connections/", {"broker_type": "demo", "label": "Secret", "credentials": {"api_key": SECRET}},
+        "/api/connections/",
+        {"broker_type": "demo", "label": "Secret", "credentials": {"api_key": SECRET}},
         format="json",
     )
     pk = created.json()["id"]
@@ -514,15 +560,24 @@ def test_credentials_never_appear_in_any_response(api, other_api):
     api.patch(f"/api/connections/{pk}/", {"credentials": {"api_key": OTHER_SECRET}}, format="json")
     api.patch(f"/api/connections/{pk}/", {"credentials": {"api_key": SECRET, "extra": SECRET}}, format="json")
     api.patch(f"/api/connections/{pk}/", {"credentials": {"scenario": SECRET}}, format="json")
-    api.post("/api/connections/", {"broker_type": "demo", "label": "", "credentials": {"api_key": SECRET}},
-             format="json")
-    api.post("/api/connections/", {"broker_type": "demo", "label": "x", "credentials": {"api_key": [SECRET]}},
-             format="json")
-    api.post("/api/connections/", {"broker_type": "demo", "label": "x", "credentials": {"api_key": SECRET},
-                                   "sync_interval_min": 3}, format="json")
+    api.post(
+        "/api/connections/", {"broker_type": "demo", "label": "", "credentials": {"api_key": SECRET}}, format="json"
+    )
+    api.post(
+        "/api/connections/", {"broker_type": "demo", "label": "x", "credentials": {"api_key": [SECRET]}}, format="json"
+    )
+    api.post(
+        "/api/connections/",
+        {"broker_type": "demo", "label": "x", "credentials": {"api_key": SECRET}, "sync_interval_min": 3},
+        format="json",
+    )
     # A browser asking for HTML still gets no form that echoes what was typed.
-    api.post("/api/connections/", {"broker_type": "demo", "label": "", "credentials": {"api_key": SECRET}},
-             format="json", HTTP_ACCEPT="text/html")
+    api.post(
+        "/api/connections/",
+        {"broker_type": "demo", "label": "", "credentials": {"api_key": SECRET}},
+        format="json",
+        HTTP_ACCEPT="text/html",
+    )
     api.post(f"/api/connections/{pk}/sync/")
     api.get(f"/api/connections/{pk}/logs/")
     api.get("/api/trades/")

@@ -1,4 +1,5 @@
 """The operator commands: happy paths, refusals that change nothing, and no secret in any output."""
+
 import os
 import re
 import subprocess
@@ -45,7 +46,12 @@ def manage(*args: str) -> subprocess.CompletedProcess:
     }
     # check=False: the tests assert the exit status themselves.
     return subprocess.run(
-        [sys.executable, "manage.py", *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "manage.py", *args],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 
@@ -118,8 +124,19 @@ def test_every_command_has_help(command):
 def test_create_reads_the_secret_from_the_environment(trader, monkeypatch, no_prompt):
     monkeypatch.setenv("TJ_CRED_API_KEY", SECRET)
     out, err = run(
-        "create_connection", "--owner", "alice", "--broker", "demo", "--label", "Mine",
-        "--field", "scenario=normal", "--interval", "30", "--disabled", "--no-input",
+        "create_connection",
+        "--owner",
+        "alice",
+        "--broker",
+        "demo",
+        "--label",
+        "Mine",
+        "--field",
+        "scenario=normal",
+        "--interval",
+        "30",
+        "--disabled",
+        "--no-input",
     )
     connection = BrokerConnection.objects.get()
     assert f"Created connection {connection.pk}: Mine (demo) for alice; auto-sync off." in out
@@ -150,15 +167,35 @@ def test_create_takes_non_secret_fields_as_options_and_each_secret_from_the_envi
     monkeypatch.setenv("TJ_CRED_PASSWORD", SECRET)
     monkeypatch.setenv("TJ_CRED_SEC", SECRET + "-sec")
     out, _ = run(
-        "create_connection", "--owner", "alice", "--broker", "tradovate", "--label", "Futures", "--disabled",
-        "--environment", "live", "--field", "username=alice", "--field", "app_id=TradeJournal",
-        "--field", "app_version=1.0", "--field", "cid=1234", "--no-input",
+        "create_connection",
+        "--owner",
+        "alice",
+        "--broker",
+        "tradovate",
+        "--label",
+        "Futures",
+        "--disabled",
+        "--environment",
+        "live",
+        "--field",
+        "username=alice",
+        "--field",
+        "app_id=TradeJournal",
+        "--field",
+        "app_version=1.0",
+        "--field",
+        "cid=1234",
+        "--no-input",
     )
     connection = BrokerConnection.objects.get()
     assert connection.environment == "live"
     assert connection.credentials == {
-        "username": "alice", "app_id": "TradeJournal", "app_version": "1.0", "cid": "1234",
-        "password": SECRET, "sec": SECRET + "-sec",
+        "username": "alice",
+        "app_id": "TradeJournal",
+        "app_version": "1.0",
+        "cid": "1234",
+        "password": SECRET,
+        "sec": SECRET + "-sec",
     }
     assert "(tradovate, live)" in out and SECRET not in out
 
@@ -175,8 +212,9 @@ def test_a_secret_on_the_command_line_is_refused_without_echoing_it(trader, monk
 
 
 def test_a_secret_on_the_command_line_is_refused_by_the_real_process():
-    result = manage("create_connection", "--owner", "alice", "--broker", "demo", "--label", "X",
-                    "--field", f"api_key={SECRET}")
+    result = manage(
+        "create_connection", "--owner", "alice", "--broker", "demo", "--label", "X", "--field", f"api_key={SECRET}"
+    )
     assert result.returncode == 1
     assert "api_key is a secret" in result.stderr
     assert SECRET not in result.stdout + result.stderr
@@ -197,11 +235,29 @@ def test_an_unknown_broker_exits_non_zero_naming_the_known_ones():
         (["--interval", "61"], "Sync interval must be a whole number of minutes from 5 to 60."),
         (["--interval", "ten"], "Sync interval must be a whole number of minutes from 5 to 60."),
         (["--owner", "mallory"], "No user named 'mallory'."),
-        (["--field", "scenario=sunny"], "scenario: Scenario must be one of: normal, auth_error, broker_down, account_down."),
+        (
+            ["--field", "scenario=sunny"],
+            "scenario: Scenario must be one of: normal, auth_error, broker_down, account_down.",
+        ),
         (["--field", "colour=blue"], "colour: Demo broker (simulated) takes no field named 'colour'."),
         (["--field", "scenario"], "--field takes NAME=VALUE, got 'scenario'."),
-        (["--broker", "tradovate", "--environment", "paper", "--field", "username=a", "--field", "app_id=b",
-          "--field", "app_version=1", "--field", "cid=1"], "environment: Environment must be one of: demo, live."),
+        (
+            [
+                "--broker",
+                "tradovate",
+                "--environment",
+                "paper",
+                "--field",
+                "username=a",
+                "--field",
+                "app_id=b",
+                "--field",
+                "app_version=1",
+                "--field",
+                "cid=1",
+            ],
+            "environment: Environment must be one of: demo, live.",
+        ),
         (["--broker", "tradovate"], "username: Username is required."),
     ],
 )
@@ -319,15 +375,30 @@ def test_sync_status_shows_each_connection_with_paused_and_error_rows(make_conne
 
     out, err = run("sync_status")
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "OWNER", "BROKER", "LABEL", "STATUS", "LAST", "SYNC", "NEXT", "SYNC", "LAST",
-                                "ERROR"]
+    assert lines[0].split() == [
+        "ID",
+        "OWNER",
+        "BROKER",
+        "LABEL",
+        "STATUS",
+        "LAST",
+        "SYNC",
+        "NEXT",
+        "SYNC",
+        "LAST",
+        "ERROR",
+    ]
     rows = {int(line.split()[0]): line for line in lines[1:]}
     assert set(rows) == {healthy.pk, paused.pk, broken.pk}
-    assert re.match(rf"{healthy.pk}\s+alice\s+demo\s+Healthy\s+CONNECTED\s+{UTC_ISO}\s+{UTC_ISO}\s+-$", rows[healthy.pk])
+    assert re.match(
+        rf"{healthy.pk}\s+alice\s+demo\s+Healthy\s+CONNECTED\s+{UTC_ISO}\s+{UTC_ISO}\s+-$", rows[healthy.pk]
+    )
     assert re.match(rf"{paused.pk}\s+alice\s+demo\s+Paused\s+PAUSED\s+-\s+-\s+-$", rows[paused.pk])
     # Refused credentials hold the schedule, so there is no next sync.
-    assert re.match(rf"{broken.pk}\s+bob\s+demo\s+Broken\s+ERROR\s+{UTC_ISO}\s+-\s+The demo broker refused the login",
-                    rows[broken.pk])
+    assert re.match(
+        rf"{broken.pk}\s+bob\s+demo\s+Broken\s+ERROR\s+{UTC_ISO}\s+-\s+The demo broker refused the login",
+        rows[broken.pk],
+    )
     assert SECRET not in out + err
 
     mine, _ = run("sync_status", "--owner", "bob")

@@ -1,4 +1,5 @@
 """Credentials are encrypted at rest, readable after key rotation, and a wrong key fails loudly."""
+
 import pytest
 from cryptography.fernet import Fernet
 from django.core import mail
@@ -50,7 +51,7 @@ def test_a_wrong_key_fails_loudly_and_never_hands_out_ciphertext(connection, set
     settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
     crypto._fernet.cache_clear()
     with pytest.raises(crypto.CredentialsUnreadable) as info:
-        BrokerConnection.objects.get(pk=connection.pk).credentials
+        _ = BrokerConnection.objects.get(pk=connection.pk).credentials
     assert "FIELD_ENCRYPTION_KEYS" in str(info.value)
 
 

@@ -1,4 +1,5 @@
 """With a real worker and beat: trades arrive by themselves, and stop when auto-sync is switched off."""
+
 import time
 
 import pytest

@@ -1,4 +1,5 @@
 """Faults with a real worker, the test Redis and a loopback broker: retries, auth, overlap, kill -9."""
+
 import os
 import signal
 import time
@@ -44,13 +45,20 @@ def connect(trader, broker, **kwargs):
     trader.email = "alice@example.com"
     trader.save()
     return services.connection_create(
-        owner=trader, broker_type="alpaca", label="Alpaca", environment="paper", sync_enabled=False,
-        credentials={"key_id": "AKREAL", "secret_key": "secret-real"}, **kwargs,
+        owner=trader,
+        broker_type="alpaca",
+        label="Alpaca",
+        environment="paper",
+        sync_enabled=False,
+        credentials={"key_id": "AKREAL", "secret_key": "secret-real"},
+        **kwargs,
     )
 
 
 def send_sync(connection, trigger="scheduled"):
-    return celery_app.tasks[schedules.SYNC_TASK].apply_async(kwargs={"connection_id": connection.pk, "trigger": trigger})
+    return celery_app.tasks[schedules.SYNC_TASK].apply_async(
+        kwargs={"connection_id": connection.pk, "trigger": trigger}
+    )
 
 
 def finished_logs(connection):
@@ -69,8 +77,9 @@ def test_a_broker_failing_twice_then_answering(trader, broker, worker_env, tmp_p
     assert log.trades_imported == FILLS == Trade.objects.count()
 
 
-def test_an_auth_failure_is_error_at_once_without_retries_and_one_notice(trader, broker, worker_env, tmp_path,
-                                                                           real_queue):
+def test_an_auth_failure_is_error_at_once_without_retries_and_one_notice(
+    trader, broker, worker_env, tmp_path, real_queue
+):
     connection = connect(trader, broker)
     broker.refuse_keys = True
     mail_dir = tmp_path / "mail"
@@ -87,8 +96,9 @@ def test_an_auth_failure_is_error_at_once_without_retries_and_one_notice(trader,
     assert mail.outbox == []  # the email went out from the worker, not from this process
 
 
-def test_sync_now_during_a_scheduled_run_is_skipped_and_nothing_doubles(trader, broker, worker_env, tmp_path,
-                                                                        real_queue):
+def test_sync_now_during_a_scheduled_run_is_skipped_and_nothing_doubles(
+    trader, broker, worker_env, tmp_path, real_queue
+):
     connection = connect(trader, broker)
     broker.fills_delay_s = 3
     with celery_processes(tmp_path, beat=False, concurrency=3, **worker_env):

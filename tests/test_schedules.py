@@ -1,4 +1,5 @@
 """Every change of auto-sync or interval — service, page form, admin — leaves exactly one PeriodicTask in step."""
+
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """A demo connection syncs end to end through the task; a second run imports nothing new."""
+
 import pytest
 
 from brokers import services

@@ -1,4 +1,5 @@
 """The sync path under failure: retries, auth holds, notices, locks, interrupted runs, tombstones."""
+
 from datetime import timedelta
 
 import pytest
@@ -22,9 +23,19 @@ ACCOUNT_URL = "https://paper-api.alpaca.markets/v2/account"
 FILLS_URL = "https://paper-api.alpaca.markets/v2/account/activities/FILL"
 ACCOUNT = {"id": "acc-uuid", "account_number": "PA123", "currency": "USD", "status": "ACTIVE"}
 FILLS = [
-    {"id": f"2026111{i}093000000::f{i}", "activity_type": "FILL", "transaction_time": f"2026-11-1{i}T14:30:00.123Z",
-     "type": "fill", "price": "101.25", "qty": "3", "side": "buy", "symbol": "AAPL", "order_id": f"o{i}",
-     "cum_qty": "3", "leaves_qty": "0"}
+    {
+        "id": f"2026111{i}093000000::f{i}",
+        "activity_type": "FILL",
+        "transaction_time": f"2026-11-1{i}T14:30:00.123Z",
+        "type": "fill",
+        "price": "101.25",
+        "qty": "3",
+        "side": "buy",
+        "symbol": "AAPL",
+        "order_id": f"o{i}",
+        "cum_qty": "3",
+        "leaves_qty": "0",
+    }
     for i in range(1, 6)
 ]
 
@@ -35,7 +46,10 @@ def alpaca(trader, django_capture_on_commit_callbacks):
     trader.save()
     with django_capture_on_commit_callbacks(execute=False):
         return services.connection_create(
-            owner=trader, broker_type="alpaca", label="Alpaca paper", environment="paper",
+            owner=trader,
+            broker_type="alpaca",
+            label="Alpaca paper",
+            environment="paper",
             credentials={"key_id": "AKTEST", "secret_key": "SECRET-alpaca-value"},
         )
 
@@ -176,8 +190,12 @@ def test_reconcile_repairs_missing_wrong_and_orphaned_tasks(trader, capsys):
     a = services.connection_create(owner=trader, broker_type="demo", label="A", credentials={"api_key": "k"})
     b = services.connection_create(owner=trader, broker_type="demo", label="B", credentials={"api_key": "k"})
     PeriodicTask.objects.filter(name=schedules.task_name(a.pk)).delete()
-    PeriodicTask.objects.filter(name=schedules.task_name(b.pk)).update(enabled=False, interval=schedules.interval_schedule(60))
-    orphan = PeriodicTask.objects.create(name="broker-sync:99999", task=schedules.SYNC_TASK, interval=schedules.interval_schedule(5))
+    PeriodicTask.objects.filter(name=schedules.task_name(b.pk)).update(
+        enabled=False, interval=schedules.interval_schedule(60)
+    )
+    orphan = PeriodicTask.objects.create(
+        name="broker-sync:99999", task=schedules.SYNC_TASK, interval=schedules.interval_schedule(5)
+    )
     call_command("reconcile_schedules")
     out = capsys.readouterr().out
     assert f"created: broker-sync:{a.pk}" in out and f"updated: broker-sync:{b.pk}" in out
@@ -192,8 +210,11 @@ def test_reconcile_repairs_missing_wrong_and_orphaned_tasks(trader, capsys):
 def test_old_logs_are_pruned(trader, settings):
     connection = services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"})
     run(connection)
-    SyncLog.objects.create(connection=connection, status="SUCCESS",
-                           started_at=timezone.now() - timedelta(days=settings.SYNC_LOG_RETENTION_DAYS + 1))
+    SyncLog.objects.create(
+        connection=connection,
+        status="SUCCESS",
+        started_at=timezone.now() - timedelta(days=settings.SYNC_LOG_RETENTION_DAYS + 1),
+    )
     assert engine.prune_sync_logs() == 1
     assert SyncLog.objects.filter(connection=connection).count() == 1
 

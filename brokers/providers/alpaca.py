@@ -1,4 +1,5 @@
 """Alpaca (Trading API v2): one API key pair per account, fills from the account activities."""
+
 from __future__ import annotations
 
 import json

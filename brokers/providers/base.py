@@ -1,4 +1,5 @@
 """The contract every broker adapter fulfils. Providers take credentials and return plain values."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -48,9 +49,7 @@ class BrokerProvider(ABC):
     @property
     def http(self) -> BrokerHTTP:
         if self._http is None:
-            self._http = BrokerHTTP(
-                provider_key=self.key, display_name=self.display_name, base_url=self.base_url()
-            )
+            self._http = BrokerHTTP(provider_key=self.key, display_name=self.display_name, base_url=self.base_url())
         return self._http
 
     def base_url(self) -> str:

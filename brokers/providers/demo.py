@@ -6,6 +6,7 @@ what price follow from a hash of (account, slot), so every call sees the same hi
 new fills appear as the clock moves on. The "scenario" field lets a trader or a test see
 how the product handles a broker that refuses the login or is down.
 """
+
 from __future__ import annotations
 
 import hashlib

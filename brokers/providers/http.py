@@ -1,4 +1,5 @@
 """The one HTTP layer every provider uses: session, timeouts, rate limit, error mapping, logging."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Interactive Brokers through the Flex Web Service (v3): a Flex Query's XML report, requested then polled."""
+
 from __future__ import annotations
 
 import re
@@ -64,8 +65,7 @@ _USER_ACTION = {
     "Flex Query in XML format with the Trades section, and save its Query ID on the connection.",
     "1011": "IBKR says the Flex Web Service account is inactive. Enable the Flex Web Service in "
     f"{TOKEN_HELP}, then save a new token on the connection.",
-    "1012": f"Your IBKR Flex token has expired. Generate a new token in {TOKEN_HELP} and save it "
-    "on the connection.",
+    "1012": f"Your IBKR Flex token has expired. Generate a new token in {TOKEN_HELP} and save it on the connection.",
     "1013": "IBKR refused the request because of the token's IP restriction. Remove the IP restriction "
     f"from the token in {TOKEN_HELP} (or allow this server's address), then save the token again.",
     "1014": "IBKR says the Flex Query is invalid. Check the Query ID on the connection against the query "
@@ -76,8 +76,7 @@ _USER_ACTION = {
 _PERMANENT = {
     "1003": "IBKR has no statement for the requested period. Check that the Flex Query covers your "
     "accounts; the next sync asks again.",
-    "1016": "IBKR says an account of this Flex Query is invalid. Check the accounts selected in the "
-    "Flex Query.",
+    "1016": "IBKR says an account of this Flex Query is invalid. Check the accounts selected in the Flex Query.",
     "1020": "IBKR rejected the request as invalid. This is likely a bug on our side; retrying will not "
     "help — please report it.",
 }
@@ -86,9 +85,7 @@ _DATE_PATTERNS = (
     (re.compile(r"\d{4}-\d{2}-\d{2}"), "%Y-%m-%d"),
     (re.compile(r"\d{2}/\d{2}/\d{4}"), "%m/%d/%Y"),
 )
-_DATE_TIME = re.compile(
-    r"(?P<date>[\d/-]+)(?:\s*[;,T]\s*|\s+)(?P<hour>\d{2}):?(?P<minute>\d{2}):?(?P<second>\d{2})"
-)
+_DATE_TIME = re.compile(r"(?P<date>[\d/-]+)(?:\s*[;,T]\s*|\s+)(?P<hour>\d{2}):?(?P<minute>\d{2}):?(?P<second>\d{2})")
 _OPTION_CLASSES = {"OPT", "FOP"}
 _OPTION_RIGHTS = {"C": "C", "CALL": "C", "P": "P", "PUT": "P"}
 
@@ -473,7 +470,12 @@ def _executed_at(text: str) -> datetime:
     day = _date(match["date"])
     try:
         local = datetime(
-            day.year, day.month, day.day, int(match["hour"]), int(match["minute"]), int(match["second"]),
+            day.year,
+            day.month,
+            day.day,
+            int(match["hour"]),
+            int(match["minute"]),
+            int(match["second"]),
             tzinfo=REPORT_TIMEZONE,
         )
     except ValueError:

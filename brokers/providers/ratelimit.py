@@ -7,6 +7,7 @@ neither overshoot together nor disagree about time. A broker's own "wait" (Retry
 Tradovate penalty ticket, Flex code 1018) is recorded with `block()`, so that every other
 worker backs off too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -99,7 +100,9 @@ def load_limits(path: Path = LIMITS_FILE, overrides: dict | None = None) -> dict
             ):
                 raise BrokerConfigurationError(f"{where}: window_s must be a number of seconds > 0, got {window_s!r}.")
             if not isinstance(per_credential, bool):
-                raise BrokerConfigurationError(f"{where}: per_credential must be true or false, got {per_credential!r}.")
+                raise BrokerConfigurationError(
+                    f"{where}: per_credential must be true or false, got {per_credential!r}."
+                )
             parsed.append(RateLimit(name, limit, float(window_s), per_credential))
         limits[broker] = tuple(parsed)
     return limits
@@ -142,9 +145,7 @@ class RateLimiter:
             return buckets
         unknown = set(names) - {b.name for b in buckets}
         if unknown:
-            raise BrokerConfigurationError(
-                f"{LIMITS_FILE.name} has no bucket {sorted(unknown)} for broker {broker!r}."
-            )
+            raise BrokerConfigurationError(f"{LIMITS_FILE.name} has no bucket {sorted(unknown)} for broker {broker!r}.")
         return tuple(b for b in buckets if b.name in names)
 
     def _keys(self, broker, buckets, scope):

@@ -4,6 +4,7 @@ Each provider module in this package ends with an explicit `register(TheProvider
 registry imports every module here except the shared infrastructure, so adding a broker
 touches no file but its own module (plus its tests, doc page and limits entry).
 """
+
 from __future__ import annotations
 
 import importlib

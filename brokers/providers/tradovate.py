@@ -1,4 +1,5 @@
 """Tradovate (futures): one stored session per user, today's fills resolved in batches to accounts and contracts."""
+
 from __future__ import annotations
 
 import hashlib
@@ -250,9 +251,7 @@ class TradovateProvider(BrokerProvider):
     def _fill_fees(self, auth: AuthResult, fill_ids: list[int]) -> dict[int, Decimal]:
         """Total fee per fill id. UNCONFIRMED: FillFee ids equal fill ids (see FILL_FEES_PATH)."""
         records = self._list(auth, FILL_FEES_PATH, {"ids": ",".join(map(str, fill_ids))})
-        fees = {
-            r["id"]: sum((_decimal(r[k]) for k in FEE_FIELDS if r.get(k) is not None), Decimal(0)) for r in records
-        }
+        fees = {r["id"]: sum((_decimal(r[k]) for k in FEE_FIELDS if r.get(k) is not None), Decimal(0)) for r in records}
         missing = len(set(fill_ids) - fees.keys())
         if missing:
             log.warning("tradovate_fill_fees_missing", fills=missing, counted_as="0")

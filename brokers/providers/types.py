@@ -1,4 +1,5 @@
 """The plain values that providers take and return; they never see a Django model."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -4,6 +4,7 @@ Subclasses mock only the broker's HTTP (with `responses`, payloads in the docume
 formats) through the stub_* hooks; the tests here then hold every provider to the same
 behaviour: types, paging, stable ids, time zones, Decimal money, errors and rate limits.
 """
+
 from __future__ import annotations
 
 import tomllib

@@ -1,4 +1,5 @@
 """Alpaca on the shared contract, plus its paging, fill parsing, rate-limit and environment rules."""
+
 import json
 import time
 from datetime import UTC, datetime

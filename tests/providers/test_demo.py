@@ -1,4 +1,5 @@
 """The demo broker on the shared contract, plus its own promises: determinism and new fills over time."""
+
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -62,13 +63,21 @@ def test_new_fills_appear_as_time_passes_and_history_does_not_change():
     assert two_hours[: len(hour)] == hour
     partial_orders = {t.order_id for t in two_hours if t.raw["partial"]}
     assert partial_orders, "some orders fill in several parts"
-    assert {t.asset_class for t in provider.get_trades(
-        auth, BrokerAccountInfo("DEMO-FUT-1", "f"), start, start + timedelta(hours=1))} == {"FUT"}
+    assert {
+        t.asset_class
+        for t in provider.get_trades(auth, BrokerAccountInfo("DEMO-FUT-1", "f"), start, start + timedelta(hours=1))
+    } == {"FUT"}
 
 
 def test_no_fill_from_the_future():
     provider = get_broker_provider("demo")
     now = datetime.now(UTC)
-    trades = list(provider.get_trades(AuthResult(token="t"), BrokerAccountInfo("DEMO-FUT-1", "f"),
-                                      now - timedelta(hours=1), now + timedelta(days=1)))
+    trades = list(
+        provider.get_trades(
+            AuthResult(token="t"),
+            BrokerAccountInfo("DEMO-FUT-1", "f"),
+            now - timedelta(hours=1),
+            now + timedelta(days=1),
+        )
+    )
     assert trades and max(t.executed_at for t in trades) <= now

@@ -1,4 +1,5 @@
 """The shared broker HTTP layer: error mapping, Retry-After handling, limiter use, timeouts, logging."""
+
 import json
 import logging
 import time
@@ -414,7 +415,7 @@ def test_redact_secrets_at_any_depth():
     assert request["nested"]["deeper"] == {"credentials": REDACTED, "count": 3}
     # Nothing secret survives anywhere.
     dumped = json.dumps(out)
-    for secret in ("hunter2", "k-1", "k-2", "Bearer", "short-token", "p1", "rt\"", "cs\""):
+    for secret in ("hunter2", "k-1", "k-2", "Bearer", "short-token", "p1", 'rt"', 'cs"'):
         assert secret not in dumped, secret
     # The caller's dict is not modified.
     assert event["request"]["headers"]["authorization"] == "Bearer xyz"

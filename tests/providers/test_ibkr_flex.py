@@ -1,4 +1,5 @@
 """IBKR Flex Web Service on the shared contract, plus its quirks: polling, error codes and the report format."""
+
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from urllib.parse import parse_qs, urlparse
@@ -67,14 +68,37 @@ def flex_error(code: str, message: str = "Something happened.") -> str:
 
 def row(tag: str = "Trade", **overrides: str) -> str:
     attrs = {
-        "accountId": "U1111111", "acctAlias": "", "currency": "USD", "fxRateToBase": "1",
-        "assetCategory": "STK", "symbol": "AAPL", "description": "APPLE INC", "conid": "265598",
-        "underlyingSymbol": "AAPL", "multiplier": "1", "strike": "", "expiry": "", "putCall": "",
-        "tradeID": "5001", "transactionID": "6001", "ibExecID": "0000e0d5.6598a1b2.01.01", "ibOrderID": "7001",
-        "dateTime": "20261105;093001", "tradeDate": "20261105", "transactionType": "ExchTrade",
-        "exchange": "NASDAQ", "buySell": "BUY", "quantity": "100", "tradePrice": "230.5",
-        "ibCommission": "-1", "ibCommissionCurrency": "USD", "netCash": "-23051", "openCloseIndicator": "O",
-        "notes": "", "orderType": "LMT", "levelOfDetail": "EXECUTION",
+        "accountId": "U1111111",
+        "acctAlias": "",
+        "currency": "USD",
+        "fxRateToBase": "1",
+        "assetCategory": "STK",
+        "symbol": "AAPL",
+        "description": "APPLE INC",
+        "conid": "265598",
+        "underlyingSymbol": "AAPL",
+        "multiplier": "1",
+        "strike": "",
+        "expiry": "",
+        "putCall": "",
+        "tradeID": "5001",
+        "transactionID": "6001",
+        "ibExecID": "0000e0d5.6598a1b2.01.01",
+        "ibOrderID": "7001",
+        "dateTime": "20261105;093001",
+        "tradeDate": "20261105",
+        "transactionType": "ExchTrade",
+        "exchange": "NASDAQ",
+        "buySell": "BUY",
+        "quantity": "100",
+        "tradePrice": "230.5",
+        "ibCommission": "-1",
+        "ibCommissionCurrency": "USD",
+        "netCash": "-23051",
+        "openCloseIndicator": "O",
+        "notes": "",
+        "orderType": "LMT",
+        "levelOfDetail": "EXECUTION",
     }
     attrs.update(overrides)
     return f"<{tag} " + " ".join(f"{k}={quoteattr(v)}" for k, v in attrs.items() if v is not None) + " />"
@@ -91,7 +115,7 @@ def statement(account: str, *rows: str, alias: str = "", currency: str = "") -> 
 def report(*statements: str) -> str:
     return (
         f'<FlexQueryResponse queryName="journal" type="AF"><FlexStatements count="{len(statements)}">'
-        f'{"".join(statements)}</FlexStatements></FlexQueryResponse>'
+        f"{''.join(statements)}</FlexStatements></FlexQueryResponse>"
     )
 
 
@@ -134,9 +158,7 @@ class TestIbkrFlexContract(ProviderContract):
         return BrokerAccountInfo(external_id="U1111111", name="U1111111")
 
     def stub_trades(self, rsps, account):
-        rows = [
-            row(ibExecID=f"0000e0d5.6598a1b2.01.0{i}", dateTime=f"2026110{i + 3};10000{i}") for i in range(3)
-        ]
+        rows = [row(ibExecID=f"0000e0d5.6598a1b2.01.0{i}", dateTime=f"2026110{i + 3};10000{i}") for i in range(3)]
         other = row(accountId="U2222222", ibExecID="0000e0d5.6598a1b2.02.01")
         order = row("Order", levelOfDetail="ORDER", ibExecID="", transactionID="", tradeID="", ibOrderID="7001")
         stub_flow(rsps, flex_error("1019"), report(statement("U1111111", *rows, order), statement("U2222222", other)))
@@ -183,13 +205,18 @@ def test_refresh_refuses_a_token_past_its_expiry():
 def test_polls_while_the_report_is_generated_then_reads_it():
     stub_flow(responses, flex_error("1019"), flex_error("1019"), report(statement("U1111111", row())))
     with capture_logs() as logs:
-        trades = list(IbkrFlexProvider().get_trades(
-            auth(), BrokerAccountInfo("U1111111", "U1111111"),
-            datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC),
-        ))
+        trades = list(
+            IbkrFlexProvider().get_trades(
+                auth(),
+                BrokerAccountInfo("U1111111", "U1111111"),
+                datetime(2026, 11, 1, tzinfo=UTC),
+                datetime(2026, 11, 20, tzinfo=UTC),
+            )
+        )
     assert len(trades) == 1
     assert [e["path"] for e in logs if e["event"] == "broker_http"][:2] == [
-        urlparse(send_url()).path, urlparse(STATEMENT_URL).path,
+        urlparse(send_url()).path,
+        urlparse(STATEMENT_URL).path,
     ]
     assert SECRET_MARK not in str(logs)
     calls = responses.calls
@@ -265,7 +292,10 @@ def test_invalid_reference_code_starts_again_once():
     responses.add(responses.GET, STATEMENT_URL, body=report(statement("U1111111")))
     assert [a.external_id for a in IbkrFlexProvider().get_accounts(auth())] == ["U1111111"]
     assert [urlparse(c.request.url).path.rsplit("/", 1)[1] for c in responses.calls] == [
-        "SendRequest", "GetStatement", "SendRequest", "GetStatement",
+        "SendRequest",
+        "GetStatement",
+        "SendRequest",
+        "GetStatement",
     ]
 
 
@@ -279,10 +309,13 @@ def test_report_address_outside_ibkr_never_gets_the_token():
 
 @responses.activate
 def test_several_accounts_come_from_one_report_fetched_once():
-    stub_flow(responses, report(
-        statement("U1111111", row(), row(ibExecID="0000e0d5.6598a1b2.01.02")),
-        statement("U2222222", row(accountId="U2222222", ibExecID="0000e0d5.6598a1b2.02.01")),
-    ))
+    stub_flow(
+        responses,
+        report(
+            statement("U1111111", row(), row(ibExecID="0000e0d5.6598a1b2.01.02")),
+            statement("U2222222", row(accountId="U2222222", ibExecID="0000e0d5.6598a1b2.02.01")),
+        ),
+    )
     provider = IbkrFlexProvider()
     since, until = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
     first = list(provider.get_trades(auth(), BrokerAccountInfo("U1111111", "a"), since, until))
@@ -296,36 +329,45 @@ def test_several_accounts_come_from_one_report_fetched_once():
 def test_periods_longer_than_365_days_are_split():
     for _ in range(2):
         stub_flow(responses, report(statement("U1111111")))
-    list(IbkrFlexProvider().get_trades(
-        auth(), BrokerAccountInfo("U1111111", "a"),
-        datetime(2024, 1, 1, 12, tzinfo=UTC), datetime(2025, 6, 30, 12, tzinfo=UTC),
-    ))
+    list(
+        IbkrFlexProvider().get_trades(
+            auth(),
+            BrokerAccountInfo("U1111111", "a"),
+            datetime(2024, 1, 1, 12, tzinfo=UTC),
+            datetime(2025, 6, 30, 12, tzinfo=UTC),
+        )
+    )
     sends = [query(c) for c in responses.calls if c.request.url.startswith(send_url())]
     assert [(q["fd"], q["td"]) for q in sends] == [("20240101", "20241230"), ("20241231", "20250630")]
 
 
 # --- the report ----------------------------------------------------------------------------
 def test_only_execution_rows_are_imported():
-    parsed = parse(statement(
-        "U1111111",
-        row(),
-        row(levelOfDetail=None, ibExecID="0000e0d5.6598a1b2.01.02"),
-        row("Order", levelOfDetail="ORDER", ibExecID="", transactionID="", tradeID=""),
-        row(levelOfDetail="CLOSED_LOT", ibExecID="", transactionID="9001"),
-        row("Lot", levelOfDetail="CLOSED_LOT", ibExecID="", transactionID="9002"),
-    ))
+    parsed = parse(
+        statement(
+            "U1111111",
+            row(),
+            row(levelOfDetail=None, ibExecID="0000e0d5.6598a1b2.01.02"),
+            row("Order", levelOfDetail="ORDER", ibExecID="", transactionID="", tradeID=""),
+            row(levelOfDetail="CLOSED_LOT", ibExecID="", transactionID="9001"),
+            row("Lot", levelOfDetail="CLOSED_LOT", ibExecID="", transactionID="9002"),
+        )
+    )
     assert [t.broker_trade_id for t in parsed.trades["U1111111"]] == [
-        "0000e0d5.6598a1b2.01.01", "0000e0d5.6598a1b2.01.02",
+        "0000e0d5.6598a1b2.01.01",
+        "0000e0d5.6598a1b2.01.02",
     ]
 
 
 def test_signed_quantity_gives_the_side_and_commission_the_fees():
-    sell, cancelled_buy, rebate = parse(statement(
-        "U1111111",
-        row(buySell="SELL", quantity="-1,250", tradePrice="1,234.50", ibCommission="-6.25"),
-        row(buySell="BUY (Ca.)", quantity="-100", ibExecID="x2"),
-        row(quantity="10", ibCommission="0.35", ibExecID="x3"),
-    )).trades["U1111111"]
+    sell, cancelled_buy, rebate = parse(
+        statement(
+            "U1111111",
+            row(buySell="SELL", quantity="-1,250", tradePrice="1,234.50", ibCommission="-6.25"),
+            row(buySell="BUY (Ca.)", quantity="-100", ibExecID="x2"),
+            row(quantity="10", ibCommission="0.35", ibExecID="x3"),
+        )
+    ).trades["U1111111"]
     assert (sell.side, sell.quantity, sell.price) == (SELL, Decimal(1250), Decimal("1234.50"))
     assert sell.fees == Decimal("6.25")
     assert (cancelled_buy.side, cancelled_buy.quantity, cancelled_buy.fees) == (SELL, Decimal(100), Decimal(1))
@@ -349,26 +391,42 @@ def test_new_york_times_become_utc_across_dst(text, expected):
 
 
 def test_unknown_attributes_and_values_are_tolerated_and_options_read():
-    (future_thing, option) = parse(statement(
-        "U1111111",
-        row(assetCategory="NEWCLASS", transactionType="SomethingNew", brandNewField="42", fxRateToBase="N/A"),
-        row(assetCategory="OPT", symbol="AAPL  261218C00250000", multiplier="100", strike="250", expiry="20261218",
-            putCall="C", ibExecID="x2", ibCommission="--"),
-    )).trades["U1111111"]
+    (future_thing, option) = parse(
+        statement(
+            "U1111111",
+            row(assetCategory="NEWCLASS", transactionType="SomethingNew", brandNewField="42", fxRateToBase="N/A"),
+            row(
+                assetCategory="OPT",
+                symbol="AAPL  261218C00250000",
+                multiplier="100",
+                strike="250",
+                expiry="20261218",
+                putCall="C",
+                ibExecID="x2",
+                ibCommission="--",
+            ),
+        )
+    ).trades["U1111111"]
     assert future_thing.asset_class == "NEWCLASS" and future_thing.raw["brandNewField"] == "42"
     assert (option.multiplier, option.strike, option.expiry, option.option_right, option.fees) == (
-        Decimal(100), Decimal(250), date(2026, 12, 18), "C", Decimal(0),
+        Decimal(100),
+        Decimal(250),
+        date(2026, 12, 18),
+        "C",
+        Decimal(0),
     )
 
 
 def test_a_malformed_row_is_reported_and_the_others_kept():
     with capture_logs() as logs:
-        parsed = parse(statement(
-            "U1111111",
-            row(quantity="lots", ibExecID="bad.1"),
-            row(dateTime="yesterday", ibExecID="bad.2"),
-            row(ibExecID="good.1"),
-        ))
+        parsed = parse(
+            statement(
+                "U1111111",
+                row(quantity="lots", ibExecID="bad.1"),
+                row(dateTime="yesterday", ibExecID="bad.2"),
+                row(ibExecID="good.1"),
+            )
+        )
     assert [t.broker_trade_id for t in parsed.trades["U1111111"]] == ["good.1"]
     skipped = [e for e in logs if e["event"] == "ibkr_flex_row_skipped"]
     assert [e["row_id"] for e in skipped] == ["bad.1", "bad.2"]
@@ -378,5 +436,6 @@ def test_a_malformed_row_is_reported_and_the_others_kept():
 def test_account_currency_and_name_come_from_account_information_when_present():
     accounts = parse(statement("U1111111", currency="EUR", alias="Main"), statement("U2222222")).accounts
     assert [(a.external_id, a.name, a.currency) for a in accounts] == [
-        ("U1111111", "Main", "EUR"), ("U2222222", "U2222222", "USD"),
+        ("U1111111", "Main", "EUR"),
+        ("U2222222", "U2222222", "USD"),
     ]

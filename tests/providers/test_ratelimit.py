@@ -1,4 +1,5 @@
 """The Redis rate limiter: the limits file, sliding windows, scopes, blocks, and many processes at once."""
+
 import json
 import os
 import subprocess

@@ -1,4 +1,5 @@
-"""Tradovate on the shared contract, plus its quirks: errorText logins, penalty tickets, lockouts, fills without accounts."""
+"""Tradovate on the shared contract, plus its quirks: errorText logins, penalty tickets, lockouts, orphan fills."""
+
 import json
 import re
 import time
@@ -86,23 +87,53 @@ class FakeTradovate:
             "fillFee": {},
         }
 
-    def add_fill(self, fill_id, *, account_id=ACCOUNT_ID, contract_id=ES, at=None, action="Buy", qty=1,
-                 price=5901.25, active=True, fees=None):
+    def add_fill(
+        self,
+        fill_id,
+        *,
+        account_id=ACCOUNT_ID,
+        contract_id=ES,
+        at=None,
+        action="Buy",
+        qty=1,
+        price=5901.25,
+        active=True,
+        fees=None,
+    ):
         at = at or SINCE + timedelta(minutes=fill_id % 10_000)
         order_id = 900_000 + fill_id
         self.entities["order"][order_id] = {
-            "id": order_id, "accountId": account_id, "contractId": contract_id, "action": action,
-            "ordStatus": "Filled", "admin": False,
+            "id": order_id,
+            "accountId": account_id,
+            "contractId": contract_id,
+            "action": action,
+            "ordStatus": "Filled",
+            "admin": False,
         }
-        self.fills.append({
-            "id": fill_id, "orderId": order_id, "contractId": contract_id,
-            "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "tradeDate": {"year": at.year, "month": at.month, "day": at.day},
-            "action": action, "qty": qty, "price": price, "active": active, "finallyPaired": 0,
-        })
+        self.fills.append(
+            {
+                "id": fill_id,
+                "orderId": order_id,
+                "contractId": contract_id,
+                "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "tradeDate": {"year": at.year, "month": at.month, "day": at.day},
+                "action": action,
+                "qty": qty,
+                "price": price,
+                "active": active,
+                "finallyPaired": 0,
+            }
+        )
         self.entities["fillFee"][fill_id] = {
-            "id": fill_id, "commission": 0.59, "clearingFee": 0.19, "exchangeFee": 1.38, "nfaFee": 0.02,
-            "brokerageFee": None, "ipFee": None, "orderRoutingFee": None, **(fees or {}),
+            "id": fill_id,
+            "commission": 0.59,
+            "clearingFee": 0.19,
+            "exchangeFee": 1.38,
+            "nfaFee": 0.02,
+            "brokerageFee": None,
+            "ipFee": None,
+            "orderRoutingFee": None,
+            **(fees or {}),
         }
 
     def register(self, rsps: responses.RequestsMock) -> None:
@@ -117,16 +148,48 @@ class FakeTradovate:
 
 
 def stub_accounts(rsps):
-    rsps.add(responses.GET, url("/account/list"), json=[
-        {"id": ACCOUNT_ID, "name": "DEMO90001", "userId": 77, "accountType": "Customer", "active": True,
-         "closed": False, "timestamp": "2026-01-05T10:00:00Z"},
-        {"id": 102, "name": "DEMO90002", "userId": 77, "accountType": "Customer", "active": True,
-         "closed": True, "timestamp": "2026-01-05T10:00:00Z"},
-        {"id": 103, "name": "DEMO90003", "userId": 77, "accountType": "Customer", "active": False,
-         "closed": False, "timestamp": "2026-01-05T10:00:00Z"},
-        {"id": OTHER_ACCOUNT_ID, "name": "DEMO90004", "userId": 77, "accountType": "Customer", "active": True,
-         "closed": False, "timestamp": "2026-01-05T10:00:00Z"},
-    ])
+    rsps.add(
+        responses.GET,
+        url("/account/list"),
+        json=[
+            {
+                "id": ACCOUNT_ID,
+                "name": "DEMO90001",
+                "userId": 77,
+                "accountType": "Customer",
+                "active": True,
+                "closed": False,
+                "timestamp": "2026-01-05T10:00:00Z",
+            },
+            {
+                "id": 102,
+                "name": "DEMO90002",
+                "userId": 77,
+                "accountType": "Customer",
+                "active": True,
+                "closed": True,
+                "timestamp": "2026-01-05T10:00:00Z",
+            },
+            {
+                "id": 103,
+                "name": "DEMO90003",
+                "userId": 77,
+                "accountType": "Customer",
+                "active": False,
+                "closed": False,
+                "timestamp": "2026-01-05T10:00:00Z",
+            },
+            {
+                "id": OTHER_ACCOUNT_ID,
+                "name": "DEMO90004",
+                "userId": 77,
+                "accountType": "Customer",
+                "active": True,
+                "closed": False,
+                "timestamp": "2026-01-05T10:00:00Z",
+            },
+        ],
+    )
     return [str(ACCOUNT_ID), str(OTHER_ACCOUNT_ID)]
 
 
@@ -182,8 +245,11 @@ class TestTradovateContract(ProviderContract):
         rsps.add(responses.GET, url("/auth/renewaccesstoken"), json=login_body("token-2"))
 
     def stub_login_refused(self, rsps):
-        rsps.add(responses.POST, url("/auth/accesstokenrequest"),
-                 json={"errorText": "Incorrect username or password. Please try again."})
+        rsps.add(
+            responses.POST,
+            url("/auth/accesstokenrequest"),
+            json={"errorText": "Incorrect username or password. Please try again."},
+        )
 
     def auth(self):
         return session()
@@ -216,6 +282,7 @@ class TestTradovateContract(ProviderContract):
 
 # --- login and session ---------------------------------------------------------------------
 
+
 def test_login_sends_the_documented_body_and_keeps_the_session(provider, rsps):
     rsps.add(responses.POST, url("/auth/accesstokenrequest"), json=login_body())
     auth = provider.authenticate(credentials())
@@ -240,8 +307,7 @@ def test_error_text_on_200_is_an_auth_error_that_tells_what_to_do(provider, rsps
 
 
 def test_token_renewal_extends_the_same_session(provider, rsps):
-    rsps.add(responses.GET, url("/auth/renewaccesstoken"),
-             json=login_body("token-2", expires="2026-11-10T17:10:00Z"))
+    rsps.add(responses.GET, url("/auth/renewaccesstoken"), json=login_body("token-2", expires="2026-11-10T17:10:00Z"))
     renewed = provider.refresh_token(session("token-1"))
     assert rsps.calls[0].request.headers["Authorization"] == "Bearer token-1"
     assert renewed.token == "token-2"
@@ -263,6 +329,7 @@ def test_cid_must_be_a_number():
 
 
 # --- penalty tickets and lockouts ------------------------------------------------------------
+
 
 def test_short_penalty_ticket_waits_then_resends_the_login_with_the_ticket(provider, rsps, block_spy):
     rsps.add(responses.POST, url("/auth/accesstokenrequest"), json={"p-ticket": "tk-42", "p-time": 0.3})
@@ -300,8 +367,9 @@ def test_endless_penalty_tickets_stop_after_a_few_resends(provider, rsps):
 
 
 def test_captcha_ticket_stops_for_an_hour(provider, rsps, block_spy):
-    rsps.add(responses.POST, url("/auth/accesstokenrequest"),
-             json={"p-ticket": "tk-c", "p-time": 15, "p-captcha": True})
+    rsps.add(
+        responses.POST, url("/auth/accesstokenrequest"), json={"p-ticket": "tk-c", "p-time": 15, "p-captcha": True}
+    )
     with pytest.raises(BrokerRateLimitError) as info:
         provider.authenticate(credentials())
     assert 3000 <= info.value.retry_after <= 3700
@@ -323,6 +391,7 @@ def test_lockout_without_retry_after_waits_an_hour_for_that_user_only(provider, 
 
 # --- accounts and fills ----------------------------------------------------------------------
 
+
 def test_closed_and_inactive_accounts_are_skipped(provider, rsps):
     stub_accounts(rsps)
     accounts = provider.get_accounts(session())
@@ -331,8 +400,9 @@ def test_closed_and_inactive_accounts_are_skipped(provider, rsps):
 
 
 def test_a_fill_becomes_a_typed_trade(provider, fake):
-    fake.add_fill(5, contract_id=ES, action="Sell", qty=3, price=5901.25,
-                  at=datetime(2026, 11, 10, 14, 30, 1, 123000, tzinfo=UTC))
+    fake.add_fill(
+        5, contract_id=ES, action="Sell", qty=3, price=5901.25, at=datetime(2026, 11, 10, 14, 30, 1, 123000, tzinfo=UTC)
+    )
     (trade,) = provider.get_trades(session(), account(), SINCE, UNTIL)
     assert trade.broker_trade_id == "5" and trade.order_id == "900005"
     assert trade.symbol == "ESZ6" and trade.side == SELL and trade.asset_class == "FUT"

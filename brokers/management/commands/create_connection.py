@@ -1,4 +1,5 @@
 """Create a broker connection from the command line; secrets come from a prompt or the environment."""
+
 import getpass
 import os
 

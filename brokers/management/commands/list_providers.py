@@ -1,4 +1,5 @@
 """List the registered brokers: key, name, environments and the credential fields each asks for."""
+
 from django.core.management.base import BaseCommand
 
 from brokers.management.commands.create_connection import secret_env_var

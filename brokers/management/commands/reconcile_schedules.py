@@ -1,4 +1,5 @@
 """Repair drift between connections and their beat schedules, and report what changed."""
+
 from django.core.management.base import BaseCommand
 from django.db import transaction
 

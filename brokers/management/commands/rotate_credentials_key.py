@@ -1,4 +1,5 @@
 """Re-encrypt every stored credential and token with the newest FIELD_ENCRYPTION_KEYS key."""
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 

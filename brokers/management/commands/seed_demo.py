@@ -1,4 +1,5 @@
 """Create the demo trader and a demo connection with auto-sync on (idempotent)."""
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 

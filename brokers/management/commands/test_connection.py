@@ -1,4 +1,5 @@
 """Log in to a connection's broker with its stored credentials and list the accounts found."""
+
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 

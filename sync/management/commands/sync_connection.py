@@ -1,4 +1,5 @@
 """Sync one connection now: inline through the engine (printing the run), or queued on the workers."""
+
 from django.core.management.base import BaseCommand, CommandError
 
 from brokers.models import BrokerConnection, SyncLog
@@ -34,9 +35,7 @@ class Command(BaseCommand):
             return
 
         # No task here to re-queue a rate-limited run, so the engine reports it as a failure instead.
-        sync_log = run_sync(
-            Attempt(connection_id=connection_id, trigger=SyncLog.Trigger.MANUAL, may_requeue=False)
-        )
+        sync_log = run_sync(Attempt(connection_id=connection_id, trigger=SyncLog.Trigger.MANUAL, may_requeue=False))
         if sync_log is None:
             raise CommandError(f"Connection {connection_id} was deleted before its sync started.")
         self._print_summary(sync_log)

@@ -1,4 +1,5 @@
 """A table of every connection's sync state: status, last and next sync, last error."""
+
 from datetime import UTC, datetime
 
 from django.contrib.auth import get_user_model
@@ -39,9 +40,7 @@ class Command(BaseCommand):
             return
 
         # One query for all schedules rather than one per row.
-        tasks = PeriodicTask.objects.in_bulk(
-            [schedules.task_name(c.pk) for c in connections], field_name="name"
-        )
+        tasks = PeriodicTask.objects.in_bulk([schedules.task_name(c.pk) for c in connections], field_name="name")
         rows = [
             (
                 str(c.pk),
