@@ -10,7 +10,7 @@ the batch was skipped.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -85,8 +85,15 @@ def _batch_size() -> int:
     return min(settings.SYNC_IMPORT_BATCH_SIZE, 32_000 // len(_COLUMNS))
 
 
-def import_trades(account_id: int, trades: Iterable[NormalizedTrade]) -> ImportResult:
-    """Insert the trades of one account; duplicates are skipped and counted. Batches commit one by one."""
+def import_trades(
+    account_id: int,
+    trades: Iterable[NormalizedTrade],
+    on_batch_committed: Callable[[list[NormalizedTrade]], None] | None = None,
+) -> ImportResult:
+    """Insert the trades of one account; duplicates are skipped and counted. Batches commit one by one.
+
+    on_batch_committed(batch) runs after each batch's commit, e.g. to record progress.
+    """
     result = ImportResult()
     adapt_dt = connection.ops.adapt_datetimefield_value
     now = adapt_dt(timezone.now())
@@ -121,4 +128,6 @@ def import_trades(account_id: int, trades: Iterable[NormalizedTrade]) -> ImportR
             cursor.execute(sql, params)
             inserted = cursor.rowcount
         result += ImportResult(imported=inserted, skipped=len(batch) - inserted)
+        if on_batch_committed is not None:
+            on_batch_committed(batch)
     return result

@@ -352,8 +352,21 @@ def _import_account(
     provider: BrokerProvider, auth: AuthResult, row: BrokerAccount, info: BrokerAccountInfo, until: datetime
 ) -> ImportResult:
     since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
-    result = import_trades(row.pk, provider.get_trades(auth, info, since, until))
-    # Only now that every batch committed may the next sync start later.
+    progress = None
+    if provider.trades_ascending:
+        cursor = row.sync_cursor
+
+        def progress(batch):
+            # Every fill up to this batch's newest is committed: a rate-limit pause or a crash
+            # after this point resumes here instead of refetching the whole backfill.
+            nonlocal cursor
+            newest = max(t.executed_at for t in batch)
+            if cursor is None or newest > cursor:
+                cursor = newest
+                BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=newest)
+
+    result = import_trades(row.pk, provider.get_trades(auth, info, since, until), on_batch_committed=progress)
+    # Only now that every batch committed may the next sync start from `until`.
     BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=until)
     return result
 

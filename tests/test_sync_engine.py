@@ -12,6 +12,9 @@ from django_celery_beat.models import PeriodicTask
 
 from brokers import schedules, services
 from brokers.models import BrokerConnection, SyncLog
+from brokers.providers.demo import DemoProvider
+from brokers.providers.errors import BrokerRateLimitError
+from brokers.providers.types import AuthResult, BrokerAccountInfo
 from journal.models import Trade
 from sync import engine
 from sync.models import Notice
@@ -234,3 +237,28 @@ def test_one_failing_account_does_not_lose_the_others_trades(trader):
     futures = connection.accounts.get(external_id="DEMO-FUT-1")
     stocks = connection.accounts.get(external_id="DEMO-STK-1")
     assert futures.sync_cursor is not None and stocks.sync_cursor is None  # the failed one is fetched again next time
+
+
+def test_an_interrupted_backfill_resumes_after_the_last_committed_batch(trader, settings):
+    """A provider that yields oldest first has its cursor saved batch by batch."""
+
+    class PausedAfter120(DemoProvider):
+        def get_trades(self, auth, account, since, until):
+            for n, trade in enumerate(super().get_trades(auth, account, since, until)):
+                if n == 120:
+                    raise BrokerRateLimitError("slow down", retry_after=60)
+                yield trade
+
+    settings.SYNC_IMPORT_BATCH_SIZE = 50
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
+    )
+    row = connection.accounts.create(external_id="DEMO-FUT-1", name="f")
+    info = BrokerAccountInfo(external_id="DEMO-FUT-1", name="f")
+    until = timezone.now()
+    with pytest.raises(BrokerRateLimitError):
+        engine._import_account(PausedAfter120(), AuthResult(token="t"), row, info, until)
+    row.refresh_from_db()
+    committed = Trade.objects.filter(account=row).order_by("executed_at")
+    assert committed.count() == 100  # two full batches; the third never committed
+    assert row.sync_cursor == committed.last().executed_at

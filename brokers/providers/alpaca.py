@@ -63,6 +63,8 @@ class AlpacaProvider(BrokerProvider):
     # A first sync must finish inside one rate-limit window (180 pages, about 18,000 fills),
     # because the cursor only moves once every page is in; 90 days keeps active traders under it.
     max_history = timedelta(days=90)
+    # Fills are requested with direction=asc: the engine saves progress after each batch.
+    trades_ascending = True
 
     def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
         key_id, secret_key = credentials["key_id"].strip(), credentials["secret_key"].strip()

@@ -31,6 +31,7 @@ class BrokerProvider(ABC):
       sync_overlap       how far behind the cursor each sync looks again, for late fills
       max_history        how far back the first sync reaches
       token_renew_margin renew a token when less than this remains
+      trades_ascending   get_trades yields oldest first, so progress can be saved batch by batch
     """
 
     key: ClassVar[str]
@@ -41,6 +42,7 @@ class BrokerProvider(ABC):
     sync_overlap: ClassVar[timedelta] = timedelta(hours=1)
     max_history: ClassVar[timedelta] = timedelta(days=30)
     token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
+    trades_ascending: ClassVar[bool] = False
 
     def __init__(self, environment: str = ""):
         self.environment = environment or (self.environments[0][0] if self.environments else "")

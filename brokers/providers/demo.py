@@ -96,6 +96,7 @@ class DemoProvider(BrokerProvider):
     )
     sync_overlap = timedelta(minutes=10)
     max_history = timedelta(days=2)
+    trades_ascending = True
     token_renew_margin = timedelta(minutes=5)
 
     def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
