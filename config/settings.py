@@ -188,6 +188,8 @@ if SYNC_INTERVAL_UNIT not in {"minutes", "seconds"}:
     raise ImproperlyConfigured("SYNC_INTERVAL_UNIT must be 'minutes' or 'seconds'.")
 SYNC_LOCK_TIMEOUT_S = CELERY_TASK_TIME_LIMIT + 60
 SYNC_FAILURE_NOTIFY_AFTER = env_int("SYNC_FAILURE_NOTIFY_AFTER", 3)
+# Warn this many days before a trader's own credentials lapse (e.g. an IBKR Flex token).
+SYNC_CREDENTIAL_EXPIRY_WARNING_DAYS = env_int("SYNC_CREDENTIAL_EXPIRY_WARNING_DAYS", 7)
 # Waits before retries 1, 2 and 3 of a transiently failed sync: about 1, 5 and 15 minutes.
 # (The real-process tests shorten them; there are always as many retries as steps.)
 SYNC_RETRY_DELAYS_S = tuple(float(s) for s in env("SYNC_RETRY_DELAYS_S", "60,300,900").split(","))

@@ -401,6 +401,7 @@ def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict, bo
         consecutive_failures=0,
     )
     notifications.run_succeeded(connection, failures_before)
+    notifications.credentials_expiring(connection)
     bound.info(
         "sync_finished",
         status=status,

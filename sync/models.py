@@ -9,6 +9,7 @@ class Notice(models.Model):
         REPEATED_FAILURE = "repeated_failure", "Sync keeps failing"
         RECOVERED = "recovered", "Sync recovered"
         CREDENTIALS = "credentials", "Credentials need attention"
+        CREDENTIALS_EXPIRING = "expiring", "Credentials expire soon"
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sync_notices")
     connection = models.ForeignKey("brokers.BrokerConnection", on_delete=models.CASCADE, related_name="notices")

@@ -6,12 +6,16 @@ run that finds the credentials refused, and on the first success after a notifie
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import structlog
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
+from django.utils import timezone
 
 from brokers.models import BrokerConnection
+from brokers.providers.registry import get_provider_class
 from sync.models import Notice
 
 log = structlog.get_logger("sync.notifications")
@@ -66,4 +70,27 @@ def run_succeeded(connection: BrokerConnection, failures_before: int) -> None:
         f"Sync of {connection.label} works again",
         f"{connection.label} ({connection.provider_name}) synced successfully after {failures_before} failed "
         "runs. Trades missed meanwhile were fetched as far as the broker's history allows.",
+    )
+
+
+def credentials_expiring(connection: BrokerConnection) -> None:
+    """Warn once, a week or so ahead, when the trader's own credentials (e.g. a Flex token) lapse."""
+    if not get_provider_class(connection.broker_type).credentials_expire:
+        return
+    auth = connection.auth
+    if auth is None or auth.expires_at is None:
+        return
+    warn_from = auth.expires_at - timedelta(days=settings.SYNC_CREDENTIAL_EXPIRY_WARNING_DAYS)
+    now = timezone.now()
+    if not warn_from <= now < auth.expires_at:
+        return
+    if Notice.objects.filter(connection=connection, kind=Notice.Kind.CREDENTIALS_EXPIRING, created_at__gte=warn_from):
+        return
+    _notify(
+        connection,
+        Notice.Kind.CREDENTIALS_EXPIRING,
+        f"{connection.label}: credentials expire on {auth.expires_at:%Y-%m-%d}",
+        f"The credentials of {connection.label} ({connection.provider_name}) expire on "
+        f"{auth.expires_at:%Y-%m-%d %H:%M} UTC. Create new ones at the broker and save them on the "
+        "connection's page before then, or syncing stops.",
     )

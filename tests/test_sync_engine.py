@@ -16,7 +16,7 @@ from brokers.providers.demo import DemoProvider
 from brokers.providers.errors import BrokerRateLimitError
 from brokers.providers.types import AuthResult, BrokerAccountInfo
 from journal.models import Trade
-from sync import engine
+from sync import engine, notifications
 from sync.models import Notice
 from sync.tasks import retry_delay, sync_connection
 
@@ -262,3 +262,29 @@ def test_an_interrupted_backfill_resumes_after_the_last_committed_batch(trader, 
     committed = Trade.objects.filter(account=row).order_by("executed_at")
     assert committed.count() == 100  # two full batches; the third never committed
     assert row.sync_cursor == committed.last().executed_at
+
+
+def test_a_trader_is_warned_once_before_their_flex_token_lapses(trader, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        connection = services.connection_create(
+            owner=trader,
+            broker_type="ibkr_flex",
+            label="IB",
+            sync_enabled=False,
+            credentials={"token": "123456789012345678901234", "query_id": "987654"},
+        )
+    connection.auth = AuthResult(token="t", expires_at=timezone.now() + timedelta(days=3))
+    connection.save()
+    notifications.credentials_expiring(connection)
+    notifications.credentials_expiring(connection)
+    notices = Notice.objects.filter(connection=connection, kind=Notice.Kind.CREDENTIALS_EXPIRING)
+    assert notices.count() == 1 and "expire on" in notices.get().message
+
+    # A session we renew ourselves (demo, Tradovate) never raises this warning.
+    demo = services.connection_create(
+        owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
+    )
+    demo.auth = AuthResult(token="t", expires_at=timezone.now() + timedelta(minutes=30))
+    demo.save()
+    notifications.credentials_expiring(demo)
+    assert not Notice.objects.filter(connection=demo).exists()

@@ -32,6 +32,8 @@ class BrokerProvider(ABC):
       max_history        how far back the first sync reaches
       token_renew_margin renew a token when less than this remains
       trades_ascending   get_trades yields oldest first, so progress can be saved batch by batch
+      credentials_expire AuthResult.expires_at is when the trader's own credentials lapse (not a
+                         session we renew), so the trader is warned before that day
     """
 
     key: ClassVar[str]
@@ -43,6 +45,7 @@ class BrokerProvider(ABC):
     max_history: ClassVar[timedelta] = timedelta(days=30)
     token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
     trades_ascending: ClassVar[bool] = False
+    credentials_expire: ClassVar[bool] = False
 
     def __init__(self, environment: str = ""):
         self.environment = environment or (self.environments[0][0] if self.environments else "")

@@ -144,6 +144,9 @@ class IbkrFlexProvider(BrokerProvider):
             problems["token_expires_on"] = "Token expires on must be a date written YYYY-MM-DD."
         return problems
 
+    # The token's expiry is the date the trader chose in the Client Portal: warn before it.
+    credentials_expire = True
+
     def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
         token = credentials.get("token").strip()
         query_id = credentials.get("query_id").strip()

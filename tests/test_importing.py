@@ -1,0 +1,79 @@
+"""The journal's import: exact counts, even when two runs import the same fills at the same moment."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection as db_connection
+
+from brokers import services
+from brokers.providers.types import BUY, BrokerTrade
+from journal.importing import import_trades
+from journal.models import Trade
+
+START = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
+
+
+def trades(n):
+    return [
+        BrokerTrade(
+            broker_trade_id=f"fill-{i}",
+            account_external_id="A",
+            symbol="MESZ6",
+            side=BUY,
+            quantity=Decimal("2"),
+            price=Decimal("5901.25"),
+            fees=Decimal("1.24"),
+            executed_at=START + timedelta(seconds=i),
+            asset_class="FUT",
+            multiplier=Decimal("5"),
+            raw={"id": i},
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def account(trader, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        connection = services.connection_create(
+            owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
+        )
+    return connection.accounts.create(external_id="A", name="A")
+
+
+@pytest.mark.django_db
+def test_values_arrive_exactly_and_a_second_import_skips_all(account, settings):
+    settings.SYNC_IMPORT_BATCH_SIZE = 7
+    first = import_trades(account.pk, trades(20))
+    assert (first.imported, first.skipped) == (20, 0)
+    again = import_trades(account.pk, trades(25))
+    assert (again.imported, again.skipped) == (5, 20)
+    t = Trade.objects.get(broker_trade_id="fill-3")
+    assert (t.quantity, t.price, t.fees, t.multiplier) == (Decimal("2"), Decimal("5901.25"), Decimal("1.24"), 5)
+    assert t.executed_at == START + timedelta(seconds=3) and t.raw == {"id": 3}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_imports_of_the_same_fills_count_each_once(account, settings):
+    settings.SYNC_IMPORT_BATCH_SIZE = 50
+    fills = trades(600)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(import_trades(account.pk, fills))
+        except Exception as exc:  # surfaced in the assertion below
+            errors.append(exc)
+        finally:
+            db_connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(r.imported for r in results) == 600 == Trade.objects.count()
+    assert sum(r.skipped for r in results) == 2 * 600
