@@ -60,10 +60,10 @@ class AlpacaProvider(BrokerProvider):
     }
     # Re-reading the last hour costs about one page and catches fills posted after their time.
     sync_overlap = timedelta(hours=1)
-    # A first sync must finish inside one rate-limit window (180 pages, about 18,000 fills),
-    # because the cursor only moves once every page is in; 90 days keeps active traders under it.
+    # 90 days is about 18,000 fills for a very active trader: one rate-limit window of pages.
     max_history = timedelta(days=90)
-    # Fills are requested with direction=asc: the engine saves progress after each batch.
+    # Fills are requested with direction=asc, so the engine saves progress after each batch and
+    # a backfill paused by the rate limit resumes where it stopped.
     trades_ascending = True
 
     def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
