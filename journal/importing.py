@@ -1,10 +1,10 @@
 """Idempotent bulk import of normalized trades into the journal.
 
-Rows go in with one multi-row `INSERT ... ON CONFLICT (account, broker_trade_id) DO NOTHING`
-per batch: the database's unique constraint decides what is a duplicate, so the counts are
-exact even when two runs import the same fills at once, and a tombstoned (deleted) trade
-is never inserted again. The statement's row count is the number imported; the rest of
-the batch was skipped.
+Rows go in with one `INSERT ... ON CONFLICT (account, broker_trade_id) DO NOTHING` per
+batch (multi-row VALUES on SQLite, unnest() of column arrays on PostgreSQL): the database's
+unique constraint decides what is a duplicate, so the counts are exact even when two runs
+import the same fills at once, and a tombstoned (deleted) trade is never inserted again.
+The statement's row count is the number imported; the rest of the batch was skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import islice
 from typing import Any, Protocol
@@ -70,14 +70,78 @@ _COLUMNS = (
 )
 
 
-def _insert_sql(rows: int) -> str:
+# Column types for PostgreSQL's unnest(), in _COLUMNS order.
+_POSTGRES_TYPES = (
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "numeric",
+    "numeric",
+    "numeric",
+    "text",
+    "numeric",
+    "timestamptz",
+    "jsonb",
+    "timestamptz",
+)
+# One encoder for every row: json.dumps with options builds a new encoder on each call.
+_RAW_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
+def _conflict_clause() -> str:
+    return "ON CONFLICT (account_id, broker_trade_id) DO NOTHING"
+
+
+def _target() -> str:
     table = connection.ops.quote_name(Trade._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)
+    return f"INSERT INTO {table} ({', '.join(connection.ops.quote_name(c) for c in _COLUMNS)})"
+
+
+def _postgres_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: datetime) -> int:
+    """One short, constant statement with a column of values per parameter.
+
+    A multi-row VALUES list of 28,000 placeholders is re-parsed by the driver on every batch
+    (psycopg caches only short statements); arrays through unnest() keep the SQL constant
+    and measured about twice as fast (bench/RESULTS.md).
+    """
+    columns = [
+        [account_id] * len(batch),
+        *([getattr(t, name) for t in batch] for name in _COLUMNS[1:12]),
+        [_RAW_JSON.encode(dict(t.raw)) for t in batch],
+        [now] * len(batch),
+    ]
+    arrays = ", ".join(f"%s::{kind}[]" for kind in _POSTGRES_TYPES)
+    cursor.execute(f"{_target()} SELECT * FROM unnest({arrays}) {_conflict_clause()}", columns)
+    return cursor.rowcount
+
+
+def _sqlite_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: datetime) -> int:
+    """One multi-row VALUES statement; datetimes written as Django stores them (naive UTC text)."""
+    stored_now = str(now.astimezone(UTC).replace(tzinfo=None))
+    params = []
+    for t in batch:
+        params += (
+            account_id,
+            t.broker_trade_id,
+            t.order_id,
+            t.symbol,
+            t.asset_class,
+            t.side,
+            t.quantity,
+            t.price,
+            t.fees,
+            t.currency,
+            t.multiplier,
+            str(t.executed_at.astimezone(UTC).replace(tzinfo=None)),
+            _RAW_JSON.encode(dict(t.raw)),
+            stored_now,
+        )
     one_row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
-    return (
-        f"INSERT INTO {table} ({columns}) VALUES {', '.join([one_row] * rows)} "
-        "ON CONFLICT (account_id, broker_trade_id) DO NOTHING"
-    )
+    cursor.execute(f"{_target()} VALUES {', '.join([one_row] * len(batch))} {_conflict_clause()}", params)
+    return cursor.rowcount
 
 
 def _batch_size() -> int:
@@ -94,39 +158,14 @@ def import_trades(
 
     on_batch_committed(batch) runs after each batch's commit, e.g. to record progress.
     """
+    insert = _postgres_batch if connection.vendor == "postgresql" else _sqlite_batch
     result = ImportResult()
-    adapt_dt = connection.ops.adapt_datetimefield_value
-    now = adapt_dt(timezone.now())
+    now = timezone.now()
     iterator = iter(trades)
     size = _batch_size()
-    sql_full = None
     while batch := list(islice(iterator, size)):
-        params = []
-        for t in batch:
-            params += (
-                account_id,
-                t.broker_trade_id,
-                t.order_id,
-                t.symbol,
-                t.asset_class,
-                t.side,
-                t.quantity,
-                t.price,
-                t.fees,
-                t.currency,
-                t.multiplier,
-                adapt_dt(t.executed_at),
-                json.dumps(dict(t.raw), default=str, separators=(",", ":")),
-                now,
-            )
-        if len(batch) == size:
-            sql_full = sql_full or _insert_sql(size)
-            sql = sql_full
-        else:
-            sql = _insert_sql(len(batch))
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            inserted = cursor.rowcount
+            inserted = insert(cursor, account_id, batch, now)
         result += ImportResult(imported=inserted, skipped=len(batch) - inserted)
         if on_batch_committed is not None:
             on_batch_committed(batch)
