@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-postgres lint drills clean
+.PHONY: run test lint drills bench clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=python3.11)")'
@@ -17,6 +17,17 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# Fault drills: kill -9 of worker and beat, Redis stopped, broker storms, the database locked.
+drills: $(BIN)/.installed
+	$(BIN)/python -m pytest -m drill tests/drills
+
+# Benchmarks (ratios measured in one run; see bench/README.md). Results go in bench/RESULTS.md.
+bench: $(BIN)/.installed
+	$(BIN)/python bench/import_throughput.py --db sqlite
+	$(BIN)/python bench/import_throughput.py --db postgres
+	$(BIN)/python bench/import_memory.py --db sqlite
+	$(BIN)/python bench/ratelimit_contention.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

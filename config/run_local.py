@@ -2,7 +2,8 @@
 
 Defaults are embedded (SQLite and a private Redis under var/); a REDIS_URL or DATABASE_URL
 in the environment is used instead. Output of every process is prefixed with its name;
-Ctrl-C stops every process this started, redis-server included.
+a process that exits is restarted (at most 5 times in 5 minutes); Ctrl-C stops every
+process this started, redis-server included.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ VAR = ROOT / "var"
 LOCAL_ENV = VAR / "local.env"
 PYTHON = sys.executable
 WEB_ADDRESS = os.environ.get("WEB_ADDRESS", "127.0.0.1:8000")
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 300
 
 
 def local_secrets() -> dict[str, str]:
@@ -98,20 +101,39 @@ def main() -> int:
             ],
         }
         lock = threading.Lock()
-        for name, command in commands.items():
+
+        def start(name):
             # Own sessions: Ctrl-C reaches only this script, which then stops them in order.
             process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+                commands[name],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             processes[name] = process
             threading.Thread(target=pipe_output, args=(name, process, lock), daemon=True).start()
+
+        for name in commands:
+            start(name)
         print(f"   run | open http://{WEB_ADDRESS}/ — Ctrl-C stops everything", flush=True)
         signal.signal(signal.SIGTERM, _stop)
-        while all(p.poll() is None for p in processes.values()):
+        restarts: dict[str, list[float]] = {name: [] for name in commands}
+        while True:
             time.sleep(0.5)
-        dead = [name for name, p in processes.items() if p.poll() is not None]
-        print(f"   run | {', '.join(dead)} stopped; stopping the rest", flush=True)
-        return 1
+            for name, process in list(processes.items()):
+                if process.poll() is None:
+                    continue
+                # Like docker compose's restart policy: a Celery worker exits when Redis goes away
+                # with messages in hand; bring it back unless it keeps dying.
+                recent = [t for t in restarts[name] if time.monotonic() - t < RESTART_WINDOW_S]
+                if len(recent) >= MAX_RESTARTS:
+                    print(f"   run | {name} keeps stopping (code {process.returncode}); stopping the rest", flush=True)
+                    return 1
+                restarts[name] = [*recent, time.monotonic()]
+                print(f"   run | {name} stopped (code {process.returncode}); restarting it", flush=True)
+                start(name)
     except KeyboardInterrupt:
         print("\n   run | stopping...", flush=True)
         return 0

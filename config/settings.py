@@ -186,7 +186,10 @@ SYNC_INTERVAL_MAX = 60
 SYNC_INTERVAL_UNIT = env("SYNC_INTERVAL_UNIT", "minutes")
 if SYNC_INTERVAL_UNIT not in {"minutes", "seconds"}:
     raise ImproperlyConfigured("SYNC_INTERVAL_UNIT must be 'minutes' or 'seconds'.")
-SYNC_LOCK_TIMEOUT_S = CELERY_TASK_TIME_LIMIT + 60
+# A run holds its connection's lock for this long at a time and keeps renewing it while it
+# works or waits for a retry; a run that dies (killed worker, Redis outage) frees the
+# connection within this many seconds.
+SYNC_LOCK_TTL_S = env_int("SYNC_LOCK_TTL_S", 300)
 SYNC_FAILURE_NOTIFY_AFTER = env_int("SYNC_FAILURE_NOTIFY_AFTER", 3)
 # Warn this many days before a trader's own credentials lapse (e.g. an IBKR Flex token).
 SYNC_CREDENTIAL_EXPIRY_WARNING_DAYS = env_int("SYNC_CREDENTIAL_EXPIRY_WARNING_DAYS", 7)

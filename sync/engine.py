@@ -7,6 +7,7 @@ of one task id writes to the same SyncLog row.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from functools import cache
 import redis
 import structlog
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -26,6 +27,7 @@ from brokers.providers.errors import BrokerAuthError, BrokerError, BrokerRateLim
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import AuthResult, BrokerAccountInfo
 from journal.importing import ImportResult, import_trades
+from journal.models import Trade
 from sync import notifications
 
 log = structlog.get_logger("sync")
@@ -34,23 +36,62 @@ UNEXPECTED_ERROR = (
     "The sync stopped on an unexpected error on our side. It will run again at the next "
     "interval; if this keeps happening, please report it."
 )
+DATABASE_ERROR = "The journal's database did not answer."
+# The journal's own database going away for a moment is as transient as a broker outage.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 class RetryableSyncError(Exception):
-    """A transient broker failure on a non-final attempt: the task retries it."""
+    """A transient failure on a non-final attempt: the task retries it, holding the run's lock meanwhile."""
 
-    def __init__(self, error: BrokerError):
-        super().__init__(error.message)
-        self.error = error
-        self.retry_after = error.retry_after
+    def __init__(self, message: str, *, kind: str, connection_id: int, owner: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.connection_id = connection_id
+        self.owner = owner
+        self.retry_after = retry_after
 
 
 class SyncRequeue(Exception):
     """The broker's rate limit needs a pause: re-queue without counting a failure."""
 
-    def __init__(self, retry_after: float):
+    def __init__(self, retry_after: float, *, connection_id: int, owner: str):
         super().__init__(f"rate limited for {retry_after:.1f} s")
         self.retry_after = retry_after
+        self.connection_id = connection_id
+        self.owner = owner
+
+
+def retryable(exc: Exception, connection_id: int, owner: str) -> RetryableSyncError:
+    if isinstance(exc, BrokerError):
+        return RetryableSyncError(
+            exc.message, kind=exc.kind, connection_id=connection_id, owner=owner, retry_after=exc.retry_after
+        )
+    return RetryableSyncError(DATABASE_ERROR, kind="database", connection_id=connection_id, owner=owner)
+
+
+def is_transient(exc: Exception) -> bool:
+    return isinstance(exc, DATABASE_ERRORS) or (isinstance(exc, BrokerError) and exc.transient)
+
+
+def what_happened(exc: Exception) -> tuple[str, str]:
+    """The message and kind of a failure, as a trader reads it."""
+    if isinstance(exc, BrokerError):
+        return exc.message, exc.kind
+    if isinstance(exc, DATABASE_ERRORS):
+        return DATABASE_ERROR, "database"
+    return UNEXPECTED_ERROR, "internal"
+
+
+def final_message(exc: Exception) -> tuple[str, str]:
+    """What happened, and what happens next, once a run has given up on this failure."""
+    message, kind = what_happened(exc)
+    if isinstance(exc, BrokerRateLimitError):
+        return f"{message} It kept asking us to wait; the next scheduled sync will try again.", kind
+    if is_transient(exc):
+        attempts = len(settings.SYNC_RETRY_DELAYS_S) + 1
+        return f"{message} All {attempts} attempts failed; the next scheduled sync will try again.", kind
+    return message, kind
 
 
 @dataclass(frozen=True)
@@ -76,19 +117,40 @@ def lock_key(connection_id: int) -> str:
     return f"sync-lock:{connection_id}"
 
 
-def _acquire_lock(connection_id: int, owner: str) -> bool:
-    """Take the connection's lock, or re-enter it when it is held by this same task id.
+# Extend only our own lock, and never shorten it.
+_HOLD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
 
-    Re-entry is what lets a message redelivered after its worker was killed finish the run
-    it started, instead of being skipped by its own stale lock.
+
+def _acquire_lock(connection_id: int, owner: str) -> bool:
+    """Take the connection's lock, or re-enter it when it is held by this same run.
+
+    The lock lives SYNC_LOCK_TTL_S and the run keeps it alive (hold_lock) while it works or
+    waits for a retry, so a run that dies frees its connection within one TTL. Re-entry lets
+    a message redelivered after its worker was killed finish the run it started.
     """
     key = lock_key(connection_id)
-    if _redis().set(key, owner, nx=True, ex=settings.SYNC_LOCK_TIMEOUT_S):
+    if _redis().set(key, owner, nx=True, ex=settings.SYNC_LOCK_TTL_S):
         return True
-    if _redis().get(key) == owner.encode():
-        _redis().expire(key, settings.SYNC_LOCK_TIMEOUT_S)
-        return True
-    return False
+    return hold_lock(connection_id, owner, settings.SYNC_LOCK_TTL_S)
+
+
+def hold_lock(connection_id: int, owner: str, seconds: float) -> bool:
+    """Keep the run's lock for at least `seconds` more; False when the lock is not this run's."""
+    return bool(_redis().eval(_HOLD, 1, lock_key(connection_id), owner, int(seconds * 1000)))
+
+
+def _heartbeat(trades, connection_id: int, owner: str):
+    """Pass the trades through, keeping the run's lock alive while a long import goes on."""
+    last = time.monotonic()
+    for trade in trades:
+        if time.monotonic() - last > settings.SYNC_LOCK_TTL_S / 4:
+            hold_lock(connection_id, owner, settings.SYNC_LOCK_TTL_S)
+            last = time.monotonic()
+        yield trade
 
 
 def _release_lock(connection_id: int, owner: str) -> None:
@@ -101,6 +163,7 @@ class RunPlan:
     """A run ready for its accounts: its log, the lock's owner, and the moment to sync up to."""
 
     sync_log_id: int
+    connection_id: int
     owner: str
     account_ids: tuple[int, ...]
     until: datetime
@@ -135,6 +198,8 @@ def start_run(attempt: Attempt) -> RunPlan | SyncLog | None:
         return _record_skipped(connection, attempt)
     try:
         outcome = _start_locked(connection, attempt)
+    except (RetryableSyncError, SyncRequeue):
+        raise  # the task holds the lock through the pause, so no other run slips in
     except BaseException:
         _release_lock(connection.pk, attempt.task_id)
         raise
@@ -201,21 +266,21 @@ def _start_locked(connection: BrokerConnection, attempt: Attempt) -> RunPlan | S
     except BrokerRateLimitError as exc:
         if not attempt.may_requeue:
             return _finish_failed(connection, sync_log, exc, bound)
-        _pause(connection, sync_log, status_before, exc)
-        raise SyncRequeue(exc.retry_after) from exc
-    except BrokerError as exc:
-        if exc.transient and not attempt.final:
-            _pause(connection, sync_log, status_before, exc)
-            raise RetryableSyncError(exc) from exc
-        return _finish_failed(connection, sync_log, exc, bound)
+        _pause(connection, sync_log, status_before, exc.message, exc.kind)
+        raise SyncRequeue(exc.retry_after, connection_id=connection.pk, owner=attempt.task_id) from exc
     except Exception as exc:
-        bound.exception("sync_crashed")
+        if is_transient(exc) and not attempt.final:
+            _pause(connection, sync_log, status_before, *what_happened(exc))
+            raise retryable(exc, connection.pk, attempt.task_id) from exc
+        if not isinstance(exc, (BrokerError, *DATABASE_ERRORS)):
+            bound.exception("sync_crashed")
         return _finish_failed(connection, sync_log, exc, bound)
     rows = _refresh_accounts(connection, infos)
     if not rows:
         return _finish_ok(connection, sync_log, {}, bound)
     return RunPlan(
         sync_log_id=sync_log.pk,
+        connection_id=connection.pk,
         owner=attempt.task_id,
         account_ids=tuple(row.pk for row in rows.values()),
         until=timezone.now(),
@@ -268,19 +333,19 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
     """Fetch and import one account's trades since its cursor; raises BrokerError on failure."""
     row = BrokerAccount.objects.select_related("connection").get(pk=account_id)
     connection = row.connection
-    # Keep the run's lock alive while its accounts work (they may wait for retries).
     _acquire_lock(connection.pk, plan.owner)
+    run_started = SyncLog.objects.values_list("started_at", flat=True).get(pk=plan.sync_log_id)
     provider = get_broker_provider(connection.broker_type, connection.environment)
     info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
     auth, reused = _session(connection, provider)
     try:
-        result = _import_account(provider, auth, row, info, plan.until)
+        result = _import_account(provider, auth, row, info, plan, run_started)
     except BrokerAuthError:
         if not reused:
             raise
         _store_session(connection, None)
         auth, _ = _session(connection, provider)
-        result = _import_account(provider, auth, row, info, plan.until)
+        result = _import_account(provider, auth, row, info, plan, run_started)
     log.info(
         "account_synced",
         connection_id=connection.pk,
@@ -295,12 +360,13 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
 
 def account_failure(account_id: int, exc: BaseException) -> dict:
     """The result of an account that gave up; the run goes on with the others."""
-    external_id = BrokerAccount.objects.filter(pk=account_id).values_list("external_id", flat=True).first()
-    if isinstance(exc, BrokerError):
-        message, kind = exc.message, exc.kind
-    else:
+    try:
+        external_id = BrokerAccount.objects.filter(pk=account_id).values_list("external_id", flat=True).first()
+    except DATABASE_ERRORS:
+        external_id = None
+    if not isinstance(exc, (BrokerError, *DATABASE_ERRORS)):
         log.error("account_sync_crashed", account_id=account_id, exc_info=exc)
-        message, kind = UNEXPECTED_ERROR, "internal"
+    message, kind = final_message(exc)
     log.warning("account_sync_failed", account=external_id, error_kind=kind, error=message)
     return {"account": external_id or str(account_id), "imported": 0, "skipped": 0, "error": message, "kind": kind}
 
@@ -316,6 +382,10 @@ def finish_run(plan: RunPlan, results: list[dict]) -> SyncLog:
     """Write the run's outcome from every account's result, then free the connection's lock."""
     sync_log = SyncLog.objects.select_related("connection").get(pk=plan.sync_log_id)
     connection = sync_log.connection
+    if sync_log.status != SyncLog.Status.RUNNING:
+        # Closed meanwhile (e.g. as interrupted, after a long outage): its outcome stands.
+        log.warning("sync_run_already_closed", sync_log_id=sync_log.pk, status=sync_log.status)
+        return sync_log
     try:
         detail = {r["account"]: {k: v for k, v in r.items() if k != "account"} for r in results}
         bound = _bound(connection, sync_log)
@@ -349,9 +419,16 @@ def _refresh_accounts(connection: BrokerConnection, infos: list[BrokerAccountInf
 
 
 def _import_account(
-    provider: BrokerProvider, auth: AuthResult, row: BrokerAccount, info: BrokerAccountInfo, until: datetime
+    provider: BrokerProvider,
+    auth: AuthResult,
+    row: BrokerAccount,
+    info: BrokerAccountInfo,
+    plan: RunPlan,
+    run_started: datetime,
 ) -> ImportResult:
+    until = plan.until
     since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
+    attempt_started = timezone.now()
     progress = None
     if provider.trades_ascending:
         cursor = row.sync_cursor
@@ -365,10 +442,33 @@ def _import_account(
                 cursor = newest
                 BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=newest)
 
-    result = import_trades(row.pk, provider.get_trades(auth, info, since, until), on_batch_committed=progress)
+    trades = _heartbeat(provider.get_trades(auth, info, since, until), plan.connection_id, plan.owner)
+    result = import_trades(row.pk, trades, on_batch_committed=progress)
     # Only now that every batch committed may the next sync start from `until`.
     BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=until)
-    return result
+    return _whole_run_counts(row, result, run_started, attempt_started, since, until)
+
+
+def _whole_run_counts(
+    row: BrokerAccount,
+    result: ImportResult,
+    run_started: datetime,
+    attempt_started: datetime,
+    since: datetime,
+    until: datetime,
+) -> ImportResult:
+    """Count what the whole run imported, not just this attempt.
+
+    Batches an earlier attempt of this run committed were imported by the run; when this
+    attempt fetches them again they are not duplicates the run skipped. (The run's lock
+    keeps other runs of the connection out, so rows imported since the run began are its own.)
+    """
+    earlier = Trade.objects.filter(account_id=row.pk, imported_at__gte=run_started, imported_at__lt=attempt_started)
+    imported_before = earlier.count()
+    if not imported_before:
+        return result
+    refetched = earlier.filter(executed_at__gte=since, executed_at__lte=until).count()
+    return ImportResult(imported=result.imported + imported_before, skipped=result.skipped - refetched)
 
 
 def _close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = "", kind: str = "") -> None:
@@ -424,10 +524,8 @@ def _finish_failed(
     kind: str = "",
     credentials_rejected: bool = False,
 ) -> SyncLog:
-    if isinstance(exc, BrokerError):
-        message, kind = exc.message, exc.kind
-    elif exc is not None:
-        message, kind = UNEXPECTED_ERROR, "internal"
+    if exc is not None:
+        message, kind = final_message(exc)
     _close_log(sync_log, SyncLog.Status.FAILED, detail, message, kind)
     fields = {
         "status": BrokerConnection.Status.ERROR,
@@ -451,12 +549,17 @@ def _finish_failed(
     return sync_log
 
 
-def _pause(connection: BrokerConnection, sync_log: SyncLog, status_before: str, exc: BrokerError) -> None:
+def _pause(connection: BrokerConnection, sync_log: SyncLog, status_before: str, message: str, kind: str) -> None:
     """Between attempts: the log stays open, the connection says what happened and that we retry."""
-    sync_log.error_message = exc.message
-    sync_log.error_kind = exc.kind
-    sync_log.save(update_fields=["error_message", "error_kind"])
-    BrokerConnection.objects.filter(pk=connection.pk).update(status=status_before, last_sync_error=exc.message)
+    if kind != "rate_limit":  # a rate-limit message already says when the sync continues
+        message = f"{message} Retrying automatically."
+    try:
+        sync_log.error_message = message
+        sync_log.error_kind = kind
+        sync_log.save(update_fields=["error_message", "error_kind"])
+        BrokerConnection.objects.filter(pk=connection.pk).update(status=status_before, last_sync_error=message)
+    except DATABASE_ERRORS:
+        log.warning("sync_pause_not_recorded", connection_id=connection.pk)
 
 
 INTERRUPTED_MESSAGE = (
@@ -466,11 +569,11 @@ INTERRUPTED_MESSAGE = (
 
 
 def close_interrupted_runs() -> int:
-    """Close runs a killed worker left behind, and free connections stuck in SYNCING.
+    """Close runs a killed worker (or a Redis outage) left behind, and free connections stuck in SYNCING.
 
-    SYNCING is only ever set while the run's lock is held, so SYNCING without a lock is
-    stale at once. A RUNNING log may legitimately wait between retries, so it is closed
-    only once it is older than any run with all its retries could be.
+    A live run holds its connection's lock the whole time, retries and pauses included
+    (hold_lock), so a RUNNING log whose lock is gone or another run's is dead. SYNCING is
+    only set under a lock, so SYNCING without one is stale too.
     """
     client = _redis()
     closed = 0
@@ -480,11 +583,11 @@ def close_interrupted_runs() -> int:
             BrokerConnection.objects.filter(pk=connection.pk, status=BrokerConnection.Status.SYNCING).update(
                 status=status
             )
-    oldest_live = timezone.now() - timedelta(
-        seconds=settings.SYNC_LOCK_TIMEOUT_S + sum(settings.SYNC_RETRY_DELAYS_S) * 1.1
-    )
-    for sync_log in SyncLog.objects.filter(status=SyncLog.Status.RUNNING, started_at__lt=oldest_live):
-        if client.exists(lock_key(sync_log.connection_id)):
+    # A run opens its log just after taking the lock: give that moment a margin.
+    settled = timezone.now() - timedelta(seconds=60)
+    for sync_log in SyncLog.objects.filter(status=SyncLog.Status.RUNNING, started_at__lt=settled):
+        holder = client.get(lock_key(sync_log.connection_id))
+        if holder is not None and holder.decode() == sync_log.task_id:
             continue
         _close_log(sync_log, SyncLog.Status.INTERRUPTED, None, INTERRUPTED_MESSAGE, "interrupted")
         closed += 1

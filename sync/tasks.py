@@ -11,7 +11,7 @@ from django.conf import settings
 
 from brokers import schedules
 from brokers.models import SyncLog
-from brokers.providers.errors import BrokerError, BrokerRateLimitError
+from brokers.providers.errors import BrokerRateLimitError
 from sync import engine
 from sync.engine import Attempt, RetryableSyncError, RunPlan, SyncRequeue
 
@@ -96,6 +96,7 @@ def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCH
         started = engine.start_run(attempt)
     except SyncRequeue as pause:
         log.info("sync_requeued_for_rate_limit", countdown_s=round(pause.retry_after, 1), requeues=requeues + 1)
+        engine.hold_lock(connection_id, pause.owner, pause.retry_after + settings.SYNC_LOCK_TTL_S)
         raise self.retry(
             kwargs={"connection_id": connection_id, "trigger": trigger, "requeues": requeues + 1},
             countdown=pause.retry_after,
@@ -106,7 +107,12 @@ def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCH
     if started is None:
         return None
     if isinstance(started, RunPlan):
-        run = {"sync_log_id": started.sync_log_id, "owner": started.owner, "until": started.until.isoformat()}
+        run = {
+            "sync_log_id": started.sync_log_id,
+            "connection_id": started.connection_id,
+            "owner": started.owner,
+            "until": started.until.isoformat(),
+        }
         chord(sync_account.s(account_id=pk, **run) for pk in started.account_ids)(finish_sync.s(**run))
         return {"sync_log_id": started.sync_log_id, "status": SyncLog.Status.RUNNING}
     return {"sync_log_id": started.pk, "status": started.status}
@@ -121,22 +127,30 @@ def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCH
     max_retries=None,
     **RELIABLE,
 )
-def sync_account(self, account_id: int, sync_log_id: int, owner: str, until: str, requeues: int = 0) -> dict:
+def sync_account(
+    self, account_id: int, sync_log_id: int, connection_id: int, owner: str, until: str, requeues: int = 0
+) -> dict:
     """Import one account's trades for a run. Always returns a result, so the run can finish."""
-    plan = RunPlan(sync_log_id=sync_log_id, owner=owner, account_ids=(), until=datetime.fromisoformat(until))
+    plan = RunPlan(sync_log_id, connection_id, owner, (), datetime.fromisoformat(until))
     failures = self.request.retries - requeues
     structlog.contextvars.bind_contextvars(
-        account_id=account_id, sync_log_id=sync_log_id, task_id=self.request.id, attempt=failures + 1
+        connection_id=connection_id,
+        account_id=account_id,
+        sync_log_id=sync_log_id,
+        task_id=self.request.id,
+        attempt=failures + 1,
     )
     try:
         return engine.sync_account(plan, account_id)
     except BrokerRateLimitError as exc:
         if requeues >= MAX_RATE_LIMIT_REQUEUES:
             return engine.account_failure(account_id, exc)
+        engine.hold_lock(connection_id, owner, exc.retry_after + settings.SYNC_LOCK_TTL_S)
         raise self.retry(
             kwargs={
                 "account_id": account_id,
                 "sync_log_id": sync_log_id,
+                "connection_id": connection_id,
                 "owner": owner,
                 "until": until,
                 "requeues": requeues + 1,
@@ -144,20 +158,18 @@ def sync_account(self, account_id: int, sync_log_id: int, owner: str, until: str
             countdown=exc.retry_after,
             max_retries=None,
         ) from None
-    except BrokerError as exc:
-        if exc.transient and failures < len(settings.SYNC_RETRY_DELAYS_S):
-            raise RetryableSyncError(exc) from exc
-        return engine.account_failure(account_id, exc)
     except Exception as exc:
+        if engine.is_transient(exc) and failures < len(settings.SYNC_RETRY_DELAYS_S):
+            raise engine.retryable(exc, connection_id, owner) from exc
         return engine.account_failure(account_id, exc)
     finally:
-        structlog.contextvars.unbind_contextvars("account_id", "sync_log_id", "task_id", "attempt")
+        structlog.contextvars.unbind_contextvars("connection_id", "account_id", "sync_log_id", "task_id", "attempt")
 
 
 @shared_task(name="sync.tasks.finish_sync", **RELIABLE)
-def finish_sync(results: list[dict], sync_log_id: int, owner: str, until: str) -> dict:
+def finish_sync(results: list[dict], sync_log_id: int, connection_id: int, owner: str, until: str) -> dict:
     """Close the run once every account reported: one SyncLog, the connection's status, the lock."""
-    plan = RunPlan(sync_log_id=sync_log_id, owner=owner, account_ids=(), until=datetime.fromisoformat(until))
+    plan = RunPlan(sync_log_id, connection_id, owner, (), datetime.fromisoformat(until))
     sync_log = engine.finish_run(plan, results)
     return {"sync_log_id": sync_log.pk, "status": sync_log.status}
 

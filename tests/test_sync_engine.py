@@ -7,6 +7,7 @@ import responses
 from django.conf import settings
 from django.core import mail
 from django.core.management import call_command
+from django.db import OperationalError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -98,7 +99,9 @@ def test_after_the_last_retry_the_connection_is_in_error_with_a_readable_message
     assert log.status == SyncLog.Status.FAILED and log.attempt == 4 and log.error_kind == "api"
     alpaca.refresh_from_db()
     assert alpaca.status == "ERROR"
-    assert "Alpaca had an internal error (HTTP 500). The sync will retry automatically." in alpaca.last_sync_error
+    assert alpaca.last_sync_error == (
+        "Alpaca had an internal error (HTTP 500). All 4 attempts failed; the next scheduled sync will try again."
+    )
     assert alpaca.consecutive_failures == 1
     assert len(responses.calls) == 4  # first attempt + 3 retries, no more
 
@@ -257,7 +260,8 @@ def test_an_interrupted_backfill_resumes_after_the_last_committed_batch(trader, 
     info = BrokerAccountInfo(external_id="DEMO-FUT-1", name="f")
     until = timezone.now()
     with pytest.raises(BrokerRateLimitError):
-        engine._import_account(PausedAfter120(), AuthResult(token="t"), row, info, until)
+        plan = engine.RunPlan(sync_log_id=0, connection_id=connection.pk, owner="run", account_ids=(), until=until)
+        engine._import_account(PausedAfter120(), AuthResult(token="t"), row, info, plan, until)
     row.refresh_from_db()
     committed = Trade.objects.filter(account=row).order_by("executed_at")
     assert committed.count() == 100  # two full batches; the third never committed
@@ -288,3 +292,67 @@ def test_a_trader_is_warned_once_before_their_flex_token_lapses(trader, django_c
     demo.save()
     notifications.credentials_expiring(demo)
     assert not Notice.objects.filter(connection=demo).exists()
+
+
+@responses.activate
+def test_counts_cover_the_whole_run_when_a_retry_refetches_committed_batches(alpaca, settings):
+    settings.SYNC_IMPORT_BATCH_SIZE = 50
+    fills = [
+        {**FILLS[0], "id": f"20261120{i:04d}::f{i}", "transaction_time": f"2026-11-20T15:{i // 60:02d}:{i % 60:02d}Z"}
+        for i in range(150)
+    ]
+    healthy_account = {"id": "acc-uuid", "account_number": "PA123", "currency": "USD", "status": "ACTIVE"}
+    responses.get(ACCOUNT_URL, json=healthy_account)
+    responses.get(ACCOUNT_URL, json=healthy_account)
+    responses.get(FILLS_URL, json=fills[:100])
+    responses.get(FILLS_URL, status=500, json={"message": "boom"})  # page 2 fails after page 1 committed
+    responses.get(FILLS_URL, json=fills[:100])  # the retry reads again from the saved cursor
+    responses.get(FILLS_URL, json=fills[100:])
+    log = run(alpaca)
+    assert log.status == SyncLog.Status.SUCCESS
+    assert Trade.objects.count() == 150
+    assert (log.trades_imported, log.trades_skipped) == (150, 0)
+
+
+def test_a_database_hiccup_during_import_is_retried(trader, monkeypatch):
+    real_import = engine.import_trades
+    calls = []
+
+    def flaky_import(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("database is locked")
+        return real_import(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "import_trades", flaky_import)
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
+    )
+    log = run(connection)
+    assert log.status == SyncLog.Status.SUCCESS
+    assert log.trades_imported == Trade.objects.count() > 0
+
+
+def test_a_run_keeps_its_lock_and_only_its_own():
+    assert engine._acquire_lock(7, "run-a")
+    assert not engine._acquire_lock(7, "run-b")
+    assert engine.hold_lock(7, "run-a", 3600)
+    assert engine.hold_lock(7, "run-a", 5)  # never shortens
+    assert engine._redis().ttl(engine.lock_key(7)) > 3000
+    assert not engine.hold_lock(7, "run-b", 3600)
+    engine._release_lock(7, "run-b")  # not its lock: nothing happens
+    assert engine._redis().get(engine.lock_key(7)) == b"run-a"
+
+
+def test_a_run_waiting_for_its_retry_is_not_closed_as_interrupted(trader):
+    connection = services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"})
+    waiting = SyncLog.objects.create(
+        connection=connection, started_at=timezone.now() - timedelta(minutes=20), task_id="waiting-run"
+    )
+    engine.hold_lock(connection.pk, "waiting-run", 60)  # not ours yet: nothing to extend
+    assert engine._acquire_lock(connection.pk, "waiting-run")
+    assert engine.close_interrupted_runs() == 0
+    engine._release_lock(connection.pk, "waiting-run")
+    assert engine.close_interrupted_runs() == 1
+    waiting.refresh_from_db()
+    assert waiting.status == SyncLog.Status.INTERRUPTED

@@ -115,7 +115,7 @@ class AlpacaProvider(BrokerProvider):
             page = self.http.json(response)
             if not isinstance(page, list):
                 raise BrokerAPIError(
-                    "Alpaca sent an answer we could not read. The sync will retry automatically.",
+                    "Alpaca sent an answer we could not read.",
                     provider=self.key,
                     transient=True,
                 )
@@ -155,7 +155,7 @@ class AlpacaProvider(BrokerProvider):
         account = self.http.json(self._request("v2/account", key_id, secret_key))
         if not isinstance(account, dict):
             raise BrokerAPIError(
-                "Alpaca sent an answer we could not read. The sync will retry automatically.",
+                "Alpaca sent an answer we could not read.",
                 provider=self.key,
                 transient=True,
             )

@@ -109,7 +109,7 @@ class DemoProvider(BrokerProvider):
             )
         if scenario == "broker_down":
             raise BrokerUnavailableError(
-                "The demo broker is down (scenario 'Down'). The sync will retry automatically.",
+                "The demo broker is down (scenario 'Down').",
                 provider=self.key,
             )
         token = hashlib.sha256(f"demo-session:{credentials['api_key']}".encode()).hexdigest()
@@ -126,8 +126,7 @@ class DemoProvider(BrokerProvider):
     ) -> Iterator[BrokerTrade]:
         if auth.extra.get("scenario") == "account_down" and account.external_id == "DEMO-STK-1":
             raise BrokerUnavailableError(
-                "The demo broker cannot read the stocks account right now (scenario 'Stocks account "
-                "unavailable'). The sync will retry automatically.",
+                "The demo broker cannot read the stocks account right now (scenario 'Stocks account unavailable').",
                 provider=self.key,
             )
         every = settings.DEMO_FILL_EVERY_S

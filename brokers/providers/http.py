@@ -83,14 +83,18 @@ class BrokerHTTP:
         except requests.Timeout:
             self._log(method, path, None, started)
             raise BrokerTimeoutError(
-                f"{self.display_name} did not answer in time. The sync will retry automatically.",
+                f"{self.display_name} did not answer in time.",
                 provider=self.provider_key,
             ) from None
-        except requests.ConnectionError:
+        except (
+            requests.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ):
+            # A connection dropped halfway through the body is an outage like any other.
             self._log(method, path, None, started)
             raise BrokerUnavailableError(
-                f"Could not reach {self.display_name}. The sync will retry automatically; "
-                "if this lasts, check the broker's status page.",
+                f"Could not reach {self.display_name}. If this lasts, check the broker's status page.",
                 provider=self.provider_key,
             ) from None
         self._log(method, path, response.status_code, started)
@@ -122,14 +126,14 @@ class BrokerHTTP:
             if retry_after is not None:
                 get_limiter().block(self.provider_key, retry_after)
             return BrokerUnavailableError(
-                f"{name} is temporarily unavailable (HTTP 503). The sync will retry automatically.",
+                f"{name} is temporarily unavailable (HTTP 503).",
                 provider=self.provider_key,
                 status_code=status,
                 retry_after=retry_after,
             )
         if status >= 500:
             return BrokerAPIError(
-                f"{name} had an internal error (HTTP {status}). The sync will retry automatically.",
+                f"{name} had an internal error (HTTP {status}).",
                 provider=self.provider_key,
                 status_code=status,
                 transient=True,
@@ -148,7 +152,7 @@ class BrokerHTTP:
             return response.json()
         except ValueError:
             raise BrokerAPIError(
-                f"{self.display_name} sent an answer we could not read. The sync will retry automatically.",
+                f"{self.display_name} sent an answer we could not read.",
                 provider=self.provider_key,
                 status_code=response.status_code,
                 transient=True,

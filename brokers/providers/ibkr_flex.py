@@ -212,7 +212,7 @@ class IbkrFlexProvider(BrokerProvider):
             root = self._poll(token, *self._send_request(token, query_id, first, last, scope), scope)
         if root is None:
             raise BrokerAPIError(
-                f"{self.display_name} lost track of the report twice. The sync will retry automatically.",
+                f"{self.display_name} lost track of the report twice.",
                 provider=self.key,
                 transient=True,
             )
@@ -250,8 +250,7 @@ class IbkrFlexProvider(BrokerProvider):
                 raise self._error_for(code, root, token, scope)
             if time.monotonic() - started >= POLL_MAX_S:
                 raise BrokerAPIError(
-                    f"{self.display_name} was still generating the report after {round(POLL_MAX_S)} s. "
-                    "The sync will retry automatically.",
+                    f"{self.display_name} was still generating the report after {round(POLL_MAX_S)} s.",
                     provider=self.key,
                     transient=True,
                 )
@@ -294,8 +293,7 @@ class IbkrFlexProvider(BrokerProvider):
             return BrokerAuthError(f"{_USER_ACTION[code]} (IBKR error {code})", provider=self.key)
         if code in _TRANSIENT_CODES:
             return BrokerAPIError(
-                f"{self.display_name} could not produce the report right now (IBKR error {code}). "
-                "The sync will retry automatically.",
+                f"{self.display_name} could not produce the report right now (IBKR error {code}).",
                 provider=self.key,
                 transient=True,
             )
@@ -310,7 +308,7 @@ class IbkrFlexProvider(BrokerProvider):
 
     def _unreadable(self) -> BrokerAPIError:
         return BrokerAPIError(
-            f"{self.display_name} sent an answer we could not read. The sync will retry automatically.",
+            f"{self.display_name} sent an answer we could not read.",
             provider=self.key,
             transient=True,
         )

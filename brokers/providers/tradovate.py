@@ -265,7 +265,7 @@ class TradovateProvider(BrokerProvider):
             found.update((r["id"], r) for r in records)
         if not ids <= found.keys():
             raise BrokerAPIError(
-                f"Tradovate did not return every {entity} the fills refer to. The sync will retry automatically.",
+                f"Tradovate did not return every {entity} the fills refer to.",
                 provider=self.key,
                 transient=True,
             )

@@ -429,3 +429,12 @@ def test_redaction_is_in_the_configured_pipeline(caplog):
     (record,) = [r for r in caplog.records if r.name == "tests.redaction"]
     assert SECRET not in record.getMessage()
     assert REDACTED in record.getMessage()
+
+
+@responses.activate
+def test_a_connection_dropped_mid_body_is_a_transient_outage():
+    responses.get("https://broker.example/v1/fills", body=requests.exceptions.ChunkedEncodingError("cut"))
+    http = BrokerHTTP(provider_key="demo", display_name="Demo", base_url="https://broker.example")
+    with pytest.raises(BrokerUnavailableError) as info:
+        http.request("GET", "/v1/fills")
+    assert info.value.transient
