@@ -22,6 +22,9 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 README_SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's pictures are refreshed only on request (UPDATE_SCREENSHOTS=1), so that a test
+# run never changes tracked files.
+UPDATE_README_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +54,7 @@ def screenshot():
 
     def take(page, name: str, *, readme: bool = False, **options) -> None:
         page.screenshot(path=ARTIFACTS / f"{name}.png", **options)
-        if readme:
+        if readme and UPDATE_README_SCREENSHOTS:
             README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=README_SCREENSHOTS / f"{name}.png", **options)
 
