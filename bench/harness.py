@@ -9,6 +9,7 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -138,3 +139,70 @@ def machine() -> dict[str, str]:
 
 def print_machine() -> None:
     print(" | ".join(f"{k}: {v}" for k, v in machine().items()))
+
+
+@contextlib.contextmanager
+def celery_process(kind: str, log_path: Path, *options: str, **env_extra: str) -> Iterator[subprocess.Popen]:
+    """A real `celery -A config <kind>` on this run's Redis and database (the environment django_on set).
+
+    Its own process group, so stopping it also stops a prefork pool's children; logs go to log_path.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
+    command = [sys.executable, "-m", "celery", "-A", "config", kind, *options]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextlib.contextmanager
+def celery_worker(log_path: Path, concurrency: int, **env_extra: str) -> Iterator[subprocess.Popen]:
+    """A prefork worker with `concurrency` children, returned once it answers a ping."""
+    options = ("-l", "WARNING", "--pool", "prefork", "--concurrency", str(concurrency),
+               "--without-mingle", "--without-gossip", "-n", f"bench-{os.getpid()}@%h")
+    with celery_process("worker", log_path, *options, **env_extra) as process:
+        from config import celery_app
+
+        deadline = time.monotonic() + 120
+        while not celery_app.control.ping(timeout=1.0):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not start; see {log_path}")
+        yield process
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll until predicate() is truthy; its value, or SystemExit naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+@contextlib.contextmanager
+def log_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory for the Celery processes' logs: removed after a clean run, kept (and named) otherwise."""
+    path = Path(tempfile.mkdtemp(prefix=f"tj-bench-{prefix}-"))
+    try:
+        yield path
+    except BaseException:
+        print(f"logs kept in {path}", file=sys.stderr)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
