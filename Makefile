@@ -28,6 +28,9 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/import_throughput.py --db postgres
 	$(BIN)/python bench/import_memory.py --db sqlite
 	$(BIN)/python bench/ratelimit_contention.py
+	$(BIN)/python bench/fanout.py
+	$(BIN)/python bench/end_to_end.py --db sqlite
+	$(BIN)/python bench/scheduler_scale.py
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -1,10 +1,12 @@
 """Settings, all read from the environment in this one place (see .env.example)."""
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -170,6 +172,15 @@ CELERY_RESULT_EXPIRES = 3600
 # countdown a retry or a rate-limit wait sets (see docs/operations.md).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 7200)}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# A run's account tasks and its finish get a queue of their own, which every worker also
+# consumes (workers read all of CELERY_TASK_QUEUES): in a burst of scheduled syncs they do
+# not wait behind every other connection's start while their run's lock ages.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = (Queue("celery"), Queue("sync-accounts"))
+CELERY_TASK_ROUTES = {
+    "sync.tasks.sync_account": {"queue": "sync-accounts"},
+    "sync.tasks.finish_sync": {"queue": "sync-accounts"},
+}
 # Housekeeping that beat runs besides the per-connection syncs (kept in the database by
 # django-celery-beat like every other schedule).
 CELERY_BEAT_SCHEDULE = {
@@ -214,8 +225,11 @@ BROKER_BASE_URLS = {
     for name, value in os.environ.items()
     if name.endswith("_BASE_URL") and value
 }
-# Overrides of brokers/rate_limits.toml: {"alpaca": {"requests": {"limit": 100, "window_s": 60}}}.
-BROKER_RATE_LIMITS = {}
+# Overrides of brokers/rate_limits.toml, as JSON: {"alpaca": {"requests": {"limit": 100}}}.
+try:
+    BROKER_RATE_LIMITS = json.loads(env("BROKER_RATE_LIMITS_JSON", "{}"))
+except ValueError:
+    raise ImproperlyConfigured("BROKER_RATE_LIMITS_JSON must be a JSON object (see .env.example).") from None
 # A wait for a rate-limit slot up to this long sleeps; a longer one re-queues the task.
 BROKER_RATE_LIMIT_MAX_SLEEP_S = float(env("BROKER_RATE_LIMIT_MAX_SLEEP_S", "2"))
 # How often the demo broker produces a fill per account (seconds of simulated trading).

@@ -52,6 +52,10 @@ class RetryableSyncError(Exception):
         self.retry_after = retry_after
 
 
+class RunSuperseded(Exception):
+    """An account task of a run whose connection another run now holds."""
+
+
 class SyncRequeue(Exception):
     """The broker's rate limit needs a pause: re-queue without counting a failure."""
 
@@ -78,6 +82,8 @@ def what_happened(exc: Exception) -> tuple[str, str]:
     """The message and kind of a failure, as a trader reads it."""
     if isinstance(exc, BrokerError):
         return exc.message, exc.kind
+    if isinstance(exc, RunSuperseded):
+        return str(exc), "superseded"
     if isinstance(exc, DATABASE_ERRORS):
         return DATABASE_ERROR, "database"
     return UNEXPECTED_ERROR, "internal"
@@ -333,7 +339,11 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
     """Fetch and import one account's trades since its cursor; raises BrokerError on failure."""
     row = BrokerAccount.objects.select_related("connection").get(pk=account_id)
     connection = row.connection
-    _acquire_lock(connection.pk, plan.owner)
+    if not _acquire_lock(connection.pk, plan.owner):
+        # This run's lock lapsed and a newer run owns the connection: it fetches this account.
+        raise RunSuperseded(
+            "A newer sync of this connection took over before this account was fetched; it fetches it instead."
+        )
     run_started = SyncLog.objects.values_list("started_at", flat=True).get(pk=plan.sync_log_id)
     provider = get_broker_provider(connection.broker_type, connection.environment)
     info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
@@ -364,7 +374,7 @@ def account_failure(account_id: int, exc: BaseException) -> dict:
         external_id = BrokerAccount.objects.filter(pk=account_id).values_list("external_id", flat=True).first()
     except DATABASE_ERRORS:
         external_id = None
-    if not isinstance(exc, (BrokerError, *DATABASE_ERRORS)):
+    if not isinstance(exc, (BrokerError, RunSuperseded, *DATABASE_ERRORS)):
         log.error("account_sync_crashed", account_id=account_id, exc_info=exc)
     message, kind = final_message(exc)
     log.warning("account_sync_failed", account=external_id, error_kind=kind, error=message)

@@ -356,3 +356,16 @@ def test_a_run_waiting_for_its_retry_is_not_closed_as_interrupted(trader):
     assert engine.close_interrupted_runs() == 1
     waiting.refresh_from_db()
     assert waiting.status == SyncLog.Status.INTERRUPTED
+
+
+def test_an_account_task_of_a_superseded_run_leaves_the_account_to_the_newer_run(trader):
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
+    )
+    row = connection.accounts.create(external_id="DEMO-FUT-1", name="f")
+    old_log = SyncLog.objects.create(connection=connection, started_at=timezone.now(), task_id="old-run")
+    assert engine._acquire_lock(connection.pk, "newer-run")
+    plan = engine.RunPlan(old_log.pk, connection.pk, "old-run", (), timezone.now())
+    result = engine.sync_account_safely(plan, row.pk)
+    assert result["kind"] == "superseded" and "newer sync" in result["error"]
+    assert not Trade.objects.exists()
