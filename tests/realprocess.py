@@ -13,6 +13,10 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from brokers import schedules
+from brokers.models import SyncLog
+from config.celery_app import app as celery_app
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,49 +44,37 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def celery_command(kind: str, log_dir: Path, concurrency: int = 2) -> list[str]:
+    command = [sys.executable, "-m", "celery", "-A", "config", kind, "-l", "INFO"]
+    if kind == "worker":
+        return [*command, "--concurrency", str(concurrency), "--without-mingle", "--without-gossip"]
+    return [*command, "--max-interval", "1", "--schedule", str(log_dir / "beat-schedule")]
+
+
+def kill9(process: subprocess.Popen) -> None:
+    """SIGKILL the process and its children (the worker's pool), as a crash or the OOM killer would."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 @contextlib.contextmanager
-def celery_processes(tmp_path: Path, *, beat: bool = True, concurrency: int = 2, **env_extra: str):
-    """Yield {name: Popen} for a worker (and beat); stop them all on exit. Logs go to tmp_path."""
+def celery_processes(tmp_path: Path, *, worker: bool = True, beat: bool = True, concurrency: int = 2, **env_extra: str):
+    """Yield {name: Popen} for a worker and/or beat; stop them all on exit. Logs go to tmp_path."""
     env = child_env(**env_extra)
-    commands = {
-        "worker": [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-l",
-            "INFO",
-            "--concurrency",
-            str(concurrency),
-            "--without-mingle",
-            "--without-gossip",
-        ],
-    }
-    if beat:
-        commands["beat"] = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "beat",
-            "-l",
-            "INFO",
-            "--max-interval",
-            "1",
-            "--schedule",
-            str(tmp_path / "beat-schedule"),
-        ]
+    kinds = [kind for kind, wanted in (("worker", worker), ("beat", beat)) if wanted]
     tmp_path.mkdir(parents=True, exist_ok=True)
     processes = {}
     try:
-        for name, command in commands.items():
-            log = open(tmp_path / f"{name}.log", "wb")
-            processes[name] = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        for kind in kinds:
+            with open(tmp_path / f"{kind}.log", "wb") as log:
+                processes[kind] = subprocess.Popen(
+                    celery_command(kind, tmp_path, concurrency),
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         yield processes
     finally:
         for process in processes.values():
@@ -92,8 +84,18 @@ def celery_processes(tmp_path: Path, *, beat: bool = True, concurrency: int = 2,
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                kill9(process)
+
+
+def send_sync(connection, trigger: str = "scheduled"):
+    """Queue a sync through Redis, as beat or "Sync now" does."""
+    return celery_app.tasks[schedules.SYNC_TASK].apply_async(
+        kwargs={"connection_id": connection.pk, "trigger": trigger}
+    )
+
+
+def finished_logs(connection):
+    return SyncLog.objects.filter(connection=connection).exclude(status=SyncLog.Status.RUNNING)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.25, message: str = "condition"):

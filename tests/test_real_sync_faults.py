@@ -7,13 +7,13 @@ import time
 import pytest
 from django.core import mail
 
-from brokers import schedules, services
+from brokers import services
 from brokers.models import BrokerConnection, SyncLog
 from config.celery_app import app as celery_app
 from journal.models import Trade
 from sync.models import Notice
 from tests.fake_alpaca import FakeAlpaca
-from tests.realprocess import celery_processes, wait_for
+from tests.realprocess import celery_processes, finished_logs, send_sync, wait_for
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.django_db(transaction=True)]
 
@@ -53,16 +53,6 @@ def connect(trader, broker, **kwargs):
         credentials={"key_id": "AKREAL", "secret_key": "secret-real"},
         **kwargs,
     )
-
-
-def send_sync(connection, trigger="scheduled"):
-    return celery_app.tasks[schedules.SYNC_TASK].apply_async(
-        kwargs={"connection_id": connection.pk, "trigger": trigger}
-    )
-
-
-def finished_logs(connection):
-    return SyncLog.objects.filter(connection=connection).exclude(status=SyncLog.Status.RUNNING)
 
 
 def test_a_broker_failing_twice_then_answering(trader, broker, worker_env, tmp_path, real_queue):

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from brokers import schedules, services
+from brokers import services
 from brokers.models import BrokerConnection, SyncLog
-from config.celery_app import app as celery_app
 from journal.models import Trade
-from tests.realprocess import ROOT, child_env
+from tests.realprocess import celery_processes
 
 
 def alpaca_connection(trader, key_id: str) -> BrokerConnection:
@@ -31,37 +26,11 @@ def alpaca_connection(trader, key_id: str) -> BrokerConnection:
     )
 
 
-def send_sync(connection: BrokerConnection, trigger: str = "scheduled"):
-    return celery_app.tasks[schedules.SYNC_TASK].apply_async(
-        kwargs={"connection_id": connection.pk, "trigger": trigger}
-    )
-
-
-def kill9(process: subprocess.Popen) -> None:
-    """SIGKILL the process and its children (the worker's pool), as a crash or the OOM killer would."""
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 @contextlib.contextmanager
 def beat_process(log_dir: Path, **env_extra: str):
     """Celery beat on its own, so a drill can kill and restart it under a running worker."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "INFO", "--max-interval", "1"]
-    command += ["--schedule", str(log_dir / "beat-schedule")]
-    with open(log_dir / "beat.log", "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=child_env(**env_extra), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            kill9(process)
+    with celery_processes(log_dir, worker=False, **env_extra) as processes:
+        yield processes["beat"]
 
 
 def free_port() -> int:
@@ -77,10 +46,6 @@ def log_lines(path: Path, *needles: str, limit: int = 15) -> str:
     lines = path.read_text(errors="replace").splitlines()
     hits = [line for line in lines if any(n.lower() in line.lower() for n in needles)]
     return "\n".join(hits[-limit:]) or f"(nothing about {needles} in {path.name})"
-
-
-def finished_logs(connection: BrokerConnection):
-    return SyncLog.objects.filter(connection=connection).exclude(status=SyncLog.Status.RUNNING)
 
 
 def describe_logs(connection: BrokerConnection) -> str:

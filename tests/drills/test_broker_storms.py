@@ -15,10 +15,8 @@ from tests.drills.support import (
     assert_settled,
     assert_trades_exactly,
     describe_logs,
-    finished_logs,
-    send_sync,
 )
-from tests.realprocess import celery_processes, wait_for
+from tests.realprocess import celery_processes, finished_logs, send_sync, wait_for
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.drill, pytest.mark.django_db(transaction=True)]
 

@@ -20,11 +20,8 @@ from tests.drills.support import (
     assert_trades_exactly,
     beat_process,
     describe_logs,
-    finished_logs,
-    kill9,
-    send_sync,
 )
-from tests.realprocess import celery_processes, wait_for
+from tests.realprocess import celery_processes, finished_logs, kill9, send_sync, wait_for
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.drill, pytest.mark.django_db(transaction=True)]
 
