@@ -28,6 +28,11 @@ def _period() -> str:
     return IntervalSchedule.SECONDS if settings.SYNC_INTERVAL_UNIT == "seconds" else IntervalSchedule.MINUTES
 
 
+def interval_seconds(connection) -> int:
+    """The connection's interval in seconds (the unit is shortened to seconds in real-process tests)."""
+    return connection.sync_interval_min * (1 if settings.SYNC_INTERVAL_UNIT == "seconds" else 60)
+
+
 def ensure_interval_schedules() -> None:
     """Create the shared schedules for every allowed interval once.
 
@@ -54,7 +59,6 @@ def interval_schedule(minutes: int) -> IntervalSchedule:
 
 def sync_schedule(connection) -> PeriodicTask:
     """Create or update the connection's PeriodicTask to match it."""
-    seconds = connection.sync_interval_min * (1 if settings.SYNC_INTERVAL_UNIT == "seconds" else 60)
     task, _ = PeriodicTask.objects.update_or_create(
         name=task_name(connection.pk),
         defaults={
@@ -64,7 +68,7 @@ def sync_schedule(connection) -> PeriodicTask:
             "kwargs": json.dumps({"connection_id": connection.pk}),
             "enabled": connection.schedule_active,
             # A message beat sent but no worker took within one interval is stale: the next is due.
-            "expire_seconds": seconds,
+            "expire_seconds": interval_seconds(connection),
             "description": f"Automatic sync of {connection.label} ({connection.broker_type})",
         },
     )
@@ -122,7 +126,6 @@ def reconcile() -> dict[str, list[str]]:
 
 
 def _matches(task: PeriodicTask, connection) -> bool:
-    unit = 1 if settings.SYNC_INTERVAL_UNIT == "seconds" else 60
     return (
         task.task == SYNC_TASK
         and task.crontab_id is None
@@ -132,5 +135,5 @@ def _matches(task: PeriodicTask, connection) -> bool:
         and task.enabled == connection.schedule_active
         and json.loads(task.kwargs or "{}") == {"connection_id": connection.pk}
         and task.args in ("[]", "")
-        and task.expire_seconds == connection.sync_interval_min * unit
+        and task.expire_seconds == interval_seconds(connection)
     )

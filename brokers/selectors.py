@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -26,6 +25,5 @@ def next_sync_at(connection: BrokerConnection, task: PeriodicTask | None = None)
     task = task or PeriodicTask.objects.filter(name=schedules.task_name(connection.pk)).first()
     if task is None or not task.enabled:
         return None
-    unit = 1 if settings.SYNC_INTERVAL_UNIT == "seconds" else 60
     last = task.last_run_at or task.date_changed or timezone.now()
-    return max(last + timedelta(seconds=connection.sync_interval_min * unit), timezone.now())
+    return max(last + timedelta(seconds=schedules.interval_seconds(connection)), timezone.now())
