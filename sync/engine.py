@@ -26,6 +26,7 @@ from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAuthError, BrokerError, BrokerRateLimitError
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import AuthResult, BrokerAccountInfo
+from config import metrics
 from journal.importing import ImportResult, import_trades
 from journal.models import Trade
 from sync import notifications
@@ -217,7 +218,7 @@ def start_run(attempt: Attempt) -> RunPlan | SyncLog | None:
 def _record_skipped(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
     now = timezone.now()
     log.info("sync_skipped_already_running", connection_id=connection.pk)
-    return SyncLog.objects.create(
+    skipped = SyncLog.objects.create(
         connection=connection,
         trigger=attempt.trigger,
         status=SyncLog.Status.SKIPPED,
@@ -228,6 +229,8 @@ def _record_skipped(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
         attempt=attempt.number,
         error_message="Another sync of this connection was already running.",
     )
+    metrics.run_finished(skipped)
+    return skipped
 
 
 def _open_log(connection: BrokerConnection, attempt: Attempt) -> SyncLog:
@@ -493,6 +496,7 @@ def _close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str =
     sync_log.error_message = error
     sync_log.error_kind = kind
     sync_log.save()
+    metrics.run_finished(sync_log)
 
 
 @transaction.atomic
