@@ -1,7 +1,8 @@
 """Beat's heartbeat: the time of its last dispatch, kept in Redis for /readyz, /metrics and check_beat.
 
 Beat sends at least the minute's housekeeping task, so a live beat refreshes the key at least
-once a minute. The key is written from the beat process only (celery_app connects the signals).
+once a minute; its start writes the key too, since the first due message may be a minute
+away. The key is written from the beat process only (celery_app connects the signals).
 """
 
 from __future__ import annotations

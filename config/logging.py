@@ -27,8 +27,8 @@ def redact_secrets(logger, method_name, event_dict):
 def gunicorn_access_fields(logger, method_name, event_dict):
     """Turn gunicorn's access line into fields (method, path without the query string, status, duration)."""
     record = event_dict.get("_record")
-    if record is not None and record.name == "gunicorn.access" and isinstance(record.args, Mapping):
-        atoms = record.args
+    atoms = event_dict.pop("positional_args", None)
+    if record is not None and record.name == "gunicorn.access" and isinstance(atoms, Mapping):
         event_dict.update(
             event="http_request",
             method=atoms["m"],
@@ -74,6 +74,8 @@ def logging_config(log_format: str, level: str) -> dict:
                 "()": structlog.stdlib.ProcessorFormatter,
                 "processors": render,
                 "foreign_pre_chain": [*SHARED_PROCESSORS, gunicorn_access_fields],
+                # Hands gunicorn's access atoms to gunicorn_access_fields (which removes them).
+                "pass_foreign_args": True,
             }
         },
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structlog"}},
@@ -89,6 +91,8 @@ def logging_config(log_format: str, level: str) -> dict:
 
 def configure_structlog() -> None:
     """Our own log calls go through the same stdlib handler, so every line has one format."""
+    # Python's warnings (Celery's, Django's) become log lines in that format too.
+    logging.captureWarnings(True)
     structlog.configure(
         processors=[*SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
