@@ -14,15 +14,17 @@ from pathlib import Path
 LOCAL_ENV = Path(__file__).resolve().parent.parent / "var" / "local.env"
 
 
-def read(path: Path = LOCAL_ENV) -> dict[str, str]:
+def read(path: Path | None = None) -> dict[str, str]:
+    path = path or LOCAL_ENV
     if not path.exists():
         return {}
     pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def update(values: dict[str, str | None], path: Path = LOCAL_ENV) -> dict[str, str]:
+def update(values: dict[str, str | None], path: Path | None = None) -> dict[str, str]:
     """Set (or, with None, drop) variables in the file, keeping the others; readable by the owner only."""
+    path = path or LOCAL_ENV
     merged = read(path)
     for key, value in values.items():
         if value is None:
@@ -36,8 +38,9 @@ def update(values: dict[str, str | None], path: Path = LOCAL_ENV) -> dict[str, s
     return merged
 
 
-def apply_in_local_mode(environ=os.environ, path: Path = LOCAL_ENV) -> bool:
+def apply_in_local_mode(environ=os.environ, path: Path | None = None) -> bool:
     """Fill unset variables from var/local.env when in local mode; returns whether it did."""
+    path = path or LOCAL_ENV
     if environ.get("DJANGO_SECRET_KEY") or not path.exists():
         return False
     for key, value in read(path).items():
