@@ -8,6 +8,7 @@ bytes as they are (JSON unless the headers give a Content-Type). Faults any brok
     delay_s                  every answer waits this long (a broker across an ocean)
     fail_every(n, status)    every n-th request (to one path, or to any) answers HTTP status
     cut_next(times)          the next answers announce their whole body, send half and hang up
+    heal()                   no more of the two above
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ class LoopbackServer:
         with self.lock:
             self._cuts.append(_Cut(times, path))
 
+    def heal(self) -> None:
+        """Drop every fault set with fail_every and cut_next: the broker is well again."""
+        with self.lock:
+            self._faults.clear()
+            self._cuts.clear()
+
     def count(self, path: str | None = None) -> int:
         """Requests received (to `path`, or in all), faults included."""
         with self.lock:
@@ -120,7 +127,7 @@ class LoopbackServer:
     def _answer(self, request: Request) -> Reply:
         with self.lock:
             self.requests.append(request)
-            failing = next((f for f in self._faults if self._tick(f, request.path)), None)
+            failing = next(iter([f for f in self._faults if self._tick(f, request.path)]), None)
             cut = next((c for c in self._cuts if c.times > 0 and c.path in (None, request.path)), None)
             if cut is not None:
                 cut.times -= 1

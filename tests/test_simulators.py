@@ -9,9 +9,9 @@ import requests
 from defusedxml import ElementTree
 from django.test import override_settings
 
-from brokers.providers import ratelimit
 from brokers.providers.errors import BrokerAuthError, BrokerRateLimitError
 from brokers.providers.ibkr_flex import parse_report
+from brokers.providers.ratelimit import get_limiter
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import BrokerCredentials
 from tests import sim_ibkr_flex
@@ -21,7 +21,7 @@ from tests.sim_tradovate import FakeTradovate
 
 
 # --- the shared server's faults --------------------------------------------------------------
-def test_every_third_request_fails_and_a_cut_answer_breaks_off():
+def test_every_third_request_fails_a_cut_answer_breaks_off_and_heal_ends_both():
     with LoopbackServer(prefix="/v1") as server:
         server.route("GET", "/ping", lambda request: (200, {"pong": request.query["n"]}))
         statuses = [requests.get(f"{server.url}/ping", params={"n": n}).status_code for n in range(6)]
@@ -32,7 +32,12 @@ def test_every_third_request_fails_and_a_cut_answer_breaks_off():
         server.cut_next()
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
             requests.get(f"{server.url}/ping", params={"n": 0})
-        assert server.count("/ping") == 13 and server.faults_served == {"502": 2, "cut": 1}
+        server.fail_every(2, status=503, path="/ping")
+        server.cut_next(path="/elsewhere")
+        server.heal()
+        statuses = [requests.get(f"{server.url}/ping", params={"n": n}).status_code for n in range(3)]
+        assert statuses == [200, 200, 200]
+        assert server.count("/ping") == 16 and server.faults_served == {"502": 2, "cut": 1}
 
 
 # --- Tradovate -------------------------------------------------------------------------------
@@ -209,10 +214,17 @@ def test_flex_refuses_without_user_agent_unknown_token_and_unknown_reference(clo
         assert flex_get(flex, "SendRequest", q="000000").findtext("ErrorCode") == "1014"
 
 
-def test_flex_through_the_provider_one_report_serves_both_accounts(clock, monkeypatch):
-    # The provider's own 1-per-second bucket sleeps between its calls instead of re-queueing.
-    monkeypatch.setattr(ratelimit.get_limiter(), "max_sleep_s", 1.5)
-    clock.step = 2.0  # this test is about the formats, not the limits
+@pytest.fixture
+def unpaced_flex():
+    """The provider's limiter without its 1-call-in-2-s bucket (the limiter is built once from settings)."""
+    get_limiter.cache_clear()
+    with override_settings(BROKER_RATE_LIMITS={"ibkr_flex": {"per_second": {"window_s": 0.01}}}):
+        yield
+    get_limiter.cache_clear()
+
+
+def test_flex_through_the_provider_one_report_serves_both_accounts(clock, unpaced_flex):
+    clock.step = 2.0  # this test is about the formats, not the limits: neither side waits
     with (
         FakeFlex(polls_before_ready=1) as flex,
         override_settings(BROKER_BASE_URLS={"ibkr_flex": flex.url}, IBKR_FLEX_POLL_PAUSE_S=0),
