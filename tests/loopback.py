@@ -5,7 +5,7 @@ A simulator routes (method, path) to a handler that takes the `Request` and retu
 (status, body[, headers]) or a `Reply`. A dict or list body is sent as JSON, a str as XML,
 bytes as they are (JSON unless the headers give a Content-Type). Faults any broker can have:
 
-    delay_s                  every answer waits this long (a broker across an ocean)
+    delay_s, delays[path]    every answer (to path) waits this long (a broker across an ocean)
     fail_every(n, status)    every n-th request (to one path, or to any) answers HTTP status
     cut_next(times)          the next answers announce their whole body, send half and hang up
     heal()                   no more of the two above
@@ -78,6 +78,7 @@ class LoopbackServer:
     def __init__(self, prefix: str = "", delay_s: float = 0.0):
         self.prefix = prefix
         self.delay_s = delay_s
+        self.delays: dict[str, float] = {}  # path -> seconds its answers wait, on top of delay_s
         self.requests: list[Request] = []
         self.faults_served: Counter[str] = Counter()  # "500", "cut", ... -> answers given
         self.lock = threading.RLock()
@@ -131,7 +132,7 @@ class LoopbackServer:
             cut = next((c for c in self._cuts if c.times > 0 and c.path in (None, request.path)), None)
             if cut is not None:
                 cut.times -= 1
-        time.sleep(self.delay_s)
+        time.sleep(self.delay_s + self.delays.get(request.path, 0.0))
         if failing is not None:
             self._served(str(failing.status))
             reply = Reply(failing.status, b"Injected server error", {"Content-Type": "text/plain"})

@@ -9,9 +9,11 @@ FlexQueryResponse: one FlexStatement per account, its executions dated within [f
 ORDER and CLOSED_LOT rows a real report carries for the same fills.
 
 Per token, exactly IBKR's limit: a request within 1 s of the last one answered, or beyond
-10 answered in 60 s, gets ErrorCode 1018 (refused requests do not count). A request without
-a User-Agent gets 1020, an unknown token 1015, an unknown query 1014, an unknown reference
-1017. The generic faults of tests/loopback.py (delay_s, fail_every, cut_next) apply too.
+10 answered in 60 s, gets ErrorCode 1018 (answers 1018, 1020, 1015 and refuse_next's do not
+count). A request without a User-Agent (or without v=3) gets 1020, an unknown token 1015, an
+unknown query 1014, an unknown reference 1017; `refuse_next(code, times)` answers any other
+ErrorCode (1009 heavy load, 1012 token expired, ...). The generic faults of tests/loopback.py
+(delay_s, delays, fail_every, cut_next, heal) apply too.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ FX_RATE_TO_BASE = {"USD": "1", "EUR": "0.9234"}
 NEW_YORK = ZoneInfo("America/New_York")
 PER_SECOND, PER_MINUTE = 1, 10
 ERRORS = {
+    "1009": "The server is under heavy load. Statement could not be generated at this time. Please try again shortly.",
+    "1012": "Token has expired.",
     "1014": "Query is invalid.",
     "1015": "Token is invalid.",
     "1017": "Reference code is invalid.",
@@ -84,6 +88,7 @@ class FakeFlex(LoopbackServer):
         self.send_requests: list[tuple[date, date]] = []
         self.refused_1018 = 0
         self.executions: dict[str, list[dict[str, str]]] = {account: [] for account in self.accounts}
+        self._refusals: list[tuple[str, int]] = []  # [error code, requests left to refuse]
         self._statements: dict[str, _Statement] = {}  # reference code -> what it asked for
         self._answered: deque[float] = deque()  # time.monotonic() of the token's answered requests
         self._numbers = itertools.count(1)
@@ -131,6 +136,11 @@ class FakeFlex(LoopbackServer):
     def expected_ids(self, account: str, first: date | None = None, last: date | None = None) -> set[str]:
         """The ibExecIDs of `account` a report for [first, last] holds (all of them by default)."""
         return {row["ibExecID"] for row in self._rows(account, first or date.min, last or date.max)}
+
+    def refuse_next(self, code: str, times: int = 1) -> None:
+        """The next `times` requests that IBKR's rules let through get ErrorCode `code` instead."""
+        with self.lock:
+            self._refusals.append((code, times))
 
     def forget_references(self) -> None:
         """Every reference code given so far becomes unknown (1017), as when IBKR drops a report."""
@@ -184,6 +194,10 @@ class FakeFlex(LoopbackServer):
             if recent >= PER_SECOND or len(self._answered) >= PER_MINUTE:
                 self.refused_1018 += 1
                 return self._error("1018")
+            if self._refusals:
+                code, left = self._refusals[0]
+                self._refusals[0:1] = [(code, left - 1)] if left > 1 else []
+                return self._error(code)
             self._answered.append(now)
         return None
 
@@ -200,7 +214,8 @@ class FakeFlex(LoopbackServer):
         status = "Warn" if code == "1019" else "Fail"
         return 200, (
             "<FlexStatementResponse timestamp='21 November, 2026 09:30 AM EST'>"
-            f"<Status>{status}</Status><ErrorCode>{code}</ErrorCode><ErrorMessage>{ERRORS[code]}</ErrorMessage>"
+            f"<Status>{status}</Status><ErrorCode>{code}</ErrorCode>"
+            f"<ErrorMessage>{ERRORS.get(code, 'Please try again shortly.')}</ErrorMessage>"
             "</FlexStatementResponse>"
         )
 

@@ -7,10 +7,10 @@ listing on every call: it takes no dates) and `GET /{order,fillFee,contract,
 contractMaturity,product}/items?ids=`. Each user (login name) has its own accounts and
 fills; the bearer token says whose data a call sees, and a token past its lifetime gets 401.
 
-Faults, besides the generic ones of tests/loopback.py (delay_s, fail_every, cut_next):
+Faults, besides the generic ones of tests/loopback.py (delay_s, delays, fail_every, cut_next, heal):
 
     penalize(times, p_time, captcha)   HTTP 200 with a penalty ticket instead of data
-    lock_out(times, retry_after)       HTTP 429 with an empty body (optional Retry-After)
+    lock_out(times, retry_after)       HTTP 429 (or 423) with an empty body (optional Retry-After)
     add_late_fill(account, at)         a fill executed at `at` appears in the listing now
 """
 
@@ -58,6 +58,7 @@ class _Penalty:
 class _Lockout:
     times: int
     retry_after: float | None
+    status: int
 
 
 @dataclass
@@ -70,8 +71,8 @@ class FakeTradovate(LoopbackServer):
     """users: {login name: number of accounts}; every account gets `fills_per_account` fills.
 
     Every login's password is `password`. Tokens live `token_lifetime_s`; a renewal gives a
-    new token and extends the session. Counters: `logins`, `renewals` (Counters per login
-    name), `count(path)` per path below /v1, `tickets_issued`, `tickets_redeemed`.
+    new token and extends the session. Counters: `logins` (successful ones) and `renewals`
+    per login name, `count(path)` per path below /v1, `tickets_issued`, `tickets_redeemed`.
     """
 
     def __init__(
@@ -100,8 +101,9 @@ class FakeTradovate(LoopbackServer):
         self._penalties: list[_Penalty] = []
         self._lockouts: list[_Lockout] = []
         self._fill_ids = itertools.count(1)
-        # Executed within the last hour, a second apart: inside a first sync's window.
-        executed = (datetime.now(UTC) - timedelta(hours=1) + timedelta(seconds=s) for s in itertools.count())
+        # A second apart, the last a minute ago: inside a first sync's window however many there are.
+        start = datetime.now(UTC) - timedelta(minutes=1, seconds=sum(users.values()) * fills_per_account)
+        executed = (start + timedelta(seconds=s) for s in itertools.count())
         account_ids = itertools.count(70_000)
         for name, count in users.items():
             self.accounts[name], self.fills[name] = [], []
@@ -162,10 +164,10 @@ class FakeTradovate(LoopbackServer):
         with self.lock:
             self._penalties.append(_Penalty(times, p_time, captcha, path))
 
-    def lock_out(self, times: int = 1, retry_after: float | None = None) -> None:
-        """The next `times` requests get HTTP 429 with an empty body, with Retry-After if given."""
+    def lock_out(self, times: int = 1, retry_after: float | None = None, status: int = 429) -> None:
+        """The next `times` requests get HTTP 429 (or 423, its warning) with an empty body and Retry-After if given."""
         with self.lock:
-            self._lockouts.append(_Lockout(times, retry_after))
+            self._lockouts.append(_Lockout(times, retry_after, status))
 
     def _rationed(self, request: Request) -> Reply | None:
         """The penalty or lockout this request meets, if any."""
@@ -175,7 +177,7 @@ class FakeTradovate(LoopbackServer):
             if lockout is not None:
                 lockout.times -= 1
                 wait = lockout.retry_after
-                return Reply(429, b"", {} if wait is None else {"Retry-After": str(round(wait))})
+                return Reply(lockout.status, b"", {} if wait is None else {"Retry-After": str(round(wait))})
             if ticket in self._tickets:
                 valid_from, captcha = self._tickets.pop(ticket)
                 wait = valid_from - time.monotonic()

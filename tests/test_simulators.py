@@ -203,7 +203,7 @@ def test_flex_report_after_1019_polls_holds_both_accounts_executions_within_the_
         assert flex.send_requests == [period] and flex.polls == 3
 
 
-def test_flex_refuses_without_user_agent_unknown_token_and_unknown_reference(clock):
+def test_flex_refuses_without_user_agent_unknown_token_unknown_reference_and_on_demand(clock):
     with FakeFlex() as flex:
         no_agent = requests.get(f"{flex.url}/SendRequest", params={"t": flex.token, "q": flex.query_id, "v": "3"},
                                 headers={"User-Agent": ""})
@@ -212,6 +212,10 @@ def test_flex_refuses_without_user_agent_unknown_token_and_unknown_reference(clo
         assert flex_get(flex, "GetStatement", q="123").findtext("ErrorCode") == "1017"
         clock.now += 1.01
         assert flex_get(flex, "SendRequest", q="000000").findtext("ErrorCode") == "1014"
+        flex.refuse_next("1009", times=2)
+        clock.now += 1.01
+        assert [send_request(flex).findtext("ErrorCode") for _ in range(2)] == ["1009", "1009"]
+        assert send_request(flex).findtext("Status") == "Success", "refusals do not count against the limit"
 
 
 @pytest.fixture
