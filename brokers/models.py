@@ -50,8 +50,11 @@ class BrokerConnection(models.Model):
     last_sync_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_sync_error = models.TextField(blank=True)
-    # While a run waits (a retry, or a broker's limit): when it goes on. None otherwise.
+    # While a run waits: when it goes on, and why it waits. None and "" otherwise.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_reason = models.CharField(
+        max_length=10, blank=True, choices=[("retry", "retry after a failure"), ("rate_limit", "a broker's limit")]
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -31,7 +31,7 @@ def close_interrupted_runs() -> int:
                 BrokerConnection.Status.ERROR if connection.consecutive_failures else BrokerConnection.Status.CONNECTED
             )
             BrokerConnection.objects.filter(pk=connection.pk, status=BrokerConnection.Status.SYNCING).update(
-                status=status, next_attempt_at=None
+                status=status, next_attempt_at=None, next_attempt_reason=""
             )
     # A run opens its log just after taking the lock: give that moment a margin.
     settled = timezone.now() - timedelta(seconds=settings.SYNC_SWEEP_INTERVAL_S)

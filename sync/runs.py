@@ -61,7 +61,7 @@ def start_run(connection_id: int, *, owner: str, trigger: str, attempt: int = 1)
         return _record_skipped(connection, trigger, owner, attempt)
     sync_log = _open_log(connection, trigger, owner, attempt)
     BrokerConnection.objects.filter(pk=connection.pk).update(
-        status=BrokerConnection.Status.SYNCING, next_attempt_at=None
+        status=BrokerConnection.Status.SYNCING, next_attempt_at=None, next_attempt_reason=""
     )
     _bound(connection, sync_log).info("sync_started", trigger=trigger)
     provider = get_broker_provider(connection.broker_type, connection.environment, run_id=owner)
@@ -213,6 +213,7 @@ def record_wait(connection_id: int, owner: str, message: str, kind: str, wait_s:
             status=BrokerConnection.Status.SYNCING,
             last_sync_error=message,
             next_attempt_at=timezone.now() + timedelta(seconds=wait_s),
+            next_attempt_reason="rate_limit" if kind == "rate_limit" else "retry",
         )
     except DATABASE_ERRORS:
         log.warning("sync_wait_not_recorded", connection_id=connection_id)
@@ -305,6 +306,7 @@ def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict) ->
         last_success_at=now,
         last_sync_error=error,
         next_attempt_at=None,
+        next_attempt_reason="",
         consecutive_failures=0,
     )
     notifications.run_succeeded(connection, failures_before)
@@ -335,6 +337,7 @@ def _finish_failed(
         "last_sync_at": sync_log.finished_at,
         "last_sync_error": message,
         "next_attempt_at": None,
+        "next_attempt_reason": "",
         "consecutive_failures": F("consecutive_failures") + 1,
     }
     if credentials_rejected:
