@@ -571,6 +571,17 @@ def test_a_poll_after_the_session_ended_reloads_the_page(client, trader):
     assert response.status_code == 200 and response["HX-Refresh"] == "true" and b"<form" not in response.content
 
 
+def test_unreadable_credentials_are_explained_not_called_our_error(client, trader):
+    connection = quiet_connection(trader)
+    BrokerConnection.objects.filter(pk=connection.pk).update(credentials_ciphertext="not-a-fernet-token")
+    schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+    connection.refresh_from_db()
+    assert connection.last_sync_error.startswith("The saved credentials cannot be read with this installation's")
+    assert "unexpected error on our side" not in connection.last_sync_error
+    client.force_login(trader)
+    assert "Edit the connection and enter them again" in client.get("/brokers/").content.decode()
+
+
 def test_unreadable_credentials_can_be_typed_again(client, trader):
     connection = quiet_connection(trader)
     BrokerConnection.objects.filter(pk=connection.pk).update(credentials_ciphertext="not-a-fernet-token")
