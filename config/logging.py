@@ -50,11 +50,8 @@ SHARED_PROCESSORS = [
 ]
 
 
-def logging_config(log_format: str, level: str) -> dict:
-    """The stdlib logging config (Django's LOGGING, gunicorn's logconfig_dict): one formatter renders every line.
-
-    json: one JSON object per line; console: structlog's readable key=value lines.
-    """
+def formatter(log_format: str) -> structlog.stdlib.ProcessorFormatter:
+    """The one formatter of every line. json: one JSON object per line; console: readable key=value lines."""
     if log_format == "console":
         render = [
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -66,18 +63,20 @@ def logging_config(log_format: str, level: str) -> dict:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ]
+    return structlog.stdlib.ProcessorFormatter(
+        processors=render,
+        foreign_pre_chain=[*SHARED_PROCESSORS, gunicorn_access_fields],
+        # Hands gunicorn's access atoms to gunicorn_access_fields (which removes them).
+        pass_foreign_args=True,
+    )
+
+
+def logging_config(log_format: str, level: str) -> dict:
+    """The stdlib logging config (Django's LOGGING, gunicorn's logconfig_dict) around that formatter."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {
-            "structlog": {
-                "()": structlog.stdlib.ProcessorFormatter,
-                "processors": render,
-                "foreign_pre_chain": [*SHARED_PROCESSORS, gunicorn_access_fields],
-                # Hands gunicorn's access atoms to gunicorn_access_fields (which removes them).
-                "pass_foreign_args": True,
-            }
-        },
+        "formatters": {"structlog": {"()": formatter, "log_format": log_format}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structlog"}},
         "root": {"handlers": ["console"], "level": level},
         "loggers": {

@@ -1,6 +1,7 @@
 """/healthz and /readyz, and beat's heartbeat, with a real worker and beat where they matter."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.core.management import call_command
@@ -16,7 +17,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def readiness(client) -> tuple[int, dict[str, str]]:
-    response = client.get("/readyz", {"format": "json"})
+    # /readyz is an async view; the browser tests leave Playwright's event loop in this thread.
+    with ThreadPoolExecutor(1) as thread:
+        response = thread.submit(client.get, "/readyz", {"format": "json"}).result()
     checks = {name.split("(")[0]: value for name, value in response.json().items()}
     return response.status_code, checks
 
