@@ -10,7 +10,6 @@ from django_celery_beat.models import PeriodicTask
 from brokers import schedules
 from brokers.models import BrokerConnection
 
-
 # The badges a trader sees, beyond the stored CONNECTED / SYNCING / ERROR.
 NEW, RETRYING, PARTIAL, PAUSED = "NEW", "RETRYING", "PARTIAL", "PAUSED"
 DISPLAY_STATUSES = (
