@@ -83,12 +83,13 @@ def test_request_retries_count_by_broker(client):
     assert sample(scrape(client), "tj_broker_request_retries_total", broker="alpaca") == 2
 
 
-def test_beat_lag_and_queue_depth_are_read_at_scrape_time(client):
+def test_beat_lag_and_queue_depth_are_read_at_scrape_time(client, monkeypatch):
     text = scrape(client)
     assert sample(text, "tj_beat_lag_seconds") is None  # beat never dispatched
     assert sample(text, "tj_queue_depth", queue="celery") == 0
     beat.record_dispatch(time.time() - 42)
-    # No worker runs here, so a sent message waits in its queue.
+    # No worker runs here, so a message sent through Redis waits in its queue.
+    monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
     celery_app.send_task("sync.tasks.close_interrupted_runs")
     text = scrape(client)
     assert 42 <= sample(text, "tj_beat_lag_seconds") < 45
