@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 from django_celery_beat.models import PeriodicTask
 
@@ -108,23 +109,34 @@ def _copy_errors(form, exc: ValidationError) -> None:
             form.add_error(target, error)
 
 
+@sensitive_variables()
 def _test_login(request, *, broker_type: str, credentials: dict, environment: str, form, template: str, context):
     """Log in with what the trader typed, without saving; htmx gets just the result, else the whole page."""
-    try:
-        accounts = services.verify_credentials(
-            broker_type=broker_type, credentials=credentials, environment=environment
-        )
-    except ValidationError as exc:
-        result = {"ok": False, "errors": exc.messages}
-    except BrokerError as exc:
-        result = {"ok": False, "errors": [exc.message]}
+    wait = throttle.test_login_wait(request)
+    if wait is not None:
+        result = {"ok": False, "errors": [f"You tested logins several times just now. Try again in {wait} s."]}
+        status = 429
     else:
-        result = {"ok": True, "accounts": accounts}
+        status = 200
+        try:
+            accounts = services.verify_credentials(
+                broker_type=broker_type, credentials=credentials, environment=environment
+            )
+        except ValidationError as exc:
+            result = {"ok": False, "errors": exc.messages}
+        except BrokerError as exc:
+            result = {"ok": False, "errors": [exc.message]}
+        else:
+            result = {"ok": True, "accounts": accounts}
     if request.htmx:
-        return render(request, "brokers/_test_result.html", {"result": result})
-    return render(request, template, context | {"form": form, "result": result})
+        return render(request, "brokers/_test_result.html", {"result": result}, status=status)
+    return render(request, template, context | {"form": form, "result": result}, status=status)
 
 
+# The credentials typed on these pages never reach an error report, even with DEBUG on
+# (config/error_reports.py keeps Django's filter active then too).
+@sensitive_post_parameters()
+@sensitive_variables()
 @trader_page
 def connection_add(request):
     broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
@@ -159,6 +171,8 @@ def connection_add(request):
     return render(request, "brokers/connection_form.html", context | {"form": form})
 
 
+@sensitive_post_parameters()
+@sensitive_variables()
 @trader_page
 def connection_edit(request, pk):
     connection = _own_connection(request, pk)
@@ -176,12 +190,9 @@ def connection_edit(request, pk):
             context=context,
         )
     if request.method == "POST" and form.is_valid():
-        credentials = form.merged(form.credentials())
-        # Saving unchanged credentials after a refused login means "try again": it resumes sync too.
-        changed = credentials != form.saved_credentials or connection.credentials_rejected
         try:
             services.connection_update(
-                connection.pk, label=form.cleaned_data["label"], credentials=credentials if changed else None
+                connection.pk, label=form.cleaned_data["label"], credentials=form.merged(form.credentials())
             )
         except ValidationError as exc:
             _copy_errors(form, exc)
@@ -189,6 +200,13 @@ def connection_edit(request, pk):
             messages.success(request, f"Saved {form.cleaned_data['label']}.")
             return redirect("brokers:list")
     return render(request, "brokers/connection_edit.html", context | {"form": form})
+
+
+def _throttled_page(request, message: str, wait: int):
+    messages.error(request, message)
+    response = render(request, "brokers/connection_list.html", _list_context(request), status=429)
+    response["Retry-After"] = str(wait)
+    return response
 
 
 @trader_page
@@ -201,6 +219,16 @@ def connection_settings(request, pk):
             for error in errors:
                 messages.error(request, error)
         return redirect("brokers:list")
+    turns_on = form.cleaned_data["sync_enabled"] and not connection.sync_enabled
+    # Switching auto-sync on syncs at once, so it counts as a press of Sync now.
+    wait = throttle.sync_now_wait(request, connection.pk) if turns_on else None
+    if wait is not None:
+        return _throttled_page(
+            request,
+            f"You switched auto-sync of {connection.label} on several times just now, and each time starts a "
+            f"sync. Try again in {wait} s.",
+            wait,
+        )
     try:
         services.connection_update(
             connection.pk,
@@ -221,10 +249,9 @@ def connection_sync_now(request, pk):
     connection = _own_connection(request, pk)
     wait = throttle.sync_now_wait(request, connection.pk)
     if wait is not None:
-        messages.error(request, f"You asked to sync {connection.label} several times just now. Try again in {wait} s.")
-        response = render(request, "brokers/connection_list.html", _list_context(request), status=429)
-        response["Retry-After"] = str(wait)
-        return response
+        return _throttled_page(
+            request, f"You asked to sync {connection.label} several times just now. Try again in {wait} s.", wait
+        )
     schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     messages.info(request, f"Sync of {connection.label} started.")
     return redirect("brokers:list")

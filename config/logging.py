@@ -8,6 +8,23 @@ import structlog
 # Keys whose values are never logged, whatever the caller passes.
 SECRET_KEYS = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential|authorization|sec$|^t$|^cid$", re.I)
 REDACTED = "[redacted]"
+# A query string after a URL or path: brokers such as IBKR Flex carry the token in it (t=...).
+QUERY_STRING = re.compile(r"(?<=[\w/.\-])\?[^\s\"'<>]*=[^\s\"'<>]*")
+
+
+def redact_query_strings(text: str) -> str:
+    return QUERY_STRING.sub(f"?{REDACTED}", text)
+
+
+class RedactQueryStrings(logging.Filter):
+    """Every log line, ours and third-party (urllib3 writes whole URLs), loses its query strings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_query_strings(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 def redact_secrets(logger, method_name, event_dict):

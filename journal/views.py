@@ -5,21 +5,37 @@ from datetime import datetime, time, timedelta
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.shortcuts import redirect, render
 from django.utils import timezone
 
 from brokers.decorators import trader_page
 from brokers.models import BrokerAccount
-from journal.models import Trade, TraderProfile, time_zone_choices
+from journal.models import (
+    EARLIEST_TRADE_DATE,
+    LATEST_TRADE_DATE,
+    TRADE_DATE_RULE,
+    Trade,
+    TraderProfile,
+    time_zone_choices,
+)
 
 TRADES_PER_PAGE = 50
+TRADE_DATE_BOUNDS = [
+    MinValueValidator(EARLIEST_TRADE_DATE, message=TRADE_DATE_RULE),
+    MaxValueValidator(LATEST_TRADE_DATE, message=TRADE_DATE_RULE),
+]
 
 
 class TradeFilterForm(forms.Form):
     account = forms.ModelChoiceField(queryset=BrokerAccount.objects.none(), required=False, empty_label="All accounts")
     symbol = forms.CharField(required=False, max_length=64)
-    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = forms.DateField(
+        required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}), validators=TRADE_DATE_BOUNDS
+    )
+    date_to = forms.DateField(
+        required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}), validators=TRADE_DATE_BOUNDS
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -17,33 +18,38 @@ from brokers.providers.errors import (
     BrokerTimeoutError,
     BrokerUnavailableError,
 )
-from brokers.providers.ratelimit import get_limiter
+from brokers.providers.ratelimit import capped_wait, get_limiter
 
 log = structlog.get_logger("brokers.http")
 
 # When a broker says 429 but not for how long, wait this long before anyone asks again.
 DEFAULT_RATE_LIMIT_WAIT_S = 60.0
+# Whole seconds, in ASCII only: str.isdigit() also accepts digits such as "²" that int() refuses.
+_SECONDS = re.compile(r"[0-9]{1,12}")
 
 
 def parse_retry_after(response: requests.Response, now: datetime | None = None) -> float | None:
-    """Seconds to wait from Retry-After (seconds or an HTTP date) or X-Ratelimit-Reset (epoch)."""
+    """Seconds to wait from Retry-After (seconds or an HTTP date) or X-Ratelimit-Reset (epoch).
+
+    Capped at BROKER_RETRY_AFTER_MAX_S: one answer must not stop a broker for days.
+    """
     now = now or datetime.now(UTC)
     value = response.headers.get("Retry-After")
     if value:
         value = value.strip()
-        if value.isdigit():
-            return float(value)
+        if _SECONDS.fullmatch(value):
+            return capped_wait(float(value))
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             when = None
         if when is not None:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
-            return max(0.0, (when - now).total_seconds())
-    reset = response.headers.get("X-Ratelimit-Reset")
-    if reset and reset.strip().isdigit():
-        return max(0.0, int(reset) - now.timestamp())
+            return capped_wait((when - now).total_seconds())
+    reset = (response.headers.get("X-Ratelimit-Reset") or "").strip()
+    if _SECONDS.fullmatch(reset):
+        return capped_wait(int(reset) - now.timestamp())
     return None
 
 
@@ -79,7 +85,9 @@ class BrokerHTTP:
         path = requests.utils.urlparse(url).path  # never the query: it may carry a token
         started = time.monotonic()
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            # Never follow a redirect: it would carry the credential headers, a re-sent login
+            # body or a token in the query to whatever host the answer names.
+            response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
         except requests.Timeout:
             self._log(method, path, None, started)
             raise BrokerTimeoutError(
@@ -98,7 +106,7 @@ class BrokerHTTP:
                 provider=self.provider_key,
             ) from None
         self._log(method, path, response.status_code, started)
-        if response.status_code in allow_statuses or response.ok:
+        if response.status_code in allow_statuses or response.status_code < 300:
             return response
         raise self.error_for(response, scope=scope)
 
@@ -106,6 +114,15 @@ class BrokerHTTP:
         status = response.status_code
         retry_after = parse_retry_after(response)
         name = self.display_name
+        if 300 <= status < 400:
+            # Not followed (see request): where it points is not said, it may hold a token.
+            return BrokerAPIError(
+                f"{name} answered with a redirect (HTTP {status}), which we do not follow so that "
+                "credentials never go to another address. If the broker moved its API, please report it.",
+                provider=self.provider_key,
+                status_code=status,
+                transient=False,
+            )
         if status in (401, 403):
             return BrokerAuthError(
                 f"{name} refused the credentials (HTTP {status}). "
@@ -124,7 +141,8 @@ class BrokerHTTP:
             )
         if status == 503:
             if retry_after is not None:
-                get_limiter().block(self.provider_key, retry_after)
+                # Scoped like a 429: one credential's answer does not stop every trader.
+                get_limiter().block(self.provider_key, retry_after, scope=scope)
             return BrokerUnavailableError(
                 f"{name} is temporarily unavailable (HTTP 503).",
                 provider=self.provider_key,

@@ -122,6 +122,11 @@ def _table(where: str, values) -> dict:
     return values
 
 
+def capped_wait(seconds: float) -> float:
+    """A wait a broker asked for, between 0 and BROKER_RETRY_AFTER_MAX_S seconds."""
+    return min(max(0.0, float(seconds)), settings.BROKER_RETRY_AFTER_MAX_S)
+
+
 def scope_for(secret_or_id: str) -> str:
     """A stable, non-reversible name for a credential, fit for a Redis key."""
     return hashlib.sha256(secret_or_id.encode()).hexdigest()[:16]
@@ -184,7 +189,8 @@ class RateLimiter:
     def block(self, broker: str, seconds: float, *, scope: str = "") -> None:
         """Make every worker wait `seconds` before the next call to this broker (or credential)."""
         key = f"rl:block:{broker}" + (f":{scope}" if scope else "")
-        self._block(keys=[key], args=[max(0.0, float(seconds))])
+        seconds = capped_wait(seconds)
+        self._block(keys=[key], args=[seconds])
         log.warning("rate_limit_block", broker=broker, seconds=round(float(seconds), 3), per_credential=bool(scope))
 
 

@@ -9,6 +9,7 @@ from django_celery_beat.models import PeriodicTask
 from brokers import schedules
 from brokers.models import BrokerConnection
 from brokers.selectors import connection_display_status, next_sync_at
+from brokers.validators import printable
 
 COLUMNS = ("ID", "OWNER", "BROKER", "LABEL", "STATUS", "LAST SYNC", "NEXT SYNC", "LAST ERROR")
 
@@ -32,7 +33,7 @@ class Command(BaseCommand):
             try:
                 owner = get_user_model().objects.get_by_natural_key(options["owner"])
             except get_user_model().DoesNotExist:
-                raise CommandError(f"No user named {options['owner']!r}.") from None
+                raise CommandError(f"No user named {printable(options['owner'])!r}.") from None
             connections = connections.filter(owner=owner)
         connections = list(connections)
         if not connections:
@@ -44,14 +45,14 @@ class Command(BaseCommand):
         rows = [
             (
                 str(c.pk),
-                c.owner.get_username(),
+                printable(c.owner.get_username()),
                 c.broker_type,
-                c.label,
+                printable(c.label),
                 connection_display_status(c),
                 utc_iso(c.last_sync_at),
                 utc_iso(next_sync_at(c, tasks.get(schedules.task_name(c.pk)))),
-                # Broker messages may span lines; a table row must not.
-                " ".join(c.last_sync_error.split()) or "-",
+                # Broker messages may span lines; a table row must not, nor carry escape codes.
+                printable(" ".join(c.last_sync_error.split())) or "-",
             )
             for c in connections
         ]
