@@ -1,6 +1,7 @@
 """How often a trader may start a sync or test a login, shared by the pages and the API."""
 
 from django.conf import settings
+from django_ratelimit import ALL
 from django_ratelimit.core import get_usage
 
 
@@ -11,7 +12,9 @@ def _wait(request, *, group: str, key: str, rate: str) -> int | None:
         group=group,
         key=lambda group, req: key,
         rate=rate,
-        method=request.method,
+        # Every method counts into one allowance: a PATCH switching auto-sync on and a POST
+        # of Sync now are the same kind of press.
+        method=ALL,
         increment=True,
     )
     if usage is None or not usage["should_limit"]:
