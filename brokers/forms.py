@@ -22,7 +22,8 @@ def interval_field(**kwargs) -> forms.IntegerField:
     """The interval as a whole number, judged by the model's rule (min and max only hint the browser)."""
     return forms.IntegerField(
         label="Sync interval (minutes)",
-        error_messages={"invalid": INTERVAL_RULE},
+        # Shown as a message on the brokers page too, where the field is not beside it: name it.
+        error_messages={"invalid": INTERVAL_RULE, "required": INTERVAL_RULE},
         validators=model_rules("sync_interval_min"),
         widget=forms.NumberInput(attrs={"min": settings.SYNC_INTERVAL_MIN, "max": settings.SYNC_INTERVAL_MAX}),
         **kwargs,

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django.utils.functional import cached_property
 
 from brokers import crypto
 from brokers.providers.errors import BrokerConfigurationError
@@ -41,6 +42,12 @@ class WholeMinutesField(models.PositiveSmallIntegerField):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValidationError(INTERVAL_RULE, code="invalid")
         return value
+
+    @cached_property
+    def validators(self):
+        # validate_sync_interval is the whole range rule; Django's own "greater than or equal
+        # to 0" and database-range checks would only repeat it in other words.
+        return list(self._validators)
 
 
 class BrokerConnection(models.Model):
