@@ -211,11 +211,15 @@ class TradovateProvider(BrokerProvider):
     def get_trades(
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
+        # The listing takes no dates and comes whole: keep every fill within max_history, not
+        # just those since the cursor, so a fill reported late (a correction, a delayed
+        # report) still lands. The journal's unique constraint drops the ones it has.
+        oldest = until - self.max_history
         fills = [
             f
             for f in self._list(auth, "/fill/list")
             # active false marks a busted fill: it never happened.
-            if f.get("active", True) and since <= _utc(f["timestamp"]) <= until
+            if f.get("active", True) and oldest <= _utc(f["timestamp"])
         ]
         fills.sort(key=lambda f: (_utc(f["timestamp"]), f["id"]))
         instruments: dict[int, tuple[str, Decimal]] = {}
@@ -338,41 +342,32 @@ class TradovateProvider(BrokerProvider):
         """Back every worker off for the ticket's time; sleep through a short one and return the ticket."""
         limiter = get_limiter()
         if data.get("p-captcha"):
-            limiter.block(self.key, CAPTCHA_WAIT_S)
-            raise BrokerRateLimitError(
-                "Tradovate asked for a captcha because our server sent too many requests; an automatic "
-                "sync cannot solve one. All Tradovate syncs pause for about an hour and then resume on "
-                "their own; nothing to do on your side.",
-                provider=self.key,
-                retry_after=CAPTCHA_WAIT_S,
+            reason = (
+                "Tradovate asked for a captcha because our server sent too many requests; an automatic sync "
+                "cannot solve one, so all Tradovate syncs wait about an hour. Nothing to do on your side."
             )
+            limiter.block(self.key, CAPTCHA_WAIT_S, reason=reason)
+            raise BrokerRateLimitError(reason, provider=self.key, retry_after=CAPTCHA_WAIT_S)
         wait = capped_wait(float(data.get("p-time") or 0))
         log.warning("tradovate_penalty_ticket", p_time=wait)
+        reason = f"Tradovate asked us to pause for {max(1, round(wait))} s (too many requests from our server)."
         # Tickets count against our whole IP range, so every worker must back off, not just this one.
-        limiter.block(self.key, wait)
+        limiter.block(self.key, wait, reason=reason)
         if last_try or wait > settings.BROKER_RATE_LIMIT_MAX_SLEEP_S:
-            raise BrokerRateLimitError(
-                f"Tradovate asked us to pause for {max(1, round(wait))} s (too many requests from our "
-                "server). The sync continues automatically.",
-                provider=self.key,
-                retry_after=max(wait, 1.0),
-            )
+            raise BrokerRateLimitError(reason, provider=self.key, retry_after=max(wait, 1.0))
         time.sleep(wait)
         return data["p-ticket"]
 
     def _lockout(self, response: requests.Response, scope: str) -> BrokerRateLimitError:
         wait = parse_retry_after(response)
         wait = LOCKOUT_WAIT_S if wait is None else wait
-        # The lockout is per Tradovate user: block that user's calls, not every trader's.
-        get_limiter().block(self.key, wait, scope=scope)
-        return BrokerRateLimitError(
-            f"Tradovate locked out this user for too many requests (HTTP {response.status_code}). "
-            f"The sync pauses and resumes automatically in about {max(1, round(wait / 60))} min; "
-            "meanwhile keep other API tools on this login quiet.",
-            provider=self.key,
-            status_code=response.status_code,
-            retry_after=wait,
+        reason = (
+            f"Tradovate locked out this user for too many requests (HTTP {response.status_code}); "
+            "meanwhile keep other API tools on this login quiet."
         )
+        # The lockout is per Tradovate user: block that user's calls, not every trader's.
+        get_limiter().block(self.key, wait, scope=scope, reason=reason)
+        return BrokerRateLimitError(reason, provider=self.key, status_code=response.status_code, retry_after=wait)
 
 
 register(TradovateProvider)

@@ -341,13 +341,14 @@ def test_one_structured_log_line_per_call(http, rsps):
     assert all(isinstance(e["duration_ms"], float) and e["duration_ms"] >= 0 for e in lines)
 
 
-def test_failed_connection_is_logged_once_without_status(http, rsps):
+def test_failed_connection_is_logged_once_per_try_without_status(http, rsps, settings):
     rsps.get(ACCOUNTS, body=requests.ConnectionError("refused"))
     with capture_logs() as entries:
         with pytest.raises(BrokerUnavailableError):
             http.request("GET", "/v1/accounts")
-    (line,) = http_lines(entries)
-    assert line["status"] is None and line["path"] == "/v1/accounts"
+    lines = http_lines(entries)
+    assert len(lines) == 1 + settings.BROKER_HTTP_RETRIES
+    assert all(line["status"] is None and line["path"] == "/v1/accounts" for line in lines)
 
 
 def test_query_string_never_reaches_the_log(http, rsps):
