@@ -11,7 +11,6 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_variables
-from django_celery_beat.models import PeriodicTask
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, mixins, serializers, status, viewsets
@@ -168,7 +167,7 @@ class ConnectionSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.DATETIME)
     def get_next_sync_at(self, connection: BrokerConnection) -> str | None:
         # A list passes every PeriodicTask in the context, so it costs one query, not one per row.
-        task = self.context.get("periodic_tasks", {}).get(schedules.task_name(connection.pk))
+        task = selectors.periodic_task_of(connection, self.context.get("periodic_tasks", {}))
         when = selectors.next_sync_at(connection, task)
         return None if when is None else serializers.DateTimeField().to_representation(when)
 
@@ -299,7 +298,7 @@ class ConnectionViewSet(
 
     def list(self, request, *args, **kwargs):
         connections = list(self.get_queryset())
-        tasks = PeriodicTask.objects.in_bulk([schedules.task_name(c.pk) for c in connections], field_name="name")
+        tasks = selectors.periodic_tasks_for(connections)
         context = {**self.get_serializer_context(), "periodic_tasks": tasks}
         return Response(ConnectionSerializer(connections, many=True, context=context).data)
 

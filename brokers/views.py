@@ -10,7 +10,6 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
-from django_celery_beat.models import PeriodicTask
 
 from brokers import schedules, selectors, services, throttle
 from brokers.decorators import trader_page
@@ -70,10 +69,10 @@ def _with_status(connections) -> list[BrokerConnection]:
             last_error_kind=Subquery(last_error.values("error_kind")[:1]),
         ).prefetch_related("accounts")
     )
-    tasks = {t.name: t for t in PeriodicTask.objects.filter(name__in=[schedules.task_name(c.pk) for c in rows])}
+    tasks = selectors.periodic_tasks_for(rows)
     for c in rows:
         c.display_status = selectors.connection_display_status(c)
-        c.next_sync = selectors.next_sync_at(c, tasks.get(schedules.task_name(c.pk)))
+        c.next_sync = selectors.next_sync_at(c, selectors.periodic_task_of(c, tasks))
         c.advice = what_to_do(c) if c.last_sync_error else ""
         c.poll_seconds = POLL_SECONDS.get(c.display_status, POLL_SECONDS_DEFAULT)
         c.interval_choices = interval_choices(c.sync_interval_min)

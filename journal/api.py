@@ -11,6 +11,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 
 from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE, TRADE_DATE_RULE, Trade
+from journal.selectors import trades_visible_to
 
 # Ids are 64-bit: a larger one cannot exist, and the database would refuse it with an error.
 MAX_ID = 2**63 - 1
@@ -108,9 +109,7 @@ class TradeList(generics.ListAPIView):
         filters = TradeFilterSerializer(data=self.request.query_params)
         filters.is_valid(raise_exception=True)
         wanted = filters.validated_data
-        trades = Trade.objects.filter(
-            account__connection__owner=self.request.user, deleted_at__isnull=True
-        ).select_related("account")
+        trades = trades_visible_to(self.request.user).select_related("account")
         if "account" in wanted:
             trades = trades.filter(account_id=wanted["account"])
         if "connection" in wanted:

@@ -15,10 +15,10 @@ from journal.models import (
     EARLIEST_TRADE_DATE,
     LATEST_TRADE_DATE,
     TRADE_DATE_RULE,
-    Trade,
     TraderProfile,
     time_zone_choices,
 )
+from journal.selectors import trades_visible_to
 
 TRADES_PER_PAGE = 50
 TRADE_DATE_BOUNDS = [
@@ -69,9 +69,7 @@ class TradeFilterForm(forms.Form):
 @trader_page
 def trade_list(request):
     trades = (
-        Trade.objects.filter(account__connection__owner=request.user, deleted_at__isnull=True)
-        .select_related("account", "account__connection")
-        .order_by("-executed_at", "-id")
+        trades_visible_to(request.user).select_related("account", "account__connection").order_by("-executed_at", "-id")
     )
     form = TradeFilterForm(request.GET or None, user=request.user)
     if form.is_bound and form.is_valid():
@@ -79,12 +77,7 @@ def trade_list(request):
     elif form.is_bound:
         # An invalid filter shows nothing rather than silently showing everything.
         trades = trades.none()
-    symbols = (
-        Trade.objects.filter(account__connection__owner=request.user, deleted_at__isnull=True)
-        .order_by("symbol")
-        .values_list("symbol", flat=True)
-        .distinct()
-    )
+    symbols = trades_visible_to(request.user).order_by("symbol").values_list("symbol", flat=True).distinct()
     page = Paginator(trades, TRADES_PER_PAGE).get_page(request.GET.get("page"))
     return render(
         request,

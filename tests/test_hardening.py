@@ -16,13 +16,14 @@ import pytest
 import requests
 import responses
 from axes.models import AccessAttempt
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.http import HttpRequest
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from brokers import services
+from brokers import schedules, services
 from brokers.crypto import UNREADABLE_MESSAGE
 from brokers.models import BrokerConnection, SyncLog
 from brokers.providers import ratelimit
@@ -357,13 +358,16 @@ def test_sync_status_prints_old_control_characters_as_escapes(trader):
 
 
 def deploy_check(**environment) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_SECURE", "DJANGO_DEBUG"))}
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DJANGO_SECRET_KEY="x" * 20 + "production-like-secret-key-0123456789abcdef",
-        DJANGO_ALLOWED_HOSTS="journal.example.com",
+    # Only what a deployment sets: nothing of this test process's environment leaks in.
+    env = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DJANGO_SECRET_KEY": "x" * 20 + "production-like-secret-key-0123456789abcdef",
+        "DJANGO_ALLOWED_HOSTS": "journal.example.com",
+        "FIELD_ENCRYPTION_KEYS": ",".join(django_settings.FIELD_ENCRYPTION_KEYS),
+        "REDIS_URL": django_settings.REDIS_URL,
         **environment,
-    )
+    }
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
@@ -459,3 +463,19 @@ def test_unreadable_credentials_give_the_same_clear_message_to_a_sync_and_a_test
     assert log.error_message == UNREADABLE_MESSAGE and "unexpected" not in log.error_message
     connection.refresh_from_db()
     assert connection.last_sync_error == UNREADABLE_MESSAGE
+
+
+def test_a_failure_notice_is_mailed_even_for_a_label_saved_before_line_breaks_were_refused(trader, mailoutbox):
+    trader.email = "alice@example.com"
+    trader.save()
+    connection = services.connection_create(
+        owner=trader,
+        broker_type="demo",
+        label="Old",
+        credentials={"api_key": "k", "scenario": "auth_error"},
+        sync_enabled=False,
+    )
+    BrokerConnection.objects.filter(pk=connection.pk).update(label="Old\r\nlabel")
+    schedules.request_sync_now(connection.pk, trigger="manual")  # eager: the broker refuses the login
+    assert mailoutbox, "the refused-credentials notice was mailed"
+    assert "\n" not in mailoutbox[-1].subject and "Old label" in mailoutbox[-1].subject

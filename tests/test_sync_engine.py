@@ -18,8 +18,8 @@ from brokers.providers.errors import BrokerRateLimitError
 from brokers.providers.types import AuthResult, BrokerAccountInfo
 from journal.models import Trade
 from sync import accounts, housekeeping, locks, notifications, runs
-from sync.outcomes import RunSuperseded
 from sync.models import Notice
+from sync.outcomes import RunSuperseded
 from sync.policy import retry_delay
 from sync.tasks import sync_connection
 

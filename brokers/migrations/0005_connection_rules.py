@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('brokers', '0003_known_provider'),
+        ('brokers', '0004_run_waits_and_request_retries'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
