@@ -29,6 +29,7 @@ from brokers.models import BrokerConnection, SyncLog
 from brokers.providers import ratelimit
 from brokers.providers.errors import BrokerUnavailableError
 from brokers.providers.http import BrokerHTTP, parse_retry_after
+from brokers.providers.types import AuthResult
 from tests.realprocess import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -479,3 +480,20 @@ def test_a_failure_notice_is_mailed_even_for_a_label_saved_before_line_breaks_we
     schedules.request_sync_now(connection.pk, trigger="manual")  # eager: the broker refuses the login
     assert mailoutbox, "the refused-credentials notice was mailed"
     assert "\n" not in mailoutbox[-1].subject and "Old label" in mailoutbox[-1].subject
+
+
+def test_the_api_keeps_the_session_for_unchanged_credentials_as_the_page_does(trader):
+    connection = quiet(trader, credentials={"api_key": "same-key"})
+    connection.auth = AuthResult(token="live-session", expires_at=None)
+    connection.save()
+    client, url = api_client(trader), f"/api/connections/{connection.pk}/"
+
+    def save(key):
+        return client.patch(url, {"credentials": {"api_key": key}}, content_type="application/json").status_code
+
+    assert save("same-key") == 200
+    connection.refresh_from_db()
+    assert connection.auth.token == "live-session"
+    assert save("new-key") == 200
+    connection.refresh_from_db()
+    assert connection.auth is None and connection.credentials == {"api_key": "new-key"}
