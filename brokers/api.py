@@ -27,9 +27,6 @@ from brokers.models import INTERVAL_RULE, BrokerAccount, BrokerConnection, SyncL
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class, provider_classes
 
-# The django-ratelimit group, method and key of the brokers page's "Sync now" (brokers/views.py):
-# the same bucket, so a trader has one allowance per connection, on the page and the API alike.
-
 
 def drf_validation_error(exc: DjangoValidationError, credential_names: Iterable[str] = ()) -> ValidationError:
     """A services ValidationError in DRF's shape, {field: [rule]}, credential fields under "credentials".

@@ -64,7 +64,7 @@ def _locked(connection_id: int) -> BrokerConnection:
     return BrokerConnection.objects.select_for_update().get(pk=connection_id)
 
 
-@sensitive_variables("credentials", "stripped")
+@sensitive_variables()
 @transaction.atomic
 def connection_create(
     *,
@@ -116,7 +116,7 @@ def update_sync_interval(connection_id: int, interval_min: int) -> BrokerConnect
     return connection_update(connection_id, sync_interval_min=interval_min)
 
 
-@sensitive_variables("credentials", "stripped", "saved")
+@sensitive_variables()
 @transaction.atomic
 def connection_update(
     connection_id: int,
