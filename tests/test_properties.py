@@ -167,7 +167,11 @@ def test_create_connection_creates_as_typed_or_refuses_naming_the_field(trader, 
 
 
 @PROPERTY_SETTINGS
-@given(label=st.text(min_size=1, max_size=40), error=st.text(max_size=60))
+# Any text a database can hold (PostgreSQL refuses NUL in text columns).
+@given(
+    label=st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=40),
+    error=st.text(st.characters(exclude_characters="\x00"), max_size=60),
+)
 def test_sync_status_prints_any_stored_text_safely(trader, label, error):
     connection = services.connection_create(
         owner=trader, broker_type="demo", label="x", credentials={"api_key": "k"}, sync_enabled=False
