@@ -83,7 +83,8 @@ def measure(broker: FakeTradovate, runs) -> list[dict]:
 
     from brokers.models import SyncLog
     from journal.models import Trade
-    from sync import runs, tasks
+    from sync import runs as sync_runs
+    from sync import tasks
 
     owner = get_user_model().objects.create_user("bench-fanout")
     limiter = redis.Redis.from_url(settings.REDIS_URL)
@@ -95,7 +96,7 @@ def measure(broker: FakeTradovate, runs) -> list[dict]:
         calls_before = sum(broker.calls.values())
         started = timezone.now()
         if case == "serial-N":
-            runs.run_inline(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+            sync_runs.run_inline(connection.pk, trigger=SyncLog.Trigger.MANUAL)
         else:
             tasks.sync_connection.apply_async(kwargs={"connection_id": connection.pk, "trigger": "manual"})
         finished = SyncLog.objects.filter(connection=connection, finished_at__isnull=False)

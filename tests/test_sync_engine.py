@@ -385,3 +385,78 @@ def test_an_account_task_of_a_superseded_run_leaves_the_account_to_the_newer_run
     result = runs.account_gave_up(plan, row.pk, raised.value, attempts=1)
     assert result["kind"] == "superseded" and "newer sync" in result["error"]
     assert not Trade.objects.exists()
+
+
+@responses.activate
+def test_inline_sync_waits_out_a_rate_limit_pause_and_does_not_count_it_as_a_failure(alpaca):
+    fails(responses, 429, 1, headers={"Retry-After": "1"})
+    healthy(responses)
+    log = runs.run_inline(alpaca.pk)
+    assert log.status == SyncLog.Status.SUCCESS and log.attempt == 1
+    assert log.trades_imported == 5
+
+
+@responses.activate
+def test_inline_sync_says_truthfully_that_it_made_one_attempt(alpaca):
+    fails(responses, 500, 1)
+    log = runs.run_inline(alpaca.pk)
+    assert log.status == SyncLog.Status.FAILED and log.attempt == 1
+    assert log.error_message == "Alpaca had an internal error (HTTP 500). The next scheduled sync will try again."
+    assert "attempts" not in log.error_message
+
+
+@responses.activate
+def test_a_rate_limit_pause_keeps_the_broker_s_reason_and_says_what_happens_next(alpaca, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # run the step by hand and watch what it records
+    fails(responses, 429, 1, headers={"Retry-After": "300"})
+    from sync import tasks
+
+    with pytest.raises(tasks.StepWaits) as waits:
+        tasks.sync_connection.run(connection_id=alpaca.pk)
+    assert waits.value.pauses == 1 and waits.value.failures == 0 and waits.value.countdown == 300
+    alpaca.refresh_from_db()
+    assert alpaca.last_sync_error == (
+        "Alpaca asked us to slow down (HTTP 429). The sync pauses and continues automatically in about 5 min."
+    )
+    assert alpaca.status == "SYNCING" and alpaca.next_attempt_reason == "rate_limit"
+    # The task holds the lock for the whole wait plus one TTL before it goes.
+    assert locks.redis_client().ttl(locks.lock_key(alpaca.pk)) > 300
+
+
+def test_an_interrupted_run_counts_what_it_really_imported(trader):
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
+    )
+    started = timezone.now() - timedelta(hours=1)
+    log = SyncLog.objects.create(connection=connection, started_at=started, task_id="dead-run")
+    account = connection.accounts.create(external_id="DEMO-FUT-1", name="f")
+    for i in range(3):
+        Trade.objects.create(
+            account=account,
+            broker_trade_id=f"t{i}",
+            symbol="ES",
+            side="BUY",
+            quantity=1,
+            price=1,
+            executed_at=started,
+            imported_at=started + timedelta(minutes=1),
+        )
+    BrokerConnection.objects.filter(pk=connection.pk).update(status="SYNCING", last_sync_error="old words")
+    assert housekeeping.close_interrupted_runs() == 1
+    log.refresh_from_db()
+    assert log.status == SyncLog.Status.INTERRUPTED and log.trades_imported == 3
+    assert log.detail == {"DEMO-FUT-1": {"imported": 3, "skipped": 0}}
+    connection.refresh_from_db()
+    # An error message from before says nothing about whether the connection works: the last finished run does.
+    assert connection.status == "CONNECTED"
+
+
+def test_a_short_lived_token_is_renewed_at_half_its_life_not_at_every_use():
+    issued = timezone.now()
+    token = AuthResult(token="t", issued_at=issued, expires_at=issued + timedelta(minutes=8))
+    margin = token.renew_margin(timedelta(minutes=15))
+    assert margin == timedelta(minutes=4)
+    assert not token.expires_within(margin, issued + timedelta(minutes=3))
+    assert token.expires_within(margin, issued + timedelta(minutes=4, seconds=1))
+    long_lived = AuthResult(token="t", issued_at=issued, expires_at=issued + timedelta(minutes=90))
+    assert long_lived.renew_margin(timedelta(minutes=15)) == timedelta(minutes=15)

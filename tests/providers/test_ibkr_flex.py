@@ -412,10 +412,13 @@ def test_unknown_attributes_and_values_are_tolerated_and_options_read():
                 putCall="C",
                 ibExecID="x2",
                 ibCommission="--",
+                currency="EUR",
+                fxRateToBase="1.0842",
             ),
         )
     ).trades["U1111111"]
     assert future_thing.asset_class == "NEWCLASS" and future_thing.raw["brandNewField"] == "42"
+    assert future_thing.fx_rate_to_base is None and option.fx_rate_to_base == Decimal("1.0842")
     assert (option.multiplier, option.strike, option.expiry, option.option_right, option.fees) == (
         Decimal(100),
         Decimal(250),

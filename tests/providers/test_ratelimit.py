@@ -461,3 +461,17 @@ def test_many_processes_never_exceed_the_limit_in_any_window(tmp_path):
     assert len(grants) <= limit * (duration / window + 1)
     assert sum(r["refusals"] for r in results) > 0
     assert sum(1 for r in results if r["grants"]) >= 3
+
+
+def test_a_run_meeting_a_block_later_hears_the_broker_s_reason_not_just_pacing(client):
+    limiter = RateLimiter(client, {"tradovate": (RateLimit("requests", 100, 60.0),)}, max_sleep_s=0.1)
+    limiter.block("tradovate", 30, reason="Tradovate asked for a captcha.")
+    with pytest.raises(BrokerRateLimitError) as info:
+        limiter.acquire("tradovate", display_name="Tradovate")
+    assert info.value.message == "Tradovate asked for a captcha." and info.value.retry_after > 25
+    client.delete("rl:block:tradovate", "rl:reason:tradovate")
+    limiter = RateLimiter(client, {"tradovate": (RateLimit("requests", 1, 60.0),)}, max_sleep_s=0.1)
+    limiter.acquire("tradovate")
+    with pytest.raises(BrokerRateLimitError) as info:
+        limiter.acquire("tradovate", display_name="Tradovate")
+    assert info.value.message == "We are pacing requests to Tradovate to stay within its limits."
