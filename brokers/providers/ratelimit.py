@@ -123,6 +123,11 @@ def _table(where: str, values) -> dict:
     return values
 
 
+def capped_wait(seconds: float) -> float:
+    """A wait a broker asked for, between 0 and BROKER_RETRY_AFTER_MAX_S seconds."""
+    return min(max(0.0, float(seconds)), settings.BROKER_RETRY_AFTER_MAX_S)
+
+
 def scope_for(secret_or_id: str) -> str:
     """A stable, non-reversible name for a credential, fit for a Redis key."""
     return hashlib.sha256(secret_or_id.encode()).hexdigest()[:16]
@@ -198,7 +203,7 @@ class RateLimiter:
         reason is what the broker said, in a trader's words; runs that meet the block repeat it.
         """
         suffix = f":{scope}" if scope else ""
-        seconds = max(0.0, float(seconds))
+        seconds = capped_wait(seconds)
         self._block(keys=[f"rl:block:{broker}{suffix}"], args=[seconds])
         if reason:
             self.client.set(f"rl:reason:{broker}{suffix}", reason, px=math.ceil(seconds * 1000) + 1000)
