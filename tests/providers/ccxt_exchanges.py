@@ -1,0 +1,353 @@
+"""Exchanges answering in their documented formats, for the ccxt family's tests (mocked with `responses`).
+
+Each fake holds a list of fills and answers the trade-history request from the query the
+exchange documents (Kraken `end` in seconds, newest first, 50 a page; Binance `endTime`,
+oldest first from the end of the window, per symbol; OKX `end`, newest first, 100 a page).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import datetime
+from urllib.parse import parse_qs, urlparse
+
+import responses
+
+from tests.providers.contract import SECRET_MARK, SINCE, UNTIL
+
+API_KEY = f"key-{SECRET_MARK}"
+# Kraken and OKX sign with the secret; Kraken's is base64, so the mark is inside the decoded text.
+SECRET = base64.b64encode(f"secret-{SECRET_MARK}-0123456789abcdef".encode()).decode()
+PASSPHRASE = f"pass-{SECRET_MARK}"
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def spread(n: int, start: datetime = SINCE, end: datetime = UNTIL) -> list[int]:
+    """n fill times in ms, evenly inside (start, end)."""
+    step = (ms(end) - ms(start)) // (n + 1)
+    return [ms(start) + step * (i + 1) for i in range(n)]
+
+
+def query(request) -> dict[str, str]:
+    source = request.body if request.method == "POST" and request.body else urlparse(request.url).query
+    if isinstance(source, bytes):
+        source = source.decode()
+    return {k: v[0] for k, v in parse_qs(source).items()}
+
+
+class Kraken:
+    base = "https://api.kraken.com/0"
+    page_size = 50
+
+    def __init__(self, fills_ms: list[int]):
+        self.fills = [
+            {
+                "ordertxid": f"OQCLML-BW3P3-{i:06d}",
+                "postxid": "TKH2SE-M7IF5-CFI7LT",
+                "pair": "XXBTZUSD",
+                "time": t / 1000,
+                "type": "buy" if i % 2 == 0 else "sell",
+                "ordertype": "limit",
+                "price": "30010.10000",
+                "cost": "600.20200",
+                "fee": "0.96032",
+                "vol": "0.02000000",
+                "margin": "0.00000",
+                "misc": "",
+                "trade_id": 40274859 + i,
+                "maker": i % 3 == 0,
+            }
+            for i, t in enumerate(fills_ms)
+        ]
+
+    def stub_markets(self, rsps):
+        rsps.get(
+            f"{self.base}/public/AssetPairs",
+            json={
+                "error": [],
+                "result": {
+                    "XXBTZUSD": {
+                        "altname": "XBTUSD",
+                        "wsname": "XBT/USD",
+                        "aclass_base": "currency",
+                        "base": "XXBT",
+                        "aclass_quote": "currency",
+                        "quote": "ZUSD",
+                        "lot": "unit",
+                        "cost_decimals": 5,
+                        "pair_decimals": 1,
+                        "lot_decimals": 8,
+                        "lot_multiplier": 1,
+                        "leverage_buy": [2, 3, 4, 5],
+                        "leverage_sell": [2, 3, 4, 5],
+                        "fees": [[0, 0.26], [50000, 0.24]],
+                        "fees_maker": [[0, 0.16], [50000, 0.14]],
+                        "fee_volume_currency": "ZUSD",
+                        "margin_call": 80,
+                        "margin_stop": 40,
+                        "ordermin": "0.0001",
+                        "costmin": "0.5",
+                        "tick_size": "0.1",
+                        "status": "online",
+                    }
+                },
+            },
+        )
+
+    def stub_balance(self, rsps, **answer):
+        held = {"ZUSD": {"balance": "25435.21", "hold_trade": "8249.76"}, "XXBT": {"balance": "1.2435", "hold_trade": "0"}}
+        rsps.post(f"{self.base}/private/BalanceEx", **(answer or {"json": {"error": [], "result": held}}))
+
+    def stub_trades(self, rsps):
+        def answer(request):
+            end_s = float(query(request).get("end", "1e12"))
+            older = sorted((f for f in self.fills if f["time"] <= end_s), key=lambda f: f["time"], reverse=True)
+            page = older[: self.page_size]
+            trades = {f"T{f['trade_id']}-KRAKN-{f['trade_id']:06d}": f for f in page}
+            return 200, {}, json.dumps({"error": [], "result": {"trades": trades, "count": len(older)}})
+
+        rsps.add_callback(responses.POST, f"{self.base}/private/TradesHistory", callback=answer)
+
+    def refused(self):
+        return {"json": {"error": ["EAPI:Invalid key"], "result": {}}}
+
+    def rate_limited(self):
+        return {"json": {"error": ["EAPI:Rate limit exceeded"]}}
+
+    def maintenance(self):
+        return {"json": {"error": ["EService:Unavailable"]}}
+
+    def server_error(self):
+        return {"status": 500, "body": "<html><body>500 Internal Server Error</body></html>"}
+
+
+class Binance:
+    base = "https://api.binance.com/api/v3"
+
+    def __init__(self, fills_ms: list[int], symbols=("BTCUSDT", "ETHUSDT")):
+        self.symbols = symbols
+        self.fills = {
+            symbol: [
+                {
+                    "symbol": symbol,
+                    "id": 28457 + i,  # numbered per symbol, as Binance does
+                    "orderId": 100234 + i,
+                    "orderListId": -1,
+                    "price": "4.00000100",
+                    "qty": "12.00000000",
+                    "quoteQty": "48.000012",
+                    "commission": "10.10000000",
+                    "commissionAsset": "BNB",
+                    "time": t,
+                    "isBuyer": i % 2 == 0,
+                    "isMaker": False,
+                    "isBestMatch": True,
+                }
+                for i, t in enumerate(fills_ms)
+            ]
+            for symbol in symbols
+        }
+
+    @staticmethod
+    def market(symbol, base, quote):
+        return {
+            "symbol": symbol,
+            "status": "TRADING",
+            "baseAsset": base,
+            "baseAssetPrecision": 8,
+            "quoteAsset": quote,
+            "quotePrecision": 8,
+            "quoteAssetPrecision": 8,
+            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
+            "icebergAllowed": True,
+            "ocoAllowed": True,
+            "isSpotTradingAllowed": True,
+            "isMarginTradingAllowed": True,
+            "filters": [
+                {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000.00", "tickSize": "0.01"},
+                {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000.00", "stepSize": "0.00001"},
+            ],
+            "permissions": [],
+            "permissionSets": [["SPOT", "MARGIN"]],
+            "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+            "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+        }
+
+    def stub_markets(self, rsps):
+        symbols = [
+            self.market("BTCUSDT", "BTC", "USDT"),
+            self.market("ETHUSDT", "ETH", "USDT"),
+            self.market("SOLUSDT", "SOL", "USDT"),
+        ]
+        rsps.get(f"{self.base}/exchangeInfo", json={"timezone": "UTC", "serverTime": 1, "symbols": symbols})
+        # With an API key, ccxt also reads which pairs allow (cross and isolated) margin.
+        margin = [{"base": "BTC", "id": 351637150141315861, "isBuyAllowed": True, "isMarginTrade": True,
+                   "isSellAllowed": True, "quote": "USDT", "symbol": "BTCUSDT"}]
+        rsps.get("https://api.binance.com/sapi/v1/margin/allPairs", json=margin)
+        rsps.get("https://api.binance.com/sapi/v1/margin/isolated/allPairs", json=[])
+        rsps.get("https://fapi.binance.com/fapi/v1/exchangeInfo", json={"timezone": "UTC", "symbols": []})
+        rsps.get("https://dapi.binance.com/dapi/v1/exchangeInfo", json={"timezone": "UTC", "symbols": []})
+
+    def stub_balance(self, rsps, **answer):
+        balances = [
+            {"asset": "BTC", "free": "0.50000000", "locked": "0.00000000"},
+            {"asset": "ETH", "free": "0.00000000", "locked": "2.00000000"},
+            {"asset": "USDT", "free": "1000.00000000", "locked": "0.00000000"},
+            {"asset": "SOL", "free": "0.00000000", "locked": "0.00000000"},
+        ]
+        payload = {
+            "makerCommission": 10,
+            "takerCommission": 10,
+            "canTrade": True,
+            "canWithdraw": True,
+            "canDeposit": True,
+            "updateTime": 123456789,
+            "accountType": "SPOT",
+            "balances": balances,
+            "permissions": ["SPOT"],
+        }
+        rsps.get(f"{self.base}/account", **(answer or {"json": payload}))
+
+    def stub_trades(self, rsps):
+        def answer(request):
+            q = query(request)
+            limit = int(q.get("limit", 500))
+            end = int(q.get("endTime", 10**15))
+            window = [f for f in self.fills[q["symbol"]] if f["time"] <= end]
+            # With an end time alone, Binance answers the last `limit` fills before it, oldest first.
+            return 200, {}, json.dumps(window[-limit:])
+
+        rsps.add_callback(responses.GET, f"{self.base}/myTrades", callback=answer)
+
+    def refused(self):
+        return {"status": 401, "json": {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}}
+
+    def rate_limited(self):
+        return {"status": 429, "json": {"code": -1003, "msg": "Too many requests."}, "headers": {"Retry-After": "120"}}
+
+    def maintenance(self):
+        return {"status": 503, "json": {"code": -1008, "msg": "Server is currently overloaded."}}
+
+    def server_error(self):
+        return {"status": 500, "body": "Internal Server Error"}
+
+
+class Okx:
+    base = "https://www.okx.com/api/v5"
+    page_size = 100
+
+    def __init__(self, fills_ms: list[int]):
+        self.fills = [
+            {
+                "side": "buy" if i % 2 == 0 else "sell",
+                "fillSz": "0.00192834",
+                "fillPx": "51858",
+                "fillPxVol": "",
+                "fillFwdPx": "",
+                "fee": "-0.00000192834",
+                "fillPnl": "0",
+                "ordId": f"6808000197499{i:05d}",
+                "feeRate": "-0.001",
+                "instType": "SPOT",
+                "fillPxUsd": "",
+                "instId": "BTC-USDT",
+                "clOrdId": "",
+                "posSide": "net",
+                "billId": f"6808000197540{i:05d}",
+                "subType": "1",
+                "fillMarkVol": "",
+                "tag": "",
+                "fillTime": str(t),
+                "execType": "T",
+                "fillIdxPx": "",
+                "tradeId": str(744876980 + i),
+                "fillMarkPx": "",
+                "feeCcy": "BTC",
+                "ts": str(t + 1),
+            }
+            for i, t in enumerate(fills_ms)
+        ]
+
+    def stub_markets(self, rsps):
+        spot = {
+            "alias": "",
+            "baseCcy": "BTC",
+            "category": "1",
+            "ctMult": "",
+            "ctType": "",
+            "ctVal": "",
+            "ctValCcy": "",
+            "expTime": "",
+            "instFamily": "",
+            "instId": "BTC-USDT",
+            "instType": "SPOT",
+            "lever": "10",
+            "listTime": "1606468572000",
+            "lotSz": "0.00000001",
+            "maxIcebergSz": "9999999999.0000000000000000",
+            "maxLmtAmt": "1000000",
+            "maxLmtSz": "9999999999",
+            "maxMktAmt": "1000000",
+            "maxMktSz": "",
+            "maxStopSz": "",
+            "maxTriggerSz": "9999999999.0000000000000000",
+            "maxTwapSz": "9999999999.0000000000000000",
+            "minSz": "0.00001",
+            "optType": "",
+            "quoteCcy": "USDT",
+            "settleCcy": "",
+            "state": "live",
+            "stk": "",
+            "tickSz": "0.1",
+            "uly": "",
+        }
+
+        def answer(request):
+            kind = query(request)["instType"]
+            return 200, {}, json.dumps({"code": "0", "msg": "", "data": [spot] if kind == "SPOT" else []})
+
+        rsps.add_callback(responses.GET, re.compile(rf"{re.escape(self.base)}/public/instruments\b.*"), callback=answer)
+
+    def stub_balance(self, rsps, **answer):
+        payload = {
+            "code": "0",
+            "msg": "",
+            "data": [
+                {
+                    "adjEq": "",
+                    "details": [
+                        {"availBal": "1", "availEq": "1", "cashBal": "1", "ccy": "USDT", "eq": "1", "frozenBal": "0"},
+                        {"availBal": "0.1", "availEq": "0.1", "cashBal": "0.1", "ccy": "BTC", "eq": "0.1", "frozenBal": "0"},
+                    ],
+                    "totalEq": "5000",
+                    "uTime": "1705474164160",
+                }
+            ],
+        }
+        rsps.get(f"{self.base}/account/balance", **(answer or {"json": payload}))
+
+    def stub_trades(self, rsps):
+        def answer(request):
+            q = query(request)
+            end = int(q.get("end", 10**15))
+            older = sorted((f for f in self.fills if int(f["ts"]) <= end), key=lambda f: int(f["ts"]), reverse=True)
+            return 200, {}, json.dumps({"code": "0", "msg": "", "data": older[: self.page_size]})
+
+        rsps.add_callback(responses.GET, re.compile(rf"{re.escape(self.base)}/trade/fills-history\b.*"), callback=answer)
+
+    def refused(self):
+        return {"status": 401, "json": {"msg": "Invalid OK-ACCESS-KEY", "code": "50111"}}
+
+    def rate_limited(self):
+        return {"status": 429, "json": {"msg": "Too Many Requests", "code": "50011"}}
+
+    def maintenance(self):
+        return {"json": {"code": "50001", "msg": "Service temporarily unavailable. Please try again later.", "data": []}}
+
+    def server_error(self):
+        return {"status": 500, "json": {"code": "50000", "msg": "System error"}}
