@@ -53,8 +53,7 @@ def _field(name: str, exchange: str) -> CredentialField:
         "apiKey": (
             "API key",
             True,
-            f"{where} balances and trade history. The journal never trades or withdraws: "
-            "leave those permissions off.",
+            f"{where} balances and trade history. The journal never trades or withdraws: leave those permissions off.",
         ),
         "secret": ("API secret", True, "Shown once, next to the API key, when you create it."),
         "password": (

@@ -128,7 +128,9 @@ def call(provider_key: str, name: str, scope: str, fn: Callable[..., T], *args: 
             provider=provider_key,
         ) from None
     except ccxt.BadResponse:
-        raise BrokerAPIError(f"{name} sent an answer we could not read.", provider=provider_key, transient=True) from None
+        raise BrokerAPIError(
+            f"{name} sent an answer we could not read.", provider=provider_key, transient=True
+        ) from None
     except ccxt.BaseError as exc:
         raise BrokerAPIError(
             f"{name} rejected a request ({type(exc).__name__}). Retrying will not help — please report it.",
@@ -136,4 +138,6 @@ def call(provider_key: str, name: str, scope: str, fn: Callable[..., T], *args: 
         ) from None
     except (KeyError, IndexError, TypeError, ValueError):
         # ccxt's parsers meeting a body that is not the documented shape (a half answer, HTML).
-        raise BrokerAPIError(f"{name} sent an answer we could not read.", provider=provider_key, transient=True) from None
+        raise BrokerAPIError(
+            f"{name} sent an answer we could not read.", provider=provider_key, transient=True
+        ) from None

@@ -100,7 +100,10 @@ class Kraken:
         )
 
     def stub_balance(self, rsps, **answer):
-        held = {"ZUSD": {"balance": "25435.21", "hold_trade": "8249.76"}, "XXBT": {"balance": "1.2435", "hold_trade": "0"}}
+        held = {
+            "ZUSD": {"balance": "25435.21", "hold_trade": "8249.76"},
+            "XXBT": {"balance": "1.2435", "hold_trade": "0"},
+        }
         rsps.post(f"{self.base}/private/BalanceEx", **(answer or {"json": {"error": [], "result": held}}))
 
     def stub_trades(self, rsps):
@@ -186,8 +189,17 @@ class Binance:
         ]
         rsps.get(f"{self.base}/exchangeInfo", json={"timezone": "UTC", "serverTime": 1, "symbols": symbols})
         # With an API key, ccxt also reads which pairs allow (cross and isolated) margin.
-        margin = [{"base": "BTC", "id": 351637150141315861, "isBuyAllowed": True, "isMarginTrade": True,
-                   "isSellAllowed": True, "quote": "USDT", "symbol": "BTCUSDT"}]
+        margin = [
+            {
+                "base": "BTC",
+                "id": 351637150141315861,
+                "isBuyAllowed": True,
+                "isMarginTrade": True,
+                "isSellAllowed": True,
+                "quote": "USDT",
+                "symbol": "BTCUSDT",
+            }
+        ]
         rsps.get("https://api.binance.com/sapi/v1/margin/allPairs", json=margin)
         rsps.get("https://api.binance.com/sapi/v1/margin/isolated/allPairs", json=[])
         rsps.get("https://fapi.binance.com/fapi/v1/exchangeInfo", json={"timezone": "UTC", "symbols": []})
@@ -322,7 +334,14 @@ class Okx:
                     "adjEq": "",
                     "details": [
                         {"availBal": "1", "availEq": "1", "cashBal": "1", "ccy": "USDT", "eq": "1", "frozenBal": "0"},
-                        {"availBal": "0.1", "availEq": "0.1", "cashBal": "0.1", "ccy": "BTC", "eq": "0.1", "frozenBal": "0"},
+                        {
+                            "availBal": "0.1",
+                            "availEq": "0.1",
+                            "cashBal": "0.1",
+                            "ccy": "BTC",
+                            "eq": "0.1",
+                            "frozenBal": "0",
+                        },
                     ],
                     "totalEq": "5000",
                     "uTime": "1705474164160",
@@ -338,7 +357,9 @@ class Okx:
             older = sorted((f for f in self.fills if int(f["ts"]) <= end), key=lambda f: int(f["ts"]), reverse=True)
             return 200, {}, json.dumps({"code": "0", "msg": "", "data": older[: self.page_size]})
 
-        rsps.add_callback(responses.GET, re.compile(rf"{re.escape(self.base)}/trade/fills-history\b.*"), callback=answer)
+        rsps.add_callback(
+            responses.GET, re.compile(rf"{re.escape(self.base)}/trade/fills-history\b.*"), callback=answer
+        )
 
     def refused(self):
         return {"status": 401, "json": {"msg": "Invalid OK-ACCESS-KEY", "code": "50111"}}
@@ -347,7 +368,9 @@ class Okx:
         return {"status": 429, "json": {"msg": "Too Many Requests", "code": "50011"}}
 
     def maintenance(self):
-        return {"json": {"code": "50001", "msg": "Service temporarily unavailable. Please try again later.", "data": []}}
+        return {
+            "json": {"code": "50001", "msg": "Service temporarily unavailable. Please try again later.", "data": []}
+        }
 
     def server_error(self):
         return {"status": 500, "json": {"code": "50000", "msg": "System error"}}

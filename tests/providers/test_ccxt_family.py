@@ -114,7 +114,9 @@ class CcxtContract(ProviderContract):
         self.stub_accounts(rsps)
         provider.get_accounts(self.auth())
         assert {c.request.headers["User-Agent"] for c in rsps.calls} == {settings.BROKER_HTTP_USER_AGENT}
-        booked = redis.Redis.from_url(settings.REDIS_URL).zcard(f"rl:{self.provider_key}:requests:{self.limiter_scope()}")
+        booked = redis.Redis.from_url(settings.REDIS_URL).zcard(
+            f"rl:{self.provider_key}:requests:{self.limiter_scope()}"
+        )
         # Every request took at least one slot; costs above one took more.
         assert booked >= len(rsps.calls) > 0
 
@@ -156,8 +158,14 @@ def test_kraken_fills_are_exact_with_fee_currency_side_and_utc(rsps):
     fake.stub_markets(rsps)
     fake.stub_trades(rsps)
     provider = get_broker_provider("ccxt_kraken")
-    trades = list(provider.get_trades(AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET})),
-                                      BrokerAccountInfo("spot", "spot"), SINCE, UNTIL))
+    trades = list(
+        provider.get_trades(
+            AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET})),
+            BrokerAccountInfo("spot", "spot"),
+            SINCE,
+            UNTIL,
+        )
+    )
     newest = trades[0]
     raw = fake.fills[-1]
     assert newest.symbol == "BTC/USD" and newest.currency == "USD" and newest.asset_class == "CRYPTO"
