@@ -6,22 +6,28 @@ requiredCredentials), environments (a sandbox where ccxt knows a test URL) and l
 Requests go through our HTTP layer and limiter (ccxt_transport). Markets are public and
 large, so they are cached in Redis per exchange for every worker, not fetched per sync.
 One BrokerAccount per market type (spot, swap, future) the exchange lists.
+
+The declarations come from ccxt_exchanges.json, which `manage.py ccxt_catalog --write`
+generates from the installed ccxt (a test checks they agree): importing ccxt and building
+95 clients costs every process about a second, so ccxt is imported only when a ccxt
+connection syncs.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, ClassVar
 
-import ccxt
 from django.conf import settings
 from django.core.cache import cache
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.ccxt_transport import SILENT_LOGGER, SessionThroughBrokerHTTP, call
+from brokers.providers.ccxt_transport import SILENT_LOGGER, SessionThroughBrokerHTTP, call, lists_per_market_only
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.registry import register
@@ -42,8 +48,7 @@ MARKETS_TTL_S = 6 * 3600
 ACCOUNT_TYPES = ("spot", "swap", "future")
 ACCOUNT_LABELS = {"spot": "spot", "swap": "perpetuals", "future": "futures"}
 ASSET_CLASSES = {"spot": "CRYPTO", "margin": "CRYPTO", "swap": "PERP", "future": "FUT"}
-# ccxt's names where ours would confuse: the journal has its own Alpaca (stocks) provider.
-DISPLAY_NAMES = {"alpaca": "Alpaca Crypto"}
+CATALOG_FILE = Path(__file__).with_name("ccxt_exchanges.json")
 
 
 def _field(name: str, exchange: str) -> CredentialField:
@@ -119,7 +124,7 @@ class CcxtProvider(BrokerProvider):
         since_ms, until_ms = _ms(since), _ms(until)
         try:
             yield from self._pages(exchange, account, None, since_ms, until_ms, params)
-        except ccxt.ArgumentsRequired:
+        except lists_per_market_only():
             # The exchange lists trades per market only (Binance): ask per market the account holds.
             for symbol in self._held_markets(exchange, market_type, params):
                 yield from self._pages(exchange, account, symbol, since_ms, until_ms, params)
@@ -196,7 +201,7 @@ class CcxtProvider(BrokerProvider):
     # --- the ccxt client -------------------------------------------------------------------------
     def _exchange(self, keys: Mapping[str, str]):
         session = SessionThroughBrokerHTTP(self.http, self._scope(keys))
-        exchange = getattr(ccxt, self.exchange_id)(
+        exchange = getattr(importlib.import_module("ccxt"), self.exchange_id)(
             {
                 **keys,
                 "session": session,
@@ -282,27 +287,20 @@ def _pointed_at(urls, base: str):
     return urls
 
 
-def provider_for(exchange_id: str) -> type[CcxtProvider]:
-    """The provider class for one ccxt exchange, with its declarations read from ccxt."""
-    exchange = getattr(ccxt, exchange_id)()
-    name = DISPLAY_NAMES.get(exchange_id, exchange.name)
-    required = [n for n, needed in exchange.requiredCredentials.items() if needed]
+def provider_for(exchange_id: str, entry: Mapping[str, Any]) -> type[CcxtProvider]:
+    """The provider class for one ccxt exchange, from its catalog entry."""
     attrs = {
         "__module__": __name__,
-        "__doc__": f"{name} through ccxt.",
+        "__doc__": f"{entry['name']} through ccxt.",
         "key": f"ccxt_{exchange_id}",
-        "display_name": name,
+        "display_name": entry["name"],
         "exchange_id": exchange_id,
-        "rate_limit_ms": float(exchange.rateLimit),
-        "credential_fields": tuple(_field(n, name) for n in required),
-        "environments": (("live", "Live"), ("sandbox", "Sandbox")) if exchange.urls.get("test") else (),
+        "rate_limit_ms": float(entry["rate_limit_ms"]),
+        "credential_fields": tuple(_field(n, entry["name"]) for n in entry["credentials"]),
+        "environments": (("live", "Live"), ("sandbox", "Sandbox")) if entry["sandbox"] else (),
     }
     return type(f"Ccxt_{exchange_id}_Provider", (CcxtProvider,), attrs)
 
 
-def exchanges_with_trade_history() -> list[str]:
-    """ccxt exchange ids whose client can list the trader's own trades (fetchMyTrades)."""
-    return [eid for eid in ccxt.exchanges if getattr(ccxt, eid)().has.get("fetchMyTrades")]
-
-
-FAMILY = {eid: register(provider_for(eid)) for eid in exchanges_with_trade_history()}
+CATALOG: dict[str, dict[str, Any]] = json.loads(CATALOG_FILE.read_text())
+FAMILY = {eid: register(provider_for(eid, entry)) for eid, entry in CATALOG.items()}

@@ -9,12 +9,12 @@ limiter books that many slots for the key on every worker instead of ccxt sleepi
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import ccxt
 import requests
 
 from brokers.providers.errors import (
@@ -84,12 +84,18 @@ class SessionThroughBrokerHTTP:
         """Nothing to close: BrokerHTTP's session outlives one ccxt client."""
 
 
+def lists_per_market_only() -> type[Exception]:
+    """ccxt's "this exchange needs a symbol" error (ccxt is imported only once a ccxt connection syncs)."""
+    return importlib.import_module("ccxt").ArgumentsRequired
+
+
 def call(provider_key: str, name: str, scope: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run one ccxt method; its exceptions become our error tree, with our words and no secret.
 
     ccxt's messages hold URLs and response bodies, so they are never passed on. ArgumentsRequired
     passes through unchanged: it means "ask per market", and the caller switches to that.
     """
+    ccxt = importlib.import_module("ccxt")
     try:
         return fn(*args, **kwargs)
     except (BrokerError, ccxt.ArgumentsRequired):

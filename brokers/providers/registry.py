@@ -54,7 +54,8 @@ def get_provider_class(broker_type: str) -> type[BrokerProvider]:
         return classes[broker_type]
     except KeyError:
         raise BrokerConfigurationError(
-            f"Unknown broker type {broker_type!r}. Known types: {', '.join(classes)}."
+            f"Unknown broker type {broker_type!r}. The {len(classes)} known types are listed by "
+            "/api/providers/ and manage.py list_providers."
         ) from None
 
 

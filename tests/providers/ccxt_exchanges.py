@@ -249,79 +249,99 @@ class Binance:
         return {"status": 500, "body": "Internal Server Error"}
 
 
+def okx_fill(i: int, t_ms: int, inst_id: str = "BTC-USDT", inst_type: str = "SPOT") -> dict:
+    """One fill of OKX's GET /api/v5/trade/fills-history; fees are negative when charged."""
+    return {
+        "side": "buy" if i % 2 == 0 else "sell",
+        "fillSz": "0.00192834" if inst_type == "SPOT" else "3",
+        "fillPx": "51858",
+        "fillPxVol": "",
+        "fillFwdPx": "",
+        "fee": "-0.00000192834" if inst_type == "SPOT" else "-0.0155574",
+        "fillPnl": "0",
+        "ordId": f"6808000197499{i:05d}",
+        "feeRate": "-0.001",
+        "instType": inst_type,
+        "fillPxUsd": "",
+        "instId": inst_id,
+        "clOrdId": "",
+        "posSide": "net",
+        "billId": f"6808000197540{i:05d}",
+        "subType": "1",
+        "fillMarkVol": "",
+        "tag": "",
+        "fillTime": str(t_ms),
+        "execType": "T",
+        "fillIdxPx": "",
+        "tradeId": str(744876980 + i),
+        "fillMarkPx": "",
+        "feeCcy": "BTC" if inst_type == "SPOT" else "USDT",
+        "ts": str(t_ms + 1),
+    }
+
+
+OKX_SPOT = {
+    "alias": "",
+    "baseCcy": "BTC",
+    "category": "1",
+    "ctMult": "",
+    "ctType": "",
+    "ctVal": "",
+    "ctValCcy": "",
+    "expTime": "",
+    "instFamily": "",
+    "instId": "BTC-USDT",
+    "instType": "SPOT",
+    "lever": "10",
+    "listTime": "1606468572000",
+    "lotSz": "0.00000001",
+    "maxIcebergSz": "9999999999.0000000000000000",
+    "maxLmtAmt": "1000000",
+    "maxLmtSz": "9999999999",
+    "maxMktAmt": "1000000",
+    "maxMktSz": "",
+    "maxStopSz": "",
+    "maxTriggerSz": "9999999999.0000000000000000",
+    "maxTwapSz": "9999999999.0000000000000000",
+    "minSz": "0.00001",
+    "optType": "",
+    "quoteCcy": "USDT",
+    "settleCcy": "",
+    "state": "live",
+    "stk": "",
+    "tickSz": "0.1",
+    "uly": "",
+}
+OKX_SWAP = {
+    **OKX_SPOT,
+    "baseCcy": "",
+    "quoteCcy": "",
+    "instId": "BTC-USDT-SWAP",
+    "instType": "SWAP",
+    "instFamily": "BTC-USDT",
+    "uly": "BTC-USDT",
+    "settleCcy": "USDT",
+    "ctVal": "0.01",
+    "ctMult": "1",
+    "ctValCcy": "BTC",
+    "ctType": "linear",
+    "lever": "100",
+    "lotSz": "1",
+    "minSz": "1",
+}
+
+
 class Okx:
     base = "https://www.okx.com/api/v5"
     page_size = 100
 
     def __init__(self, fills_ms: list[int]):
-        self.fills = [
-            {
-                "side": "buy" if i % 2 == 0 else "sell",
-                "fillSz": "0.00192834",
-                "fillPx": "51858",
-                "fillPxVol": "",
-                "fillFwdPx": "",
-                "fee": "-0.00000192834",
-                "fillPnl": "0",
-                "ordId": f"6808000197499{i:05d}",
-                "feeRate": "-0.001",
-                "instType": "SPOT",
-                "fillPxUsd": "",
-                "instId": "BTC-USDT",
-                "clOrdId": "",
-                "posSide": "net",
-                "billId": f"6808000197540{i:05d}",
-                "subType": "1",
-                "fillMarkVol": "",
-                "tag": "",
-                "fillTime": str(t),
-                "execType": "T",
-                "fillIdxPx": "",
-                "tradeId": str(744876980 + i),
-                "fillMarkPx": "",
-                "feeCcy": "BTC",
-                "ts": str(t + 1),
-            }
-            for i, t in enumerate(fills_ms)
-        ]
+        self.fills = [okx_fill(i, t) for i, t in enumerate(fills_ms)]
 
     def stub_markets(self, rsps):
-        spot = {
-            "alias": "",
-            "baseCcy": "BTC",
-            "category": "1",
-            "ctMult": "",
-            "ctType": "",
-            "ctVal": "",
-            "ctValCcy": "",
-            "expTime": "",
-            "instFamily": "",
-            "instId": "BTC-USDT",
-            "instType": "SPOT",
-            "lever": "10",
-            "listTime": "1606468572000",
-            "lotSz": "0.00000001",
-            "maxIcebergSz": "9999999999.0000000000000000",
-            "maxLmtAmt": "1000000",
-            "maxLmtSz": "9999999999",
-            "maxMktAmt": "1000000",
-            "maxMktSz": "",
-            "maxStopSz": "",
-            "maxTriggerSz": "9999999999.0000000000000000",
-            "maxTwapSz": "9999999999.0000000000000000",
-            "minSz": "0.00001",
-            "optType": "",
-            "quoteCcy": "USDT",
-            "settleCcy": "",
-            "state": "live",
-            "stk": "",
-            "tickSz": "0.1",
-            "uly": "",
-        }
-
         def answer(request):
             kind = query(request)["instType"]
-            return 200, {}, json.dumps({"code": "0", "msg": "", "data": [spot] if kind == "SPOT" else []})
+            return 200, {}, json.dumps({"code": "0", "msg": "", "data": [OKX_SPOT] if kind == "SPOT" else []})
 
         rsps.add_callback(responses.GET, re.compile(rf"{re.escape(self.base)}/public/instruments\b.*"), callback=answer)
 

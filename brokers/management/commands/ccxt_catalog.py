@@ -1,4 +1,4 @@
-"""Write the ccxt family's generated parts: its rate_limits.toml entries and its rows in docs/brokers/ccxt.md."""
+"""Write the ccxt family's generated parts: its catalog, rate_limits.toml entries and docs/brokers/ccxt.md rows."""
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -7,7 +7,7 @@ from brokers.providers import ccxt_catalog
 
 class Command(BaseCommand):
     help = (
-        "Regenerate the ccxt exchanges' limits entries and documentation rows from the installed ccxt "
+        "Regenerate the ccxt exchanges' catalog, limits entries and documentation rows from the installed ccxt "
         "(run after upgrading ccxt). Without --write, only say whether the files are current."
     )
 
@@ -17,11 +17,12 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if options["write"]:
             ccxt_catalog.write()
-            self.stdout.write(f"Wrote {ccxt_catalog.LIMITS_FILE} and {ccxt_catalog.DOC_FILE}.")
+            self.stdout.write(f"Wrote {ccxt_catalog.CATALOG_FILE}, {ccxt_catalog.LIMITS_FILE} and {ccxt_catalog.DOC_FILE}.")
             return
         stale = [
             str(path)
             for path, rendered in (
+                (ccxt_catalog.CATALOG_FILE, ccxt_catalog.rendered_catalog()),
                 (ccxt_catalog.LIMITS_FILE, ccxt_catalog.rendered_limits()),
                 (ccxt_catalog.DOC_FILE, ccxt_catalog.rendered_doc()),
             )
@@ -29,4 +30,4 @@ class Command(BaseCommand):
         ]
         if stale:
             raise CommandError(f"Out of date with the installed ccxt: {', '.join(stale)}. Run with --write.")
-        self.stdout.write("The ccxt limits and documentation rows match the installed ccxt.")
+        self.stdout.write("The ccxt catalog, limits and documentation rows match the installed ccxt.")
