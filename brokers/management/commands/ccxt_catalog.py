@@ -17,7 +17,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if options["write"]:
             ccxt_catalog.write()
-            self.stdout.write(f"Wrote {ccxt_catalog.CATALOG_FILE}, {ccxt_catalog.LIMITS_FILE} and {ccxt_catalog.DOC_FILE}.")
+            written = (ccxt_catalog.CATALOG_FILE, ccxt_catalog.LIMITS_FILE, ccxt_catalog.DOC_FILE)
+            self.stdout.write(f"Wrote {', '.join(str(path) for path in written)}.")
             return
         stale = [
             str(path)
