@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlparse
 
 import responses
@@ -394,3 +394,271 @@ class Okx:
 
     def server_error(self):
         return {"status": 500, "json": {"code": "50000", "msg": "System error"}}
+
+
+class Bybit:
+    base = "https://api.bybit.com/v5"
+    page_size = 50
+
+    def __init__(self, fills_ms: list[int]):
+        self.fills = [
+            {
+                "symbol": "BTCUSDT",
+                "orderType": "Market",
+                "underlyingPrice": "",
+                "orderLinkId": "",
+                "side": "Buy" if i % 2 == 0 else "Sell",
+                "indexPrice": "",
+                "orderId": f"8c065341-7b52-4ca9-ac2c-{i:012d}",
+                "stopOrderType": "UNKNOWN",
+                "leavesQty": "0",
+                "execTime": str(t),
+                "feeCurrency": "USDT",
+                "isMaker": False,
+                "execFee": "0.071409",
+                "feeRate": "0.0006",
+                "execId": f"e0cbe81d-0f18-5866-9415-{i:012d}",
+                "tradeIv": "",
+                "blockTradeId": "",
+                "markPrice": "1183.54",
+                "execPrice": "1183.5",
+                "markIv": "",
+                "orderQty": "0.1",
+                "orderPrice": "1236.9",
+                "execValue": "118.35",
+                "execType": "Trade",
+                "execQty": "0.1",
+                "closedSize": "",
+                "seq": 4688002127 + i,
+            }
+            for i, t in enumerate(fills_ms)
+        ]
+
+    @staticmethod
+    def answer(result, ret_code=0, ret_msg="OK"):
+        return {"retCode": ret_code, "retMsg": ret_msg, "result": result, "retExtInfo": {}, "time": 1672712468011}
+
+    def stub_markets(self, rsps):
+        spot = {
+            "symbol": "BTCUSDT",
+            "baseCoin": "BTC",
+            "quoteCoin": "USDT",
+            "innovation": "0",
+            "status": "Trading",
+            "marginTrading": "both",
+            "stTag": "0",
+            "lotSizeFilter": {
+                "basePrecision": "0.000001",
+                "quotePrecision": "0.00000001",
+                "minOrderQty": "0.000048",
+                "maxOrderQty": "71.73956243",
+                "minOrderAmt": "1",
+                "maxOrderAmt": "2000000",
+            },
+            "priceFilter": {"tickSize": "0.01"},
+            "riskParameters": {"limitParameter": "0.05", "marketParameter": "0.05"},
+        }
+
+        def answer(request):
+            category = query(request)["category"]
+            listed = [spot] if category == "spot" else []
+            return 200, {}, json.dumps(self.answer({"category": category, "list": listed, "nextPageCursor": ""}))
+
+        rsps.add_callback(
+            responses.GET, re.compile(rf"{re.escape(self.base)}/market/instruments-info\b.*"), callback=answer
+        )
+
+    def stub_balance(self, rsps, **answer):
+        coin = {"coin": "BTC", "walletBalance": "0.5", "equity": "0.5", "locked": "0", "usdValue": "30000"}
+        wallet = {"accountType": "UNIFIED", "totalEquity": "30000", "coin": [coin]}
+        rsps.get(
+            re.compile(rf"{re.escape(self.base)}/account/wallet-balance\b.*"),
+            **(answer or {"json": self.answer({"list": [wallet]})}),
+        )
+        # ccxt asks once whether the key's account is a unified one.
+        rsps.get(
+            f"{self.base}/user/query-api",
+            json=self.answer({"id": "13770661", "readOnly": 1, "unified": 1, "uta": 1, "permissions": {}}),
+        )
+        rsps.get(
+            f"{self.base}/account/info", json=self.answer({"unifiedMarginStatus": 5, "marginMode": "REGULAR_MARGIN"})
+        )
+
+    def stub_trades(self, rsps):
+        def answer(request):
+            end = int(query(request).get("endTime", 10**15))
+            older = sorted(
+                (f for f in self.fills if int(f["execTime"]) <= end), key=lambda f: int(f["execTime"]), reverse=True
+            )
+            page = {"category": "spot", "list": older[: self.page_size], "nextPageCursor": ""}
+            return 200, {}, json.dumps(self.answer(page))
+
+        rsps.add_callback(responses.GET, re.compile(rf"{re.escape(self.base)}/execution/list\b.*"), callback=answer)
+
+    def refused(self):
+        return {"status": 401, "json": self.answer({}, 10003, "API key is invalid.")}
+
+    def rate_limited(self):
+        return {"status": 429, "json": self.answer({}, 10006, "Too many visits!"), "headers": {"Retry-After": "90"}}
+
+    def maintenance(self):
+        return {"status": 503, "body": "<html>Service Unavailable</html>"}
+
+    def server_error(self):
+        return {"status": 500, "body": "Internal Server Error"}
+
+
+def coinbase_secret() -> str:
+    """A Coinbase Developer Platform key's secret: an EC private key in PEM (ccxt signs a JWT with it)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+
+
+def _iso(t_ms: int) -> str:
+    return datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Coinbase:
+    base = "https://api.coinbase.com/api/v3/brokerage"
+    page_size = 50
+
+    def __init__(self, fills_ms: list[int]):
+        self.fills = [
+            {
+                "entry_id": f"22222-2222222-{i:08d}",
+                "trade_id": f"1111-11111-{i:06d}",
+                "order_id": f"0000-000000-{i:06d}",
+                "trade_time": _iso(t),
+                "trade_type": "FILL",
+                "price": "10000.00",
+                "size": "0.001",
+                "commission": "1.25",
+                "product_id": "BTC-USD",
+                "sequence_timestamp": _iso(t),
+                "liquidity_indicator": "MAKER",
+                "size_in_quote": False,
+                "user_id": "3333-333333-3333333",
+                "side": "BUY" if i % 2 == 0 else "SELL",
+                "retail_portfolio_id": "4444-444444-4444444",
+            }
+            for i, t in enumerate(fills_ms)
+        ]
+
+    def stub_markets(self, rsps):
+        product = {
+            "product_id": "BTC-USD",
+            "price": "140.21",
+            "price_percentage_change_24h": "9.43%",
+            "volume_24h": "1908432",
+            "volume_percentage_change_24h": "9.43%",
+            "base_increment": "0.00000001",
+            "quote_increment": "0.01",
+            "quote_min_size": "1",
+            "quote_max_size": "1000000",
+            "base_min_size": "0.00000001",
+            "base_max_size": "1000",
+            "base_name": "Bitcoin",
+            "quote_name": "US Dollar",
+            "watched": False,
+            "is_disabled": False,
+            "new": False,
+            "status": "online",
+            "cancel_only": False,
+            "limit_only": False,
+            "post_only": False,
+            "trading_disabled": False,
+            "auction_mode": False,
+            "product_type": "SPOT",
+            "quote_currency_id": "USD",
+            "base_currency_id": "BTC",
+            "fcm_trading_session_details": None,
+            "mid_market_price": "140.22",
+            "alias": "",
+            "alias_to": [],
+            "base_display_symbol": "BTC",
+            "quote_display_symbol": "USD",
+            "view_only": False,
+            "price_increment": "0.01",
+            "display_name": "BTC-USD",
+            "product_venue": "CBE",
+        }
+
+        def answer(request):
+            kind = query(request).get("product_type", "SPOT")
+            listed = [product] if kind == "SPOT" else []
+            return 200, {}, json.dumps({"products": listed, "num_products": len(listed)})
+
+        rsps.add_callback(responses.GET, re.compile(rf"{re.escape(self.base)}/market/products\b.*"), callback=answer)
+        # With a key, ccxt reads the key's fee tier along with the markets.
+        summary = {
+            "total_volume": 1000,
+            "total_fees": 25,
+            "fee_tier": {
+                "pricing_tier": "<$10k",
+                "usd_from": "0",
+                "usd_to": "10,000",
+                "taker_fee_rate": "0.0060",
+                "maker_fee_rate": "0.0040",
+            },
+            "advanced_trade_only_volume": 1000,
+            "advanced_trade_only_fees": 25,
+        }
+        rsps.get(re.compile(rf"{re.escape(self.base)}/transaction_summary\b.*"), json=summary)
+
+    def stub_balance(self, rsps, **answer):
+        # ccxt reads balances from the v2 accounts listing (Coinbase's wallets), one page here.
+        account = {
+            "id": "58542935-67b5-56e1-a3f9-42686e07fa40",
+            "name": "BTC Wallet",
+            "primary": True,
+            "type": "wallet",
+            "currency": {"code": "BTC", "name": "Bitcoin", "color": "#F7931A", "exponent": 8, "type": "crypto"},
+            "balance": {"amount": "1.23000000", "currency": "BTC"},
+            "created_at": "2015-01-31T20:49:02Z",
+            "updated_at": "2015-01-31T20:49:02Z",
+            "resource": "account",
+            "resource_path": "/v2/accounts/58542935-67b5-56e1-a3f9-42686e07fa40",
+            "ready": True,
+        }
+        pagination = {
+            "ending_before": None,
+            "starting_after": None,
+            "limit": 25,
+            "order": "desc",
+            "previous_uri": None,
+            "next_uri": None,
+        }
+        payload = {"pagination": pagination, "data": [account]}
+        rsps.get(re.compile(r"https://api\.coinbase\.com/v2/accounts\b.*"), **(answer or {"json": payload}))
+
+    def stub_trades(self, rsps):
+        def answer(request):
+            end = query(request).get("end_sequence_timestamp")
+            end_ms = int(datetime.fromisoformat(end.replace("Z", "+00:00")).timestamp() * 1000) if end else 10**15
+            older = sorted((f for f in self.fills if _ms_of(f) <= end_ms), key=_ms_of, reverse=True)
+            return 200, {}, json.dumps({"fills": older[: self.page_size], "cursor": ""})
+
+        rsps.add_callback(
+            responses.GET, re.compile(rf"{re.escape(self.base)}/orders/historical/fills\b.*"), callback=answer
+        )
+
+    def refused(self):
+        return {"status": 401, "body": "Unauthorized\n"}
+
+    def rate_limited(self):
+        return {"status": 429, "json": {"error": "RATE_LIMIT_EXCEEDED", "message": "Too many requests"}}
+
+    def maintenance(self):
+        return {"status": 503, "json": {"error": "UNAVAILABLE", "message": "Service unavailable"}}
+
+    def server_error(self):
+        return {"status": 500, "json": {"error": "INTERNAL", "message": "Internal error"}}
+
+
+def _ms_of(fill: dict) -> int:
+    return int(datetime.fromisoformat(fill["trade_time"].replace("Z", "+00:00")).timestamp() * 1000)

@@ -16,7 +16,18 @@ from brokers.providers.errors import BrokerAuthError, BrokerRateLimitError, Brok
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.registry import get_broker_provider, provider_classes
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
-from tests.providers.ccxt_exchanges import API_KEY, PASSPHRASE, SECRET, Binance, Kraken, Okx, spread
+from tests.providers.ccxt_exchanges import (
+    API_KEY,
+    PASSPHRASE,
+    SECRET,
+    Binance,
+    Bybit,
+    Coinbase,
+    Kraken,
+    Okx,
+    coinbase_secret,
+    spread,
+)
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
 
 
@@ -147,6 +158,26 @@ class TestOkx(CcxtContract):
         return {"apiKey": API_KEY, "secret": SECRET, "password": PASSPHRASE}
 
 
+class TestBybit(CcxtContract):
+    provider_key = "ccxt_bybit"
+    environment = "live"
+    fake_class = Bybit
+
+
+class TestCoinbaseAdvanced(CcxtContract):
+    """Coinbase Advanced Trade: a CDP key name and its EC private key; ccxt signs a JWT per request."""
+
+    provider_key = "ccxt_coinbase"
+    fake_class = Coinbase
+    pem = coinbase_secret()
+
+    def keys(self):
+        return {"apiKey": f"organizations/{SECRET_MARK}/apiKeys/k1", "secret": self.pem}
+
+    def limiter_scope(self):
+        return scope_for(self.keys()["apiKey"])
+
+
 @pytest.fixture
 def rsps():
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
@@ -232,3 +263,18 @@ def test_the_family_declares_each_exchange_in_the_trader_s_words():
     assert kraken.display_name == "Kraken" and kraken.environments == ()
     assert dict(binance.environments) == {"live": "Live", "sandbox": "Sandbox"}
     assert sum(key.startswith("ccxt_") for key in classes) == 95
+
+
+def test_pacing_follows_the_endpoint_cost(monkeypatch, rsps):
+    """With the shipped numbers: Kraken's TradesHistory costs 6 in ccxt (6 s at its 1 s pace), so a
+    second page within 10 s would exceed 80 % of that pace and the run pauses instead of sending it."""
+    monkeypatch.setattr(ratelimit.get_limiter(), "limits", ratelimit.load_limits())
+    fake = Kraken(spread(120))
+    fake.stub_markets(rsps)
+    fake.stub_trades(rsps)
+    auth = AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET}))
+    trades = get_broker_provider("ccxt_kraken").get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL)
+    with pytest.raises(BrokerRateLimitError) as info:
+        list(trades)
+    assert sum("TradesHistory" in c.request.url for c in rsps.calls) == 1
+    assert 9 < info.value.retry_after <= 10
