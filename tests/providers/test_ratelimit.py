@@ -59,9 +59,9 @@ PUBLISHED = {
     ("tradovate", "requests"): (200, 60),
     ("tradovate", "hourly"): (5000, 3600),
     ("alpaca", "requests"): (200, 60),
-    # ccxt paces each exchange at one cost unit per rateLimit ms: in limiter slots per 10 s.
+    # ccxt paces each exchange at one cost unit per rateLimit ms: in limiter slots per window.
     **{
-        (provider.key, "requests"): (ccxt_catalog.published_slots(provider), ccxt_catalog.WINDOW_S)
+        (provider.key, "requests"): (ccxt_catalog.published_slots(provider), ccxt_catalog.window_s(provider))
         for provider in ccxt_family.FAMILY.values()
     },
 }
