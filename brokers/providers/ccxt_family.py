@@ -23,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, ClassVar
 
+import structlog
 from django.conf import settings
 from django.core.cache import cache
 
@@ -49,6 +50,7 @@ ACCOUNT_TYPES = ("spot", "swap", "future")
 ACCOUNT_LABELS = {"spot": "spot", "swap": "perpetuals", "future": "futures"}
 ASSET_CLASSES = {"spot": "CRYPTO", "margin": "CRYPTO", "swap": "PERP", "future": "FUT"}
 CATALOG_FILE = Path(__file__).with_name("ccxt_exchanges.json")
+log = structlog.get_logger("brokers.ccxt")
 
 
 def _field(name: str, exchange: str) -> CredentialField:
@@ -146,6 +148,12 @@ class CcxtProvider(BrokerProvider):
                 return
             for item in sorted(fresh, key=lambda t: t.get("timestamp") or 0, reverse=True):
                 seen.add(_trade_key(item))
+                if "/" not in (item.get("symbol") or ""):
+                    # ccxt names a market it does not list (delisted, or of a type whose markets
+                    # we do not load) by the exchange's raw id: its type and currencies are
+                    # unknown, so it is left out and said so rather than stopping every sync.
+                    log.warning("ccxt_trade_of_unknown_market", broker=self.key, market=item.get("symbol"))
+                    continue
                 if since_ms <= (item.get("timestamp") or 0) <= until_ms and (
                     self._type_of(exchange, item.get("symbol")) == account.external_id
                 ):
@@ -163,8 +171,7 @@ class CcxtProvider(BrokerProvider):
             fee_cost = Decimal(fee["cost"]) if fee.get("cost") not in (None, "") else Decimal("0")
             currency = market.get("quote") or symbol.split("/")[1].split(":")[0]
             return BrokerTrade(
-                # Trade ids are unique per market on some exchanges (Binance), not per account.
-                broker_trade_id=f"{symbol}|{item['id']}",
+                broker_trade_id=_trade_key(item),
                 account_external_id=account.external_id,
                 symbol=symbol,
                 side={"buy": BUY, "sell": SELL}[item["side"]],
@@ -238,7 +245,12 @@ class CcxtProvider(BrokerProvider):
         return [t for t in ACCOUNT_TYPES if t in present] or ["spot"]
 
     def _type_of(self, exchange, symbol) -> str:
-        market = exchange.markets.get(symbol) or {}
+        market = exchange.markets.get(symbol)
+        if market is None:
+            # A market no longer listed: ccxt's unified symbol still says what it was
+            # (BTC/USDT spot, BTC/USDT:USDT perpetual, BTC/USD:BTC-261225 dated future).
+            settle = (symbol or "").partition(":")[2]
+            return "spot" if not settle else ("future" if "-" in settle else "swap")
         kind = market.get("type") or "spot"
         return "spot" if kind == "margin" else kind
 
@@ -262,7 +274,12 @@ class CcxtProvider(BrokerProvider):
 
 
 def _trade_key(item: Mapping[str, Any]) -> str:
-    return f"{item.get('symbol')}|{item.get('id')}"
+    """Trade ids are unique per market on some exchanges (Binance), not per account; a few
+    exchanges send none, and then the fill's own facts name it."""
+    trade_id = item.get("id")
+    if trade_id in (None, ""):
+        trade_id = ":".join(str(item.get(k)) for k in ("order", "timestamp", "side", "amount", "price"))
+    return f"{item.get('symbol')}|{trade_id}"
 
 
 def _nonzero(amount) -> bool:

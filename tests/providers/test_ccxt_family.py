@@ -278,3 +278,16 @@ def test_pacing_follows_the_endpoint_cost(monkeypatch, rsps):
         list(trades)
     assert sum("TradesHistory" in c.request.url for c in rsps.calls) == 1
     assert 9 < info.value.retry_after <= 10
+
+
+def test_a_fill_of_a_market_ccxt_does_not_list_is_left_out_and_logged_not_fatal(rsps, caplog):
+    fake = Okx(spread(2))
+    fake.fills[0] = {**fake.fills[0], "instId": "ETH-USDT-SWAP", "instType": "SWAP"}
+    fake.stub_markets(rsps)
+    fake.stub_trades(rsps)
+    provider = get_broker_provider("ccxt_okx", "live")
+    auth = AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET, "password": PASSPHRASE}))
+    with caplog.at_level("WARNING"):
+        spot = list(provider.get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL))
+    assert [t.symbol for t in spot] == ["BTC/USDT"]
+    assert "ccxt_trade_of_unknown_market" in caplog.text and "ETH-USDT-SWAP" in caplog.text
