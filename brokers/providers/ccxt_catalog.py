@@ -7,6 +7,7 @@ files and the installed ccxt disagree.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -43,6 +44,7 @@ def catalog() -> dict[str, dict]:
             "sandbox": bool(exchange.urls.get("test")),
             "rate_limit_ms": exchange.rateLimit,
             "lists_per_market": needs_symbol(exchange_id),
+            "pages_by_until": reads_until(exchange_id),
         }
     return entries
 
@@ -100,20 +102,28 @@ def needs_symbol(exchange_id: str) -> bool:
     return False
 
 
+def reads_until(exchange_id: str) -> bool:
+    """Whether ccxt's fetchMyTrades for the exchange reads an `until` parameter (from its source:
+    ccxt has no declaration for it, and an unread `until` would reach the exchange as an unknown
+    parameter)."""
+    return "until" in inspect.getsource(getattr(ccxt, exchange_id).fetch_my_trades)
+
+
 def doc_rows() -> str:
     rows = [
         DOC_MARK,
         "",
-        "| exchange | key | credentials | sandbox | trades listed | limit per API key (slots / window) |",
-        "|---|---|---|---|---|---|",
+        "| exchange | key | credentials | sandbox | trades listed | history paged | limit per key (slots / window) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for provider in FAMILY.values():
         fields = ", ".join(f.label for f in provider.credential_fields)
         per_market = json.loads(CATALOG_FILE.read_text())[provider.exchange_id]["lists_per_market"]
         strategy = "per market held (balances)" if per_market else "all markets at once"
+        paging = "newest first (until)" if provider.pages_by_until else "oldest first (since)"
         sandbox = "yes" if provider.environments else "no"
         rows.append(
-            f"| {provider.display_name} | `{provider.key}` | {fields} | {sandbox} | {strategy} "
+            f"| {provider.display_name} | `{provider.key}` | {fields} | {sandbox} | {strategy} | {paging} "
             f"| {shipped_slots(provider)} / {window_s(provider):g} s (ccxt {provider.rate_limit_ms:g} ms) |"
         )
     return "\n".join(rows) + "\n"

@@ -88,6 +88,8 @@ class CcxtProvider(BrokerProvider):
 
     exchange_id: ClassVar[str]
     rate_limit_ms: ClassVar[float]
+    # Whether ccxt's fetchMyTrades for this exchange takes an `until` (end time) to page back by.
+    pages_by_until: ClassVar[bool]
     sync_overlap = timedelta(hours=1)
     # The first sync asks for a year; exchanges that keep less answer with what they keep.
     max_history = timedelta(days=365)
@@ -133,20 +135,25 @@ class CcxtProvider(BrokerProvider):
 
     # --- paging and parsing --------------------------------------------------------------------
     def _pages(self, exchange, account, symbol, since_ms, until_ms, params) -> Iterator[BrokerTrade]:
-        """Newest first, as ccxt's own pagination does: ask for trades up to `until`, then up to
-        the oldest time seen, until a page reaches `since`, comes back empty or brings nothing new.
+        """Every trade in [since, until], page by page; ids already seen are passed over.
 
-        Exchanges answer a time window differently (Kraken newest first, Binance oldest first
-        from a start time), but every one with `until` answers "the latest trades up to then".
+        Where the exchange's ccxt client reads `until` (pages_by_until), newest first as ccxt's
+        own pagination does: up to `until`, then up to the oldest time seen, until a page
+        reaches `since`, is empty or brings nothing new. Elsewhere, oldest first: from `since`,
+        then from the newest time seen, until a page brings nothing new or passes `until`.
         """
         seen: set[str] = set()
-        cursor = until_ms
+        backward = self.pages_by_until
+        cursor = until_ms if backward else since_ms
         while True:
-            page = self._call(exchange, exchange.fetch_my_trades, symbol, None, None, {**params, "until": cursor})
+            if backward:
+                page = self._call(exchange, exchange.fetch_my_trades, symbol, None, None, {**params, "until": cursor})
+            else:
+                page = self._call(exchange, exchange.fetch_my_trades, symbol, cursor, None, dict(params))
             fresh = [t for t in page if _trade_key(t) not in seen]
             if not fresh:
                 return
-            for item in sorted(fresh, key=lambda t: t.get("timestamp") or 0, reverse=True):
+            for item in sorted(fresh, key=lambda t: t.get("timestamp") or 0, reverse=backward):
                 seen.add(_trade_key(item))
                 if "/" not in (item.get("symbol") or ""):
                     # ccxt names a market it does not list (delisted, or of a type whose markets
@@ -158,10 +165,10 @@ class CcxtProvider(BrokerProvider):
                     self._type_of(exchange, item.get("symbol")) == account.external_id
                 ):
                     yield self._trade(exchange, item, account)
-            oldest = min(t.get("timestamp") or 0 for t in page)
-            if oldest <= since_ms:
+            times = [t.get("timestamp") or 0 for t in page]
+            if backward and min(times) <= since_ms or not backward and max(times) >= until_ms:
                 return
-            cursor = oldest
+            cursor = min(times) if backward else max(times)
 
     def _trade(self, exchange, item: Mapping[str, Any], account: BrokerAccountInfo) -> BrokerTrade:
         try:
@@ -313,6 +320,7 @@ def provider_for(exchange_id: str, entry: Mapping[str, Any]) -> type[CcxtProvide
         "display_name": entry["name"],
         "exchange_id": exchange_id,
         "rate_limit_ms": float(entry["rate_limit_ms"]),
+        "pages_by_until": entry["pages_by_until"],
         "credential_fields": tuple(_field(n, entry["name"]) for n in entry["credentials"]),
         "environments": (("live", "Live"), ("sandbox", "Sandbox")) if entry["sandbox"] else (),
     }

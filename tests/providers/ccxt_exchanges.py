@@ -229,10 +229,11 @@ class Binance:
         def answer(request):
             q = query(request)
             limit = int(q.get("limit", 500))
-            end = int(q.get("endTime", 10**15))
-            window = [f for f in self.fills[q["symbol"]] if f["time"] <= end]
-            # With an end time alone, Binance answers the last `limit` fills before it, oldest first.
-            return 200, {}, json.dumps(window[-limit:])
+            start, end = int(q.get("startTime", 0)), int(q.get("endTime", 10**15))
+            window = [f for f in self.fills[q["symbol"]] if start <= f["time"] <= end]
+            # From a start time, Binance answers the first `limit` fills after it; with an end
+            # time alone, the last `limit` before it; oldest first either way.
+            return 200, {}, json.dumps(window[:limit] if "startTime" in q else window[-limit:])
 
         rsps.add_callback(responses.GET, f"{self.base}/myTrades", callback=answer)
 

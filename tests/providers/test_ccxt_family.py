@@ -291,3 +291,23 @@ def test_a_fill_of_a_market_ccxt_does_not_list_is_left_out_and_logged_not_fatal(
         spot = list(provider.get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL))
     assert [t.symbol for t in spot] == ["BTC/USDT"]
     assert "ccxt_trade_of_unknown_market" in caplog.text and "ETH-USDT-SWAP" in caplog.text
+
+
+def test_an_exchange_without_until_is_paged_oldest_first_from_since(monkeypatch, rsps):
+    """The other half of the catalog's exchanges (pages_by_until false) page forward by `since`."""
+    binance = provider_classes()["ccxt_binance"]
+    monkeypatch.setattr(binance, "pages_by_until", False)
+    fake = Binance(spread(1200))
+    fake.stub_markets(rsps)
+    fake.stub_balance(rsps)
+    fake.stub_trades(rsps)
+    auth = AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET}))
+    trades = list(
+        get_broker_provider("ccxt_binance", "live").get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL)
+    )
+    pages = [c.request.params for c in rsps.calls if "/myTrades" in c.request.url]
+    assert len(trades) == 2400 and len({t.broker_trade_id for t in trades}) == 2400
+    btc = [t.executed_at for t in trades if t.symbol == "BTC/USDT"]
+    assert btc == sorted(btc), "oldest first, so a paused backfill could resume"
+    # Per symbol: 500 from since, 499 and 201 new from the newest time seen, then a page of only that one.
+    assert all("startTime" in p and "endTime" not in p for p in pages) and len(pages) == 8
