@@ -321,6 +321,9 @@ def provider_for(exchange_id: str, entry: Mapping[str, Any]) -> type[CcxtProvide
         "exchange_id": exchange_id,
         "rate_limit_ms": float(entry["rate_limit_ms"]),
         "pages_by_until": entry["pages_by_until"],
+        # Oldest first across the whole account only when one listing covers every market: the
+        # engine then saves progress batch by batch and a paused backfill resumes where it stopped.
+        "trades_ascending": not entry["pages_by_until"] and not entry["lists_per_market"],
         "credential_fields": tuple(_field(n, entry["name"]) for n in entry["credentials"]),
         "environments": (("live", "Live"), ("sandbox", "Sandbox")) if entry["sandbox"] else (),
     }

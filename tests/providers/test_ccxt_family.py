@@ -308,6 +308,8 @@ def test_an_exchange_without_until_is_paged_oldest_first_from_since(monkeypatch,
     pages = [c.request.params for c in rsps.calls if "/myTrades" in c.request.url]
     assert len(trades) == 2400 and len({t.broker_trade_id for t in trades}) == 2400
     btc = [t.executed_at for t in trades if t.symbol == "BTC/USDT"]
-    assert btc == sorted(btc), "oldest first, so a paused backfill could resume"
+    assert btc == sorted(btc), "oldest first within each market"
+    assert not binance.trades_ascending, "market after market is not oldest first for the whole account"
+    assert provider_classes()["ccxt_kucoin"].trades_ascending, "one listing, oldest first: progress is saved"
     # Per symbol: 500 from since, 499 and 201 new from the newest time seen, then a page of only that one.
     assert all("startTime" in p and "endTime" not in p for p in pages) and len(pages) == 8
