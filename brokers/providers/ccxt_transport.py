@@ -34,7 +34,9 @@ SLOTS_PER_COST = 10
 
 # ccxt logs whole requests (headers with the API key, signed bodies) at DEBUG; it gets a logger
 # that drops everything, and our own broker_http line (method, path, status, time) says the rest.
-SILENT_LOGGER = logging.getLogger("brokers.ccxt.silenced")
+# Made outside logging's registry (not getLogger): a later dictConfig re-enables every
+# registered logger it does not name, this one it cannot reach, and it has no parent to pass to.
+SILENT_LOGGER = logging.Logger("ccxt-silenced", level=logging.CRITICAL + 1)
 SILENT_LOGGER.disabled = True
 SILENT_LOGGER.propagate = False
 

@@ -313,3 +313,15 @@ def test_an_exchange_without_until_is_paged_oldest_first_from_since(monkeypatch,
     assert provider_classes()["ccxt_kucoin"].trades_ascending, "one listing, oldest first: progress is saved"
     # Per symbol: 500 from since, 499 and 201 new from the newest time seen, then a page of only that one.
     assert all("startTime" in p and "endTime" not in p for p in pages) and len(pages) == 8
+
+
+def test_ccxt_s_request_log_stays_silent_after_logging_is_configured_again(caplog):
+    """A dictConfig (Django's set-up, a worker's) re-enables registered loggers; ccxt's is not one."""
+    import logging.config
+
+    from brokers.providers.ccxt_transport import SILENT_LOGGER
+
+    logging.config.dictConfig(settings.LOGGING)
+    with caplog.at_level("DEBUG"):
+        SILENT_LOGGER.debug("POST https://api.kraken.com Request: {'API-Key': 'key-S3CRET-MARK'}")
+    assert "S3CRET" not in caplog.text
