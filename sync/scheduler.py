@@ -219,19 +219,20 @@ class IncrementalScheduler(DatabaseScheduler):
             changed += self._apply(row)
         self._read_from = started
         self._next_read = time.monotonic() + READ_CHANGES_EVERY_S
-        last_update = PeriodicTasks.last_change()
-        if last_update != self._last_update:
-            # Edits to the interval/crontab/... rows themselves only move PeriodicTasks.last_update.
-            self._last_update = last_update
-            self._reschedule(self._load_schedules())
         if changed:
             logger.info("beat: Schedule changed: %d entries updated", changed)
 
     def _sweep_step(self) -> None:
-        """Compare one page of the table with the schedule; a whole pass takes SYNC_BEAT_SWEEP_PASS_S."""
+        """Every few seconds: pick up edited schedule rows, and compare one page of the table with the
+        schedule (a whole pass takes SYNC_BEAT_SWEEP_PASS_S)."""
         if time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        last_update = PeriodicTasks.last_change()
+        if last_update != self._last_update:
+            # Edits to the interval/crontab/... rows themselves move only PeriodicTasks.last_update.
+            self._last_update = last_update
+            self._reschedule(self._load_schedules())
         page = max(100, math.ceil(len(self._entries) * SWEEP_EVERY_S / settings.SYNC_BEAT_SWEEP_PASS_S))
         rows = list(PeriodicTask.objects.filter(pk__gt=self._sweep_after).order_by("pk").values(*ROW_FIELDS)[:page])
         last = rows[-1]["id"] if len(rows) == page else math.inf
