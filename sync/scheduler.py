@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, transaction
+from django.db.models import F
 from django.utils import timezone
 from django_celery_beat.models import (
     ClockedSchedule,
@@ -59,7 +60,7 @@ MAX_BATCH = 2000
 ROW_FIELDS = (
     "id", "name", "task", "interval_id", "crontab_id", "solar_id", "clocked_id", "args", "kwargs", "queue",
     "exchange", "routing_key", "priority", "headers", "expires", "expire_seconds", "one_off", "start_time",
-    "enabled", "last_run_at", "total_run_count", "date_changed",
+    "enabled", "last_run_at", "date_changed",
 )
 SCHEDULE_MODELS = (
     ("interval", IntervalSchedule), ("crontab", CrontabSchedule), ("solar", SolarSchedule),
@@ -74,7 +75,7 @@ class Entry:
 
     __slots__ = (
         "pk", "name", "task", "args", "kwargs", "routing", "schedule_key", "one_off", "start_time", "expires",
-        "last_run_at", "total_run_count", "version", "due_at",
+        "last_run_at", "version", "due_at",
     )
 
     def __init__(self, row: dict, schedule_key: tuple[str, int]):
@@ -90,7 +91,6 @@ class Entry:
         self.one_off = row["one_off"]
         self.start_time = row["start_time"]
         self.expires = row["expires"]
-        self.total_run_count = row["total_run_count"]
         self.last_run_at = row["last_run_at"] or row["date_changed"] or timezone.now()
         if row["last_run_at"] is None and self.start_time is not None:
             self.last_run_at -= START_TIME_BACKDATE
@@ -108,8 +108,7 @@ class Entry:
 
 def row_version(row: dict) -> int:
     """What identifies a row's definition: a row read again with the same version is already applied."""
-    return hash(tuple(row[field] for field in ROW_FIELDS if field not in ("enabled", "last_run_at",
-                                                                            "total_run_count")))
+    return hash(tuple(row[field] for field in ROW_FIELDS if field not in ("enabled", "last_run_at")))
 
 
 def schedule_key(row: dict) -> tuple[str, int] | None:
@@ -157,7 +156,7 @@ class IncrementalScheduler(DatabaseScheduler):
 
     @property
     def info(self):
-        return f"    . lease -> {self.lease.holder} (standby until it holds {self.lease.ttl_s:g} s Redis lease)"
+        return f"    . lease -> {self.lease.holder} (dispatches only while holding the {self.lease.ttl_s:g} s lease)"
 
     def sync(self):
         """Nothing is left to write: every dispatch's last run is written before it is sent."""
@@ -361,11 +360,11 @@ class IncrementalScheduler(DatabaseScheduler):
         ids = [entry.pk for entry in entries]
         with transaction.atomic():
             live = set(PeriodicTask.objects.filter(pk__in=ids, enabled=True).values_list("pk", flat=True))
-            repeating = [PeriodicTask(pk=e.pk, last_run_at=now, total_run_count=e.total_run_count + 1)
-                         for e in entries if e.pk in live and not e.one_off]
-            # Filtered on enabled: a row disabled meanwhile keeps the cleared last run save() gave it.
-            PeriodicTask.objects.filter(enabled=True).bulk_update(repeating, ["last_run_at", "total_run_count"],
-                                                                  batch_size=1000)
+            repeating = [e.pk for e in entries if e.pk in live and not e.one_off]
+            # One UPDATE for the tick: no date_changed (beat must not read its own write back), and
+            # filtered on enabled, so a row disabled meanwhile keeps the cleared last run save() gave it.
+            PeriodicTask.objects.filter(pk__in=repeating, enabled=True).update(
+                last_run_at=now, total_run_count=F("total_run_count") + 1)
             one_offs = [e.pk for e in entries if e.pk in live and e.one_off]
             if one_offs:
                 # As django-celery-beat does once a one-off task has run: disabled, count reset.
@@ -404,18 +403,18 @@ class IncrementalScheduler(DatabaseScheduler):
             if entry.one_off:
                 self._entries.pop(entry.pk, None)
                 continue
-            entry.last_run_at, entry.total_run_count = now, entry.total_run_count + 1
+            entry.last_run_at = now
             self._push(entry, self._next_due(entry, now))
         logger.info("beat: sent %d due tasks (%s%s)", sent, entries[0].name, ", ..." if sent > 1 else "")
 
     def _undo_runs(self, entries: list[Entry]) -> None:
         try:
-            rows = [PeriodicTask(pk=e.pk, last_run_at=e.last_run_at, total_run_count=e.total_run_count)
-                    for e in entries if not e.one_off]
-            PeriodicTask.objects.filter(enabled=True).bulk_update(rows, ["last_run_at", "total_run_count"],
-                                                                  batch_size=1000)
-            one_offs = [e.pk for e in entries if e.one_off]
-            if one_offs:
-                PeriodicTask.objects.filter(pk__in=one_offs).update(enabled=True, date_changed=timezone.now())
+            with transaction.atomic():
+                for entry in entries:
+                    if entry.one_off:
+                        PeriodicTask.objects.filter(pk=entry.pk).update(enabled=True, date_changed=timezone.now())
+                    else:
+                        PeriodicTask.objects.filter(pk=entry.pk, enabled=True).update(
+                            last_run_at=entry.last_run_at, total_run_count=F("total_run_count") - 1)
         except (DatabaseError, InterfaceError):
             logger.exception("beat: could not undo the runs of unsent tasks; they wait one interval")
