@@ -393,6 +393,10 @@ def real_rate(n: int, kind: str, probe_name: str, consumer: Consumer, logs: Path
     expected = {name for name in steady if start <= due[name] <= end - args.grace_s}
     missed = len([name for name in expected if name not in sent])
     doubled = sum(len(times) - 1 for times in sent.values())
+    if doubled:
+        examples = [(name, [round(t - start, 2) for t in times], round(due[name] - start, 2))
+                    for name, times in sent.items() if len(times) > 1][:5]
+        print(f"N={n} {kind}: doubled, as (task, arrivals s from the window's start, due s): {examples}", flush=True)
     out = {"real_asked_per_s": len(steady) / (REAL_INTERVAL_MIN * 60),
            "real_sent_per_s": len([t for t, _ in window if start <= t <= end]) / (end - start),
            "lag_p50_s": harness.percentile(lags, 50) if lags else float("nan"),

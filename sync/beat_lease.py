@@ -24,18 +24,21 @@ LEASE_KEY = "beat:lease"
 TICK_KEY = "beat:last-tick"
 RENEW_EVERY_S = 1.0
 
-# Take the lease if it is free, renew it if it is ours; say whether we hold it.
+# Renew the lease if it is ours (1), take it if it is free (2), or neither (0).
 _ACQUIRE_OR_RENEW = """
 local holder = redis.call('get', KEYS[1])
+local outcome = 0
 if holder == ARGV[1] then
   redis.call('pexpire', KEYS[1], ARGV[2])
+  outcome = 1
 elseif not holder then
   redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  outcome = 2
 else
   return 0
 end
 redis.call('set', KEYS[2], ARGV[3])
-return 1
+return outcome
 """
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -65,6 +68,9 @@ class BeatLease:
         self._acquire_or_renew = client.register_script(_ACQUIRE_OR_RENEW)
         self._release = client.register_script(_RELEASE)
         self._renewed_at: float | None = None  # monotonic time a successful renewal started
+        # Set when the lease was taken afresh rather than renewed: another beat may have held it
+        # in between and written runs this one has not seen.
+        self.taken_afresh = False
 
     def hold(self) -> bool:
         """Acquire or renew (at most once a second); True while this beat may dispatch."""
@@ -78,6 +84,7 @@ class BeatLease:
         except redis.RedisError:
             held = 0
         self._renewed_at = now if held else None
+        self.taken_afresh = self.taken_afresh or held == 2
         return bool(held)
 
     def valid(self) -> bool:

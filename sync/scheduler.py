@@ -173,6 +173,9 @@ class IncrementalScheduler(DatabaseScheduler):
                 logger.warning("beat: lost the beat lease; standing by")
                 self._forget()
             return self.max_interval
+        if self.lease.taken_afresh:
+            self.lease.taken_afresh = False
+            self._forget()
         try:
             if not self._loaded:
                 self._load_all()

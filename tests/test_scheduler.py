@@ -253,3 +253,25 @@ def test_mark_schedules_changed_makes_a_bulk_update_visible_at_the_next_read(que
     read_changes_now(scheduler)
     scheduler.tick()
     assert queue() == ["bulk-enabled"]
+
+
+def test_a_paused_beat_that_finds_the_lease_free_again_rereads_what_the_other_beat_wrote(queue):
+    row = task("due", seconds=3600)
+    paused, other = new_scheduler(), new_scheduler()
+    paused.tick()
+    assert queue() == ["due"]
+    # The paused beat's lease lapses; the other beat holds it for a while, sends the task (an
+    # interval later, as the backdated row says) and dies, its lease lapsing too.
+    lease = redis.Redis.from_url(settings.REDIS_URL)
+    lease.delete(LEASE_KEY)
+    PeriodicTask.objects.filter(pk=row.pk).update(last_run_at=LONG_AGO)
+    other.tick()
+    assert queue() == ["due"]
+    lease.delete(LEASE_KEY)
+    # The paused beat wakes an interval later by its own reckoning and takes the free lease.
+    entry = paused._entries[row.pk]
+    entry.last_run_at = LONG_AGO
+    paused._push(entry, time.time())
+    paused.lease._renewed_at = None
+    paused.tick()
+    assert queue() == []  # it read the run the other beat wrote instead of sending it again
