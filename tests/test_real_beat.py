@@ -12,9 +12,16 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from brokers import schedules, services
 from brokers.models import BrokerConnection
+from config.celery_app import app as celery_app
 from tests.realprocess import BeatDispatches, celery_processes, kill9, start_process, stop, wait_for
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def real_queue(monkeypatch):
+    """The syncs a new or resumed connection queues at once go to Redis too (and are not beat's)."""
+    monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
 
 # How late a dispatch may arrive after it is due: a beat loop (1 s here), a change read (1 s), a
 # queue pop (0.2 s). A dispatch sent late does not delay the next one, so two may also come this
@@ -49,27 +56,26 @@ def test_every_kind_of_change_reaches_a_running_beat_and_takes_effect_once(trade
     with BeatDispatches() as sent, celery_processes(tmp_path, worker=False):
         created = connection(trader, "created while running", 5)
         created_at = time.time()
-        wait_for(lambda: len(sent.times(name(created))) >= 2, 20, message="two dispatches of the new schedule")
-        first = sent.times(name(created))[0]
-        assert first - created_at <= 5 + SLACK_S  # one interval after it was created, as django-celery-beat does
-        assert_spaced(sent.times(name(created)), 5, "created")
+        wait_for(lambda: sent.times(name(created)), 5 + SLACK_S, message="the new schedule's first dispatch")
+        # One interval after it was created, as django-celery-beat does.
+        assert sent.times(name(created))[0] - created_at >= 5 - SLACK_S
 
         changed_at = time.time()
         services.update_sync_enabled(paused.pk, False)
-        services.update_sync_interval(retimed.pk, 10)
+        services.update_sync_interval(retimed.pk, 8)
         services.connection_delete(deleted.pk)
         crontab = CrontabSchedule.objects.create(minute="*", hour="*")
         PeriodicTask.objects.create(name="each-minute", task="sync.tasks.close_interrupted_runs", crontab=crontab)
         # Last run two minutes ago, so it is due at once: that it is sent shows beat read it.
         PeriodicTask.objects.filter(name="each-minute").update(last_run_at=timezone.now() - timedelta(minutes=2))
-        time.sleep(12)
+        time.sleep(9)
 
         settled = changed_at + SLACK_S
         assert sent.times(name(paused), after=settled) == []
         assert sent.times(name(deleted), after=settled) == []
         retimed_times = sent.times(name(retimed), after=settled)
         assert 1 <= len(retimed_times) <= 2
-        assert_spaced(retimed_times, 10, "retimed")
+        assert_spaced(retimed_times, 8, "retimed")
         each_minute = sent.times("each-minute", after=changed_at)
         assert each_minute, "the crontab entry was never sent"
         assert len({int(t // 60) for t in each_minute}) == len(each_minute), f"sent twice in a minute: {each_minute}"
@@ -86,7 +92,7 @@ def test_every_kind_of_change_reaches_a_running_beat_and_takes_effect_once(trade
 def test_the_standby_takes_over_after_kill_9_and_a_restarted_beat_neither_loses_nor_repeats(trader, tmp_path):
     connections = [connection(trader, f"Demo {n}", 5) for n in range(6)]
     with BeatDispatches() as sent, celery_processes(tmp_path, worker=False, standby_beat=True) as processes:
-        wait_for(lambda: all(len(sent.times(name(c))) >= 2 for c in connections), 25, message="two rounds")
+        wait_for(lambda: all(sent.times(name(c)) for c in connections), 15, message="a first round")
         active = processes["beat"] if "holding the lease" in (tmp_path / "beat.log").read_text() else (
             processes["beat-standby"])
         kill9(active)
@@ -106,7 +112,7 @@ def test_the_standby_takes_over_after_kill_9_and_a_restarted_beat_neither_loses_
         restarted = start_process(tmp_path, "beat" if active is processes["beat"] else "beat-standby")
         try:
             restarted_at = time.time()
-            time.sleep(8)
+            time.sleep(6)
             for c in connections:
                 assert_spaced(sent.times(name(c), after=restarted_at - 5), 5, c.label)
         finally:
@@ -128,12 +134,12 @@ def test_after_a_churn_of_random_changes_beat_sends_exactly_what_reconcile_says(
         # The database is the truth beat must follow: reconcile finds nothing to repair in it...
         assert schedules.reconcile() == {"created": [], "updated": [], "deleted": []}
         settled = time.time() + SLACK_S
-        time.sleep(SLACK_S + 6 * 2 + 1)
+        time.sleep(SLACK_S + 6 + SLACK_S)
         # ...and beat sends every enabled schedule on its interval, and nothing else.
         for c in BrokerConnection.objects.filter(pk__in=[c.pk for c in connections]):
             times = sent.times(name(c), after=settled)
             if c.schedule_active:
-                assert len(times) >= 2, f"{c.label} (every {c.sync_interval_min} s) sent {len(times)} times"
+                assert times, f"{c.label} (every {c.sync_interval_min} s) was not sent"
                 assert_spaced(times, c.sync_interval_min, c.label)
             else:
                 assert times == [], f"{c.label} is switched off but was sent"
