@@ -33,6 +33,7 @@ import math
 import time
 from datetime import datetime, timedelta
 
+from celery import schedules as celery_schedules
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, transaction
 from django.db.models import F
@@ -57,6 +58,7 @@ SWEEP_EVERY_S = 5.0
 # pipeline) at the price of at most this much lag.
 MIN_TICK_S = 0.05
 MAX_BATCH = 2000
+LOAD_CHUNK = 5000
 ROW_FIELDS = (
     "id", "name", "task", "interval_id", "crontab_id", "solar_id", "clocked_id", "args", "kwargs", "queue",
     "exchange", "routing_key", "priority", "headers", "expires", "expire_seconds", "one_off", "start_time",
@@ -66,6 +68,7 @@ SCHEDULE_MODELS = (
     ("interval", IntervalSchedule), ("crontab", CrontabSchedule), ("solar", SolarSchedule),
     ("clocked", ClockedSchedule),
 )
+EMPTY_JSON = frozenset((None, "", "[]", "{}"))
 # As in django-celery-beat: a task with a start time and no last run counts as run long ago.
 START_TIME_BACKDATE = timedelta(days=365 * 30)
 
@@ -103,6 +106,10 @@ class Entry:
                                                  ("routing_key", routing_key), ("priority", priority),
                                                  ("expires", expires)) if value is not None}
         options["headers"] = {**json.loads(headers), "periodic_task_name": self.name, "celery_beat_task": True}
+        # Nobody holds the id of what beat sends, so nobody reads its result; asking for one would
+        # also make every send subscribe to, and later unsubscribe from, a Redis result channel
+        # (two round trips per message, most of a send's cost).
+        options["ignore_result"] = True
         return options
 
 
@@ -205,8 +212,17 @@ class IncrementalScheduler(DatabaseScheduler):
         self._last_update = PeriodicTasks.last_change()
         self._load_schedules()
         self._entries, self._heap = {}, []
-        for row in PeriodicTask.objects.filter(enabled=True).values(*ROW_FIELDS).iterator(chunk_size=5000):
-            self._apply(row)
+        rows = PeriodicTask.objects.filter(enabled=True).values(*ROW_FIELDS).iterator(chunk_size=LOAD_CHUNK)
+        now = timezone.now()
+        for count, row in enumerate(rows, 1):
+            if count % LOAD_CHUNK == 0:
+                # A load of 100,000 rows takes longer than the lease lives: keep it, or give up.
+                if not self.lease.hold():
+                    logger.warning("beat: lost the beat lease while loading; standing by")
+                    self._forget()
+                    return
+                now = timezone.now()
+            self._apply(row, now)
         self._read_from, self._loaded = started, True
         self._next_read = time.monotonic() + READ_CHANGES_EVERY_S
         self._sweep_after, self._sweep_pks = 0, sorted(self._entries)
@@ -218,7 +234,7 @@ class IncrementalScheduler(DatabaseScheduler):
         since = self._read_from - timedelta(seconds=settings.SYNC_BEAT_CHANGE_OVERLAP_S)
         changed = 0
         for row in PeriodicTask.objects.filter(date_changed__gte=since).values(*ROW_FIELDS):
-            changed += self._apply(row)
+            changed += self._apply(row, started)
         self._read_from = started
         self._next_read = time.monotonic() + READ_CHANGES_EVERY_S
         if changed:
@@ -238,7 +254,8 @@ class IncrementalScheduler(DatabaseScheduler):
         page = max(100, math.ceil(len(self._entries) * SWEEP_EVERY_S / settings.SYNC_BEAT_SWEEP_PASS_S))
         rows = list(PeriodicTask.objects.filter(pk__gt=self._sweep_after).order_by("pk").values(*ROW_FIELDS)[:page])
         last = rows[-1]["id"] if len(rows) == page else math.inf
-        changed = sum(self._apply(row) for row in rows)
+        now = timezone.now()
+        changed = sum(self._apply(row, now) for row in rows)
         present = {row["id"] for row in rows}
         low = bisect.bisect_right(self._sweep_pks, self._sweep_after)
         high = bisect.bisect_right(self._sweep_pks, last)
@@ -252,7 +269,7 @@ class IncrementalScheduler(DatabaseScheduler):
         if changed:
             logger.info("beat: sweep found %d entries out of step with the table", changed)
 
-    def _apply(self, row: dict) -> int:
+    def _apply(self, row: dict, now: datetime) -> int:
         """Bring one row's entry in step with the row; 1 if that changed anything."""
         pk, entry = row["id"], self._entries.get(row["id"])
         if not row["enabled"]:
@@ -263,7 +280,9 @@ class IncrementalScheduler(DatabaseScheduler):
         if key not in self._schedules:
             self._load_schedules()
         try:
-            json.loads(row["args"] or "[]"), json.loads(row["kwargs"] or "{}"), json.loads(row["headers"] or "{}")
+            for text in (row["args"], row["kwargs"], row["headers"]):
+                if text not in EMPTY_JSON:
+                    json.loads(text)
             if key not in self._schedules:
                 raise ValueError("it has no schedule")
         except ValueError as exc:
@@ -271,7 +290,7 @@ class IncrementalScheduler(DatabaseScheduler):
             self._entries.pop(pk, None)
             return 1
         entry = self._entries[pk] = Entry(row, key)
-        self._push(entry, self._next_due(entry, timezone.now()))
+        self._push(entry, self._next_due(entry, now))
         return 1
 
     def _load_schedules(self) -> set[tuple[str, int]]:
@@ -308,8 +327,12 @@ class IncrementalScheduler(DatabaseScheduler):
         """Unix time the entry is next due (now, if it is due already)."""
         if entry.start_time is not None and now < entry.start_time:
             return entry.start_time.timestamp()
+        schedule = self._schedules[entry.schedule_key][1]
+        if type(schedule) is celery_schedules.schedule and not schedule.relative:
+            # What celery's interval schedule computes, without its per-call time zone work.
+            return max(entry.last_run_at.timestamp() + schedule.seconds, now.timestamp())
         last_run = entry.last_run_at.astimezone(self.app.timezone)
-        is_due, next_check_s = self._schedules[entry.schedule_key][1].is_due(last_run)
+        is_due, next_check_s = schedule.is_due(last_run)
         return now.timestamp() if is_due else now.timestamp() + next_check_s
 
     def _take_due(self) -> list[Entry]:

@@ -45,7 +45,7 @@ def gaps(times: list[float]) -> list[float]:
 def assert_spaced(times: list[float], interval: float, what: str) -> None:
     """No repeat, and no gap longer than one interval plus slack (a lost dispatch)."""
     for gap in gaps(times):
-        assert interval - SLACK_S <= gap <= interval + SLACK_S, f"{what}: gaps {gaps(times)} for an interval of {interval}"
+        assert interval - SLACK_S <= gap <= interval + SLACK_S, f"{what}: gaps {gaps(times)}, interval {interval}"
 
 
 @override_settings(SYNC_INTERVAL_UNIT="seconds")
