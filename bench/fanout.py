@@ -6,7 +6,7 @@ user, accounts and fills, so every run imports everything and the counts can be 
 - fanout-N — `sync.tasks.sync_connection` sent to a real prefork worker pool; the run fans out
   one `sync_account` task per account in a chord;
 - fanout-1 — the same with a one-account connection: the floor a parallel run can approach;
-- serial-N — `sync.engine.run_sync` in this process, what `manage.py sync_connection` does:
+- serial-N — `sync.runs.run_inline` in this process, what `manage.py sync_connection` does:
   the same N accounts one after another.
 
 Wall time = from just before the task is sent (or run_sync called) to the SyncLog's
@@ -15,12 +15,12 @@ limiter stays in the path (every call books its slots in Redis); its buckets are
 before each run, because a 20-account run books 122 of the 150 calls the `requests` bucket
 allows per minute and settings offer no environment override (see RESULTS.md).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import uuid
 
 import harness
 from fake_tradovate import FakeTradovate
@@ -45,8 +45,11 @@ def main() -> None:
     harness.print_machine()
     with FakeTradovate(users, args.fills, args.delay) as broker:
         os.environ["TRADOVATE_BASE_URL"] = broker.url
-        with (harness.django_on(args.db), harness.log_dir("fanout") as logs,
-              harness.celery_worker(logs / "worker.log", args.concurrency)):
+        with (
+            harness.django_on(args.db),
+            harness.log_dir("fanout") as logs,
+            harness.celery_worker(logs / "worker.log", args.concurrency),
+        ):
             results = measure(broker, runs)
     report(results, args)
 
@@ -56,9 +59,19 @@ def new_connection(owner, user: str):
 
     # Auto-sync off: connection_create would otherwise queue a sync of its own on commit.
     return services.connection_create(
-        owner=owner, broker_type="tradovate", label=user, environment="demo", sync_enabled=False,
-        credentials={"username": user, "password": "pw", "app_id": "TradeJournal", "app_version": "1.0",
-                     "cid": "4321", "sec": "sec"},
+        owner=owner,
+        broker_type="tradovate",
+        label=user,
+        environment="demo",
+        sync_enabled=False,
+        credentials={
+            "username": user,
+            "password": "pw",
+            "app_id": "TradeJournal",
+            "app_version": "1.0",
+            "cid": "4321",
+            "sec": "sec",
+        },
     )
 
 
@@ -70,7 +83,8 @@ def measure(broker: FakeTradovate, runs) -> list[dict]:
 
     from brokers.models import SyncLog
     from journal.models import Trade
-    from sync import engine, tasks
+    from sync import runs as sync_runs
+    from sync import tasks
 
     owner = get_user_model().objects.create_user("bench-fanout")
     limiter = redis.Redis.from_url(settings.REDIS_URL)
@@ -82,8 +96,7 @@ def measure(broker: FakeTradovate, runs) -> list[dict]:
         calls_before = sum(broker.calls.values())
         started = timezone.now()
         if case == "serial-N":
-            engine.run_sync(engine.Attempt(connection_id=connection.pk, trigger=SyncLog.Trigger.MANUAL,
-                                           task_id=str(uuid.uuid4()), may_requeue=False))
+            sync_runs.run_inline(connection.pk, trigger=SyncLog.Trigger.MANUAL)
         else:
             tasks.sync_connection.apply_async(kwargs={"connection_id": connection.pk, "trigger": "manual"})
         finished = SyncLog.objects.filter(connection=connection, finished_at__isnull=False)
@@ -92,7 +105,8 @@ def measure(broker: FakeTradovate, runs) -> list[dict]:
         expected = broker.expected_ids(user)
         stored = {}
         for external_id, trade_id in Trade.objects.filter(account__connection=connection).values_list(
-                "account__external_id", "broker_trade_id"):
+            "account__external_id", "broker_trade_id"
+        ):
             stored.setdefault(external_id, []).append(trade_id)
         exact = (
             log.status == SyncLog.Status.SUCCESS
@@ -100,28 +114,43 @@ def measure(broker: FakeTradovate, runs) -> list[dict]:
             and log.trades_skipped == 0
             and all(sorted(stored.get(a, [])) == sorted(ids) for a, ids in expected.items())
         )
-        results.append({
-            "run": user, "case": case, "accounts": len(expected), "status": log.status,
-            "wall_s": (log.finished_at - started).total_seconds(),
-            "queue_s": (log.started_at - started).total_seconds(),
-            "imported": log.trades_imported, "skipped": log.trades_skipped, "exact": exact,
-            "calls": sum(broker.calls.values()) - calls_before, "booked": booked,
-        })
+        results.append(
+            {
+                "run": user,
+                "case": case,
+                "accounts": len(expected),
+                "status": log.status,
+                "wall_s": (log.finished_at - started).total_seconds(),
+                "queue_s": (log.started_at - started).total_seconds(),
+                "imported": log.trades_imported,
+                "skipped": log.trades_skipped,
+                "exact": exact,
+                "calls": sum(broker.calls.values()) - calls_before,
+                "booked": booked,
+            }
+        )
         r = results[-1]
-        print(f"{r['run']:<14} {r['status']:<8} wall {r['wall_s']:6.2f} s (queued {r['queue_s']:.2f} s)  "
-              f"imported {r['imported']} skipped {r['skipped']}  broker calls {r['calls']}  "
-              f"slots in the limiter window {r['booked']}  counts {'exact' if exact else 'WRONG'}", flush=True)
+        print(
+            f"{r['run']:<14} {r['status']:<8} wall {r['wall_s']:6.2f} s (queued {r['queue_s']:.2f} s)  "
+            f"imported {r['imported']} skipped {r['skipped']}  broker calls {r['calls']}  "
+            f"slots in the limiter window {r['booked']}  counts {'exact' if exact else 'WRONG'}",
+            flush=True,
+        )
     return results
 
 
 def report(results: list[dict], args) -> None:
     measured = [r for r in results if r["run"] != "warmup"]
-    median = {case: statistics.median(r["wall_s"] for r in measured if r["case"] == case)
-              for case in ("fanout-N", "fanout-1", "serial-N")}
+    median = {
+        case: statistics.median(r["wall_s"] for r in measured if r["case"] == case)
+        for case in ("fanout-N", "fanout-1", "serial-N")
+    }
     n = args.accounts
     print()
-    print(f"median wall time over {args.repeat} rounds ({n} accounts, {args.fills} fills each, "
-          f"{args.delay} s per broker call, {args.concurrency} worker processes, {args.db}):")
+    print(
+        f"median wall time over {args.repeat} rounds ({n} accounts, {args.fills} fills each, "
+        f"{args.delay} s per broker call, {args.concurrency} worker processes, {args.db}):"
+    )
     for case, seconds in median.items():
         print(f"  {case.replace('N', str(n)):<12} {seconds:7.2f} s")
     ratio_one = median["fanout-N"] / median["fanout-1"]

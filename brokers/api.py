@@ -122,6 +122,7 @@ class ConnectionSerializer(serializers.ModelSerializer):
             "last_success_at",
             "last_sync_error",
             "next_sync_at",
+            "next_attempt_at",
             "accounts",
             "created_at",
         ]
@@ -129,7 +130,12 @@ class ConnectionSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(
         serializers.ChoiceField(
-            choices=[*BrokerConnection.Status.values, "PAUSED"], help_text="PAUSED when auto-sync is off."
+            choices=list(selectors.DISPLAY_STATUSES),
+            help_text="NEW: never synced yet. SYNCING: a run is on, or waits out a broker's limit "
+            "(next_attempt_at says until when). RETRYING: an attempt failed; last_sync_error says which and "
+            "why, next_attempt_at when the next one runs. CONNECTED: the last run succeeded. PARTIAL: it "
+            "succeeded but an account failed (last_sync_error names it). ERROR: the last run failed after its "
+            "last attempt. PAUSED: auto-sync is off.",
         )
     )
     def get_display_status(self, connection: BrokerConnection) -> str:

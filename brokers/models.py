@@ -50,6 +50,11 @@ class BrokerConnection(models.Model):
     last_sync_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_sync_error = models.TextField(blank=True)
+    # While a run waits: when it goes on, and why it waits. None and "" otherwise.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_reason = models.CharField(
+        max_length=10, blank=True, choices=[("retry", "retry after a failure"), ("rate_limit", "a broker's limit")]
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -83,7 +88,8 @@ class BrokerConnection(models.Model):
             return None
         data = crypto.decrypt_json(self.token_ciphertext)
         expires = datetime.fromisoformat(data["expires_at"]) if data.get("expires_at") else None
-        return AuthResult(token=data["token"], expires_at=expires, extra=data.get("extra") or {})
+        issued = datetime.fromisoformat(data["issued_at"]) if data.get("issued_at") else None
+        return AuthResult(token=data["token"], expires_at=expires, extra=data.get("extra") or {}, issued_at=issued)
 
     @auth.setter
     def auth(self, value: AuthResult | None) -> None:
@@ -94,6 +100,7 @@ class BrokerConnection(models.Model):
             {
                 "token": value.token,
                 "expires_at": value.expires_at.isoformat() if value.expires_at else None,
+                "issued_at": value.issued_at.isoformat() if value.issued_at else None,
                 "extra": dict(value.extra),
             }
         )
@@ -154,6 +161,8 @@ class SyncLog(models.Model):
     trades_imported = models.PositiveIntegerField(default=0)
     trades_skipped = models.PositiveIntegerField(default=0)
     attempt = models.PositiveSmallIntegerField(default=1)
+    # Requests sent again after a transient failure (timeouts, 502/503/504), every step together.
+    request_retries = models.PositiveIntegerField(default=0)
     task_id = models.CharField(max_length=64, blank=True)
     error_kind = models.CharField(max_length=30, blank=True)
     error_message = models.TextField(blank=True)

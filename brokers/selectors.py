@@ -10,12 +10,37 @@ from django_celery_beat.models import PeriodicTask
 from brokers import schedules
 from brokers.models import BrokerConnection
 
+# The badges a trader sees, beyond the stored CONNECTED / SYNCING / ERROR.
+NEW, RETRYING, PARTIAL, PAUSED = "NEW", "RETRYING", "PARTIAL", "PAUSED"
+DISPLAY_STATUSES = (
+    NEW,
+    BrokerConnection.Status.SYNCING,
+    RETRYING,
+    BrokerConnection.Status.CONNECTED,
+    PARTIAL,
+    BrokerConnection.Status.ERROR,
+    PAUSED,
+)
+
 
 def connection_display_status(connection: BrokerConnection) -> str:
-    """The badge a trader sees: PAUSED when auto-sync is off, else the stored status."""
-    if not connection.sync_enabled and connection.status != BrokerConnection.Status.SYNCING:
-        return "PAUSED"
-    return connection.status
+    """The badge a trader sees, telling at a glance where the connection stands.
+
+    NEW never synced yet; SYNCING a run is on (or waits out a broker's limit, which is no
+    failure); RETRYING an attempt failed and the next is due at next_attempt_at; CONNECTED the
+    last run succeeded; PARTIAL it succeeded but an account failed; ERROR it failed after
+    its last attempt (or the credentials were refused); PAUSED auto-sync is off.
+    """
+    status = connection.status
+    if status == BrokerConnection.Status.SYNCING:
+        return RETRYING if connection.next_attempt_reason == "retry" else status
+    if not connection.sync_enabled:
+        return PAUSED
+    if status == BrokerConnection.Status.ERROR:
+        return status
+    if connection.last_sync_at is None:
+        return NEW
+    return PARTIAL if connection.last_sync_error else status
 
 
 def next_sync_at(connection: BrokerConnection, task: PeriodicTask | None = None) -> datetime | None:

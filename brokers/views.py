@@ -24,7 +24,7 @@ from brokers.providers.errors import BrokerConfigurationError, BrokerError
 from brokers.providers.registry import get_provider_class
 
 # The badge polls faster while a sync runs, so the trader sees it finish within seconds.
-POLL_SECONDS = {"SYNCING": 2}
+POLL_SECONDS = {"SYNCING": 2, "RETRYING": 5}
 POLL_SECONDS_DEFAULT = 5
 FINISHED_RUNS = [SyncLog.Status.SUCCESS, SyncLog.Status.PARTIAL, SyncLog.Status.FAILED, SyncLog.Status.INTERRUPTED]
 TRANSIENT_ERROR_KINDS = {"timeout", "unavailable", "rate_limit"}

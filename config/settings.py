@@ -153,6 +153,16 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # "name:email,name:email": the product managers told of every new broker.
 MANAGERS = [tuple(item.split(":", 1)) for item in env("DJANGO_MANAGERS", "").split(",") if ":" in item]
 
+# A run holds its connection's lock for this long at a time and keeps it through every wait:
+# renewed every quarter of it while a step works, extended by the wait while a task waits
+# for its retry or a rate-limit pause. A run that dies (killed worker, Redis outage) frees
+# the connection within this many seconds. Tests shrink it together with the retry delays.
+SYNC_LOCK_TTL_S = env_int("SYNC_LOCK_TTL_S", 300)
+# How often runs left behind by a dead worker are looked for (a fifth of the lock's life).
+SYNC_SWEEP_INTERVAL_S = SYNC_LOCK_TTL_S / 5
+# How long the steps of one run share what they fetched (e.g. an IBKR report): its longest life.
+SYNC_RUN_CACHE_TTL_S = env_int("SYNC_RUN_CACHE_TTL_S", 7200)
+
 # --- Celery -------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
@@ -193,7 +203,7 @@ CELERY_TASK_ROUTES = {
 # Housekeeping that beat runs besides the per-connection syncs (kept in the database by
 # django-celery-beat like every other schedule).
 CELERY_BEAT_SCHEDULE = {
-    "close-interrupted-sync-runs": {"task": "sync.tasks.close_interrupted_runs", "schedule": 60.0},
+    "close-interrupted-sync-runs": {"task": "sync.tasks.close_interrupted_runs", "schedule": SYNC_SWEEP_INTERVAL_S},
     "reconcile-sync-schedules": {"task": "sync.tasks.reconcile_schedules", "schedule": 3600.0},
     "prune-sync-logs": {"task": "sync.tasks.prune_sync_logs", "schedule": 86400.0},
 }
@@ -206,10 +216,6 @@ SYNC_INTERVAL_MAX = 60
 SYNC_INTERVAL_UNIT = env("SYNC_INTERVAL_UNIT", "minutes")
 if SYNC_INTERVAL_UNIT not in {"minutes", "seconds"}:
     raise ImproperlyConfigured("SYNC_INTERVAL_UNIT must be 'minutes' or 'seconds'.")
-# A run holds its connection's lock for this long at a time and keeps renewing it while it
-# works or waits for a retry; a run that dies (killed worker, Redis outage) frees the
-# connection within this many seconds.
-SYNC_LOCK_TTL_S = env_int("SYNC_LOCK_TTL_S", 300)
 SYNC_FAILURE_NOTIFY_AFTER = env_int("SYNC_FAILURE_NOTIFY_AFTER", 3)
 # Warn this many days before a trader's own credentials lapse (e.g. an IBKR Flex token).
 SYNC_CREDENTIAL_EXPIRY_WARNING_DAYS = env_int("SYNC_CREDENTIAL_EXPIRY_WARNING_DAYS", 7)
@@ -227,6 +233,15 @@ FIELD_ENCRYPTION_KEYS = [k.strip() for k in env("FIELD_ENCRYPTION_KEYS", require
 BROKER_HTTP_CONNECT_TIMEOUT_S = float(env("BROKER_HTTP_CONNECT_TIMEOUT_S", "5"))
 BROKER_HTTP_READ_TIMEOUT_S = float(env("BROKER_HTTP_READ_TIMEOUT_S", "30"))
 BROKER_HTTP_USER_AGENT = env("BROKER_HTTP_USER_AGENT", "TradeJournal/0.1 (+https://example.invalid/trade-journal)")
+if not BROKER_HTTP_USER_AGENT.strip():
+    # IBKR answers every Flex request without one with error 1020.
+    raise ImproperlyConfigured("BROKER_HTTP_USER_AGENT may not be empty: brokers refuse requests without one.")
+# A transient failure of an idempotent request is sent again this many times, after pauses
+# of about 1, 2, 4 s (the base below, doubled each time, ±50%), before the run's own retry.
+BROKER_HTTP_RETRIES = env_int("BROKER_HTTP_RETRIES", 2)
+BROKER_HTTP_RETRY_BACKOFF_S = float(env("BROKER_HTTP_RETRY_BACKOFF_S", "1"))
+# The pause between polls of an IBKR Flex report being generated.
+IBKR_FLEX_POLL_PAUSE_S = float(env("IBKR_FLEX_POLL_PAUSE_S", "10"))
 # Base URL overrides per provider: <KEY>_BASE_URL (TRADOVATE_BASE_URL, IBKR_FLEX_BASE_URL,
 # ALPACA_BASE_URL, ...) points a broker at its sandbox or a local simulator.
 BROKER_BASE_URLS = {

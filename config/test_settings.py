@@ -35,3 +35,5 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Unit tests answer from `responses` at once; a request's resend need not wait a second.
+BROKER_HTTP_RETRY_BACKOFF_S = 0.01

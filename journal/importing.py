@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import islice
 from typing import Any, Protocol
@@ -37,6 +37,10 @@ class NormalizedTrade(Protocol):
     fees: Decimal
     currency: str
     multiplier: Decimal
+    expiry: date | None
+    strike: Decimal | None
+    option_right: str
+    fx_rate_to_base: Decimal | None
     executed_at: datetime
     raw: Any
 
@@ -64,6 +68,10 @@ _COLUMNS = (
     "fees",
     "currency",
     "multiplier",
+    "expiry",
+    "strike",
+    "option_right",
+    "fx_rate_to_base",
     "executed_at",
     "raw",
     "imported_at",
@@ -80,6 +88,10 @@ _POSTGRES_TYPES = (
     "text",
     "numeric",
     "numeric",
+    "numeric",
+    "text",
+    "numeric",
+    "date",
     "numeric",
     "text",
     "numeric",
@@ -109,7 +121,7 @@ def _postgres_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: 
     """
     columns = [
         [account_id] * len(batch),
-        *([getattr(t, name) for t in batch] for name in _COLUMNS[1:12]),
+        *([getattr(t, name) for t in batch] for name in _COLUMNS[1:16]),
         [_RAW_JSON.encode(dict(t.raw)) for t in batch],
         [now] * len(batch),
     ]
@@ -135,6 +147,10 @@ def _sqlite_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: da
             t.fees,
             t.currency,
             t.multiplier,
+            t.expiry.isoformat() if t.expiry else None,
+            t.strike,
+            t.option_right,
+            t.fx_rate_to_base,
             str(t.executed_at.astimezone(UTC).replace(tzinfo=None)),
             _RAW_JSON.encode(dict(t.raw)),
             stored_now,

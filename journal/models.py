@@ -23,7 +23,14 @@ class Trade(models.Model):
     price = models.DecimalField(max_digits=24, decimal_places=8)
     fees = models.DecimalField(max_digits=24, decimal_places=8, default=0)
     currency = models.CharField(max_length=3, default="USD")
+    # Point value: price × quantity × multiplier is the money that changed hands.
     multiplier = models.DecimalField(max_digits=24, decimal_places=8, default=1)
+    # Options: expiry, strike and right (C or P); empty for everything else.
+    expiry = models.DateField(null=True, blank=True)
+    strike = models.DecimalField(max_digits=24, decimal_places=8, null=True, blank=True)
+    option_right = models.CharField(max_length=1, blank=True)
+    # Units of the account's base currency per unit of `currency`, where the broker says.
+    fx_rate_to_base = models.DecimalField(max_digits=24, decimal_places=10, null=True, blank=True)
     executed_at = models.DateTimeField()
     raw = models.JSONField(default=dict)
     imported_at = models.DateTimeField()

@@ -1,8 +1,12 @@
-"""Celery tasks: thin interfaces that take an id, call the engine and declare the retry policy."""
+"""Celery tasks: thin interfaces that take ids, run a step of the run, and carry out the retry policy.
+
+Every step — the connection step and each account — meets a failure the same way: sync.policy
+decides (retry, pause, give up), the run records it (sync.runs), and a wait re-queues the
+task through Celery's autoretry with our countdown, holding the run's lock for the whole wait.
+"""
 
 from __future__ import annotations
 
-import random
 from datetime import datetime
 
 import structlog
@@ -11,44 +15,45 @@ from django.conf import settings
 
 from brokers import schedules
 from brokers.models import SyncLog
-from brokers.providers.errors import BrokerRateLimitError
-from sync import engine
-from sync.engine import Attempt, RetryableSyncError, RunPlan, SyncRequeue
+from sync import housekeeping, locks, outcomes, policy, runs
+from sync.runs import RunPlan
 
 log = structlog.get_logger("sync.tasks")
 
-RETRY_JITTER = 0.10
-# Rate-limit pauses are not failures, but a broker that never lets us in must end somewhere.
-MAX_RATE_LIMIT_REQUEUES = 20
 
+class StepWaits(Exception):
+    """A step goes on later (a retry after a failure, or a pause for a rate limit)."""
 
-def retry_delay(failures: int, retry_after: float | None = None) -> float:
-    """The pause before the next attempt: the policy's step ±10%, or the broker's Retry-After if longer."""
-    delays = settings.SYNC_RETRY_DELAYS_S
-    base = delays[min(failures, len(delays)) - 1]
-    delay = base * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
-    return max(delay, retry_after or 0)
+    def __init__(self, *, countdown: float, connection_id: int, owner: str, failures: int, pauses: int):
+        super().__init__(f"continues in {countdown:.1f} s")
+        self.countdown = countdown
+        self.connection_id = connection_id
+        self.owner = owner
+        self.failures = failures
+        self.pauses = pauses
 
 
 class SyncTask(Task):
-    """Celery's exponential formula cannot give 1, 5, 15 minutes: this class supplies the steps.
+    """Celery's exponential formula cannot give 1, 5, 15 minutes: this class supplies the wait.
 
-    autoretry_for and retry_backoff stay declared on the task, so Celery drives the retries;
-    retry() here replaces the computed countdown with our own.
+    autoretry_for and retry_backoff stay declared on the tasks, so Celery drives the re-queue;
+    retry() here puts in our countdown and step counts, and holds the run's lock for the
+    whole wait plus one TTL, so no sweep or other run takes the connection meanwhile.
     """
 
     def retry(
         self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None, **options
     ):
-        if isinstance(exc, RetryableSyncError):
-            failures = self.request.retries - (self.request.kwargs or {}).get("requeues", 0) + 1
-            countdown = retry_delay(failures, exc.retry_after)
+        if isinstance(exc, StepWaits):
+            locks.hold(exc.connection_id, exc.owner, exc.countdown + settings.SYNC_LOCK_TTL_S)
+            countdown = exc.countdown
+            kwargs = {**(kwargs or self.request.kwargs or {}), "failures": exc.failures, "pauses": exc.pauses}
             log.info(
-                "sync_retry_scheduled",
+                "sync_step_waits",
                 task=self.name,
-                failures=failures,
+                failures=exc.failures,
+                pauses=exc.pauses,
                 countdown_s=round(countdown, 1),
-                error=str(exc),
             )
         return super().retry(
             args=args,
@@ -62,46 +67,58 @@ class SyncTask(Task):
         )
 
 
+def _wait_or_give_up(exc: Exception, *, connection_id: int, owner: str, failures: int, pauses: int, account: str = ""):
+    """Carry out the policy for a failed step: raise StepWaits (after recording why), or return to give up.
+
+    account names the account of an account step; the connection step's retries also count
+    as the run's attempts (SyncLog.attempt).
+    """
+    step = policy.next_step(exc, failures=failures, pauses=pauses)
+    where = f" for account {account}" if account else ""
+    if isinstance(step, policy.Retry):
+        message = outcomes.retrying(exc, failures + 1, policy.attempts_allowed(), where)
+        kind = outcomes.what_happened(exc)[1]
+        runs.record_wait(connection_id, owner, message, kind, step.countdown, attempt=0 if account else failures + 2)
+        raise StepWaits(
+            countdown=step.countdown, connection_id=connection_id, owner=owner, failures=failures + 1, pauses=pauses
+        ) from exc
+    if isinstance(step, policy.Pause):
+        message = outcomes.pausing(exc, step.countdown, where)
+        runs.record_wait(connection_id, owner, message, "rate_limit", step.countdown)
+        raise StepWaits(
+            countdown=step.countdown, connection_id=connection_id, owner=owner, failures=failures, pauses=pauses + 1
+        ) from exc
+
+
 # acks_late + reject_on_worker_lost: a message whose worker died goes back to the queue and
 # runs again; safe because the import is idempotent and the run lock is re-entrant.
 RELIABLE = {"acks_late": True, "reject_on_worker_lost": True}
-
-
-@shared_task(
-    bind=True,
-    base=SyncTask,
-    name="sync.tasks.sync_connection",
-    autoretry_for=(RetryableSyncError,),
-    retry_backoff=True,
-    max_retries=None,
+STEP = {
+    "bind": True,
+    "base": SyncTask,
+    "autoretry_for": (StepWaits,),
+    "retry_backoff": True,
+    "max_retries": None,  # sync.policy bounds failures and pauses
     **RELIABLE,
-)
-def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCHEDULED, requeues: int = 0):
+}
+
+
+@shared_task(name="sync.tasks.sync_connection", **STEP)
+def sync_connection(
+    self, connection_id: int, trigger: str = SyncLog.Trigger.SCHEDULED, failures: int = 0, pauses: int = 0
+):
     """Start a sync: session and accounts here, then one sync_account task per account in parallel.
 
     Transient failures are retried up to 3 times (about 1, 5 and 15 minutes apart); rate-limit
-    pauses re-queue the task without counting as a failure.
+    pauses wait without counting as a failure.
     """
-    failures = self.request.retries - requeues
-    attempt = Attempt(
-        connection_id=connection_id,
-        trigger=trigger,
-        task_id=self.request.id or "",
-        number=failures + 1,
-        final=failures >= len(settings.SYNC_RETRY_DELAYS_S),
-        may_requeue=requeues < MAX_RATE_LIMIT_REQUEUES,
-    )
-    structlog.contextvars.bind_contextvars(connection_id=connection_id, task_id=attempt.task_id, attempt=attempt.number)
+    owner = self.request.id or runs.new_owner()
+    structlog.contextvars.bind_contextvars(connection_id=connection_id, task_id=owner, attempt=failures + 1)
     try:
-        started = engine.start_run(attempt)
-    except SyncRequeue as pause:
-        log.info("sync_requeued_for_rate_limit", countdown_s=round(pause.retry_after, 1), requeues=requeues + 1)
-        engine.hold_lock(connection_id, pause.owner, pause.retry_after + settings.SYNC_LOCK_TTL_S)
-        raise self.retry(
-            kwargs={"connection_id": connection_id, "trigger": trigger, "requeues": requeues + 1},
-            countdown=pause.retry_after,
-            max_retries=None,
-        ) from None
+        started = runs.start_run(connection_id, owner=owner, trigger=trigger, attempt=failures + 1)
+    except Exception as exc:
+        _wait_or_give_up(exc, connection_id=connection_id, owner=owner, failures=failures, pauses=pauses)
+        started = runs.give_up(connection_id, owner, trigger, exc, attempts=failures + 1)
     finally:
         structlog.contextvars.unbind_contextvars("connection_id", "task_id", "attempt")
     if started is None:
@@ -118,21 +135,19 @@ def sync_connection(self, connection_id: int, trigger: str = SyncLog.Trigger.SCH
     return {"sync_log_id": started.pk, "status": started.status}
 
 
-@shared_task(
-    bind=True,
-    base=SyncTask,
-    name="sync.tasks.sync_account",
-    autoretry_for=(RetryableSyncError,),
-    retry_backoff=True,
-    max_retries=None,
-    **RELIABLE,
-)
+@shared_task(name="sync.tasks.sync_account", **STEP)
 def sync_account(
-    self, account_id: int, sync_log_id: int, connection_id: int, owner: str, until: str, requeues: int = 0
+    self,
+    account_id: int,
+    sync_log_id: int,
+    connection_id: int,
+    owner: str,
+    until: str,
+    failures: int = 0,
+    pauses: int = 0,
 ) -> dict:
     """Import one account's trades for a run. Always returns a result, so the run can finish."""
     plan = RunPlan(sync_log_id, connection_id, owner, (), datetime.fromisoformat(until))
-    failures = self.request.retries - requeues
     structlog.contextvars.bind_contextvars(
         connection_id=connection_id,
         account_id=account_id,
@@ -141,27 +156,17 @@ def sync_account(
         attempt=failures + 1,
     )
     try:
-        return engine.sync_account(plan, account_id)
-    except BrokerRateLimitError as exc:
-        if requeues >= MAX_RATE_LIMIT_REQUEUES:
-            return engine.account_failure(account_id, exc)
-        engine.hold_lock(connection_id, owner, exc.retry_after + settings.SYNC_LOCK_TTL_S)
-        raise self.retry(
-            kwargs={
-                "account_id": account_id,
-                "sync_log_id": sync_log_id,
-                "connection_id": connection_id,
-                "owner": owner,
-                "until": until,
-                "requeues": requeues + 1,
-            },
-            countdown=exc.retry_after,
-            max_retries=None,
-        ) from None
+        return runs.sync_account(plan, account_id)
     except Exception as exc:
-        if engine.is_transient(exc) and failures < len(settings.SYNC_RETRY_DELAYS_S):
-            raise engine.retryable(exc, connection_id, owner) from exc
-        return engine.account_failure(account_id, exc)
+        _wait_or_give_up(
+            exc,
+            connection_id=connection_id,
+            owner=owner,
+            failures=failures,
+            pauses=pauses,
+            account=runs.account_label(account_id),
+        )
+        return runs.account_gave_up(plan, account_id, exc, attempts=failures + 1)
     finally:
         structlog.contextvars.unbind_contextvars("connection_id", "account_id", "sync_log_id", "task_id", "attempt")
 
@@ -170,14 +175,14 @@ def sync_account(
 def finish_sync(results: list[dict], sync_log_id: int, connection_id: int, owner: str, until: str) -> dict:
     """Close the run once every account reported: one SyncLog, the connection's status, the lock."""
     plan = RunPlan(sync_log_id, connection_id, owner, (), datetime.fromisoformat(until))
-    sync_log = engine.finish_run(plan, results)
+    sync_log = runs.finish_run(plan, results)
     return {"sync_log_id": sync_log.pk, "status": sync_log.status}
 
 
 @shared_task(name="sync.tasks.close_interrupted_runs")
 def close_interrupted_runs():
     """Periodic: close runs a killed worker left open and free connections stuck in SYNCING."""
-    return engine.close_interrupted_runs()
+    return housekeeping.close_interrupted_runs()
 
 
 @shared_task(name="sync.tasks.reconcile_schedules")
@@ -192,4 +197,4 @@ def reconcile_schedules():
 @shared_task(name="sync.tasks.prune_sync_logs")
 def prune_sync_logs():
     """Daily: delete SyncLog rows past SYNC_LOG_RETENTION_DAYS."""
-    return engine.prune_sync_logs()
+    return housekeeping.prune_sync_logs()

@@ -30,6 +30,7 @@ CONNECTION_FIELDS = {
     "environment",
     "status",
     "display_status",
+    "next_attempt_at",
     "sync_enabled",
     "sync_interval_min",
     "last_sync_at",

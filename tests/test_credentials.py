@@ -69,3 +69,15 @@ def test_managers_hear_of_each_new_provider_once():
     assert len(mail.outbox) == 1 and "Demo broker" in mail.outbox[0].subject
     assert announce_new_providers() == []
     assert len(mail.outbox) == 1
+
+
+def test_an_empty_broker_user_agent_stops_start_up_naming_the_setting():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "BROKER_HTTP_USER_AGENT": " "}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "BROKER_HTTP_USER_AGENT may not be empty" in result.stderr

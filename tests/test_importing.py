@@ -77,3 +77,37 @@ def test_concurrent_imports_of_the_same_fills_count_each_once(account, settings)
     assert errors == []
     assert sum(r.imported for r in results) == 600 == Trade.objects.count()
     assert sum(r.skipped for r in results) == 2 * 600
+
+
+@pytest.mark.django_db
+def test_option_fields_and_the_fx_rate_are_stored_for_p_and_l(account):
+    from datetime import date
+
+    option = BrokerTrade(
+        broker_trade_id="opt-1",
+        account_external_id="A",
+        symbol="AAPL  261218C00200000",
+        side=BUY,
+        quantity=Decimal("2"),
+        price=Decimal("3.15"),
+        executed_at=START,
+        currency="EUR",
+        asset_class="OPT",
+        multiplier=Decimal("100"),
+        expiry=date(2026, 12, 18),
+        strike=Decimal("200"),
+        option_right="C",
+        fx_rate_to_base=Decimal("1.0842"),
+    )
+    assert import_trades(account.pk, [option, *trades(1)]).imported == 2
+    stored = Trade.objects.get(broker_trade_id="opt-1")
+    assert (stored.asset_class, stored.multiplier, stored.expiry, stored.strike, stored.option_right) == (
+        "OPT",
+        Decimal("100"),
+        date(2026, 12, 18),
+        Decimal("200"),
+        "C",
+    )
+    assert stored.fx_rate_to_base == Decimal("1.0842")
+    plain = Trade.objects.get(broker_trade_id="fill-0")
+    assert (plain.expiry, plain.strike, plain.option_right, plain.fx_rate_to_base) == (None, None, "", None)

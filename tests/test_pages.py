@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from brokers import schedules, services
@@ -39,8 +40,66 @@ def test_brokers_page_shows_status_last_sync_and_trade_count(client, trader, syn
     assert "My demo" in page and 'data-status="CONNECTED"' in page
     count = synced_connection.accounts.values_list("trades", flat=True).count()
     assert f'<span class="trade-count">{count}</span>' in page
-    assert "Last sync:" in page and "never" not in page
+    assert "Last successful sync:" in page and "never" not in page
+    assert "Last failed sync:" not in page
     assert "demo-SECRET-value" not in page
+
+
+WAITING = timezone.now() + timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "badge", "says"),
+    [
+        ({"last_sync_at": None, "last_success_at": None, "last_sync_error": ""}, "NEW", "Not synced yet."),
+        (
+            {
+                "status": "SYNCING",
+                "next_attempt_at": WAITING,
+                "next_attempt_reason": "retry",
+                "last_sync_error": "Attempt 2 of 4 failed: Demo is temporarily unavailable (HTTP 503).",
+            },
+            "RETRYING",
+            "Attempt 2 of 4 failed: Demo is temporarily unavailable (HTTP 503). Next try at",
+        ),
+        (
+            {
+                "status": "SYNCING",
+                "next_attempt_at": WAITING,
+                "next_attempt_reason": "rate_limit",
+                "last_sync_error": "Demo asked us to slow down (HTTP 429). The sync pauses and continues",
+            },
+            "SYNCING",
+            "Demo asked us to slow down (HTTP 429). The sync pauses and continues",
+        ),
+        ({"status": "SYNCING"}, "SYNCING", "Last successful sync:"),
+        (
+            {"last_sync_at": timezone.now(), "last_success_at": timezone.now(), "last_sync_error": "DEMO-STK-1: down"},
+            "PARTIAL",
+            "Some accounts did not sync: DEMO-STK-1: down",
+        ),
+        (
+            {
+                "status": "ERROR",
+                "last_sync_at": timezone.now(),
+                "last_sync_error": "Demo is down. All 4 attempts failed",
+            },
+            "ERROR",
+            "Last failed sync:",
+        ),
+        ({"sync_enabled": False, "last_sync_at": timezone.now()}, "PAUSED", "off: auto-sync is switched off"),
+    ],
+    ids=["new", "retrying", "rate-limit-wait", "syncing", "partial", "error", "paused"],
+)
+def test_the_card_tells_each_state_at_a_glance(client, trader, fields, badge, says):
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="States", credentials={"api_key": "k"}
+    )
+    BrokerConnection.objects.filter(pk=connection.pk).update(**fields)
+    client.force_login(trader)
+    page = client.get("/brokers/").content.decode()
+    assert f'data-status="{badge}"' in page
+    assert says in page
 
 
 def test_error_is_shown_with_what_to_do(client, trader):

@@ -17,9 +17,11 @@ from brokers.providers.demo import DemoProvider
 from brokers.providers.errors import BrokerRateLimitError
 from brokers.providers.types import AuthResult, BrokerAccountInfo
 from journal.models import Trade
-from sync import engine, notifications
+from sync import accounts, housekeeping, locks, notifications, runs
 from sync.models import Notice
-from sync.tasks import retry_delay, sync_connection
+from sync.outcomes import RunSuperseded
+from sync.policy import retry_delay
+from sync.tasks import sync_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -81,15 +83,27 @@ def test_retry_steps_are_about_1_5_15_minutes_and_retry_after_wins_when_longer()
 
 
 @responses.activate
-def test_a_broker_failing_twice_then_answering_gives_one_success_log(alpaca):
+def test_a_request_failing_twice_is_sent_again_before_the_run_fails(alpaca):
     fails(responses, 503, 2)
     healthy(responses)
     log = run(alpaca)
+    assert log.status == SyncLog.Status.SUCCESS and log.attempt == 1  # no run-level retry was needed
+    assert log.request_retries == 2
+    assert log.trades_imported == 5 and Trade.objects.count() == 5
+
+
+@responses.activate
+def test_a_broker_down_longer_than_request_retries_gives_one_success_log_after_run_retries(alpaca):
+    fails(responses, 503, 6)  # two attempts of three tries each
+    healthy(responses)
+    log = run(alpaca)
     assert log.status == SyncLog.Status.SUCCESS and log.attempt == 3
+    assert log.request_retries == 4
     assert SyncLog.objects.count() == 1
     assert log.trades_imported == 5 and Trade.objects.count() == 5
     alpaca.refresh_from_db()
     assert alpaca.status == "CONNECTED" and alpaca.last_sync_error == "" and alpaca.consecutive_failures == 0
+    assert alpaca.next_attempt_at is None
 
 
 @responses.activate
@@ -158,11 +172,11 @@ def test_rate_limit_waits_requeue_without_counting_as_a_failure(alpaca):
 def test_a_run_while_another_holds_the_lock_is_skipped(trader):
     connection = services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"})
     before = Trade.objects.count()
-    assert engine._acquire_lock(connection.pk, "someone-else")
-    log = engine.run_sync(engine.Attempt(connection_id=connection.pk, task_id="mine"))
+    assert locks.acquire(connection.pk, "someone-else")
+    log = runs.run_inline(connection.pk, owner="mine")
     assert log.status == SyncLog.Status.SKIPPED and Trade.objects.count() == before
     # A redelivered message (same task id) re-enters its own lock and finishes the run.
-    log = engine.run_sync(engine.Attempt(connection_id=connection.pk, task_id="someone-else"))
+    log = runs.run_inline(connection.pk, owner="someone-else")
     assert log.status == SyncLog.Status.SUCCESS
 
 
@@ -171,7 +185,7 @@ def test_interrupted_runs_are_closed_and_stuck_syncing_is_freed(trader):
     BrokerConnection.objects.filter(pk=connection.pk).update(status="SYNCING")
     old = SyncLog.objects.create(connection=connection, started_at=timezone.now() - timedelta(hours=3), task_id="t")
     recent = SyncLog.objects.create(connection=connection, started_at=timezone.now(), task_id="u")
-    assert engine.close_interrupted_runs() == 1
+    assert housekeeping.close_interrupted_runs() == 1
     old.refresh_from_db()
     recent.refresh_from_db()
     assert old.status == SyncLog.Status.INTERRUPTED and "interrupted" in old.error_message
@@ -221,7 +235,7 @@ def test_old_logs_are_pruned(trader, settings):
         status="SUCCESS",
         started_at=timezone.now() - timedelta(days=settings.SYNC_LOG_RETENTION_DAYS + 1),
     )
-    assert engine.prune_sync_logs() == 1
+    assert housekeeping.prune_sync_logs() == 1
     assert SyncLog.objects.filter(connection=connection).count() == 1
 
 
@@ -260,8 +274,8 @@ def test_an_interrupted_backfill_resumes_after_the_last_committed_batch(trader, 
     info = BrokerAccountInfo(external_id="DEMO-FUT-1", name="f")
     until = timezone.now()
     with pytest.raises(BrokerRateLimitError):
-        plan = engine.RunPlan(sync_log_id=0, connection_id=connection.pk, owner="run", account_ids=(), until=until)
-        engine._import_account(PausedAfter120(), AuthResult(token="t"), row, info, plan, until)
+        plan = runs.RunPlan(sync_log_id=0, connection_id=connection.pk, owner="run", account_ids=(), until=until)
+        accounts.import_account(PausedAfter120(), AuthResult(token="t"), row, info, plan, until)
     row.refresh_from_db()
     committed = Trade.objects.filter(account=row).order_by("executed_at")
     assert committed.count() == 100  # two full batches; the third never committed
@@ -315,7 +329,7 @@ def test_counts_cover_the_whole_run_when_a_retry_refetches_committed_batches(alp
 
 
 def test_a_database_hiccup_during_import_is_retried(trader, monkeypatch):
-    real_import = engine.import_trades
+    real_import = accounts.import_trades
     calls = []
 
     def flaky_import(*args, **kwargs):
@@ -324,7 +338,7 @@ def test_a_database_hiccup_during_import_is_retried(trader, monkeypatch):
             raise OperationalError("database is locked")
         return real_import(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "import_trades", flaky_import)
+    monkeypatch.setattr(accounts, "import_trades", flaky_import)
     connection = services.connection_create(
         owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
     )
@@ -334,14 +348,14 @@ def test_a_database_hiccup_during_import_is_retried(trader, monkeypatch):
 
 
 def test_a_run_keeps_its_lock_and_only_its_own():
-    assert engine._acquire_lock(7, "run-a")
-    assert not engine._acquire_lock(7, "run-b")
-    assert engine.hold_lock(7, "run-a", 3600)
-    assert engine.hold_lock(7, "run-a", 5)  # never shortens
-    assert engine._redis().ttl(engine.lock_key(7)) > 3000
-    assert not engine.hold_lock(7, "run-b", 3600)
-    engine._release_lock(7, "run-b")  # not its lock: nothing happens
-    assert engine._redis().get(engine.lock_key(7)) == b"run-a"
+    assert locks.acquire(7, "run-a")
+    assert not locks.acquire(7, "run-b")
+    assert locks.hold(7, "run-a", 3600)
+    assert locks.hold(7, "run-a", 5)  # never shortens
+    assert locks.redis_client().ttl(locks.lock_key(7)) > 3000
+    assert not locks.hold(7, "run-b", 3600)
+    locks.release(7, "run-b")  # not its lock: nothing happens
+    assert locks.redis_client().get(locks.lock_key(7)) == b"run-a"
 
 
 def test_a_run_waiting_for_its_retry_is_not_closed_as_interrupted(trader):
@@ -349,11 +363,11 @@ def test_a_run_waiting_for_its_retry_is_not_closed_as_interrupted(trader):
     waiting = SyncLog.objects.create(
         connection=connection, started_at=timezone.now() - timedelta(minutes=20), task_id="waiting-run"
     )
-    engine.hold_lock(connection.pk, "waiting-run", 60)  # not ours yet: nothing to extend
-    assert engine._acquire_lock(connection.pk, "waiting-run")
-    assert engine.close_interrupted_runs() == 0
-    engine._release_lock(connection.pk, "waiting-run")
-    assert engine.close_interrupted_runs() == 1
+    locks.hold(connection.pk, "waiting-run", 60)  # not ours yet: nothing to extend
+    assert locks.acquire(connection.pk, "waiting-run")
+    assert housekeeping.close_interrupted_runs() == 0
+    locks.release(connection.pk, "waiting-run")
+    assert housekeeping.close_interrupted_runs() == 1
     waiting.refresh_from_db()
     assert waiting.status == SyncLog.Status.INTERRUPTED
 
@@ -364,8 +378,85 @@ def test_an_account_task_of_a_superseded_run_leaves_the_account_to_the_newer_run
     )
     row = connection.accounts.create(external_id="DEMO-FUT-1", name="f")
     old_log = SyncLog.objects.create(connection=connection, started_at=timezone.now(), task_id="old-run")
-    assert engine._acquire_lock(connection.pk, "newer-run")
-    plan = engine.RunPlan(old_log.pk, connection.pk, "old-run", (), timezone.now())
-    result = engine.sync_account_safely(plan, row.pk)
+    assert locks.acquire(connection.pk, "newer-run")
+    plan = runs.RunPlan(old_log.pk, connection.pk, "old-run", (), timezone.now())
+    with pytest.raises(RunSuperseded) as raised:
+        runs.sync_account(plan, row.pk)
+    result = runs.account_gave_up(plan, row.pk, raised.value, attempts=1)
     assert result["kind"] == "superseded" and "newer sync" in result["error"]
     assert not Trade.objects.exists()
+
+
+@responses.activate
+def test_inline_sync_waits_out_a_rate_limit_pause_and_does_not_count_it_as_a_failure(alpaca):
+    fails(responses, 429, 1, headers={"Retry-After": "1"})
+    healthy(responses)
+    log = runs.run_inline(alpaca.pk)
+    assert log.status == SyncLog.Status.SUCCESS and log.attempt == 1
+    assert log.trades_imported == 5
+
+
+@responses.activate
+def test_inline_sync_says_truthfully_that_it_made_one_attempt(alpaca):
+    fails(responses, 500, 1)
+    log = runs.run_inline(alpaca.pk)
+    assert log.status == SyncLog.Status.FAILED and log.attempt == 1
+    assert log.error_message == "Alpaca had an internal error (HTTP 500). The next scheduled sync will try again."
+    assert "attempts" not in log.error_message
+
+
+@responses.activate
+def test_a_rate_limit_pause_keeps_the_broker_s_reason_and_says_what_happens_next(alpaca, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # run the step by hand and watch what it records
+    fails(responses, 429, 1, headers={"Retry-After": "300"})
+    from sync import tasks
+
+    with pytest.raises(tasks.StepWaits) as waits:
+        tasks.sync_connection.run(connection_id=alpaca.pk)
+    assert waits.value.pauses == 1 and waits.value.failures == 0 and waits.value.countdown == 300
+    alpaca.refresh_from_db()
+    assert alpaca.last_sync_error == (
+        "Alpaca asked us to slow down (HTTP 429). The sync pauses and continues automatically in about 5 min."
+    )
+    assert alpaca.status == "SYNCING" and alpaca.next_attempt_reason == "rate_limit"
+    # The task holds the lock for the whole wait plus one TTL before it goes.
+    assert locks.redis_client().ttl(locks.lock_key(alpaca.pk)) > 300
+
+
+def test_an_interrupted_run_counts_what_it_really_imported(trader):
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
+    )
+    started = timezone.now() - timedelta(hours=1)
+    log = SyncLog.objects.create(connection=connection, started_at=started, task_id="dead-run")
+    account = connection.accounts.create(external_id="DEMO-FUT-1", name="f")
+    for i in range(3):
+        Trade.objects.create(
+            account=account,
+            broker_trade_id=f"t{i}",
+            symbol="ES",
+            side="BUY",
+            quantity=1,
+            price=1,
+            executed_at=started,
+            imported_at=started + timedelta(minutes=1),
+        )
+    BrokerConnection.objects.filter(pk=connection.pk).update(status="SYNCING", last_sync_error="old words")
+    assert housekeeping.close_interrupted_runs() == 1
+    log.refresh_from_db()
+    assert log.status == SyncLog.Status.INTERRUPTED and log.trades_imported == 3
+    assert log.detail == {"DEMO-FUT-1": {"imported": 3, "skipped": 0}}
+    connection.refresh_from_db()
+    # An error message from before says nothing about whether the connection works: the last finished run does.
+    assert connection.status == "CONNECTED"
+
+
+def test_a_short_lived_token_is_renewed_at_half_its_life_not_at_every_use():
+    issued = timezone.now()
+    token = AuthResult(token="t", issued_at=issued, expires_at=issued + timedelta(minutes=8))
+    margin = token.renew_margin(timedelta(minutes=15))
+    assert margin == timedelta(minutes=4)
+    assert not token.expires_within(margin, issued + timedelta(minutes=3))
+    assert token.expires_within(margin, issued + timedelta(minutes=4, seconds=1))
+    long_lived = AuthResult(token="t", issued_at=issued, expires_at=issued + timedelta(minutes=90))
+    assert long_lived.renew_margin(timedelta(minutes=15)) == timedelta(minutes=15)

@@ -10,6 +10,7 @@ from typing import ClassVar
 from django.conf import settings
 
 from brokers.providers.http import BrokerHTTP
+from brokers.providers.runcache import RunCache
 from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
@@ -34,6 +35,9 @@ class BrokerProvider(ABC):
       trades_ascending   get_trades yields oldest first, so progress can be saved batch by batch
       credentials_expire AuthResult.expires_at is when the trader's own credentials lapse (not a
                          session we renew), so the trader is warned before that day
+      transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
+                         layer retries them a few times before the run's own retries); add 500
+                         only where the broker's docs call it transient
     """
 
     key: ClassVar[str]
@@ -46,16 +50,34 @@ class BrokerProvider(ABC):
     token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
     trades_ascending: ClassVar[bool] = False
     credentials_expire: ClassVar[bool] = False
+    transient_statuses: ClassVar[frozenset[int]] = frozenset({502, 503, 504})
 
     def __init__(self, environment: str = ""):
         self.environment = environment or (self.environments[0][0] if self.environments else "")
         self._http: BrokerHTTP | None = None
+        # The sync run this instance works for (set by the registry); "" outside a run.
+        self.run_id = ""
 
     @property
     def http(self) -> BrokerHTTP:
         if self._http is None:
-            self._http = BrokerHTTP(provider_key=self.key, display_name=self.display_name, base_url=self.base_url())
+            self._http = BrokerHTTP(
+                provider_key=self.key,
+                display_name=self.display_name,
+                base_url=self.base_url(),
+                transient_statuses=self.transient_statuses,
+            )
         return self._http
+
+    @property
+    def request_retries(self) -> int:
+        """Requests this instance sent again after a transient failure (the run's detail counts them)."""
+        return self._http.retries if self._http is not None else 0
+
+    @property
+    def run_cache(self) -> RunCache | None:
+        """Storage the steps of this run share (another account's task may have fetched it); None outside a run."""
+        return RunCache(self.run_id) if self.run_id else None
 
     def base_url(self) -> str:
         override = settings.BROKER_BASE_URLS.get(self.key)

@@ -59,11 +59,14 @@ class BrokerAPIError(BrokerError):
 class BrokerTimeoutError(BrokerError):
     transient = True
     kind = "timeout"
+    # False when the request never reached the broker (a connect timeout): any method may be resent.
+    request_sent = True
 
 
 class BrokerUnavailableError(BrokerError):
     transient = True
     kind = "unavailable"
+    request_sent = True
 
 
 class BrokerConfigurationError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -13,6 +14,7 @@ from django.conf import settings
 from brokers.providers.errors import (
     BrokerAPIError,
     BrokerAuthError,
+    BrokerError,
     BrokerRateLimitError,
     BrokerTimeoutError,
     BrokerUnavailableError,
@@ -47,16 +49,36 @@ def parse_retry_after(response: requests.Response, now: datetime | None = None) 
     return None
 
 
-class BrokerHTTP:
-    """A reused session for one provider. Every call books a rate-limit slot first."""
+# Methods that mean the same when sent twice (RFC 9110): only these are sent again after a
+# failure that may have reached the broker. Any request is sent again when it never left.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
-    def __init__(self, *, provider_key: str, display_name: str, base_url: str):
+
+class BrokerHTTP:
+    """A reused session for one provider. Every call books a rate-limit slot first.
+
+    A transient failure of an idempotent request (no answer in time, a dropped connection,
+    one of the provider's transient statuses) is sent again up to BROKER_HTTP_RETRIES times
+    after a short jittered pause, each time through the limiter, before the error reaches
+    the run (whose own retries are minutes apart). `retries` counts those resends.
+    """
+
+    def __init__(
+        self,
+        *,
+        provider_key: str,
+        display_name: str,
+        base_url: str,
+        transient_statuses: frozenset[int] = frozenset({502, 503, 504}),
+    ):
         self.provider_key = provider_key
         self.display_name = display_name
         self.base_url = base_url.rstrip("/")
+        self.transient_statuses = transient_statuses
         self.session = requests.Session()
         self.session.headers["User-Agent"] = settings.BROKER_HTTP_USER_AGENT
         self.timeout = (settings.BROKER_HTTP_CONNECT_TIMEOUT_S, settings.BROKER_HTTP_READ_TIMEOUT_S)
+        self.retries = 0
 
     def request(
         self,
@@ -66,43 +88,82 @@ class BrokerHTTP:
         scope: str = "",
         buckets: tuple[str, ...] | None = None,
         allow_statuses: tuple[int, ...] = (),
+        idempotent: bool | None = None,
         **kwargs,
     ) -> requests.Response:
         """Send one request and return the response, or raise the matching BrokerError.
 
         scope names the credential for per-credential limits (see ratelimit.scope_for);
-        allow_statuses are statuses the caller interprets itself instead of the mapping.
+        allow_statuses are statuses the caller interprets itself instead of the mapping;
+        idempotent overrides the method's own meaning (e.g. a POST that only reads).
         """
         url = path_or_url if "://" in path_or_url else f"{self.base_url}/{path_or_url.lstrip('/')}"
-        limiter = get_limiter()
-        limiter.acquire(self.provider_key, scope=scope, buckets=buckets)
+        idempotent = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        tries = 1 + settings.BROKER_HTTP_RETRIES
+        attempt = 0
+        while True:
+            attempt += 1
+            get_limiter().acquire(self.provider_key, scope=scope, buckets=buckets, display_name=self.display_name)
+            try:
+                response = self._send(method, url, **kwargs)
+            except (BrokerTimeoutError, BrokerUnavailableError) as exc:
+                if attempt < tries and (idempotent or not exc.request_sent):
+                    self._pause_before_resend(attempt, method, url, exc.kind)
+                    continue
+                raise
+            if response.status_code in allow_statuses or response.ok:
+                return response
+            error = self.error_for(response, scope=scope)
+            if attempt < tries and idempotent and self._worth_resending(response, error):
+                self._pause_before_resend(attempt, method, url, f"HTTP {response.status_code}")
+                continue
+            raise error
+
+    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
         path = requests.utils.urlparse(url).path  # never the query: it may carry a token
         started = time.monotonic()
         try:
             response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.Timeout:
+        except requests.Timeout as exc:
             self._log(method, path, None, started)
-            raise BrokerTimeoutError(
-                f"{self.display_name} did not answer in time.",
-                provider=self.provider_key,
-            ) from None
+            error = BrokerTimeoutError(f"{self.display_name} did not answer in time.", provider=self.provider_key)
+            # A connect timeout means the request never left: safe to send again whatever it does.
+            error.request_sent = not isinstance(exc, requests.ConnectTimeout)
+            raise error from None
         except (
             requests.ConnectionError,
             requests.exceptions.ChunkedEncodingError,
             requests.exceptions.ContentDecodingError,
         ):
             # A connection dropped halfway through the body is an outage like any other.
+            # The chained requests exception is dropped: its text holds the URL and query.
             self._log(method, path, None, started)
             raise BrokerUnavailableError(
                 f"Could not reach {self.display_name}. If this lasts, check the broker's status page.",
                 provider=self.provider_key,
             ) from None
         self._log(method, path, response.status_code, started)
-        if response.status_code in allow_statuses or response.ok:
-            return response
-        raise self.error_for(response, scope=scope)
+        return response
 
-    def error_for(self, response: requests.Response, *, scope: str = "") -> Exception:
+    def _worth_resending(self, response: requests.Response, error: BrokerError) -> bool:
+        # A broker that asks for a long wait gets it from the run's retry, not from a sleeping request.
+        long_wait = (error.retry_after or 0) > settings.BROKER_RATE_LIMIT_MAX_SLEEP_S
+        return response.status_code in self.transient_statuses and not long_wait
+
+    def _pause_before_resend(self, attempt: int, method: str, url: str, reason: str) -> None:
+        self.retries += 1
+        pause = settings.BROKER_HTTP_RETRY_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+        log.info(
+            "broker_http_retry",
+            broker=self.provider_key,
+            method=method,
+            path=requests.utils.urlparse(url).path,
+            reason=reason,
+            pause_s=round(pause, 2),
+        )
+        time.sleep(pause)
+
+    def error_for(self, response: requests.Response, *, scope: str = "") -> BrokerError:
         status = response.status_code
         retry_after = parse_retry_after(response)
         name = self.display_name
@@ -115,18 +176,20 @@ class BrokerHTTP:
             )
         if status == 429:
             wait = retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_WAIT_S
-            get_limiter().block(self.provider_key, wait, scope=scope)
+            reason = f"{name} asked us to slow down (HTTP 429)."
+            get_limiter().block(self.provider_key, wait, scope=scope, reason=reason)
             return BrokerRateLimitError(
-                f"{name} asked us to slow down; the sync continues automatically in about {max(1, round(wait))} s.",
+                reason,
                 provider=self.provider_key,
                 status_code=status,
                 retry_after=wait,
             )
         if status == 503:
+            reason = f"{name} is temporarily unavailable (HTTP 503)."
             if retry_after is not None:
-                get_limiter().block(self.provider_key, retry_after)
+                get_limiter().block(self.provider_key, retry_after, reason=reason)
             return BrokerUnavailableError(
-                f"{name} is temporarily unavailable (HTTP 503).",
+                reason,
                 provider=self.provider_key,
                 status_code=status,
                 retry_after=retry_after,

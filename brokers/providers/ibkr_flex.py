@@ -10,12 +10,13 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
 from urllib.parse import urlparse
-from xml.etree.ElementTree import Element, ParseError
+from xml.etree.ElementTree import Element, ParseError, tostring
 from zoneinfo import ZoneInfo
 
 import structlog
 from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
+from django.conf import settings
 
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import (
@@ -26,6 +27,7 @@ from brokers.providers.errors import (
 )
 from brokers.providers.ratelimit import get_limiter, scope_for
 from brokers.providers.registry import register
+from brokers.providers.runcache import RunCache
 from brokers.providers.types import (
     BUY,
     SELL,
@@ -41,18 +43,18 @@ log = structlog.get_logger("brokers.ibkr_flex")
 # Flex times carry no offset. Community sources say US/Eastern (UNCONFIRMED by IBKR): if
 # that proves wrong, this is the one place to change (see docs/brokers/ibkr_flex.md).
 REPORT_TIMEZONE = ZoneInfo("America/New_York")
-# A pause before each poll of a report being generated: six polls plus the SendRequest
-# fit the 9-per-minute bucket, and polling faster has been answered with 1020.
-POLL_PAUSE_S = 10.0
-# Reports can take minutes; past this the sync gives up and retries later, well within
-# the task's time limit even when a sync needs several reports.
-POLL_MAX_S = 180.0
+# A pause before each poll of a report being generated (IBKR_FLEX_POLL_PAUSE_S, 10 s): six
+# polls plus the SendRequest fit the per-minute bucket, and polling faster has been answered
+# with 1020. Reports can take minutes; after this many polls the run retries later, well
+# within the task's time limit.
+POLL_MAX_POLLS = 18
 # 1018 says no wait; the per-minute window is 60 s, and hammering risks a 1025 lockout.
 RATE_LIMIT_WAIT_S = 60.0
 # IBKR's longest period per request, both end dates included.
 MAX_PERIOD_DAYS = 365
-# get_accounts proves the token and query with a short report ending yesterday: Activity
-# statements only exist for closed days, and a week always holds a business day.
+# get_accounts proves the token and query with a report of the last week (a week always holds
+# a business day). It ends today like the trades' periods do, so an incremental sync's trades
+# (cursor less two days, to today) come from the same report: one SendRequest per run.
 ACCOUNTS_CHECK_DAYS = 7
 API_VERSION = "3"
 EMPTY_VALUES = {"", "-", "--", "N/A"}
@@ -130,7 +132,8 @@ class IbkrFlexProvider(BrokerProvider):
     def __init__(self, environment: str = ""):
         super().__init__(environment)
         # Every account of a token is synced from the same report, and a token allows only
-        # 10 requests a minute: one provider instance fetches each report once.
+        # 10 requests a minute: a run fetches each report once (its run cache shares it
+        # between the account tasks), and this instance parses it once.
         self._reports: dict[tuple[str, str, date, date], FlexReport] = {}
         # Flex has no login, so the engine's second try after an auth error would send the
         # same token again: answer it from here instead of spending IBKR's budget.
@@ -177,16 +180,19 @@ class IbkrFlexProvider(BrokerProvider):
 
     def get_accounts(self, auth: AuthResult) -> list[BrokerAccountInfo]:
         today = datetime.now(REPORT_TIMEZONE).date()
-        report = self._report(auth, today - timedelta(days=ACCOUNTS_CHECK_DAYS), today - timedelta(days=1))
+        report = self._report(auth, today - timedelta(days=ACCOUNTS_CHECK_DAYS), today)
         return list(report.accounts)
 
     def get_trades(
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
+        # A report may cover more than was asked (a wider one served this period): every
+        # execution in it within max_history goes to the journal, which drops what it has.
+        oldest = until - self.max_history
         for first, last in _periods(since, until):
             report = self._report(auth, first, last)
             for trade in report.trades.get(account.external_id, ()):
-                if since <= trade.executed_at <= until:
+                if oldest <= trade.executed_at:
                     yield trade
 
     # --- the two calls -------------------------------------------------------------------
@@ -196,27 +202,58 @@ class IbkrFlexProvider(BrokerProvider):
         refused = self._refused.get((scope, query_id))
         if refused is not None:
             raise refused
-        key = (scope, query_id, first, last)
-        if key not in self._reports:
-            try:
-                self._reports[key] = parse_report(self._fetch(auth.token, query_id, first, last, scope))
-            except BrokerAuthError as exc:
-                self._refused[(scope, query_id)] = exc
-                raise
-        return self._reports[key]
+        for (s, q, f, la), report in self._reports.items():
+            if (s, q) == (scope, query_id) and f <= first and last <= la:
+                return report
+        try:
+            period, xml = self._statement(auth.token, query_id, first, last, scope)
+        except BrokerAuthError as exc:
+            self._refused[(scope, query_id)] = exc
+            raise
+        try:
+            report = parse_report(ElementTree.fromstring(xml))
+        except (ParseError, DefusedXmlException):
+            raise self._unreadable() from None
+        self._reports[(scope, query_id, *period)] = report
+        return report
 
-    def _fetch(self, token: str, query_id: str, first: date, last: date, scope: str) -> Element:
-        root = self._poll(token, *self._send_request(token, query_id, first, last, scope), scope)
-        if root is None:
-            # 1017: IBKR forgot the reference code; it asks for a new request, once is enough.
-            root = self._poll(token, *self._send_request(token, query_id, first, last, scope), scope)
-        if root is None:
-            raise BrokerAPIError(
-                f"{self.display_name} lost track of the report twice.",
-                provider=self.key,
-                transient=True,
-            )
-        return root
+    def _statement(self, token: str, query_id: str, first: date, last: date, scope: str):
+        """((first, last), report XML) for a period covering [first, last]: from the run, or fetched once."""
+        cache = self.run_cache
+        if cache is None:
+            return (first, last), self._fetch(token, query_id, first, last, scope, None)
+        prefix = f"report:{scope}:{query_id}:"
+        for name in cache.fields():
+            if name.startswith(prefix):
+                f, la = (datetime.strptime(d, "%Y%m%d").date() for d in name[len(prefix) :].split(":"))
+                if f <= first and last <= la:
+                    return (f, la), cache.get(name)
+        name = f"{prefix}{first:%Y%m%d}:{last:%Y%m%d}"
+        claim_s = 2 * (POLL_MAX_POLLS + 2) * _poll_pause_s() + 60
+        xml = cache.once(name, lambda: self._fetch(token, query_id, first, last, scope, (cache, name)), max_s=claim_s)
+        return (first, last), xml
+
+    def _fetch(self, token, query_id, first, last, scope, resume: tuple[RunCache, str] | None) -> bytes:
+        """The report's XML. A run remembers the reference code, so a step resumed after a pause
+        polls the report it asked for instead of spending another SendRequest."""
+        for _ in range(2):  # 1017: IBKR forgot the reference code; it asks for a new request, once is enough
+            reference = resume[0].get(f"ref:{resume[1]}") if resume else None
+            if reference:
+                code, url = reference.decode().split(" ", 1)
+            else:
+                code, url = self._send_request(token, query_id, first, last, scope)
+                if resume:
+                    resume[0].put(f"ref:{resume[1]}", f"{code} {url}")
+            root = self._poll(token, code, url, scope)
+            if resume:
+                resume[0].forget(f"ref:{resume[1]}")
+            if root is not None:
+                return tostring(root)
+        raise BrokerAPIError(
+            f"{self.display_name} lost track of the report twice.",
+            provider=self.key,
+            transient=True,
+        )
 
     def _send_request(self, token: str, query_id: str, first: date, last: date, scope: str) -> tuple[str, str]:
         # Always a period: on v3 a saved "last N days" query can silently shrink to one day.
@@ -235,9 +272,8 @@ class IbkrFlexProvider(BrokerProvider):
 
     def _poll(self, token: str, reference: str, url: str, scope: str) -> Element | None:
         """The report, or None when IBKR says the reference code is no longer valid (1017)."""
-        started = time.monotonic()
-        while True:
-            time.sleep(POLL_PAUSE_S)
+        for _ in range(POLL_MAX_POLLS):
+            time.sleep(_poll_pause_s())
             root = self._get_xml(url, {"t": token, "q": reference, "v": API_VERSION}, scope)
             if root.tag == "FlexQueryResponse":
                 return root
@@ -248,12 +284,12 @@ class IbkrFlexProvider(BrokerProvider):
                 return None
             if code != "1019":
                 raise self._error_for(code, root, token, scope)
-            if time.monotonic() - started >= POLL_MAX_S:
-                raise BrokerAPIError(
-                    f"{self.display_name} was still generating the report after {round(POLL_MAX_S)} s.",
-                    provider=self.key,
-                    transient=True,
-                )
+        raise BrokerAPIError(
+            f"{self.display_name} was still generating the report after {POLL_MAX_POLLS} polls "
+            f"({round(POLL_MAX_POLLS * _poll_pause_s())} s).",
+            provider=self.key,
+            transient=True,
+        )
 
     def _get_xml(self, path_or_url: str, params: dict[str, str], scope: str) -> Element:
         # The token travels in the query string: BrokerHTTP logs only the path.
@@ -281,14 +317,12 @@ class IbkrFlexProvider(BrokerProvider):
         ibkr_message = _child_text(root, "ErrorMessage").replace(token, "***")
         log.warning("ibkr_flex_error", code=code, ibkr_message=ibkr_message)
         if code == "1018":
-            get_limiter().block(self.key, RATE_LIMIT_WAIT_S, scope=scope)
-            return BrokerRateLimitError(
-                f"{self.display_name} says this token made too many requests (IBKR error 1018); the sync "
-                f"continues automatically in about {round(RATE_LIMIT_WAIT_S)} s. Other software using the "
-                "same token shares its limit of 10 requests a minute.",
-                provider=self.key,
-                retry_after=RATE_LIMIT_WAIT_S,
+            reason = (
+                f"{self.display_name} says this token made too many requests (IBKR error 1018). Other "
+                "software using the same token shares its limit of 10 requests a minute."
             )
+            get_limiter().block(self.key, RATE_LIMIT_WAIT_S, scope=scope, reason=reason)
+            return BrokerRateLimitError(reason, provider=self.key, retry_after=RATE_LIMIT_WAIT_S)
         if code in _USER_ACTION:
             return BrokerAuthError(f"{_USER_ACTION[code]} (IBKR error {code})", provider=self.key)
         if code in _TRANSIENT_CODES:
@@ -319,6 +353,10 @@ class IbkrFlexProvider(BrokerProvider):
             "and save it, with its new expiry date, on the connection.",
             provider=self.key,
         )
+
+
+def _poll_pause_s() -> float:
+    return settings.IBKR_FLEX_POLL_PAUSE_S
 
 
 # --- periods -------------------------------------------------------------------------------
@@ -408,11 +446,12 @@ def _trade(attrs: Mapping[str, str], account_id: str) -> BrokerTrade:
             fees=-commission if commission is not None and commission < 0 else Decimal(0),
             currency=currency,
             asset_class=asset_class,
-            multiplier=multiplier if multiplier is not None and multiplier > 0 else Decimal(1),
+            multiplier=_positive(multiplier) or Decimal(1),
             order_id=_value(attrs, "ibOrderID"),
             expiry=_date(expiry) if expiry else None,
             strike=_decimal(attrs, "strike") if is_option else None,
             option_right=_OPTION_RIGHTS.get(_value(attrs, "putCall").upper(), "") if is_option else "",
+            fx_rate_to_base=_positive(_decimal(attrs, "fxRateToBase")),
             raw=dict(attrs),
         )
     except (TypeError, ValueError) as exc:
@@ -447,6 +486,10 @@ def _required_decimal(attrs: Mapping[str, str], name: str) -> Decimal:
     if number is None:
         raise _BadRow(f"no {name}")
     return number
+
+
+def _positive(number: Decimal | None) -> Decimal | None:
+    return number if number is not None and number > 0 else None
 
 
 def _is_currency(code: str) -> bool:

@@ -163,8 +163,14 @@ class RateLimiter:
         wait_us = self._acquire(keys=[*block_keys, *bucket_keys, f"rl:seq:{broker}"], args=args)
         return int(wait_us) / 1_000_000
 
-    def acquire(self, broker: str, *, scope: str = "", buckets: tuple[str, ...] | None = None) -> None:
-        """Wait a moment for a slot, or raise BrokerRateLimitError so the task re-queues itself."""
+    def acquire(
+        self, broker: str, *, scope: str = "", buckets: tuple[str, ...] | None = None, display_name: str = ""
+    ) -> None:
+        """Wait a moment for a slot, or raise BrokerRateLimitError so the run pauses.
+
+        The error keeps the broker's own reason when a block() is what holds us back (a
+        captcha, a 429), so every run that meets the block says why, not just the first.
+        """
         waited = 0.0
         while True:
             wait = self.try_acquire(broker, scope=scope, buckets=buckets)
@@ -172,20 +178,29 @@ class RateLimiter:
                 return
             if waited + wait > self.max_sleep_s:
                 log.info("rate_limit_wait_requeue", broker=broker, retry_after_s=round(wait, 3))
-                raise BrokerRateLimitError(
-                    f"We are pacing requests to {broker} to stay within its limits; "
-                    f"the sync continues automatically in about {max(1, round(wait))} s.",
-                    provider=broker,
-                    retry_after=wait,
+                reason = self._block_reason(broker, scope) or (
+                    f"We are pacing requests to {display_name or broker} to stay within its limits."
                 )
+                raise BrokerRateLimitError(reason, provider=broker, retry_after=wait)
             time.sleep(wait)
             waited += wait
 
-    def block(self, broker: str, seconds: float, *, scope: str = "") -> None:
-        """Make every worker wait `seconds` before the next call to this broker (or credential)."""
-        key = f"rl:block:{broker}" + (f":{scope}" if scope else "")
-        self._block(keys=[key], args=[max(0.0, float(seconds))])
-        log.warning("rate_limit_block", broker=broker, seconds=round(float(seconds), 3), per_credential=bool(scope))
+    def _block_reason(self, broker: str, scope: str) -> str:
+        keys = [f"rl:reason:{broker}"] + ([f"rl:reason:{broker}:{scope}"] if scope else [])
+        reasons = [r.decode() for r in self.client.mget(keys) if r]
+        return reasons[-1] if reasons else ""
+
+    def block(self, broker: str, seconds: float, *, scope: str = "", reason: str = "") -> None:
+        """Make every worker wait `seconds` before the next call to this broker (or credential).
+
+        reason is what the broker said, in a trader's words; runs that meet the block repeat it.
+        """
+        suffix = f":{scope}" if scope else ""
+        seconds = max(0.0, float(seconds))
+        self._block(keys=[f"rl:block:{broker}{suffix}"], args=[seconds])
+        if reason:
+            self.client.set(f"rl:reason:{broker}{suffix}", reason, px=math.ceil(seconds * 1000) + 1000)
+        log.warning("rate_limit_block", broker=broker, seconds=round(seconds, 3), per_credential=bool(scope))
 
 
 @cache

@@ -50,9 +50,15 @@ def get_provider_class(broker_type: str) -> type[BrokerProvider]:
         ) from None
 
 
-def get_broker_provider(broker_type: str, environment: str = "") -> BrokerProvider:
-    """Build the provider for a connection's broker_type (and environment, e.g. demo/live)."""
-    return get_provider_class(broker_type)(environment=environment)
+def get_broker_provider(broker_type: str, environment: str = "", *, run_id: str = "") -> BrokerProvider:
+    """Build the provider for a connection's broker_type (and environment, e.g. demo/live).
+
+    run_id names the sync run the provider works for, so its steps can share what they
+    fetch (BrokerProvider.run_cache); empty outside a run (e.g. "Test connection").
+    """
+    provider = get_provider_class(broker_type)(environment=environment)
+    provider.run_id = run_id
+    return provider
 
 
 def provider_choices() -> list[tuple[str, str]]:

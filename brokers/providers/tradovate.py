@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -205,20 +206,17 @@ class TradovateProvider(BrokerProvider):
     def get_trades(
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
+        # The listing takes no dates and comes whole: keep every fill within max_history, not
+        # just those since the cursor, so a fill reported late (a correction, a delayed
+        # report) still lands. The journal's unique constraint drops the ones it has.
+        oldest = until - self.max_history
+        listed, accounts = self._listing(auth)
         fills = [
-            f
-            for f in self._list(auth, "/fill/list")
-            # active false marks a busted fill: it never happened.
-            if f.get("active", True) and since <= _utc(f["timestamp"]) <= until
+            f for f in listed if str(accounts[str(f["id"])]) == account.external_id and oldest <= _utc(f["timestamp"])
         ]
         fills.sort(key=lambda f: (_utc(f["timestamp"]), f["id"]))
         instruments: dict[int, tuple[str, Decimal]] = {}
-        for batch in _batches(fills, BATCH_SIZE):
-            # A fill names no account: its order does.
-            orders = self._items(auth, "order", {f["orderId"] for f in batch})
-            mine = [f for f in batch if str(orders[f["orderId"]].get("accountId")) == account.external_id]
-            if not mine:
-                continue
+        for mine in _batches(fills, BATCH_SIZE):
             fees = self._fill_fees(auth, [f["id"] for f in mine])
             self._resolve_instruments(auth, {f["contractId"] for f in mine}, instruments)
             for fill in mine:
@@ -238,6 +236,28 @@ class TradovateProvider(BrokerProvider):
                     order_id=str(fill["orderId"]),
                     raw=fill,
                 )
+
+    def _listing(self, auth: AuthResult) -> tuple[list[dict], dict[str, int]]:
+        """The active fills and each one's account (its order's): read once per run for every account.
+
+        The account tasks of one run share it through the run cache, so a connection with N
+        accounts costs one listing and one round of order lookups, not N.
+        """
+
+        def fetch() -> bytes:
+            # active false marks a busted fill: it never happened.
+            fills = [f for f in self._list(auth, "/fill/list") if f.get("active", True)]
+            accounts = {}
+            for batch in _batches(fills, BATCH_SIZE):
+                # A fill names no account: its order does.
+                orders = self._items(auth, "order", {f["orderId"] for f in batch})
+                accounts.update((str(f["id"]), orders[f["orderId"]].get("accountId")) for f in batch)
+            return json.dumps({"fills": fills, "accounts": accounts}).encode()
+
+        cache = self.run_cache
+        raw = cache.once("tradovate-fills", fetch, max_s=settings.BROKER_HTTP_READ_TIMEOUT_S * 10) if cache else fetch()
+        listing = json.loads(raw)
+        return listing["fills"], listing["accounts"]
 
     def _resolve_instruments(self, auth: AuthResult, contract_ids: set[int], known: dict) -> None:
         """Fill `known` with contract id -> (contract name, value per point), three batched hops deep."""
@@ -332,41 +352,32 @@ class TradovateProvider(BrokerProvider):
         """Back every worker off for the ticket's time; sleep through a short one and return the ticket."""
         limiter = get_limiter()
         if data.get("p-captcha"):
-            limiter.block(self.key, CAPTCHA_WAIT_S)
-            raise BrokerRateLimitError(
-                "Tradovate asked for a captcha because our server sent too many requests; an automatic "
-                "sync cannot solve one. All Tradovate syncs pause for about an hour and then resume on "
-                "their own; nothing to do on your side.",
-                provider=self.key,
-                retry_after=CAPTCHA_WAIT_S,
+            reason = (
+                "Tradovate asked for a captcha because our server sent too many requests; an automatic sync "
+                "cannot solve one, so all Tradovate syncs wait about an hour. Nothing to do on your side."
             )
+            limiter.block(self.key, CAPTCHA_WAIT_S, reason=reason)
+            raise BrokerRateLimitError(reason, provider=self.key, retry_after=CAPTCHA_WAIT_S)
         wait = float(data.get("p-time") or 0)
         log.warning("tradovate_penalty_ticket", p_time=wait)
+        reason = f"Tradovate asked us to pause for {max(1, round(wait))} s (too many requests from our server)."
         # Tickets count against our whole IP range, so every worker must back off, not just this one.
-        limiter.block(self.key, wait)
+        limiter.block(self.key, wait, reason=reason)
         if last_try or wait > settings.BROKER_RATE_LIMIT_MAX_SLEEP_S:
-            raise BrokerRateLimitError(
-                f"Tradovate asked us to pause for {max(1, round(wait))} s (too many requests from our "
-                "server). The sync continues automatically.",
-                provider=self.key,
-                retry_after=max(wait, 1.0),
-            )
+            raise BrokerRateLimitError(reason, provider=self.key, retry_after=max(wait, 1.0))
         time.sleep(wait)
         return data["p-ticket"]
 
     def _lockout(self, response: requests.Response, scope: str) -> BrokerRateLimitError:
         wait = parse_retry_after(response)
         wait = LOCKOUT_WAIT_S if wait is None else wait
-        # The lockout is per Tradovate user: block that user's calls, not every trader's.
-        get_limiter().block(self.key, wait, scope=scope)
-        return BrokerRateLimitError(
-            f"Tradovate locked out this user for too many requests (HTTP {response.status_code}). "
-            f"The sync pauses and resumes automatically in about {max(1, round(wait / 60))} min; "
-            "meanwhile keep other API tools on this login quiet.",
-            provider=self.key,
-            status_code=response.status_code,
-            retry_after=wait,
+        reason = (
+            f"Tradovate locked out this user for too many requests (HTTP {response.status_code}); "
+            "meanwhile keep other API tools on this login quiet."
         )
+        # The lockout is per Tradovate user: block that user's calls, not every trader's.
+        get_limiter().block(self.key, wait, scope=scope, reason=reason)
+        return BrokerRateLimitError(reason, provider=self.key, status_code=response.status_code, retry_after=wait)
 
 
 register(TradovateProvider)

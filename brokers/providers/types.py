@@ -41,14 +41,25 @@ class BrokerCredentials:
 
 @dataclass(frozen=True)
 class AuthResult:
-    """A session with the broker: the token, when it expires (aware UTC, None if unknown), extras."""
+    """A session with the broker: the token, when it expires (aware UTC, None if unknown), extras.
+
+    issued_at is when we obtained it (the engine stamps it), so a token whose whole life is
+    shorter than the renewal margin is renewed at half its life rather than at every use.
+    """
 
     token: str = field(repr=False)
     expires_at: datetime | None = None
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    issued_at: datetime | None = None
 
     def expires_within(self, margin: timedelta, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at - margin <= now
+
+    def renew_margin(self, margin: timedelta) -> timedelta:
+        """`margin`, or half the token's life when its whole life is shorter than that."""
+        if self.expires_at is None or self.issued_at is None:
+            return margin
+        return min(margin, (self.expires_at - self.issued_at) / 2)
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,8 @@ class BrokerTrade:
     expiry: date | None = None
     strike: Decimal | None = None
     option_right: str = ""
+    # Units of the account's base currency per unit of `currency`, where the broker says.
+    fx_rate_to_base: Decimal | None = None
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def __post_init__(self):

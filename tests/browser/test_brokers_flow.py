@@ -5,8 +5,10 @@ badge is exercised by changing the status in the database and waiting for htmx's
 """
 
 import re
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from playwright.sync_api import expect
 
@@ -84,6 +86,29 @@ def test_trader_connects_controls_and_watches_a_broker(page, live_server, log_in
     BrokerConnection.objects.filter(pk=connection.pk).update(status=BrokerConnection.Status.CONNECTED)
     expect(badge).to_have_attribute("data-status", "CONNECTED", timeout=10_000)
     assert page.evaluate("window.stillTheSamePage") is True
+
+    # A failed attempt shows RETRYING with which attempt, why, and when the next one runs;
+    # a run that succeeds for some accounts only shows PARTIAL naming the others.
+    BrokerConnection.objects.filter(pk=connection.pk).update(
+        status=BrokerConnection.Status.SYNCING,
+        next_attempt_reason="retry",
+        next_attempt_at=timezone.now() + timedelta(minutes=5),
+        last_sync_error="Attempt 2 of 4 failed: Demo is temporarily unavailable (HTTP 503). Retrying automatically.",
+    )
+    expect(badge).to_have_attribute("data-status", "RETRYING", timeout=10_000)
+    expect(card.locator(".state-line")).to_contain_text("Attempt 2 of 4 failed")
+    expect(card.locator(".state-line .next-attempt")).to_be_visible()
+    screenshot(page, "brokers-retrying", readme=True)
+    BrokerConnection.objects.filter(pk=connection.pk).update(
+        status=BrokerConnection.Status.CONNECTED,
+        next_attempt_reason="",
+        next_attempt_at=None,
+        last_sync_error="DEMO-STK-1: The demo broker's stocks account is down.",
+    )
+    expect(badge).to_have_attribute("data-status", "PARTIAL", timeout=10_000)
+    expect(card.locator(".state-line")).to_contain_text("Some accounts did not sync: DEMO-STK-1")
+    BrokerConnection.objects.filter(pk=connection.pk).update(last_sync_error="")
+    expect(badge).to_have_attribute("data-status", "CONNECTED", timeout=10_000)
 
     # Sync now brings the trades (back) and the badge to CONNECTED.
     Trade.objects.filter(account__connection=connection).delete()

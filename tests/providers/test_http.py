@@ -341,13 +341,14 @@ def test_one_structured_log_line_per_call(http, rsps):
     assert all(isinstance(e["duration_ms"], float) and e["duration_ms"] >= 0 for e in lines)
 
 
-def test_failed_connection_is_logged_once_without_status(http, rsps):
+def test_failed_connection_is_logged_once_per_try_without_status(http, rsps, settings):
     rsps.get(ACCOUNTS, body=requests.ConnectionError("refused"))
     with capture_logs() as entries:
         with pytest.raises(BrokerUnavailableError):
             http.request("GET", "/v1/accounts")
-    (line,) = http_lines(entries)
-    assert line["status"] is None and line["path"] == "/v1/accounts"
+    lines = http_lines(entries)
+    assert len(lines) == 1 + settings.BROKER_HTTP_RETRIES
+    assert all(line["status"] is None and line["path"] == "/v1/accounts" for line in lines)
 
 
 def test_query_string_never_reaches_the_log(http, rsps):
@@ -438,3 +439,73 @@ def test_a_connection_dropped_mid_body_is_a_transient_outage():
     with pytest.raises(BrokerUnavailableError) as info:
         http.request("GET", "/v1/fills")
     assert info.value.transient
+
+
+# --- request-level retries ------------------------------------------------------------------
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_an_idempotent_request_failing_transiently_is_sent_again_and_counted(http, rsps, status):
+    rsps.get(ACCOUNTS, status=status)
+    rsps.get(ACCOUNTS, status=status)
+    rsps.get(ACCOUNTS, json={"ok": True})
+    assert http.request("GET", "/v1/accounts").json() == {"ok": True}
+    assert len(rsps.calls) == 3 and http.retries == 2
+
+
+def test_a_timeout_or_dropped_connection_of_a_read_is_sent_again(http, rsps):
+    rsps.get(ACCOUNTS, body=requests.ReadTimeout("slow"))
+    rsps.get(ACCOUNTS, body=requests.ConnectionError("reset"))
+    rsps.get(ACCOUNTS, json={})
+    http.request("GET", "/v1/accounts")
+    assert len(rsps.calls) == 3 and http.retries == 2
+
+
+def test_requests_are_sent_again_only_so_often_then_the_error_reaches_the_run(http, rsps):
+    rsps.get(ACCOUNTS, status=503)
+    error = raised_by(http, "/v1/accounts")
+    assert isinstance(error, BrokerUnavailableError) and error.transient
+    assert len(rsps.calls) == 1 + settings.BROKER_HTTP_RETRIES
+
+
+def test_a_post_that_may_have_been_applied_is_never_sent_again(http, rsps):
+    rsps.post(ACCOUNTS, status=503)
+    rsps.post(f"{BASE}/v1/orders", body=requests.ReadTimeout("slow"))
+    with pytest.raises(BrokerUnavailableError):
+        http.request("POST", "/v1/accounts")
+    with pytest.raises(BrokerTimeoutError):
+        http.request("POST", "/v1/orders")
+    assert len(rsps.calls) == 2 and http.retries == 0
+
+
+def test_a_post_that_never_left_is_sent_again(http, rsps):
+    rsps.post(ACCOUNTS, body=requests.ConnectTimeout("no route"))
+    rsps.post(ACCOUNTS, json={"token": "t"})
+    assert http.request("POST", "/v1/accounts").json() == {"token": "t"}
+    assert http.retries == 1
+
+
+def test_statuses_a_retry_cannot_cure_and_long_waits_go_straight_to_the_run(http, rsps):
+    rsps.get(ACCOUNTS, status=500)
+    rsps.get(f"{BASE}/v1/fills", status=503, headers={"Retry-After": "120"})
+    assert isinstance(raised_by(http, "/v1/accounts"), BrokerAPIError)
+    assert isinstance(raised_by(http, "/v1/fills"), BrokerUnavailableError)
+    assert len(rsps.calls) == 2 and http.retries == 0
+
+
+def test_a_provider_may_declare_500_transient(rsps):
+    http = BrokerHTTP(
+        provider_key="demo", display_name="Demo", base_url=BASE, transient_statuses=frozenset({500, 502, 503, 504})
+    )
+    rsps.get(ACCOUNTS, status=500)
+    rsps.get(ACCOUNTS, json={})
+    http.request("GET", "/v1/accounts")
+    assert http.retries == 1
+
+
+def test_every_resend_books_its_own_rate_limit_slot(http, rsps, monkeypatch):
+    booked = []
+    real = ratelimit.get_limiter().acquire
+    monkeypatch.setattr(ratelimit.get_limiter(), "acquire", lambda *a, **k: booked.append(1) or real(*a, **k))
+    rsps.get(ACCOUNTS, status=502)
+    rsps.get(ACCOUNTS, json={})
+    http.request("GET", "/v1/accounts")
+    assert len(booked) == 2

@@ -34,11 +34,11 @@ STATEMENT_URL = "https://gdcdyn.interactivebrokers.com/AccountManagement/FlexWeb
 
 
 @pytest.fixture(autouse=True)
-def fast_flex(monkeypatch):
-    # No real waits between polls, and room for the limiter's 1-per-second bucket to sleep
-    # between the few calls of one test instead of re-queueing (test settings allow 0.5 s).
-    monkeypatch.setattr(ibkr_flex, "POLL_PAUSE_S", 0)
-    monkeypatch.setattr(ratelimit.get_limiter(), "max_sleep_s", 1.5)
+def fast_flex(monkeypatch, settings):
+    # No real waits between polls, and room for the limiter's per-second bucket (one call in
+    # 2 s) to sleep between the few calls of one test instead of pausing (test settings allow 0.5 s).
+    settings.IBKR_FLEX_POLL_PAUSE_S = 0
+    monkeypatch.setattr(ratelimit.get_limiter(), "max_sleep_s", 2.5)
 
 
 def send_url() -> str:
@@ -228,7 +228,7 @@ def test_polls_while_the_report_is_generated_then_reads_it():
 
 @responses.activate
 def test_gives_up_polling_after_the_maximum_with_a_transient_error(monkeypatch):
-    monkeypatch.setattr(ibkr_flex, "POLL_MAX_S", 0)
+    monkeypatch.setattr(ibkr_flex, "POLL_MAX_POLLS", 1)
     stub_flow(responses, flex_error("1019"))
     with pytest.raises(BrokerAPIError) as info:
         IbkrFlexProvider().get_accounts(auth())
@@ -404,10 +404,13 @@ def test_unknown_attributes_and_values_are_tolerated_and_options_read():
                 putCall="C",
                 ibExecID="x2",
                 ibCommission="--",
+                currency="EUR",
+                fxRateToBase="1.0842",
             ),
         )
     ).trades["U1111111"]
     assert future_thing.asset_class == "NEWCLASS" and future_thing.raw["brandNewField"] == "42"
+    assert future_thing.fx_rate_to_base is None and option.fx_rate_to_base == Decimal("1.0842")
     assert (option.multiplier, option.strike, option.expiry, option.option_right, option.fees) == (
         Decimal(100),
         Decimal(250),

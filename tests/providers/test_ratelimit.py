@@ -42,13 +42,31 @@ def test_load_limits_reads_the_shipped_file():
     limits = load_limits()
     assert limits["demo"] == (RateLimit("requests", 600, 60.0, False),)
     assert limits["ibkr_flex"] == (
-        RateLimit("per_second", 1, 1.0, True),
-        RateLimit("per_minute", 9, 60.0, True),
+        RateLimit("per_second", 1, 2.0, True),
+        RateLimit("per_minute", 8, 60.0, True),
     )
     assert [b.name for b in limits["tradovate"]] == ["auth", "requests", "hourly"]
     assert limits["tradovate"][2] == RateLimit("hourly", 4500, 3600.0, False)
     assert limits["alpaca"] == (RateLimit("requests", 180, 60.0, True),)
     assert all(isinstance(b.window_s, float) for buckets in limits.values() for b in buckets)
+
+
+# What each broker publishes (docs/brokers/*.md): calls per window in seconds.
+PUBLISHED = {
+    ("ibkr_flex", "per_second"): (1, 1),
+    ("ibkr_flex", "per_minute"): (10, 60),
+    ("tradovate", "auth"): (10, 60),
+    ("tradovate", "requests"): (200, 60),
+    ("tradovate", "hourly"): (5000, 3600),
+    ("alpaca", "requests"): (200, 60),
+}
+
+
+def test_every_shipped_bucket_keeps_a_margin_below_the_broker_s_published_limit():
+    shipped = {(broker, b.name): b for broker, buckets in load_limits().items() for b in buckets}
+    for key, (calls, window_s) in PUBLISHED.items():
+        bucket = shipped[key]
+        assert bucket.limit / bucket.window_s <= 0.9 * calls / window_s, key
 
 
 def test_overrides_change_only_the_given_numbers_and_can_add_brokers():
@@ -443,3 +461,17 @@ def test_many_processes_never_exceed_the_limit_in_any_window(tmp_path):
     assert len(grants) <= limit * (duration / window + 1)
     assert sum(r["refusals"] for r in results) > 0
     assert sum(1 for r in results if r["grants"]) >= 3
+
+
+def test_a_run_meeting_a_block_later_hears_the_broker_s_reason_not_just_pacing(client):
+    limiter = RateLimiter(client, {"tradovate": (RateLimit("requests", 100, 60.0),)}, max_sleep_s=0.1)
+    limiter.block("tradovate", 30, reason="Tradovate asked for a captcha.")
+    with pytest.raises(BrokerRateLimitError) as info:
+        limiter.acquire("tradovate", display_name="Tradovate")
+    assert info.value.message == "Tradovate asked for a captcha." and info.value.retry_after > 25
+    client.delete("rl:block:tradovate", "rl:reason:tradovate")
+    limiter = RateLimiter(client, {"tradovate": (RateLimit("requests", 1, 60.0),)}, max_sleep_s=0.1)
+    limiter.acquire("tradovate")
+    with pytest.raises(BrokerRateLimitError) as info:
+        limiter.acquire("tradovate", display_name="Tradovate")
+    assert info.value.message == "We are pacing requests to Tradovate to stay within its limits."

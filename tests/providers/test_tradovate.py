@@ -221,9 +221,9 @@ def block_spy(monkeypatch):
     calls = []
     original = limiter.block
 
-    def spy(broker, seconds, *, scope=""):
+    def spy(broker, seconds, *, scope="", reason=""):
         calls.append((broker, seconds, scope))
-        original(broker, seconds, scope=scope)
+        original(broker, seconds, scope=scope, reason=reason)
 
     monkeypatch.setattr(limiter, "block", spy)
     return calls
@@ -429,13 +429,14 @@ def test_busted_fills_and_other_accounts_fills_are_left_out(provider, fake):
     assert [(t.broker_trade_id, t.side) for t in trades] == [("1", BUY), ("4", BUY)]
 
 
-def test_only_fills_inside_the_window(provider, fake):
-    fake.add_fill(1, at=SINCE - timedelta(seconds=1))
-    fake.add_fill(2, at=SINCE)
-    fake.add_fill(3, at=UNTIL)
-    fake.add_fill(4, at=UNTIL + timedelta(seconds=1))
+def test_every_listed_fill_within_max_history_is_passed_on_not_just_those_since_the_cursor(provider, fake):
+    fake.add_fill(1, at=UNTIL - provider.max_history - timedelta(seconds=1))  # beyond any first sync's reach
+    fake.add_fill(2, at=SINCE - timedelta(days=2))  # reported late: older than the window asked for
+    fake.add_fill(3, at=SINCE)
+    fake.add_fill(4, at=UNTIL)
+    fake.add_fill(5, at=UNTIL + timedelta(seconds=1))  # executed while this sync ran
     ids = [t.broker_trade_id for t in provider.get_trades(session(), account(), SINCE, UNTIL)]
-    assert ids == ["2", "3"]
+    assert ids == ["2", "3", "4", "5"]
 
 
 def _calls_for(provider, rsps, fake, count):

@@ -1,9 +1,9 @@
-"""Sync one connection now: inline through the engine (printing the run), or queued on the workers."""
+"""Sync one connection now: inline in this process (printing the run), or queued on the workers."""
 
 from django.core.management.base import BaseCommand, CommandError
 
 from brokers.models import BrokerConnection, SyncLog
-from sync.engine import Attempt, run_sync
+from sync.runs import run_inline
 from sync.tasks import sync_connection
 
 
@@ -34,8 +34,9 @@ class Command(BaseCommand):
             self.stdout.write(f"Queued the sync of connection {connection_id}: task id {result.id}")
             return
 
-        # No task here to re-queue a rate-limited run, so the engine reports it as a failure instead.
-        sync_log = run_sync(Attempt(connection_id=connection_id, trigger=SyncLog.Trigger.MANUAL, may_requeue=False))
+        # Inline there is no scheduler to come back later: rate-limit pauses are waited out here,
+        # and a failure is final (the workers' retries apply with --async).
+        sync_log = run_inline(connection_id, trigger=SyncLog.Trigger.MANUAL)
         if sync_log is None:
             raise CommandError(f"Connection {connection_id} was deleted before its sync started.")
         self._print_summary(sync_log)

@@ -1,0 +1,410 @@
+"""One run of one connection: start (lock, log, session, accounts), accounts, and its recorded end.
+
+A run spans its retries and pauses: every attempt of one task id writes to the same SyncLog
+row, and the run holds its connection's lock (sync.locks) from start to finish. The steps
+raise what went wrong; sync.policy decides what follows and the functions here record it,
+so the SyncLog and the connection always tell what is really happening.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from brokers import schedules
+from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.providers.errors import BrokerAuthError, BrokerError
+from brokers.providers.registry import get_broker_provider
+from brokers.providers.types import BrokerAccountInfo
+from sync import accounts, locks, notifications, outcomes, policy, sessions
+from sync.outcomes import DATABASE_ERRORS, RunSuperseded
+
+log = structlog.get_logger("sync")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run ready for its accounts: its log, the lock's owner, and the moment to sync up to."""
+
+    sync_log_id: int
+    connection_id: int
+    owner: str
+    account_ids: tuple[int, ...]
+    until: datetime
+
+
+def new_owner() -> str:
+    """The lock owner of a run with no Celery task id (inline)."""
+    return f"inline-{uuid.uuid4()}"
+
+
+# --- the connection step -----------------------------------------------------------------
+def start_run(connection_id: int, *, owner: str, trigger: str, attempt: int = 1) -> RunPlan | SyncLog | None:
+    """Lock, open the log, get a session and the accounts. Returns the plan, or the run's end.
+
+    With a plan (or on a raised error) the lock stays held: the caller retries, pauses or
+    gives up (give_up releases it), and finish_run releases it once every account reported.
+    """
+    connection = BrokerConnection.objects.filter(pk=connection_id).first()
+    if connection is None:
+        log.info("sync_connection_gone", connection_id=connection_id)
+        return None
+    if not locks.acquire(connection.pk, owner):
+        return _record_skipped(connection, trigger, owner, attempt)
+    sync_log = _open_log(connection, trigger, owner, attempt)
+    BrokerConnection.objects.filter(pk=connection.pk).update(
+        status=BrokerConnection.Status.SYNCING, next_attempt_at=None, next_attempt_reason=""
+    )
+    _bound(connection, sync_log).info("sync_started", trigger=trigger)
+    provider = get_broker_provider(connection.broker_type, connection.environment, run_id=owner)
+    try:
+        with locks.kept_alive(connection.pk, owner):
+            infos = sessions.with_session(connection, provider, provider.get_accounts)
+    finally:
+        _count_request_retries(sync_log.pk, provider.request_retries)
+    rows = _refresh_accounts(connection, infos)
+    if not rows:
+        locks.release(connection.pk, owner)
+        return _finish_ok(connection, sync_log, {})
+    return RunPlan(
+        sync_log_id=sync_log.pk,
+        connection_id=connection.pk,
+        owner=owner,
+        account_ids=tuple(row.pk for row in rows.values()),
+        until=timezone.now(),
+    )
+
+
+def _record_skipped(connection: BrokerConnection, trigger: str, owner: str, attempt: int) -> SyncLog:
+    now = timezone.now()
+    log.info("sync_skipped_already_running", connection_id=connection.pk)
+    return SyncLog.objects.create(
+        connection=connection,
+        trigger=trigger,
+        status=SyncLog.Status.SKIPPED,
+        started_at=now,
+        finished_at=now,
+        duration_ms=0,
+        task_id=owner,
+        attempt=attempt,
+        error_message="Another sync of this connection was already running.",
+    )
+
+
+def _open_log(connection: BrokerConnection, trigger: str, owner: str, attempt: int) -> SyncLog:
+    existing = _running_log(connection.pk, owner)
+    if existing:
+        if attempt > existing.attempt:
+            existing.attempt = attempt
+            existing.save(update_fields=["attempt"])
+        return existing
+    return SyncLog.objects.create(
+        connection=connection, trigger=trigger, started_at=timezone.now(), task_id=owner, attempt=attempt
+    )
+
+
+def _running_log(connection_id: int, owner: str) -> SyncLog | None:
+    return (
+        SyncLog.objects.select_related("connection")
+        .filter(connection_id=connection_id, task_id=owner, status=SyncLog.Status.RUNNING)
+        .first()
+    )
+
+
+def _bound(connection: BrokerConnection, sync_log: SyncLog):
+    return log.bind(
+        connection_id=connection.pk,
+        broker=connection.broker_type,
+        task_id=sync_log.task_id,
+        attempt=sync_log.attempt,
+        sync_log_id=sync_log.pk,
+    )
+
+
+def _refresh_accounts(connection: BrokerConnection, infos: list[BrokerAccountInfo]) -> dict[str, BrokerAccount]:
+    rows = {}
+    for info in infos:
+        row, _ = BrokerAccount.objects.update_or_create(
+            connection=connection,
+            external_id=info.external_id,
+            defaults={"name": info.name, "currency": info.currency, "is_active": True},
+        )
+        rows[info.external_id] = row
+    return rows
+
+
+def _count_request_retries(sync_log_id: int, retries: int) -> None:
+    if retries:
+        SyncLog.objects.filter(pk=sync_log_id).update(request_retries=F("request_retries") + retries)
+
+
+# --- an account --------------------------------------------------------------------------
+def sync_account(plan: RunPlan, account_id: int) -> dict:
+    """Fetch and import one account's trades since its cursor; raises what went wrong."""
+    row = BrokerAccount.objects.select_related("connection").get(pk=account_id)
+    connection = row.connection
+    if not locks.acquire(connection.pk, plan.owner):
+        # This run's lock lapsed and a newer run owns the connection: it fetches this account.
+        raise RunSuperseded()
+    run_started = SyncLog.objects.values_list("started_at", flat=True).get(pk=plan.sync_log_id)
+    provider = get_broker_provider(connection.broker_type, connection.environment, run_id=plan.owner)
+    info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
+    try:
+        with locks.kept_alive(connection.pk, plan.owner):
+            result = sessions.with_session(
+                connection, provider, lambda auth: accounts.import_account(provider, auth, row, info, plan, run_started)
+            )
+    finally:
+        _count_request_retries(plan.sync_log_id, provider.request_retries)
+    log.info(
+        "account_synced",
+        connection_id=connection.pk,
+        broker=connection.broker_type,
+        account=row.external_id,
+        sync_log_id=plan.sync_log_id,
+        imported=result.imported,
+        skipped=result.skipped,
+        request_retries=provider.request_retries,
+    )
+    return {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+
+
+def account_label(account_id: int) -> str:
+    """The account's id at the broker, for messages; its row id when the database does not answer."""
+    try:
+        external_id = BrokerAccount.objects.filter(pk=account_id).values_list("external_id", flat=True).first()
+    except DATABASE_ERRORS:
+        external_id = None
+    return external_id or str(account_id)
+
+
+def account_gave_up(plan: RunPlan, account_id: int, exc: BaseException, attempts: int) -> dict:
+    """The result of an account that gave up; the run goes on with the others.
+
+    What the account imported before it gave up (earlier batches, earlier attempts) counts.
+    """
+    try:
+        row = BrokerAccount.objects.filter(pk=account_id).first()
+        imported = accounts.imported_by_run(row, plan) if row else 0
+    except DATABASE_ERRORS:
+        row, imported = None, 0
+    if not isinstance(exc, (BrokerError, RunSuperseded, *DATABASE_ERRORS)):
+        log.error("account_sync_crashed", account_id=account_id, exc_info=exc)
+    message = outcomes.given_up(exc, attempts)
+    kind = outcomes.what_happened(exc)[1]
+    external_id = row.external_id if row else str(account_id)
+    log.warning("account_sync_failed", account=external_id, error_kind=kind, error=message)
+    return {"account": external_id, "imported": imported, "skipped": 0, "error": message, "kind": kind}
+
+
+# --- between attempts --------------------------------------------------------------------
+def record_wait(connection_id: int, owner: str, message: str, kind: str, wait_s: float, *, attempt: int = 0) -> None:
+    """A step waits (a retry, or a broker's limit): the log stays open and the connection says so.
+
+    The connection stays SYNCING, with next_attempt_at telling when the run goes on.
+    """
+    try:
+        updates = {"error_message": message, "error_kind": kind}
+        if attempt:
+            updates["attempt"] = Greatest(F("attempt"), attempt)
+        SyncLog.objects.filter(connection_id=connection_id, task_id=owner, status=SyncLog.Status.RUNNING).update(
+            **updates
+        )
+        BrokerConnection.objects.filter(pk=connection_id).update(
+            status=BrokerConnection.Status.SYNCING,
+            last_sync_error=message,
+            next_attempt_at=timezone.now() + timedelta(seconds=wait_s),
+            next_attempt_reason="rate_limit" if kind == "rate_limit" else "retry",
+        )
+    except DATABASE_ERRORS:
+        log.warning("sync_wait_not_recorded", connection_id=connection_id)
+
+
+# --- the end -----------------------------------------------------------------------------
+def give_up(connection_id: int, owner: str, trigger: str, exc: BaseException, attempts: int) -> SyncLog | None:
+    """The connection step failed for good: close the run as FAILED and free the connection."""
+    try:
+        connection = BrokerConnection.objects.filter(pk=connection_id).first()
+        if connection is None:
+            return None
+        sync_log = _running_log(connection_id, owner) or _open_log(connection, trigger, owner, attempts)
+        if not isinstance(exc, (BrokerError, *DATABASE_ERRORS)):
+            _bound(connection, sync_log).exception("sync_crashed", exc_info=exc)
+        return _finish_failed(
+            connection,
+            sync_log,
+            detail=None,
+            message=outcomes.given_up(exc, attempts),
+            kind=outcomes.what_happened(exc)[1],
+            credentials_rejected=isinstance(exc, BrokerAuthError),
+        )
+    finally:
+        locks.release(connection_id, owner)
+
+
+def finish_run(plan: RunPlan, results: list[dict]) -> SyncLog:
+    """Write the run's outcome from every account's result, then free the connection's lock."""
+    sync_log = SyncLog.objects.select_related("connection").get(pk=plan.sync_log_id)
+    connection = sync_log.connection
+    if sync_log.status != SyncLog.Status.RUNNING:
+        # Closed meanwhile (e.g. as interrupted, after a long outage): its outcome stands.
+        log.warning("sync_run_already_closed", sync_log_id=sync_log.pk, status=sync_log.status)
+        return sync_log
+    try:
+        detail = {r["account"]: {k: v for k, v in r.items() if k != "account"} for r in results}
+        failed = [r for r in results if r.get("error")]
+        if failed and len(failed) == len(results):
+            return _finish_failed(
+                connection,
+                sync_log,
+                detail=detail,
+                message=failed[0]["error"],
+                kind=failed[0]["kind"],
+                credentials_rejected=any(r["kind"] == "auth" for r in failed),
+            )
+        return _finish_ok(connection, sync_log, detail)
+    finally:
+        locks.release(connection.pk, plan.owner)
+
+
+def close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = "", kind: str = "") -> None:
+    now = timezone.now()
+    sync_log.status = status
+    sync_log.finished_at = now
+    sync_log.duration_ms = int((now - sync_log.started_at).total_seconds() * 1000)
+    if detail is not None:
+        sync_log.detail = detail
+        sync_log.trades_imported = sum(d["imported"] for d in detail.values())
+        sync_log.trades_skipped = sum(d["skipped"] for d in detail.values())
+    sync_log.error_message = error
+    sync_log.error_kind = kind
+    # request_retries is counted by the steps with F(): never write back a stale copy.
+    sync_log.save(
+        update_fields=[
+            "status",
+            "finished_at",
+            "duration_ms",
+            "detail",
+            "trades_imported",
+            "trades_skipped",
+            "error_message",
+            "error_kind",
+        ]
+    )
+
+
+@transaction.atomic
+def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict) -> SyncLog:
+    failed = [k for k, v in detail.items() if v.get("error")]
+    status = SyncLog.Status.PARTIAL if failed else SyncLog.Status.SUCCESS
+    error = "; ".join(f"{k}: {detail[k]['error']}" for k in failed)
+    close_log(sync_log, status, detail, error, "account" if failed else "")
+    now = sync_log.finished_at
+    failures_before = BrokerConnection.objects.values_list("consecutive_failures", flat=True).get(pk=connection.pk)
+    BrokerConnection.objects.filter(pk=connection.pk).update(
+        status=BrokerConnection.Status.CONNECTED,
+        last_sync_at=now,
+        last_success_at=now,
+        last_sync_error=error,
+        next_attempt_at=None,
+        next_attempt_reason="",
+        consecutive_failures=0,
+    )
+    notifications.run_succeeded(connection, failures_before)
+    notifications.credentials_expiring(connection)
+    _bound(connection, sync_log).info(
+        "sync_finished",
+        status=status,
+        imported=sync_log.trades_imported,
+        skipped=sync_log.trades_skipped,
+        duration_ms=sync_log.duration_ms,
+    )
+    return sync_log
+
+
+@transaction.atomic
+def _finish_failed(
+    connection: BrokerConnection,
+    sync_log: SyncLog,
+    *,
+    detail: dict | None,
+    message: str,
+    kind: str,
+    credentials_rejected: bool = False,
+) -> SyncLog:
+    close_log(sync_log, SyncLog.Status.FAILED, detail, message, kind)
+    fields = {
+        "status": BrokerConnection.Status.ERROR,
+        "last_sync_at": sync_log.finished_at,
+        "last_sync_error": message,
+        "next_attempt_at": None,
+        "next_attempt_reason": "",
+        "consecutive_failures": F("consecutive_failures") + 1,
+    }
+    if credentials_rejected:
+        # Hold automatic sync until the trader saves new credentials (services resume it).
+        fields["credentials_rejected"] = True
+        fields["token_ciphertext"] = ""
+    was_rejected = connection.credentials_rejected
+    BrokerConnection.objects.filter(pk=connection.pk).update(**fields)
+    connection.refresh_from_db()
+    if credentials_rejected:
+        schedules.sync_schedule(connection)
+        if not was_rejected:
+            notifications.credentials_refused(connection, message)
+    notifications.run_failed(connection, connection.consecutive_failures, message)
+    _bound(connection, sync_log).warning("sync_failed", error_kind=kind, error=message)
+    return sync_log
+
+
+# --- inline (manage.py sync_connection) --------------------------------------------------
+def run_inline(connection_id: int, *, trigger: str = SyncLog.Trigger.MANUAL, owner: str = "") -> SyncLog | None:
+    """Run one sync in this process, accounts one after another; returns its SyncLog.
+
+    The same policy as the tasks, with no scheduler to come back later: a rate-limit pause
+    is waited out here (holding the lock), a failure is final for its step.
+    """
+    owner = owner or new_owner()
+    started = _inline_step(
+        connection_id,
+        owner,
+        lambda: start_run(connection_id, owner=owner, trigger=trigger),
+        lambda exc: give_up(connection_id, owner, trigger, exc, attempts=1),
+    )
+    if not isinstance(started, RunPlan):
+        return started
+    results = [
+        _inline_step(
+            connection_id,
+            owner,
+            lambda pk=pk: sync_account(started, pk),
+            lambda exc, pk=pk: account_gave_up(started, pk, exc, attempts=1),
+        )
+        for pk in started.account_ids
+    ]
+    return finish_run(started, results)
+
+
+def _inline_step(connection_id: int, owner: str, step, on_give_up):
+    pauses = 0
+    while True:
+        try:
+            return step()
+        except Exception as exc:
+            decision = policy.next_step(exc, failures=0, pauses=pauses, retries=False)
+            if not isinstance(decision, policy.Pause):
+                return on_give_up(exc)
+            record_wait(
+                connection_id, owner, outcomes.pausing(exc, decision.countdown), "rate_limit", decision.countdown
+            )
+            with locks.kept_alive(connection_id, owner):
+                time.sleep(decision.countdown)
+            pauses += 1

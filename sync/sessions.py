@@ -1,0 +1,70 @@
+"""Broker sessions a run reuses: the stored token, renewed only when needed, or a fresh login.
+
+Logging in only when needed matters: Tradovate allows two sessions per user, and a login on
+every sync would close the trader's own platform. Renewing only when needed matters too:
+renewals spend the broker's auth budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+from typing import TypeVar
+
+from django.utils import timezone
+
+from brokers.models import BrokerConnection
+from brokers.providers.base import BrokerProvider
+from brokers.providers.errors import BrokerAuthError
+from brokers.providers.types import AuthResult
+
+T = TypeVar("T")
+
+
+def session(connection: BrokerConnection, provider: BrokerProvider) -> tuple[AuthResult, bool]:
+    """A valid session and whether it was stored before (so a refusal may just mean it died early)."""
+    now = timezone.now()
+    auth = connection.auth
+    reused = auth is not None
+    if auth is not None and auth.expires_within(timedelta(0), now):
+        auth = None
+    elif auth is not None and auth.expires_within(auth.renew_margin(provider.token_renew_margin), now):
+        try:
+            auth = _stamped(provider.refresh_token(auth), auth)
+        except BrokerAuthError:
+            auth = None
+        store(connection, auth)
+    if auth is None:
+        reused = False
+        auth = _stamped(provider.authenticate(connection.broker_credentials()), None)
+        store(connection, auth)
+    return auth, reused
+
+
+def _stamped(new: AuthResult, old: AuthResult | None) -> AuthResult:
+    """Mark when a session was obtained; a provider that returns the same session keeps its stamp."""
+    if new.issued_at is not None:
+        return new
+    if old is not None and new.token == old.token and new.expires_at == old.expires_at:
+        return replace(new, issued_at=old.issued_at)
+    return replace(new, issued_at=timezone.now())
+
+
+def store(connection: BrokerConnection, auth: AuthResult | None) -> None:
+    connection.auth = auth
+    BrokerConnection.objects.filter(pk=connection.pk).update(token_ciphertext=connection.token_ciphertext)
+
+
+def with_session(connection: BrokerConnection, provider: BrokerProvider, call: Callable[[AuthResult], T]) -> T:
+    """call(session); if a stored session is refused, log in once more and call again."""
+    auth, reused = session(connection, provider)
+    try:
+        return call(auth)
+    except BrokerAuthError:
+        if not reused:
+            raise
+        # The stored session died early (revoked, or the broker restarted): log in once more.
+        store(connection, None)
+        auth, _ = session(connection, provider)
+        return call(auth)
