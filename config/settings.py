@@ -172,8 +172,9 @@ CELERY_TIMEZONE = "UTC"
 # Ours: django-celery-beat's tables read incrementally, and a Redis lease so that of two beats
 # only one dispatches (docs/operations.md, "Beat").
 CELERY_BEAT_SCHEDULER = "sync.scheduler:IncrementalScheduler"
-# The standby beat takes over at most this long (plus one beat loop) after the active one dies.
-SYNC_BEAT_LEASE_TTL_S = env_int("SYNC_BEAT_LEASE_TTL_S", 15)
+# The standby beat takes over at most this long (plus a second and its load of the table)
+# after the active one dies.
+SYNC_BEAT_LEASE_TTL_S = env_int("SYNC_BEAT_LEASE_TTL_S", 10)
 # A changed row is read again this long after its date_changed: the longest a writer's
 # transaction (or its clock's skew) may lag behind the time it stamped.
 SYNC_BEAT_CHANGE_OVERLAP_S = env_int("SYNC_BEAT_CHANGE_OVERLAP_S", 60)

@@ -57,6 +57,8 @@ SWEEP_EVERY_S = 5.0
 # Ticks closer than this gather their due entries into one batch (one query, one UPDATE, one
 # pipeline) at the price of at most this much lag.
 MIN_TICK_S = 0.05
+# A standby looks at the lease this often, so that it takes over within a second of it lapsing.
+STANDBY_POLL_S = 1.0
 MAX_BATCH = 2000
 LOAD_CHUNK = 5000
 ROW_FIELDS = (
@@ -179,7 +181,7 @@ class IncrementalScheduler(DatabaseScheduler):
             if self._loaded:
                 logger.warning("beat: lost the beat lease; standing by")
                 self._forget()
-            return self.max_interval
+            return min(self.max_interval, STANDBY_POLL_S)
         if self.lease.taken_afresh:
             self.lease.taken_afresh = False
             self._forget()
