@@ -7,9 +7,26 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from brokers.providers.errors import BrokerAuthError
 
-class CredentialsUnreadable(Exception):
-    """Stored ciphertext that none of the configured keys can open."""
+UNREADABLE_MESSAGE = (
+    "The stored credentials cannot be decrypted with the configured FIELD_ENCRYPTION_KEYS: the key "
+    "that wrote them is missing. The operator can put that key back in FIELD_ENCRYPTION_KEYS; "
+    "otherwise edit the connection and enter the credentials again."
+)
+
+
+class CredentialsUnreadable(BrokerAuthError):
+    """Stored ciphertext that none of the configured keys can open.
+
+    An auth error to the sync: no retry can help, and the trader (or operator) must act, so a
+    sync, a test and a command all report this one message rather than "unexpected error".
+    """
+
+    kind = "credentials_unreadable"
+
+    def __init__(self, message: str = UNREADABLE_MESSAGE):
+        super().__init__(message)
 
 
 @cache
@@ -39,10 +56,7 @@ def decrypt_json(ciphertext: str):
     try:
         return json.loads(_fernet().decrypt(ciphertext.encode()))
     except InvalidToken:
-        raise CredentialsUnreadable(
-            "Stored credentials cannot be decrypted with the configured FIELD_ENCRYPTION_KEYS; "
-            "the key that wrote them is missing."
-        ) from None
+        raise CredentialsUnreadable() from None
 
 
 def rotate(ciphertext: str) -> str:
@@ -50,4 +64,4 @@ def rotate(ciphertext: str) -> str:
     try:
         return _fernet().rotate(ciphertext.encode()).decode()
     except InvalidToken:
-        raise CredentialsUnreadable("A stored value cannot be decrypted with any configured key.") from None
+        raise CredentialsUnreadable() from None

@@ -3,13 +3,17 @@
 Every write goes through brokers.services; times are shown in the trader's zone (journal.middleware).
 """
 
+import json
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.crypto import salted_hmac
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
-from django_celery_beat.models import PeriodicTask
 
 from brokers import schedules, selectors, services, throttle
 from brokers.decorators import trader_page
@@ -69,10 +73,10 @@ def _with_status(connections) -> list[BrokerConnection]:
             last_error_kind=Subquery(last_error.values("error_kind")[:1]),
         ).prefetch_related("accounts")
     )
-    tasks = {t.name: t for t in PeriodicTask.objects.filter(name__in=[schedules.task_name(c.pk) for c in rows])}
+    tasks = selectors.periodic_tasks_for(rows)
     for c in rows:
         c.display_status = selectors.connection_display_status(c)
-        c.next_sync = selectors.next_sync_at(c, tasks.get(schedules.task_name(c.pk)))
+        c.next_sync = selectors.next_sync_at(c, selectors.periodic_task_of(c, tasks))
         c.advice = what_to_do(c) if c.last_sync_error else ""
         c.poll_seconds = POLL_SECONDS.get(c.display_status, POLL_SECONDS_DEFAULT)
         c.interval_choices = interval_choices(c.sync_interval_min)
@@ -108,23 +112,66 @@ def _copy_errors(form, exc: ValidationError) -> None:
             form.add_error(target, error)
 
 
+# The last "Test connection" of this session: a keyed digest of what was tested (never the
+# credentials themselves) and whether the login worked, so saving can say whether it is verified.
+LAST_TEST_SESSION_KEY = "brokers:last-connection-test"
+
+
+def _credentials_digest(broker_type: str, environment: str, credentials: dict) -> str:
+    tested = json.dumps([broker_type, environment, sorted(credentials.items())])
+    return salted_hmac(LAST_TEST_SESSION_KEY, tested).hexdigest()
+
+
+def _last_test_outcome(request, broker_type: str, environment: str, credentials: dict) -> bool | None:
+    """True / False if exactly these credentials were tested in this session and worked / failed; None if not."""
+    last = request.session.get(LAST_TEST_SESSION_KEY) or {}
+    if last.get("digest") != _credentials_digest(broker_type, environment, credentials):
+        return None
+    return bool(last.get("ok"))
+
+
+def _saved_message(label: str, tested: bool | None) -> str:
+    if tested:
+        return f"{label} is connected; the first sync has started."
+    why = "the connection test failed" if tested is False else "the connection was not tested"
+    return (
+        f"Saved {label}, not verified yet: {why}. The first sync is trying these credentials now; "
+        "the card shows what the broker answered."
+    )
+
+
+@sensitive_variables()
 def _test_login(request, *, broker_type: str, credentials: dict, environment: str, form, template: str, context):
     """Log in with what the trader typed, without saving; htmx gets just the result, else the whole page."""
-    try:
-        accounts = services.verify_credentials(
-            broker_type=broker_type, credentials=credentials, environment=environment
-        )
-    except ValidationError as exc:
-        result = {"ok": False, "errors": exc.messages}
-    except BrokerError as exc:
-        result = {"ok": False, "errors": [exc.message]}
+    wait = throttle.test_login_wait(request)
+    if wait is not None:
+        result = {"ok": False, "errors": [f"You tested logins several times just now. Try again in {wait} s."]}
+        status = 429
     else:
-        result = {"ok": True, "accounts": accounts}
+        status = 200
+        try:
+            accounts = services.verify_credentials(
+                broker_type=broker_type, credentials=credentials, environment=environment
+            )
+        except ValidationError as exc:
+            result = {"ok": False, "errors": exc.messages}
+        except BrokerError as exc:
+            result = {"ok": False, "errors": [exc.message]}
+        else:
+            result = {"ok": True, "accounts": accounts}
+        request.session[LAST_TEST_SESSION_KEY] = {
+            "digest": _credentials_digest(broker_type, environment, credentials),
+            "ok": result["ok"],
+        }
     if request.htmx:
-        return render(request, "brokers/_test_result.html", {"result": result})
-    return render(request, template, context | {"form": form, "result": result})
+        return render(request, "brokers/_test_result.html", {"result": result}, status=status)
+    return render(request, template, context | {"form": form, "result": result}, status=status)
 
 
+# The credentials typed on these pages never reach an error report, even with DEBUG on
+# (config/error_reports.py keeps Django's filter active then too).
+@sensitive_post_parameters()
+@sensitive_variables()
 @trader_page
 def connection_add(request):
     broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
@@ -154,11 +201,16 @@ def connection_add(request):
         except ValidationError as exc:
             _copy_errors(form, exc)
         else:
-            messages.success(request, f"{connection.label} is connected; the first sync has started.")
+            tested = _last_test_outcome(
+                request, provider_class.key, form.cleaned_data.get("environment", ""), form.credentials()
+            )
+            (messages.success if tested else messages.warning)(request, _saved_message(connection.label, tested))
             return redirect("brokers:list")
     return render(request, "brokers/connection_form.html", context | {"form": form})
 
 
+@sensitive_post_parameters()
+@sensitive_variables()
 @trader_page
 def connection_edit(request, pk):
     connection = _own_connection(request, pk)
@@ -176,12 +228,9 @@ def connection_edit(request, pk):
             context=context,
         )
     if request.method == "POST" and form.is_valid():
-        credentials = form.merged(form.credentials())
-        # Saving unchanged credentials after a refused login means "try again": it resumes sync too.
-        changed = credentials != form.saved_credentials or connection.credentials_rejected
         try:
             services.connection_update(
-                connection.pk, label=form.cleaned_data["label"], credentials=credentials if changed else None
+                connection.pk, label=form.cleaned_data["label"], credentials=form.merged(form.credentials())
             )
         except ValidationError as exc:
             _copy_errors(form, exc)
@@ -189,6 +238,12 @@ def connection_edit(request, pk):
             messages.success(request, f"Saved {form.cleaned_data['label']}.")
             return redirect("brokers:list")
     return render(request, "brokers/connection_edit.html", context | {"form": form})
+
+
+def _throttled(request, connection: BrokerConnection, message: str):
+    """Back to the brokers page at the card (not left on the POST's URL), where the message shows the wait."""
+    messages.error(request, message)
+    return redirect(f"{reverse('brokers:list')}#connection-{connection.pk}")
 
 
 @trader_page
@@ -201,6 +256,16 @@ def connection_settings(request, pk):
             for error in errors:
                 messages.error(request, error)
         return redirect("brokers:list")
+    turns_on = form.cleaned_data["sync_enabled"] and not connection.sync_enabled
+    # Switching auto-sync on syncs at once, so it counts as a press of Sync now.
+    wait = throttle.sync_now_wait(request, connection.pk) if turns_on else None
+    if wait is not None:
+        return _throttled(
+            request,
+            connection,
+            f"You switched auto-sync of {connection.label} on several times just now, and each time starts a "
+            f"sync. Try again in {wait} s.",
+        )
     try:
         services.connection_update(
             connection.pk,
@@ -221,10 +286,9 @@ def connection_sync_now(request, pk):
     connection = _own_connection(request, pk)
     wait = throttle.sync_now_wait(request, connection.pk)
     if wait is not None:
-        messages.error(request, f"You asked to sync {connection.label} several times just now. Try again in {wait} s.")
-        response = render(request, "brokers/connection_list.html", _list_context(request), status=429)
-        response["Retry-After"] = str(wait)
-        return response
+        return _throttled(
+            request, connection, f"You asked to sync {connection.label} several times just now. Try again in {wait} s."
+        )
     schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     messages.info(request, f"Sync of {connection.label} started.")
     return redirect("brokers:list")

@@ -1,11 +1,19 @@
 """Trades: one row per broker execution, never two for the same fill; and the trader's profile."""
 
 import zoneinfo
+from datetime import date
 from functools import cache
+from importlib import resources
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+
+# The dates a search of trades may name. Wider ranges cannot hold a trade, and the ends of
+# Python's calendar overflow once a time zone shifts them (9999-12-31 plus one day).
+EARLIEST_TRADE_DATE = date(1900, 1, 1)
+LATEST_TRADE_DATE = date(2999, 12, 31)
+TRADE_DATE_RULE = f"Enter a date from {EARLIEST_TRADE_DATE:%Y-%m-%d} to {LATEST_TRADE_DATE:%Y-%m-%d}."
 
 
 class Trade(models.Model):
@@ -54,8 +62,28 @@ def _known_time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
-def time_zone_choices() -> list[tuple[str, str]]:
-    return [(name, name.replace("_", " ")) for name in sorted(_known_time_zones())]
+@cache
+def _places() -> frozenset[str]:
+    """The tz database's own pick of zones to offer (zone.tab: one per region of each country, current names).
+
+    It leaves out aliases and oddities a trader never means — US/Eastern, Etc/GMT+5, Factory,
+    localtime, Asia/Calcutta — which all stay valid for a profile that has one.
+    """
+    table = (resources.files("tzdata.zoneinfo") / "zone.tab").read_text()
+    rows = (line.split("\t") for line in table.splitlines() if line and not line.startswith("#"))
+    return frozenset(row[2] for row in rows) & _known_time_zones()
+
+
+def time_zone_choices(current: str | None = None) -> list:
+    """UTC, then the places grouped by region (with the trader's current zone, whatever it is)."""
+    names = set(_places())
+    if current and current != "UTC":
+        names.add(current)
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name in sorted(names):
+        region, _, place = name.partition("/")
+        groups.setdefault(region, []).append((name, place.replace("_", " ")))
+    return [("UTC", "UTC"), *groups.items()]
 
 
 def validate_time_zone(value: str) -> None:

@@ -5,21 +5,37 @@ from datetime import datetime, time, timedelta
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.shortcuts import redirect, render
 from django.utils import timezone
 
 from brokers.decorators import trader_page
 from brokers.models import BrokerAccount
-from journal.models import Trade, TraderProfile, time_zone_choices
+from journal.models import (
+    EARLIEST_TRADE_DATE,
+    LATEST_TRADE_DATE,
+    TRADE_DATE_RULE,
+    TraderProfile,
+    time_zone_choices,
+)
+from journal.selectors import trades_visible_to
 
 TRADES_PER_PAGE = 50
+TRADE_DATE_BOUNDS = [
+    MinValueValidator(EARLIEST_TRADE_DATE, message=TRADE_DATE_RULE),
+    MaxValueValidator(LATEST_TRADE_DATE, message=TRADE_DATE_RULE),
+]
 
 
 class TradeFilterForm(forms.Form):
     account = forms.ModelChoiceField(queryset=BrokerAccount.objects.none(), required=False, empty_label="All accounts")
-    symbol = forms.CharField(required=False, max_length=64)
-    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    symbol = forms.CharField(required=False, max_length=64, help_text="The symbol or its start, e.g. ES.")
+    date_from = forms.DateField(
+        required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}), validators=TRADE_DATE_BOUNDS
+    )
+    date_to = forms.DateField(
+        required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}), validators=TRADE_DATE_BOUNDS
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -41,7 +57,8 @@ class TradeFilterForm(forms.Form):
         if data.get("account"):
             trades = trades.filter(account=data["account"])
         if data.get("symbol"):
-            trades = trades.filter(symbol__iexact=data["symbol"].strip())
+            # By prefix, any case: "ES" finds ESZ6 and ESH7 (not MESZ6); a whole symbol still finds just itself.
+            trades = trades.filter(symbol__istartswith=data["symbol"].strip())
         if data.get("date_from"):
             trades = trades.filter(executed_at__gte=datetime.combine(data["date_from"], time.min, zone))
         if data.get("date_to"):
@@ -53,9 +70,7 @@ class TradeFilterForm(forms.Form):
 @trader_page
 def trade_list(request):
     trades = (
-        Trade.objects.filter(account__connection__owner=request.user, deleted_at__isnull=True)
-        .select_related("account", "account__connection")
-        .order_by("-executed_at", "-id")
+        trades_visible_to(request.user).select_related("account", "account__connection").order_by("-executed_at", "-id")
     )
     form = TradeFilterForm(request.GET or None, user=request.user)
     if form.is_bound and form.is_valid():
@@ -63,12 +78,7 @@ def trade_list(request):
     elif form.is_bound:
         # An invalid filter shows nothing rather than silently showing everything.
         trades = trades.none()
-    symbols = (
-        Trade.objects.filter(account__connection__owner=request.user, deleted_at__isnull=True)
-        .order_by("symbol")
-        .values_list("symbol", flat=True)
-        .distinct()
-    )
+    symbols = trades_visible_to(request.user).order_by("symbol").values_list("symbol", flat=True).distinct()
     page = Paginator(trades, TRADES_PER_PAGE).get_page(request.GET.get("page"))
     return render(
         request,
@@ -78,15 +88,15 @@ def trade_list(request):
 
 
 class ProfileForm(forms.ModelForm):
-    time_zone = forms.ChoiceField(
-        choices=time_zone_choices,
-        label="Time zone",
-        help_text="Trades, syncs and schedules are shown in this zone.",
-    )
+    time_zone = forms.ChoiceField(label="Time zone", help_text="Trades, syncs and schedules are shown in this zone.")
 
     class Meta:
         model = TraderProfile
         fields = ["time_zone"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["time_zone"].choices = time_zone_choices(self.instance.time_zone)
 
 
 @trader_page

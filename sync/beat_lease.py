@@ -5,9 +5,6 @@ last successful renewal is younger than the TTL minus a safety margin. A standby
 lease only once it has expired in Redis, at least one full TTL after the holder's last renewal,
 so the two dispatch windows never overlap (a holder paused longer than the margin finds its
 window closed and renews before it sends anything).
-
-The holder also writes the time of its last tick to `TICK_KEY`, which is what a readiness check
-reads to tell that some beat is alive and dispatching (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import redis
 from django.conf import settings
 
 LEASE_KEY = "beat:lease"
-TICK_KEY = "beat:last-tick"
 RENEW_EVERY_S = 1.0
 
 # Renew the lease if it is ours (1), take it if it is free (2), or neither (0).
@@ -37,7 +33,6 @@ elseif not holder then
 else
   return 0
 end
-redis.call('set', KEYS[2], ARGV[3])
 return outcome
 """
 _RELEASE = """
@@ -50,12 +45,6 @@ return 0
 
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-
-
-def last_tick(client: redis.Redis | None = None) -> float | None:
-    """Unix time of the active beat's last tick, or None if no beat ever held the lease."""
-    value = (client or redis_client()).get(TICK_KEY)
-    return float(value) if value is not None else None
 
 
 class BeatLease:
@@ -79,7 +68,7 @@ class BeatLease:
             return self.valid()
         try:
             held = self._acquire_or_renew(
-                keys=[LEASE_KEY, TICK_KEY], args=[self.holder, int(self.ttl_s * 1000), f"{time.time():.3f}"]
+                keys=[LEASE_KEY], args=[self.holder, int(self.ttl_s * 1000)]
             )
         except redis.RedisError:
             held = 0

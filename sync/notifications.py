@@ -29,7 +29,8 @@ def _notify(connection: BrokerConnection, kind: str, subject: str, message: str)
 
     def send():
         try:
-            send_mail(subject, message, None, [email])
+            # One line: a label saved before line breaks were refused would make the header invalid.
+            send_mail(" ".join(subject.split()), message, None, [email])
         except Exception:
             # A mail server outage must not turn a sync outcome into a crash; the notice is on the dashboard.
             log.exception("notice_email_failed", connection_id=connection.pk, kind=kind)
@@ -61,7 +62,16 @@ def credentials_refused(connection: BrokerConnection, message: str) -> None:
     )
 
 
+# Notices whose cause a successful run removes: they leave the page by themselves then.
+RESOLVED_BY_SUCCESS = (Notice.Kind.REPEATED_FAILURE, Notice.Kind.CREDENTIALS)
+
+
 def run_succeeded(connection: BrokerConnection, failures_before: int) -> None:
+    # A success proves the credentials work and the failures are over: those notices are resolved
+    # (they leave the page as if dismissed); the recovery notice below says what happened.
+    Notice.objects.filter(connection=connection, kind__in=RESOLVED_BY_SUCCESS, dismissed_at__isnull=True).update(
+        dismissed_at=timezone.now()
+    )
     if failures_before < settings.SYNC_FAILURE_NOTIFY_AFTER:
         return
     _notify(

@@ -33,6 +33,7 @@ import math
 import time
 from datetime import datetime, timedelta
 
+import redis
 from celery import schedules as celery_schedules
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, transaction
@@ -48,6 +49,7 @@ from django_celery_beat.models import (
 )
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
+from config import beat
 from sync.beat_lease import BeatLease, redis_client
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ MIN_TICK_S = 0.05
 # A standby looks at the lease this often, so that it takes over within a second of it lapsing.
 STANDBY_POLL_S = 1.0
 MAX_BATCH = 2000
+# config/beat.py's heartbeat (for /readyz) is written at most this often while batches go out.
+HEARTBEAT_EVERY_S = 1.0
 LOAD_CHUNK = 5000
 ROW_FIELDS = (
     "id", "name", "task", "interval_id", "crontab_id", "solar_id", "clocked_id", "args", "kwargs", "queue",
@@ -144,6 +148,7 @@ class IncrementalScheduler(DatabaseScheduler):
         self._next_sweep = 0.0
         self._sweep_after = 0
         self._sweep_pks: list[int] = []
+        self._heartbeat_at = -math.inf
         self.lease = BeatLease(redis_client(), settings.SYNC_BEAT_LEASE_TTL_S)
 
     # --- set-up: the housekeeping entries are written to the table like every other schedule ---
@@ -433,6 +438,12 @@ class IncrementalScheduler(DatabaseScheduler):
                 continue
             entry.last_run_at = now
             self._push(entry, self._next_due(entry, now))
+        if time.monotonic() - self._heartbeat_at >= HEARTBEAT_EVERY_S:
+            self._heartbeat_at = time.monotonic()
+            try:
+                beat.record_dispatch()
+            except redis.RedisError:
+                logger.warning("beat: could not write the heartbeat (%s)", beat.LAST_DISPATCH_KEY)
         logger.info("beat: sent %d due tasks (%s%s)", sent, entries[0].name, ", ..." if sent > 1 else "")
 
     def _undo_runs(self, entries: list[Entry]) -> None:

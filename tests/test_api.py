@@ -8,6 +8,7 @@ from decimal import Decimal
 import django_ratelimit.core
 import pytest
 from django.conf import settings
+from django.http import HttpRequest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from rest_framework.authtoken.models import Token
@@ -71,7 +72,8 @@ def anonymous():
 @pytest.fixture
 def api(trader):
     client = RecordingClient()
-    assert client.login(username="alice", password="alice-password-1")
+    # A request, as every real login has: django-axes counts logins per username and address.
+    assert client.login(request=HttpRequest(), username="alice", password="alice-password-1")
     yield client
     assert all(SECRET not in body and OTHER_SECRET not in body for body in client.bodies)
 
@@ -79,7 +81,7 @@ def api(trader):
 @pytest.fixture
 def other_api(other_trader):
     client = RecordingClient()
-    assert client.login(username="bob", password="bob-password-1")
+    assert client.login(request=HttpRequest(), username="bob", password="bob-password-1")
     yield client
     assert all(SECRET not in body for body in client.bodies)
 

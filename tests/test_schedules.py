@@ -116,7 +116,7 @@ def test_page_form_changes_go_through_the_service(client, trader, connection):
     response = client.post(
         f"/brokers/{connection.pk}/settings/", {"sync_enabled": "on", "sync_interval_min": "3"}, follow=True
     )
-    assert "from 5 to 60 minutes" in response.content.decode()
+    assert "Sync interval must be a whole number of minutes from 5 to 60." in response.content.decode()
     task = assert_in_step(connection)
     assert task.interval.every == 45 and not task.enabled
 

@@ -23,6 +23,7 @@ from django.conf import settings
 
 from brokers.providers.errors import BrokerConfigurationError, BrokerRateLimitError
 from brokers.providers.types import RateLimit
+from config import metrics
 
 LIMITS_FILE = Path(__file__).resolve().parent.parent / "rate_limits.toml"
 log = structlog.get_logger("brokers.ratelimit")
@@ -122,6 +123,11 @@ def _table(where: str, values) -> dict:
     return values
 
 
+def capped_wait(seconds: float) -> float:
+    """A wait a broker asked for, between 0 and BROKER_RETRY_AFTER_MAX_S seconds."""
+    return min(max(0.0, float(seconds)), settings.BROKER_RETRY_AFTER_MAX_S)
+
+
 def scope_for(secret_or_id: str) -> str:
     """A stable, non-reversible name for a credential, fit for a Redis key."""
     return hashlib.sha256(secret_or_id.encode()).hexdigest()[:16]
@@ -176,6 +182,7 @@ class RateLimiter:
             wait = self.try_acquire(broker, scope=scope, buckets=buckets)
             if wait == 0:
                 return
+            metrics.rate_limit_waited(bucket=broker, seconds=wait)
             if waited + wait > self.max_sleep_s:
                 log.info("rate_limit_wait_requeue", broker=broker, retry_after_s=round(wait, 3))
                 reason = self._block_reason(broker, scope) or (
@@ -196,7 +203,7 @@ class RateLimiter:
         reason is what the broker said, in a trader's words; runs that meet the block repeat it.
         """
         suffix = f":{scope}" if scope else ""
-        seconds = max(0.0, float(seconds))
+        seconds = capped_wait(seconds)
         self._block(keys=[f"rl:block:{broker}{suffix}"], args=[seconds])
         if reason:
             self.client.set(f"rl:reason:{broker}{suffix}", reason, px=math.ceil(seconds * 1000) + 1000)

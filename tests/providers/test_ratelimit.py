@@ -79,7 +79,7 @@ def test_overrides_change_only_the_given_numbers_and_can_add_brokers():
     )
     assert limits["alpaca"] == (RateLimit("requests", 100, 60.0, True),)
     assert limits["tradovate"][2] == RateLimit("hourly", 4500, 1800.0, False)
-    assert limits["tradovate"][0] == RateLimit("auth", 8, 60.0, False)
+    assert limits["tradovate"][0] == RateLimit("auth", 8, 60.0, True)
     assert limits["newbroker"] == (RateLimit("requests", 5, 2.0, True),)
     assert limits["demo"] == (RateLimit("requests", 600, 60.0, False),)
     # The shipped file is read again each time: an override does not stick.
