@@ -9,10 +9,11 @@ from django.core.exceptions import ImproperlyConfigured
 
 from brokers.providers.errors import BrokerAuthError
 
+# Typically the encryption key changed (e.g. new keys made instead of reusing var/local.env's).
 UNREADABLE_MESSAGE = (
-    "The stored credentials cannot be decrypted with the configured FIELD_ENCRYPTION_KEYS: the key "
-    "that wrote them is missing. The operator can put that key back in FIELD_ENCRYPTION_KEYS; "
-    "otherwise edit the connection and enter the credentials again."
+    "The saved credentials cannot be read with this installation's encryption key. Edit the "
+    "connection and enter them again (or ask the operator to put back the key in "
+    "FIELD_ENCRYPTION_KEYS they were saved with)."
 )
 
 

@@ -327,6 +327,18 @@ BROKER_HTTP_RETRIES = env_int("BROKER_HTTP_RETRIES", 2)
 BROKER_HTTP_RETRY_BACKOFF_S = float(env("BROKER_HTTP_RETRY_BACKOFF_S", "1"))
 # The pause between polls of an IBKR Flex report being generated.
 IBKR_FLEX_POLL_PAUSE_S = float(env("IBKR_FLEX_POLL_PAUSE_S", "10"))
+# The provider modules installed, comma-separated: each registers one broker or a family of
+# them (ccxt_family: one provider per crypto exchange). The demo broker is what `make run`
+# syncs out of the box.
+BROKER_PROVIDERS = [
+    m.strip()
+    for m in env(
+        "BROKER_PROVIDERS",
+        "brokers.providers.demo,brokers.providers.tradovate,brokers.providers.ibkr_flex,"
+        "brokers.providers.alpaca,brokers.providers.ccxt_family",
+    ).split(",")
+    if m.strip()
+]
 # Base URL overrides per provider: <KEY>_BASE_URL (TRADOVATE_BASE_URL, IBKR_FLEX_BASE_URL,
 # ALPACA_BASE_URL, ...) points a broker at its sandbox or a local simulator.
 BROKER_BASE_URLS = {

@@ -60,6 +60,7 @@ class TradeSerializer(serializers.ModelSerializer):
             "quantity",
             "price",
             "fees",
+            "fee_currency",
             "currency",
             "multiplier",
             "executed_at",

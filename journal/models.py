@@ -30,7 +30,11 @@ class Trade(models.Model):
     quantity = models.DecimalField(max_digits=24, decimal_places=8)
     price = models.DecimalField(max_digits=24, decimal_places=8)
     fees = models.DecimalField(max_digits=24, decimal_places=8, default=0)
-    currency = models.CharField(max_length=3, default="USD")
+    # The currency the fee was charged in when it is not `currency` (crypto exchanges often
+    # charge in the bought coin or their own token); empty means `currency`.
+    fee_currency = models.CharField(max_length=16, blank=True)
+    # ISO codes for brokers; crypto quote currencies are longer (USDT, FDUSD).
+    currency = models.CharField(max_length=16, default="USD")
     # Point value: price × quantity × multiplier is the money that changed hands.
     multiplier = models.DecimalField(max_digits=24, decimal_places=8, default=1)
     # Options: expiry, strike and right (C or P); empty for everything else.

@@ -282,7 +282,12 @@ def test_patch_replaces_credentials_without_returning_them(api, connection):
     [
         (
             {"broker_type": "nope"},
-            {"broker_type": ["Unknown broker type 'nope'. Known types: alpaca, demo, ibkr_flex, tradovate."]},
+            {
+                "broker_type": [
+                    "Unknown broker type 'nope'. The 99 known types are listed by /api/providers/ "
+                    "and manage.py list_providers."
+                ]
+            },
         ),
         ({"credentials": {}}, {"credentials": {"api_key": ["Demo API key is required."]}}),
         ({"credentials": {"scenario": "normal"}}, {"credentials": {"api_key": ["Demo API key is required."]}}),

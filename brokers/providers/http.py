@@ -96,13 +96,15 @@ class BrokerHTTP:
         buckets: tuple[str, ...] | None = None,
         allow_statuses: tuple[int, ...] = (),
         idempotent: bool | None = None,
+        weight: int = 1,
         **kwargs,
     ) -> requests.Response:
         """Send one request and return the response, or raise the matching BrokerError.
 
         scope names the credential for per-credential limits (see ratelimit.scope_for);
         allow_statuses are statuses the caller interprets itself instead of the mapping;
-        idempotent overrides the method's own meaning (e.g. a POST that only reads).
+        idempotent overrides the method's own meaning (e.g. a POST that only reads);
+        weight is how many limiter slots the request takes (a ccxt endpoint's cost).
         """
         url = path_or_url if "://" in path_or_url else f"{self.base_url}/{path_or_url.lstrip('/')}"
         idempotent = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
@@ -110,7 +112,9 @@ class BrokerHTTP:
         attempt = 0
         while True:
             attempt += 1
-            get_limiter().acquire(self.provider_key, scope=scope, buckets=buckets, display_name=self.display_name)
+            get_limiter().acquire(
+                self.provider_key, scope=scope, buckets=buckets, display_name=self.display_name, weight=weight
+            )
             try:
                 response = self._send(method, url, **kwargs)
             except (BrokerTimeoutError, BrokerUnavailableError) as exc:

@@ -12,7 +12,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from brokers.providers import ratelimit
+from brokers.providers import ccxt_catalog, ccxt_family, ratelimit
 from brokers.providers.errors import BrokerConfigurationError, BrokerError, BrokerRateLimitError
 from brokers.providers.ratelimit import RateLimiter, load_limits, scope_for
 from brokers.providers.types import RateLimit
@@ -59,6 +59,11 @@ PUBLISHED = {
     ("tradovate", "requests"): (200, 60),
     ("tradovate", "hourly"): (5000, 3600),
     ("alpaca", "requests"): (200, 60),
+    # ccxt paces each exchange at one cost unit per rateLimit ms: in limiter slots per window.
+    **{
+        (provider.key, "requests"): (ccxt_catalog.published_slots(provider), ccxt_catalog.window_s(provider))
+        for provider in ccxt_family.FAMILY.values()
+    },
 }
 
 
