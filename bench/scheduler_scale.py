@@ -1,29 +1,36 @@
-"""Scheduler scale: one real beat (django-celery-beat's DatabaseScheduler) over many connections.
+"""Scheduler scale: django-celery-beat's DatabaseScheduler ("stock") and ours side by side, one real beat each.
 
 For each --sizes N: N connections with enabled PeriodicTasks (bulk-created rows carrying exactly
 what `brokers.schedules.sync_schedule` writes — checked with `schedules.reconcile()`, which must
-find nothing to repair), plus one probe connection, then one `celery beat` process. Nothing runs
-the tasks: a counting consumer in this process pops beat's messages off the Redis queue and
-stamps when each arrived. SYNC_INTERVAL_UNIT=seconds, so intervals are 5..60 s and N tasks ask
-for a real dispatch rate (about 0.044·N per second: 1,000 tasks here = 60,000 connections on
-5..60-minute intervals).
+find nothing to repair; their date_changed is set back to 2020, as for rows that exist before the
+run), plus one probe connection. Then, for each of --schedulers in turn, real `celery beat`
+processes with `-S` set to that scheduler. Nothing runs the tasks: a counting consumer in this
+process pops beat's messages off the Redis queue and stamps when each arrived.
 
-Phases, measured on the beat process with psutil:
+Phases, measured on the beat process with psutil (each phase starts its own beat, so every phase
+begins from the same rows for both schedulers):
 
 1. start-up — beat launched with the probe due: seconds until its first dispatch arrives;
-2. idle — every task's last run set in the future (nothing due), --idle-s seconds: beat CPU
-   per tick (it ticks every 5 s, its max interval, when nothing is due);
-3. changes, --changes times: switch the probe on, then its interval 60 -> 5, each through
-   `schedules.sync_schedule` in a transaction as the services make them: seconds
-   from the commit to the probe's dispatch arriving, and beat CPU per change (above idle);
-   switching it off again is a third change, counted for CPU only;
-4. load — every task's last run spread over its interval (so the tasks fall due evenly), for
-   --load-s seconds: dispatches per second against the rate asked for, lag of each dispatch
-   (arrival − due, where due = the previous dispatch + interval), beat CPU and memory.
+2. idle — every task's last run in the future (nothing due), --idle-s seconds: beat CPU per
+   second and per tick (stock ticks every 5 s when nothing is due, ours every 1 s);
+3. changes, --changes times each: switch the probe on, its interval 60 -> 5, and off, each through
+   `schedules.sync_schedule` in a transaction as the services make them: seconds from the commit
+   to the probe's dispatch (on, interval) or to beat's log saying it changed (off), and beat CPU
+   per change above idle;
+4. capacity — SYNC_INTERVAL_UNIT=seconds (intervals 5..60 s: N tasks ask for about 0.044·N
+   dispatches/s, 4,400/s at 100,000), last runs spread over each interval, --load-s seconds:
+   dispatches per second sent against asked, lag (arrival − due), beat CPU;
+5. real rate — every interval 15 minutes (the default; N/900 dispatches/s, 111/s at 100,000),
+   last runs spread over the past 15 minutes, --real-s seconds, with one change per second
+   (a random connection of a churn pool of 1 % switched off, on, or to another interval): lag
+   p50/p99 of the other connections' dispatches, RSS, and per connection outside the churn pool
+   a count of missed dispatches (due before the window's end − --grace-s, never sent) and
+   doubled ones (sent twice in the window, a 15-minute interval allows one).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -39,7 +46,11 @@ import psutil
 
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
-BEAT_TICK_S = 5  # DatabaseScheduler's max interval (DEFAULT_MAX_INTERVAL) when nothing is due sooner
+SCHEDULERS = {
+    "stock": ("django_celery_beat.schedulers:DatabaseScheduler", 5.0),  # idle tick: its max interval
+    "ours": ("sync.scheduler:IncrementalScheduler", 1.0),  # idle tick: it reads changes every second
+}
+REAL_INTERVAL_MIN = 15
 
 
 class Consumer:
@@ -73,6 +84,13 @@ class Consumer:
                 headers = json.loads(raw)["headers"]
                 self.arrivals.append((now, headers.get("periodic_task_name", headers.get("task", ""))))
 
+    def fresh_mark(self) -> int:
+        """Empty the queue (messages a previous phase's beat left) and return the index new arrivals start at."""
+        self.client.delete("celery")
+        time.sleep(0.3)
+        self.client.delete("celery")
+        return len(self.arrivals)
+
     def first(self, name: str, after: float) -> float | None:
         return next((t for t, n in list(self.arrivals) if n == name and t >= after), None)
 
@@ -80,10 +98,13 @@ class Consumer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000", help="comma-separated numbers of connections, ascending")
+    parser.add_argument("--schedulers", default="stock,ours")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="postgres")
     parser.add_argument("--idle-s", type=float, default=30)
     parser.add_argument("--changes", type=int, default=3)
-    parser.add_argument("--load-s", type=float, default=120)
+    parser.add_argument("--load-s", type=float, default=60)
+    parser.add_argument("--real-s", type=float, default=120)
+    parser.add_argument("--grace-s", type=float, default=2)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -99,8 +120,9 @@ def main() -> None:
             create_connections(n - existing, enabled=True)
             existing = n
             check_rows_match_helpers()
-            with Consumer(settings.REDIS_URL) as consumer, harness.log_dir(f"beat-{n}") as logs:
-                results.append(measure(n, probe, consumer, logs, args))
+            for kind in args.schedulers.split(","):
+                with Consumer(settings.REDIS_URL) as consumer, harness.log_dir(f"beat-{kind}-{n}") as logs:
+                    results.append(measure(n, kind, probe, consumer, logs, args))
     report(results, args)
 
 
@@ -136,6 +158,8 @@ def create_connections(count: int, *, enabled: bool) -> list[int]:
                 for c in rows
             )
             ids += [c.pk for c in rows]
+        # Rows that exist before the run, not changes made during it.
+        PeriodicTask.objects.filter(name__in=[schedules.task_name(i) for i in ids]).update(date_changed=LONG_AGO)
     schedules.mark_schedules_changed()
     return ids
 
@@ -157,41 +181,59 @@ def schedule_changes_seen(log_path: Path) -> int:
     return len(re.findall(r"Schedule changed", log_path.read_text(errors="replace")))
 
 
-def settle(beat: psutil.Process, log_path: Path, seen_before: int) -> None:
-    """Wait until beat has noticed a change (its log says so) and finished reloading (CPU quiet)."""
-    harness.wait_for(lambda: schedule_changes_seen(log_path) > seen_before, timeout=600, what="beat to reload",
-                     interval=0.2)
+def settle(beat: psutil.Process, log_path: Path, seen_before: int) -> float:
+    """Wait until beat has noticed a change (its log says so) and gone quiet; when it was noticed."""
+    noticed = harness.wait_for(lambda: schedule_changes_seen(log_path) > seen_before and time.time(),
+                               timeout=600, what="beat to reload", interval=0.05)
     while True:
         before = cpu(beat)
         time.sleep(0.5)
         if cpu(beat) - before < 0.02:
-            return
+            return noticed
 
 
-def measure(n: int, probe: int, consumer: Consumer, logs: Path, args) -> dict:
+@contextlib.contextmanager
+def beat(kind: str, logs: Path, phase: str):
+    scheduler = SCHEDULERS[kind][0]
+    log_path = logs / f"{phase}.log"
+    options = ("-l", "INFO", "-S", scheduler, "--schedule", str(logs / "beat-schedule"))
+    with harness.celery_process("beat", log_path, *options) as process:
+        yield psutil.Process(process.pid), log_path
+
+
+def sync_tasks(probe_name: str):
+    from django_celery_beat.models import PeriodicTask
+
+    from brokers import schedules
+
+    return PeriodicTask.objects.filter(name__startswith=schedules.TASK_NAME_PREFIX).exclude(name=probe_name)
+
+
+def measure(n: int, kind: str, probe: int, consumer: Consumer, logs: Path, args) -> dict:
+    from django.conf import settings
     from django.db import transaction
     from django_celery_beat.models import PeriodicTask
 
     from brokers import schedules
     from brokers.models import BrokerConnection
 
+    settings.SYNC_INTERVAL_UNIT = "seconds"
     probe_name = schedules.task_name(probe)
-    sync_tasks = PeriodicTask.objects.filter(name__startswith=schedules.TASK_NAME_PREFIX).exclude(name=probe_name)
+    tasks = sync_tasks(probe_name)
     # Idle until phase 4: nothing due but the probe, which is switched on for the start-up figure.
-    sync_tasks.update(last_run_at=FAR_FUTURE)
+    tasks.update(last_run_at=FAR_FUTURE)
     with transaction.atomic():
         BrokerConnection.objects.filter(pk=probe).update(sync_enabled=True, sync_interval_min=60)
         schedules.sync_schedule(BrokerConnection.objects.get(pk=probe))
     PeriodicTask.objects.filter(name=probe_name).update(last_run_at=LONG_AGO)
-    result: dict = {"n": n}
-    log_path, schedule_file = logs / "beat.log", logs / "beat-schedule"
+    result: dict = {"n": n, "kind": kind}
+    label = f"N={n} {kind}"
     launched = time.time()
-    with harness.celery_process("beat", log_path, "-l", "INFO", "--schedule", str(schedule_file)) as process:
-        beat = psutil.Process(process.pid)
+    with beat(kind, logs, "changes") as (process, log_path):
         arrived = harness.wait_for(lambda: consumer.first(probe_name, launched), timeout=900, what="start-up")
         result["startup_s"] = arrived - launched
-        result["rss_start_mib"] = beat.memory_info().rss / 2**20
-        print(f"N={n}: start-up to first dispatch {result['startup_s']:.1f} s, RSS {result['rss_start_mib']:.0f} MiB",
+        result["rss_start_mib"] = process.memory_info().rss / 2**20
+        print(f"{label}: start-up to first dispatch {result['startup_s']:.1f} s, RSS {result['rss_start_mib']:.0f} MiB",
               flush=True)
 
         def switch(enabled: bool, interval: int) -> float:
@@ -209,30 +251,32 @@ def measure(n: int, probe: int, consumer: Consumer, logs: Path, args) -> dict:
 
         seen = schedule_changes_seen(log_path)
         switch(False, 60)
-        settle(beat, log_path, seen)
+        settle(process, log_path, seen)
 
         # 2. idle ticks
-        before, start = cpu(beat), time.time()
+        before, start = cpu(process), time.time()
         time.sleep(args.idle_s)
-        idle_cpu, idle_wall = cpu(beat) - before, time.time() - start
+        idle_cpu, idle_wall = cpu(process) - before, time.time() - start
         result["idle_cpu_per_s"] = idle_cpu / idle_wall
-        result["tick_cpu_ms"] = idle_cpu / (idle_wall / BEAT_TICK_S) * 1000
-        print(f"N={n}: idle {result['idle_cpu_per_s'] * 100:.1f}% CPU, {result['tick_cpu_ms']:.1f} ms per tick",
+        result["tick_cpu_ms"] = idle_cpu / (idle_wall / SCHEDULERS[kind][1]) * 1000
+        print(f"{label}: idle {result['idle_cpu_per_s'] * 100:.2f}% CPU, {result['tick_cpu_ms']:.1f} ms per tick",
               flush=True)
 
         # 3. changes
-        pickups: dict[str, list[float]] = {"enable": [], "interval": []}
+        pickups: dict[str, list[float]] = {"enable": [], "interval": [], "disable": []}
         change_cpu: dict[str, list[float]] = {"enable": [], "interval": [], "disable": []}
 
-        def change(kind: str, enabled: bool, interval: int) -> None:
-            seen, before, start = schedule_changes_seen(log_path), cpu(beat), time.time()
+        def change(change_kind: str, enabled: bool, interval: int) -> None:
+            seen, before, start = schedule_changes_seen(log_path), cpu(process), time.time()
             committed = switch(enabled, interval)
-            if kind in pickups:
+            if enabled:
                 arrived = harness.wait_for(lambda: consumer.first(probe_name, committed), timeout=600,
-                                           what=f"the probe's dispatch after {kind}")
-                pickups[kind].append(arrived - committed)
-            settle(beat, log_path, seen)
-            change_cpu[kind].append(cpu(beat) - before - result["idle_cpu_per_s"] * (time.time() - start))
+                                           what=f"the probe's dispatch after {change_kind}")
+                settle(process, log_path, seen)
+            else:
+                arrived = settle(process, log_path, seen)
+            pickups[change_kind].append(arrived - committed)
+            change_cpu[change_kind].append(cpu(process) - before - result["idle_cpu_per_s"] * (time.time() - start))
 
         for _ in range(args.changes):
             change("enable", True, 60)
@@ -240,88 +284,186 @@ def measure(n: int, probe: int, consumer: Consumer, logs: Path, args) -> dict:
             time.sleep(5)
             change("interval", True, 5)
             change("disable", False, 60)
-        for kind, values in pickups.items():
-            result[f"pickup_{kind}_s"] = statistics.median(values)
-        for kind, values in change_cpu.items():
-            result[f"cpu_{kind}_s"] = statistics.median(values)
-        print(f"N={n}: pick-up enable {pickups['enable']} s, interval {pickups['interval']} s; beat CPU per change "
-              + ", ".join(f"{k} {statistics.median(v):.3f} s" for k, v in change_cpu.items()), flush=True)
+        for change_kind in pickups:
+            result[f"pickup_{change_kind}_s"] = statistics.median(pickups[change_kind])
+            result[f"cpu_{change_kind}_s"] = statistics.median(change_cpu[change_kind])
+        print(f"{label}: pick-up " + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in pickups.items())
+              + "; beat CPU per change " + ", ".join(f"{k} {statistics.median(v) * 1000:.1f} ms"
+                                                     for k, v in change_cpu.items()), flush=True)
 
-        # 4. load at the real rate
-        result.update(load(n, beat, log_path, consumer, sync_tasks, args))
+    result.update(capacity(n, kind, probe_name, consumer, logs, args))
+    result.update(real_rate(n, kind, probe_name, consumer, logs, args))
     return result
 
 
-def load(n: int, beat: psutil.Process, log_path: Path, consumer: Consumer, sync_tasks, args) -> dict:
+def spread_last_runs(tasks, every: dict[str, int]) -> dict[str, float]:
+    """Each task's last run somewhere in its past interval: they fall due evenly from now on; returns dues."""
+    from django_celery_beat.models import PeriodicTask
+
+    now = datetime.now(UTC)
+    rows, due = [], {}
+    for pk, name in tasks.values_list("pk", "name"):
+        last = now - timedelta(seconds=random.uniform(0, every[name]))
+        rows.append(PeriodicTask(pk=pk, last_run_at=last))
+        due[name] = last.timestamp() + every[name]
+    PeriodicTask.objects.bulk_update(rows, ["last_run_at"], batch_size=2000)
+    return due
+
+
+def capacity(n: int, kind: str, probe_name: str, consumer: Consumer, logs: Path, args) -> dict:
+    tasks = sync_tasks(probe_name)
+    every = dict(tasks.values_list("name", "interval__every"))
+    due = spread_last_runs(tasks, every)
+    mark = consumer.fresh_mark()
+    with beat(kind, logs, "capacity") as (process, _):
+        # Counted from the first dispatch: start-up is phase 1's figure.
+        start = harness.wait_for(lambda: len(consumer.arrivals) > mark and consumer.arrivals[mark][0], timeout=900,
+                                 what="the first dispatch")
+        cpu_before = cpu(process)
+        time.sleep(args.load_s)
+        end = time.time()
+        beat_cpu = cpu(process) - cpu_before
+    arrivals = [(t, name) for t, name in consumer.arrivals[mark:] if name in every and start <= t <= end]
+    lags = []
+    for arrived, name in arrivals:
+        lags.append(arrived - due[name])
+        due[name] = arrived + every[name]
+    asked = sum(1 / e for e in every.values())
+    out = {"asked_per_s": asked, "sent_per_s": len(arrivals) / (end - start),
+           "cap_lag_p50_s": harness.percentile(lags, 50), "cap_lag_max_s": max(lags),
+           "cap_cpu": beat_cpu / (end - start), "cpu_per_dispatch_ms": beat_cpu / max(1, len(arrivals)) * 1000}
+    print(f"N={n} {kind}: capacity asked {asked:.0f}/s, sent {out['sent_per_s']:.0f}/s, lag p50 "
+          f"{out['cap_lag_p50_s']:.2f} max {out['cap_lag_max_s']:.2f} s, beat CPU {out['cap_cpu'] * 100:.0f}% "
+          f"({out['cpu_per_dispatch_ms']:.2f} ms per dispatch)", flush=True)
+    return out
+
+
+def real_rate(n: int, kind: str, probe_name: str, consumer: Consumer, logs: Path, args) -> dict:
+    from django.conf import settings
+    from django.db import transaction
+
+    from brokers import schedules
+    from brokers.models import BrokerConnection
+
+    settings.SYNC_INTERVAL_UNIT = "minutes"
+    schedules.ensure_interval_schedules()
+    tasks = sync_tasks(probe_name)
+    connections = BrokerConnection.objects.filter(sync_enabled=True).exclude(pk=int(probe_name.split(":")[1]))
+    connections.update(sync_interval_min=REAL_INTERVAL_MIN)
+    tasks.update(interval=schedules.interval_schedule(REAL_INTERVAL_MIN), expire_seconds=REAL_INTERVAL_MIN * 60,
+                 date_changed=LONG_AGO)
+    schedules.sync_schedule(BrokerConnection.objects.get(pk=int(probe_name.split(":")[1])))
+    check_rows_match_helpers()
+    every = dict.fromkeys(tasks.values_list("name", flat=True), REAL_INTERVAL_MIN * 60)
+    due = spread_last_runs(tasks, every)
+    ids = list(connections.values_list("pk", flat=True))
+    churn_pool = set(random.sample(ids, max(10, n // 100)))
+    churned: set[str] = set()
+    changes = 0
+    mark = consumer.fresh_mark()
+    with beat(kind, logs, "real-rate") as (process, _):
+        harness.wait_for(lambda: len(consumer.arrivals) > mark, timeout=900, what="the first dispatch")
+        start = time.time()
+        cpu_before, rss_max = cpu(process), 0.0
+        while time.time() < start + args.real_s:
+            tick = time.time()
+            pk = random.choice(list(churn_pool))
+            with transaction.atomic():
+                connection = BrokerConnection.objects.select_for_update().get(pk=pk)
+                step = random.choice(("toggle", "interval"))
+                if step == "toggle":
+                    connection.sync_enabled = not connection.sync_enabled
+                else:
+                    connection.sync_interval_min = random.choice((5, 15, 30, 60))
+                connection.save(update_fields=["sync_enabled", "sync_interval_min"])
+                schedules.sync_schedule(connection)
+            churned.add(schedules.task_name(pk))
+            changes += 1
+            rss_max = max(rss_max, process.memory_info().rss / 2**20)
+            time.sleep(max(0.0, 1.0 - (time.time() - tick)))
+        end = time.time()
+        time.sleep(args.grace_s)
+        beat_cpu = cpu(process) - cpu_before
+    steady = {name for name in every if name not in {schedules.task_name(pk) for pk in churn_pool}}
+    window = [(t, name) for t, name in consumer.arrivals[mark:] if name in steady and t <= end + args.grace_s]
+    sent: dict[str, list[float]] = {}
+    for arrived, name in window:
+        sent.setdefault(name, []).append(arrived)
+    lags = [times[0] - due[name] for name, times in sent.items() if start <= due[name]]
+    expected = {name for name in steady if start <= due[name] <= end - args.grace_s}
+    missed = len([name for name in expected if name not in sent])
+    doubled = sum(len(times) - 1 for times in sent.values())
+    if doubled:
+        examples = [(name, [round(t - start, 2) for t in times], round(due[name] - start, 2))
+                    for name, times in sent.items() if len(times) > 1][:5]
+        print(f"N={n} {kind}: doubled, as (task, arrivals s from the window's start, due s): {examples}", flush=True)
+    out = {"real_asked_per_s": len(steady) / (REAL_INTERVAL_MIN * 60),
+           "real_sent_per_s": len([t for t, _ in window if start <= t <= end]) / (end - start),
+           "lag_p50_s": harness.percentile(lags, 50) if lags else float("nan"),
+           "lag_p99_s": harness.percentile(lags, 99) if lags else float("nan"),
+           "lag_max_s": max(lags) if lags else float("nan"), "missed": missed, "doubled": doubled,
+           "expected": len(expected), "changes_per_s": changes / (end - start), "real_cpu": beat_cpu / (end - start),
+           "rss_max_mib": rss_max}
+    print(f"N={n} {kind}: real rate asked {out['real_asked_per_s']:.1f}/s, sent {out['real_sent_per_s']:.1f}/s "
+          f"with {out['changes_per_s']:.2f} changes/s; lag p50 {out['lag_p50_s']:.2f} p99 {out['lag_p99_s']:.2f} max "
+          f"{out['lag_max_s']:.2f} s; missed {missed} / doubled {doubled} of {len(expected)} due; beat CPU "
+          f"{out['real_cpu'] * 100:.0f}%, RSS max {rss_max:.0f} MiB", flush=True)
+    # Back to phase 1's shape for the next scheduler or size.
+    settings.SYNC_INTERVAL_UNIT = "seconds"
+    restore_phase_one_shape(probe_name)
+    return out
+
+
+def restore_phase_one_shape(probe_name: str) -> None:
+    """Every connection but the probe enabled on its 5..60 s interval again, as create_connections left it."""
     from django_celery_beat.models import PeriodicTask
 
     from brokers import schedules
+    from brokers.models import BrokerConnection
 
-    tasks = list(sync_tasks.select_related("interval").only("id", "name", "interval__every"))
-    every = {t.name: t.interval.every for t in tasks}
-    now = datetime.now(UTC)
-    due: dict[str, float] = {}
-    for t in tasks:
-        # Last run somewhere in the past interval: the tasks fall due evenly from now on.
-        t.last_run_at = now - timedelta(seconds=random.uniform(0, every[t.name]))
-        due[t.name] = t.last_run_at.timestamp() + every[t.name]
-    PeriodicTask.objects.bulk_update(tasks, ["last_run_at"], batch_size=2000)
-    seen, mark = schedule_changes_seen(log_path), len(consumer.arrivals)
-    schedules.mark_schedules_changed()
-    cpu_before, start = cpu(beat), time.time()
-    time.sleep(args.load_s)
-    end = time.time()
-    beat_cpu = cpu(beat) - cpu_before
-    rss = beat.memory_info().rss / 2**20
-    arrivals = [(t, name) for t, name in consumer.arrivals[mark:] if name in every and t <= end]
-    lags, late_first, late_last = [], [], []
-    # Per 10 s of the window: dispatches and the worst lag, to show when beat fell behind.
-    buckets: dict[int, list[float]] = {}
-    for arrived, name in arrivals:
-        lag = arrived - due[name]
-        lags.append(lag)
-        buckets.setdefault(int((arrived - start) // 10), []).append(lag)
-        if arrived < start + 30:
-            late_first.append(lag)
-        elif arrived > end - 30:
-            late_last.append(lag)
-        due[name] = arrived + every[name]
-    # What an ideal beat would send over the window: each task's dues from its first due to the end.
-    asked = sum(1 / every[name] for name in every) * (end - start)
-    reloads = schedule_changes_seen(log_path) - seen
-    out = {
-        "asked_per_s": asked / (end - start), "sent_per_s": len(arrivals) / (end - start),
-        "lag_p50_s": harness.percentile(lags, 50), "lag_p95_s": harness.percentile(lags, 95),
-        "lag_p99_s": harness.percentile(lags, 99), "lag_max_s": max(lags),
-        "lag_first30_p50_s": statistics.median(late_first) if late_first else float("nan"),
-        "lag_last30_p50_s": statistics.median(late_last) if late_last else float("nan"),
-        "load_cpu": beat_cpu / (end - start), "cpu_per_dispatch_ms": beat_cpu / max(1, len(arrivals)) * 1000,
-        "rss_end_mib": rss, "reloads": reloads,
-    }
-    print(f"N={n}: load asked {out['asked_per_s']:.1f}/s, sent {out['sent_per_s']:.1f}/s; "
-          f"lag p50 {out['lag_p50_s']:.2f} p95 {out['lag_p95_s']:.2f} p99 {out['lag_p99_s']:.2f} "
-          f"max {out['lag_max_s']:.2f} s (first 30 s p50 "
-          f"{out['lag_first30_p50_s']:.2f}, last 30 s p50 {out['lag_last30_p50_s']:.2f}); beat CPU "
-          f"{out['load_cpu'] * 100:.0f}% ({out['cpu_per_dispatch_ms']:.2f} ms per dispatch), RSS {rss:.0f} MiB, "
-          f"reloads {reloads}", flush=True)
-    print(f"N={n}: per 10 s, dispatches / worst lag s: "
-          + ", ".join(f"{len(v)}/{max(v):.1f}" for _, v in sorted(buckets.items())), flush=True)
-    return out
+    probe = int(probe_name.split(":")[1])
+    intervals = {n: schedules.interval_schedule(n) for n in range(5, 61)}
+    connections = list(BrokerConnection.objects.exclude(pk=probe).order_by("pk").only("pk"))
+    for i, connection in enumerate(connections):
+        connection.sync_enabled, connection.sync_interval_min = True, 5 + i % 56
+    BrokerConnection.objects.bulk_update(connections, ["sync_enabled", "sync_interval_min"], batch_size=2000)
+    tasks = {t.name: t for t in sync_tasks(probe_name).only("pk", "name")}
+    for connection in connections:
+        task = tasks[schedules.task_name(connection.pk)]
+        task.interval, task.enabled = intervals[connection.sync_interval_min], True
+        task.expire_seconds, task.date_changed = connection.sync_interval_min, LONG_AGO
+    PeriodicTask.objects.bulk_update(tasks.values(), ["interval", "enabled", "expire_seconds", "date_changed"],
+                                     batch_size=2000)
+    schedules.sync_schedule(BrokerConnection.objects.get(pk=probe))
+    check_rows_match_helpers()
 
 
 def report(results: list[dict], args) -> None:
     print()
-    print(f"beat (DatabaseScheduler, {args.db}), SYNC_INTERVAL_UNIT=seconds, intervals 5..60 s:")
-    header = ("N", "start-up s", "tick ms", "pick-up on s", "pick-up interval s", "CPU/change s", "asked/s",
-              "sent/s", "lag p50/p95/max s", "beat CPU", "RSS MiB")
+    print(f"beat on {args.db}; capacity at SYNC_INTERVAL_UNIT=seconds (intervals 5..60 s), real rate at "
+          f"{REAL_INTERVAL_MIN} min with 1 change/s:")
+    header = ("N", "scheduler", "start-up s", "idle CPU %", "tick ms", "pick-up on/interval/off s",
+              "CPU/change on/interval/off ms", "capacity sent/asked per s", "real sent/asked per s",
+              "lag p50/p99/max s", "missed/doubled of due", "RSS max MiB")
     print(" | ".join(header))
     for r in results:
         print(" | ".join([
-            f"{r['n']:,}", f"{r['startup_s']:.1f}", f"{r['tick_cpu_ms']:.1f}", f"{r['pickup_enable_s']:.2f}",
-            f"{r['pickup_interval_s']:.2f}", f"{r['cpu_enable_s']:.3f}", f"{r['asked_per_s']:.1f}",
-            f"{r['sent_per_s']:.1f}", f"{r['lag_p50_s']:.2f}/{r['lag_p95_s']:.2f}/{r['lag_max_s']:.2f}",
-            f"{r['load_cpu'] * 100:.0f}%", f"{r['rss_end_mib']:.0f}",
+            f"{r['n']:,}", r["kind"], f"{r['startup_s']:.1f}", f"{r['idle_cpu_per_s'] * 100:.2f}",
+            f"{r['tick_cpu_ms']:.1f}",
+            f"{r['pickup_enable_s']:.2f}/{r['pickup_interval_s']:.2f}/{r['pickup_disable_s']:.2f}",
+            f"{r['cpu_enable_s'] * 1000:.0f}/{r['cpu_interval_s'] * 1000:.0f}/{r['cpu_disable_s'] * 1000:.0f}",
+            f"{r['sent_per_s']:.0f}/{r['asked_per_s']:.0f}", f"{r['real_sent_per_s']:.1f}/{r['real_asked_per_s']:.1f}",
+            f"{r['lag_p50_s']:.2f}/{r['lag_p99_s']:.2f}/{r['lag_max_s']:.2f}",
+            f"{r['missed']}/{r['doubled']} of {r['expected']}", f"{r['rss_max_mib']:.0f}",
         ]))
+    by = {(r["n"], r["kind"]): r for r in results}
+    for n in sorted({r["n"] for r in results}):
+        stock, ours = by.get((n, "stock")), by.get((n, "ours"))
+        if stock and ours:
+            print(f"N={n:,} ours/stock: tick {ours['tick_cpu_ms'] / stock['tick_cpu_ms']:.4f}x, CPU per change "
+                  f"{ours['cpu_enable_s'] / max(stock['cpu_enable_s'], 1e-9):.4f}x, capacity "
+                  f"{ours['sent_per_s'] / stock['sent_per_s']:.1f}x, "
+                  f"RSS {ours['rss_max_mib'] / stock['rss_max_mib']:.2f}x")
 
 
 if __name__ == "__main__":

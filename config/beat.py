@@ -2,7 +2,8 @@
 
 Beat sends at least the minute's housekeeping task, so a live beat refreshes the key at least
 once a minute; its start writes the key too, since the first due message may be a minute
-away. The key is written from the beat process only (celery_app connects the signals).
+away. The key is written from the beat process only: at its start (celery_app's beat_init) and
+by sync.scheduler after every batch it sends.
 """
 
 from __future__ import annotations

@@ -25,23 +25,13 @@ def use_django_logging(**kwargs):
     logging.config.dictConfig(settings.LOGGING)
 
 
-_in_beat = False
-
-
 @signals.beat_init.connect
 def mark_beat_process(sender=None, **kwargs):
-    """Beat's start counts as its first sign of life: its first due message may be a minute away."""
-    global _in_beat
-    _in_beat = True
+    """Beat's start counts as its first sign of life: its first due message may be a minute away.
+
+    After that sync.scheduler refreshes the heartbeat once per batch it sends (a Redis write per
+    message would cost more than the rest of a send).
+    """
     from config import beat
 
     beat.record_dispatch()
-
-
-@signals.after_task_publish.connect
-def beat_heartbeat(sender=None, **kwargs):
-    """In the beat process, every message sent refreshes beat's heartbeat (config/beat.py)."""
-    if _in_beat:
-        from config import beat
-
-        beat.record_dispatch()

@@ -251,7 +251,17 @@ CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Ours: django-celery-beat's tables read incrementally, and a Redis lease so that of two beats
+# only one dispatches (docs/operations.md, "Beat").
+CELERY_BEAT_SCHEDULER = "sync.scheduler:IncrementalScheduler"
+# The standby beat takes over at most this long (plus a second and its load of the table)
+# after the active one dies.
+SYNC_BEAT_LEASE_TTL_S = env_int("SYNC_BEAT_LEASE_TTL_S", 10)
+# A changed row is read again this long after its date_changed: the longest a writer's
+# transaction (or its clock's skew) may lag behind the time it stamped.
+SYNC_BEAT_CHANGE_OVERLAP_S = env_int("SYNC_BEAT_CHANGE_OVERLAP_S", 60)
+# One pass of the background sweep over every PeriodicTask takes this long.
+SYNC_BEAT_SWEEP_PASS_S = env_int("SYNC_BEAT_SWEEP_PASS_S", 3600)
 # A sync is idempotent, so a message is acknowledged only once it ran: a killed worker's
 # message goes back to the queue instead of being lost.
 CELERY_TASK_ACKS_LATE = True

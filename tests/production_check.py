@@ -285,7 +285,8 @@ def json_lines_only(processes: list[Process]) -> None:
 
 
 def beat_dispatched(beat: Process) -> bool:
-    return any('"Scheduler: Sending due task' in line for line in beat.lines)
+    # sync.scheduler logs one line per batch it sends.
+    return any('"beat: sent ' in line for line in beat.lines)
 
 
 def main() -> int:

@@ -30,9 +30,9 @@ def test_the_ci_run_executes_the_deployment_files_commands():
     assert (ROOT / "config" / "gunicorn.py").exists()
 
 
-def test_exactly_one_beat_and_its_healthcheck_probes_what_beat_does():
+def test_two_beats_and_their_healthcheck_probes_what_beat_does():
     services = production_check.compose()["services"]
-    assert services["beat"]["deploy"] == {"replicas": 1}
+    assert services["beat"]["deploy"] == {"replicas": 2}
     assert services["beat"]["healthcheck"]["test"] == ["CMD", "python", "manage.py", "check_beat"]
     assert (ROOT / "sync" / "management" / "commands" / "check_beat.py").exists()
     web_probe = " ".join(services["web"]["healthcheck"]["test"])
