@@ -17,7 +17,7 @@ from brokers import schedules
 from brokers.models import BrokerConnection
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_broker_provider, get_provider_class
-from brokers.providers.types import BrokerAccountInfo, BrokerCredentials
+from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredentials
 
 INTERVAL_RULE = (
     f"Sync interval must be a whole number of minutes from {settings.SYNC_INTERVAL_MIN} "
@@ -63,12 +63,23 @@ def connection_create(
     environment: str = "",
     sync_enabled: bool = True,
     sync_interval_min: int = settings.SYNC_INTERVAL_DEFAULT_MIN,
+    auth: AuthResult | None = None,
 ) -> BrokerConnection:
-    """Create a connection and its schedule; with auto-sync on, the first sync starts at once."""
+    """Create a connection and its schedule; with auto-sync on, the first sync starts at once.
+
+    A broker that connects by OAuth sign-in takes no credentials but the session (auth) its
+    callback obtained; without one it is refused, since nothing could ever sync.
+    """
     validate_enabled(sync_enabled)
     validate_interval(sync_interval_min)
     environment = environment or _default_environment(broker_type)
     validate_credentials(broker_type, credentials, environment)
+    if get_provider_class(broker_type).oauth is not None and auth is None:
+        name = get_provider_class(broker_type).display_name
+        raise ValidationError(
+            {"broker_type": f"{name} connects by signing in at {name}: use Connect with {name} on the brokers page."},
+            code="oauth_only",
+        )
     connection = BrokerConnection(
         owner=owner,
         broker_type=broker_type,
@@ -78,6 +89,7 @@ def connection_create(
         sync_interval_min=sync_interval_min,
     )
     connection.credentials = {k: v.strip() for k, v in credentials.items() if v is not None}
+    connection.auth = auth
     connection.full_clean()
     connection.save()
     schedules.sync_schedule(connection)
@@ -143,12 +155,7 @@ def connection_update(
     resume = False
     if credentials is not None:
         connection.credentials = {k: v.strip() for k, v in credentials.items() if v is not None}
-        connection.auth = None
-        resume = connection.credentials_rejected
-        connection.credentials_rejected = False
-        if connection.status == BrokerConnection.Status.ERROR:
-            connection.last_sync_error = ""
-            connection.status = BrokerConnection.Status.CONNECTED
+        resume = _reauthorised(connection, None)
     turned_on = sync_enabled is True and not connection.sync_enabled
     if sync_enabled is not None:
         connection.sync_enabled = sync_enabled
@@ -158,6 +165,30 @@ def connection_update(
     connection.save()
     schedules.sync_schedule(connection)
     if connection.schedule_active and (turned_on or resume):
+        schedules.request_sync_now(connection.pk, trigger="manual")
+    return connection
+
+
+def _reauthorised(connection: BrokerConnection, auth: AuthResult | None) -> bool:
+    """Take a new session (None: log in afresh) and clear a refused login; True if sync was on hold."""
+    connection.auth = auth
+    was_held = connection.credentials_rejected
+    connection.credentials_rejected = False
+    if connection.status == BrokerConnection.Status.ERROR:
+        connection.last_sync_error = ""
+        connection.status = BrokerConnection.Status.CONNECTED
+    return was_held
+
+
+@transaction.atomic
+def connection_reconnect(connection_id: int, auth: AuthResult) -> BrokerConnection:
+    """Re-authorise a connection after a new sign-in: the same accounts, cursor, trades, history
+    and schedule, and a sync at once."""
+    connection = _locked(connection_id)
+    _reauthorised(connection, auth)
+    connection.save()
+    schedules.sync_schedule(connection)
+    if connection.schedule_active:
         schedules.request_sync_now(connection.pk, trigger="manual")
     return connection
 

@@ -17,6 +17,7 @@ from brokers.providers.types import (
     BrokerCredentials,
     BrokerTrade,
     CredentialField,
+    OAuthSpec,
 )
 
 
@@ -35,6 +36,8 @@ class BrokerProvider(ABC):
       trades_ascending   get_trades yields oldest first, so progress can be saved batch by batch
       credentials_expire AuthResult.expires_at is when the trader's own credentials lapse (not a
                          session we renew), so the trader is warned before that day
+      oauth              an OAuthSpec when traders connect by signing in at the broker (subclass
+                         brokers.providers.oauth.OAuthProvider); None for typed credentials
       transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
                          layer retries them a few times before the run's own retries); add 500
                          only where the broker's docs call it transient
@@ -51,6 +54,7 @@ class BrokerProvider(ABC):
     trades_ascending: ClassVar[bool] = False
     credentials_expire: ClassVar[bool] = False
     transient_statuses: ClassVar[frozenset[int]] = frozenset({502, 503, 504})
+    oauth: ClassVar[OAuthSpec | None] = None
 
     def __init__(self, environment: str = ""):
         self.environment = environment or (self.environments[0][0] if self.environments else "")

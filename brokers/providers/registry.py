@@ -14,7 +14,7 @@ from functools import cache
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerConfigurationError
 
-_INFRASTRUCTURE = {"base", "errors", "http", "ratelimit", "registry", "types"}
+_INFRASTRUCTURE = {"base", "errors", "http", "oauth", "ratelimit", "registry", "types"}
 _providers: dict[str, type[BrokerProvider]] = {}
 
 
