@@ -2,8 +2,9 @@
 
 The flow's state lives in the trader's own session, keyed by the random `state` sent to the
 broker: single use (taken out on the first callback), short-lived (OAUTH_STATE_MAX_AGE_S), and
-bound to the trader and the connection it re-authorises. Any callback that does not match
-saves nothing and says why.
+bound to the connection it re-authorises. Another trader's browser has another session (and
+Django empties a session when a different trader logs in), so it never holds the flow. Any
+callback that does not match saves nothing and says why.
 
 Connect and Reconnect are links (GET) rather than forms: they only write the trader's own
 session, and a form whose answer redirects to the broker's host would fall foul of the
@@ -69,7 +70,6 @@ def _start(request, provider_class, connection: BrokerConnection | None):
         "broker": provider_class.key,
         "connection": connection.pk if connection else None,
         "environment": connection.environment if connection else "",
-        "user": request.user.pk,
         "verifier": verifier,
         "started": time.time(),
     }
@@ -170,8 +170,6 @@ def _flow_problem(request, flow: dict | None) -> str:
             "This sign-in answer does not belong to a sign-in started in this browser session, or it was "
             "already used. Nothing was saved; start again with Connect."
         )
-    if flow["user"] != request.user.pk:
-        return "This sign-in was started by another trader. Nothing was saved."
     if time.time() - flow["started"] > settings.OAUTH_STATE_MAX_AGE_S:
         minutes = settings.OAUTH_STATE_MAX_AGE_S // 60
         return f"The sign-in took longer than {minutes} minutes. Nothing was saved; start again with Connect."

@@ -135,7 +135,8 @@ def _test_login(request, *, broker_type: str, credentials: dict, environment: st
 def connection_add(request):
     broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
     provider_class = _provider_class(broker_type)
-    if provider_class.oauth is not None and request.method == "GET":
+    if provider_class.oauth is not None:
+        # Nothing to type: the trader signs in at the broker (a posted form saves nothing).
         return oauth_views.connect_page(request, provider_class)
     form = ConnectionForm(request.POST or None, provider_class=provider_class)
     context = {"provider": provider_class}
