@@ -173,8 +173,9 @@ def _flow_problem(request, flow: dict | None) -> str:
     if time.time() - flow["started"] > settings.OAUTH_STATE_MAX_AGE_S:
         minutes = settings.OAUTH_STATE_MAX_AGE_S // 60
         return f"The sign-in took longer than {minutes} minutes. Nothing was saved; start again with Connect."
-    if flow["connection"] is not None and not BrokerConnection.objects.filter(
-        pk=flow["connection"], owner=request.user
-    ).exists():
+    if (
+        flow["connection"] is not None
+        and not BrokerConnection.objects.filter(pk=flow["connection"], owner=request.user).exists()
+    ):
         return "The connection this sign-in was for no longer exists. Nothing was saved."
     return ""

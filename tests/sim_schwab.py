@@ -91,7 +91,8 @@ class SchwabSim(LoopbackServer):
         q = request.query
         back = q["redirect_uri"]
         if q.get("answer") != "allow":
-            return Reply(302, b"", {"Location": f"{back}?" + urlencode({"error": "access_denied", "state": q["state"]})})
+            denied = urlencode({"error": "access_denied", "state": q["state"]})
+            return Reply(302, b"", {"Location": f"{back}?{denied}"})
         code = secrets.token_urlsafe(16)
         with self.lock:
             self.codes[code] = _Code(back, q.get("code_challenge", ""), time.time())

@@ -249,9 +249,7 @@ def test_reconnect_of_typed_credentials_goes_to_their_form(browser, trader):
     assert answer.status_code == 302 and answer["Location"] == f"/brokers/{demo.pk}/edit/"
 
 
-def test_the_trader_is_warned_days_before_the_hard_end_and_on_the_last_day(
-    browser, sim, settings, mailoutbox, trader
-):
+def test_the_trader_is_warned_days_before_the_hard_end_and_on_the_last_day(browser, sim, settings, mailoutbox, trader):
     settings.OAUTH_LINK_EXPIRY_WARNING_DAYS = 2
     trader.email = "alice@example.com"
     trader.save()

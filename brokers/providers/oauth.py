@@ -128,9 +128,7 @@ def _token_request(provider: BrokerProvider, app: OAuthApp, data: dict, *, refus
         kwargs["auth"] = (app.client_id, app.client_secret)
     else:
         data.update(client_id=app.client_id, client_secret=app.client_secret)
-    response = provider.http.request(
-        "POST", app.token_url, buckets=AUTH_BUCKETS, allow_statuses=(400, 401), **kwargs
-    )
+    response = provider.http.request("POST", app.token_url, buckets=AUTH_BUCKETS, allow_statuses=(400, 401), **kwargs)
     body = provider.http.json(response)
     if response.status_code == 401 or (isinstance(body, dict) and body.get("error") == "invalid_client"):
         raise BrokerAuthError(

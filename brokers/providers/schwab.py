@@ -98,7 +98,11 @@ class SchwabProvider(OAuthProvider):
             items = row.get("transferItems") or []
             # Fee lines carry a feeType (COMMISSION, SEC_FEE, ...); the traded instrument has none.
             fee_lines = [i for i in items if i.get("feeType")]
-            traded = [i for i in items if not i.get("feeType") and (i.get("instrument") or {}).get("assetType") in ASSET_CLASSES]
+            traded = [
+                i
+                for i in items
+                if not i.get("feeType") and (i.get("instrument") or {}).get("assetType") in ASSET_CLASSES
+            ]
             if len(traded) != 1:
                 raise ValueError("one traded instrument expected")
             item = traded[0]

@@ -11,7 +11,7 @@ from responses import matchers
 from brokers.providers import schwab
 from brokers.providers.errors import BrokerAuthError
 from brokers.providers.registry import get_broker_provider
-from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
+from brokers.providers.types import SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
 from tests.sim_schwab import equity_trade, option_trade
 
