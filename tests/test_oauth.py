@@ -23,7 +23,9 @@ from sync import runs
 from sync.models import Notice
 from tests.sim_schwab import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, SchwabSim, equity_trade, option_trade
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Only tests whose first sync or e-mail runs on commit pay for a transactional database.
+pytestmark = pytest.mark.django_db
+committing = pytest.mark.django_db(transaction=True)
 CALLBACK = "http://testserver/brokers/oauth/callback/"
 
 
@@ -81,6 +83,7 @@ def connect(client, sim) -> BrokerConnection:
     return BrokerConnection.objects.get(broker_type="schwab")
 
 
+@committing
 def test_connect_stores_tokens_encrypted_lists_accounts_and_syncs(browser, sim):
     connection = connect(browser, sim)
     assert set(connection.accounts.values_list("external_id", flat=True)) == {h for _, h in ACCOUNTS}
@@ -180,6 +183,7 @@ def set_auth(connection, **changes):
     connection.save()
 
 
+@committing
 def test_the_access_token_is_renewed_before_it_expires(browser, sim):
     connection = connect(browser, sim)
     old = connection.auth.token
@@ -206,6 +210,7 @@ def hold_after_failed_run(connection):
     assert "press Reconnect" in notice.message
 
 
+@committing
 def test_past_the_hard_end_the_connection_errors_asks_to_reconnect_and_reconnect_keeps_everything(
     browser, sim, mailoutbox, trader
 ):
@@ -233,6 +238,7 @@ def test_past_the_hard_end_the_connection_errors_asks_to_reconnect_and_reconnect
     assert connection.sync_logs.filter(status="SUCCESS").count() == 2, "the history stays; reconnect synced at once"
 
 
+@committing
 def test_a_refused_refresh_token_errors_with_reconnect(browser, sim):
     connection = connect(browser, sim)
     sim.end_every_link()
@@ -249,6 +255,7 @@ def test_reconnect_of_typed_credentials_goes_to_their_form(browser, trader):
     assert answer.status_code == 302 and answer["Location"] == f"/brokers/{demo.pk}/edit/"
 
 
+@committing
 def test_the_trader_is_warned_days_before_the_hard_end_and_on_the_last_day(browser, sim, settings, mailoutbox, trader):
     settings.OAUTH_LINK_EXPIRY_WARNING_DAYS = 2
     trader.email = "alice@example.com"
