@@ -52,19 +52,21 @@ def run_failed(connection: BrokerConnection, failures: int, message: str) -> Non
 
 
 def credentials_refused(connection: BrokerConnection, message: str) -> None:
-    _notify(
-        connection,
-        Notice.Kind.CREDENTIALS,
-        f"{connection.label}: the broker refused your credentials",
-        f"{connection.provider_name} refused the credentials of {connection.label}.\n\n{message}\n\n"
-        + (
-            f"Automatic sync is paused until you press Reconnect on the brokers page and sign in at "
-            f"{connection.provider_name} again; it resumes at once, with your trades and history kept."
-            if connection.uses_oauth
-            else "Automatic sync is paused until you save new credentials on the brokers page; "
-            "it resumes by itself then."
-        ),
-    )
+    name = connection.provider_name
+    if connection.uses_oauth:
+        subject = f"{connection.label}: the link to {name} has ended"
+        text = (
+            f"The link of {connection.label} to {name} has ended.\n\n{message}\n\nAutomatic sync is paused "
+            f"until you press Reconnect on the brokers page and sign in at {name} again; it resumes at once, "
+            "with your trades and history kept."
+        )
+    else:
+        subject = f"{connection.label}: the broker refused your credentials"
+        text = (
+            f"{name} refused the credentials of {connection.label}.\n\n{message}\n\n"
+            "Automatic sync is paused until you save new credentials on the brokers page; it resumes by itself then."
+        )
+    _notify(connection, Notice.Kind.CREDENTIALS, subject, text)
 
 
 def run_succeeded(connection: BrokerConnection, failures_before: int) -> None:

@@ -35,6 +35,10 @@ def session(connection: BrokerConnection, provider: BrokerProvider) -> tuple[Aut
         try:
             auth = _stamped(provider.refresh_token(auth), auth)
         except BrokerAuthError:
+            if auth.refresh_token:
+                # An OAuth link no login of ours can mend: its own reason reaches the trader.
+                store(connection, None)
+                raise
             auth = None
         store(connection, auth)
     if auth is None:

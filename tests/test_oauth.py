@@ -222,6 +222,7 @@ def test_past_the_hard_end_the_connection_errors_asks_to_reconnect_and_reconnect
     set_auth(connection, expires_at=timezone.now() - timedelta(minutes=1), refresh_expires_at=timezone.now())
     hold_after_failed_run(connection)
     assert sim.refreshes == 0, "a refresh token past its hard end is not even tried"
+    assert "The link ended on" in connection.last_sync_error
     assert any("Reconnect" in m.body for m in mailoutbox)
     page = browser.get("/brokers/").content.decode()
     assert "The link to Charles Schwab has ended" in page
@@ -245,6 +246,7 @@ def test_a_refused_refresh_token_errors_with_reconnect(browser, sim):
     set_auth(connection, expires_at=timezone.now() - timedelta(minutes=1))
     hold_after_failed_run(connection)
     assert sim.refreshes == 0 and not connection.auth, "the refused link is dropped"
+    assert "Charles Schwab refused to renew the link" in connection.last_sync_error
 
 
 def test_reconnect_of_typed_credentials_goes_to_their_form(browser, trader):

@@ -75,7 +75,9 @@ def test_connect_deny_allow_then_reconnect_after_the_link_ended(page, live_serve
     runs.run_inline(connection.pk)
     page.reload()
     expect(card.locator("[data-status]")).to_have_attribute("data-status", "ERROR")
+    expect(card.locator(".state-line")).to_contain_text("The link ended on")
     expect(card.locator(".state-line")).to_contain_text("Press Reconnect")
+    expect(card.locator(".facts")).to_contain_text("on hold until you reconnect")
     screenshot(page, "oauth-reconnect", readme=True)
 
     # Reconnect: the same card, its trades kept, and the one made meanwhile arrives at once.
