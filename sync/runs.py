@@ -177,6 +177,15 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
     return {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
 
 
+def account_label(account_id: int) -> str:
+    """The account's id at the broker, for messages; its row id when the database does not answer."""
+    try:
+        external_id = BrokerAccount.objects.filter(pk=account_id).values_list("external_id", flat=True).first()
+    except DATABASE_ERRORS:
+        external_id = None
+    return external_id or str(account_id)
+
+
 def account_gave_up(plan: RunPlan, account_id: int, exc: BaseException, attempts: int) -> dict:
     """The result of an account that gave up; the run goes on with the others.
 

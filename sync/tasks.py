@@ -14,7 +14,7 @@ from celery import Task, chord, shared_task
 from django.conf import settings
 
 from brokers import schedules
-from brokers.models import BrokerAccount, SyncLog
+from brokers.models import SyncLog
 from sync import housekeeping, locks, outcomes, policy, runs
 from sync.runs import RunPlan
 
@@ -67,20 +67,24 @@ class SyncTask(Task):
         )
 
 
-def _wait_or_give_up(exc: Exception, *, connection_id: int, owner: str, failures: int, pauses: int, where: str = ""):
-    """Carry out the policy for a failed step: raise StepWaits (after recording why), or return to give up."""
+def _wait_or_give_up(exc: Exception, *, connection_id: int, owner: str, failures: int, pauses: int, account: str = ""):
+    """Carry out the policy for a failed step: raise StepWaits (after recording why), or return to give up.
+
+    account names the account of an account step; the connection step's retries also count
+    as the run's attempts (SyncLog.attempt).
+    """
     step = policy.next_step(exc, failures=failures, pauses=pauses)
+    where = f" for account {account}" if account else ""
     if isinstance(step, policy.Retry):
         message = outcomes.retrying(exc, failures + 1, policy.attempts_allowed(), where)
         kind = outcomes.what_happened(exc)[1]
-        runs.record_wait(connection_id, owner, message, kind, step.countdown, attempt=0 if where else failures + 2)
+        runs.record_wait(connection_id, owner, message, kind, step.countdown, attempt=0 if account else failures + 2)
         raise StepWaits(
             countdown=step.countdown, connection_id=connection_id, owner=owner, failures=failures + 1, pauses=pauses
         ) from exc
     if isinstance(step, policy.Pause):
-        runs.record_wait(
-            connection_id, owner, outcomes.pausing(exc, step.countdown, where), "rate_limit", step.countdown
-        )
+        message = outcomes.pausing(exc, step.countdown, where)
+        runs.record_wait(connection_id, owner, message, "rate_limit", step.countdown)
         raise StepWaits(
             countdown=step.countdown, connection_id=connection_id, owner=owner, failures=failures, pauses=pauses + 1
         ) from exc
@@ -154,14 +158,13 @@ def sync_account(
     try:
         return runs.sync_account(plan, account_id)
     except Exception as exc:
-        name = BrokerAccount.objects.filter(pk=account_id).values_list("external_id", flat=True).first()
         _wait_or_give_up(
             exc,
             connection_id=connection_id,
             owner=owner,
             failures=failures,
             pauses=pauses,
-            where=f" for account {name or account_id}",
+            account=runs.account_label(account_id),
         )
         return runs.account_gave_up(plan, account_id, exc, attempts=failures + 1)
     finally:

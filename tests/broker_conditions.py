@@ -188,5 +188,7 @@ def short_tokens_renewed_only_as_their_life_requires(trader, tmp_path: Path, tim
             sync_and_wait(connection, 3, 60)
             sync_and_wait(connection, 4, 60)
         logins, renewals = broker.logins["alice"], broker.renewals["alice"]
+        listings = broker.count("/fill/list")
     assert all(log.status == SyncLog.Status.SUCCESS for log in finished_logs(connection))
+    assert listings == 4, "the two account tasks of a run share one listing"
     assert (logins, renewals) == (1, 1), (logins, renewals)

@@ -16,7 +16,7 @@ import redis
 from django.conf import settings
 
 # How often a step waiting for another step's value looks again.
-WAIT_POLL_S = 0.5
+WAIT_POLL_S = 0.1
 
 
 @cache

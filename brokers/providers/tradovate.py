@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -209,20 +210,13 @@ class TradovateProvider(BrokerProvider):
         # just those since the cursor, so a fill reported late (a correction, a delayed
         # report) still lands. The journal's unique constraint drops the ones it has.
         oldest = until - self.max_history
+        listed, accounts = self._listing(auth)
         fills = [
-            f
-            for f in self._list(auth, "/fill/list")
-            # active false marks a busted fill: it never happened.
-            if f.get("active", True) and oldest <= _utc(f["timestamp"])
+            f for f in listed if str(accounts[str(f["id"])]) == account.external_id and oldest <= _utc(f["timestamp"])
         ]
         fills.sort(key=lambda f: (_utc(f["timestamp"]), f["id"]))
         instruments: dict[int, tuple[str, Decimal]] = {}
-        for batch in _batches(fills, BATCH_SIZE):
-            # A fill names no account: its order does.
-            orders = self._items(auth, "order", {f["orderId"] for f in batch})
-            mine = [f for f in batch if str(orders[f["orderId"]].get("accountId")) == account.external_id]
-            if not mine:
-                continue
+        for mine in _batches(fills, BATCH_SIZE):
             fees = self._fill_fees(auth, [f["id"] for f in mine])
             self._resolve_instruments(auth, {f["contractId"] for f in mine}, instruments)
             for fill in mine:
@@ -242,6 +236,28 @@ class TradovateProvider(BrokerProvider):
                     order_id=str(fill["orderId"]),
                     raw=fill,
                 )
+
+    def _listing(self, auth: AuthResult) -> tuple[list[dict], dict[str, int]]:
+        """The active fills and each one's account (its order's): read once per run for every account.
+
+        The account tasks of one run share it through the run cache, so a connection with N
+        accounts costs one listing and one round of order lookups, not N.
+        """
+
+        def fetch() -> bytes:
+            # active false marks a busted fill: it never happened.
+            fills = [f for f in self._list(auth, "/fill/list") if f.get("active", True)]
+            accounts = {}
+            for batch in _batches(fills, BATCH_SIZE):
+                # A fill names no account: its order does.
+                orders = self._items(auth, "order", {f["orderId"] for f in batch})
+                accounts.update((str(f["id"]), orders[f["orderId"]].get("accountId")) for f in batch)
+            return json.dumps({"fills": fills, "accounts": accounts}).encode()
+
+        cache = self.run_cache
+        raw = cache.once("tradovate-fills", fetch, max_s=settings.BROKER_HTTP_READ_TIMEOUT_S * 10) if cache else fetch()
+        listing = json.loads(raw)
+        return listing["fills"], listing["accounts"]
 
     def _resolve_instruments(self, auth: AuthResult, contract_ids: set[int], known: dict) -> None:
         """Fill `known` with contract id -> (contract name, value per point), three batched hops deep."""
