@@ -59,7 +59,7 @@ def _oauth_class(broker_type: str):
     return provider_class
 
 
-def _start(request, provider_class, connection: BrokerConnection | None):
+def _start(request, provider_class, connection: BrokerConnection | None, environment: str = ""):
     app = oauth.app_for(provider_class)
     if app is None:
         messages.error(request, f"Signing in with {provider_class.display_name} is not set up on this installation.")
@@ -69,7 +69,7 @@ def _start(request, provider_class, connection: BrokerConnection | None):
     flows[state] = {
         "broker": provider_class.key,
         "connection": connection.pk if connection else None,
-        "environment": connection.environment if connection else "",
+        "environment": connection.environment if connection else environment,
         "verifier": verifier,
         "started": time.time(),
     }
@@ -90,7 +90,12 @@ def connect(request, broker_type):
     if provider_class is None:
         messages.error(request, "This broker does not connect by signing in; fill in its form instead.")
         return redirect("brokers:add")
-    return _start(request, provider_class, None)
+    environments = [e for e, _ in provider_class.environments]
+    environment = request.GET.get("environment") or (environments[0] if environments else "")
+    if environments and environment not in environments:
+        messages.error(request, f"Environment must be one of: {', '.join(environments)}.")
+        return redirect(f"{reverse('brokers:add')}?broker={provider_class.key}")
+    return _start(request, provider_class, None, environment)
 
 
 @trader_page
@@ -154,7 +159,12 @@ def callback(request):
         return redirect("brokers:list")
     try:
         connection = services.connection_create(
-            owner=request.user, broker_type=provider_class.key, label=name, credentials={}, auth=auth
+            owner=request.user,
+            broker_type=provider_class.key,
+            label=name,
+            environment=flow["environment"],
+            credentials={},
+            auth=auth,
         )
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))

@@ -15,7 +15,11 @@ from rest_framework.test import APIClient
 
 from brokers import schedules, services
 from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.providers.registry import provider_classes
 from journal.models import Trade
+
+# An unknown broker type is answered with every registered one, by name.
+KNOWN_TYPES = ", ".join(provider_classes())
 
 # Transactional: on-commit callbacks run, so a queued sync runs (eagerly) inside the request.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -280,7 +284,7 @@ def test_patch_replaces_credentials_without_returning_them(api, connection):
     [
         (
             {"broker_type": "nope"},
-            {"broker_type": ["Unknown broker type 'nope'. Known types: alpaca, demo, ibkr_flex, tradovate."]},
+            {"broker_type": [f"Unknown broker type 'nope'. Known types: {KNOWN_TYPES}."]},
         ),
         ({"credentials": {}}, {"credentials": {"api_key": ["Demo API key is required."]}}),
         ({"credentials": {"scenario": "normal"}}, {"credentials": {"api_key": ["Demo API key is required."]}}),

@@ -100,6 +100,8 @@ def refresh(provider: BrokerProvider, app: OAuthApp | None, auth: AuthResult) ->
             f"Signing in with {name} is not set up on this installation any more; ask the operator.",
             provider=provider.key,
         )
+    if not auth.refresh_token and auth.expires_at is None:
+        return auth  # a token that lasts until revoked (Alpaca Connect) needs no renewal
     if not auth.refresh_token:
         raise BrokerAuthError(reconnect_message(name, "The link has no refresh token."), provider=provider.key)
     ends = auth.refresh_expires_at
@@ -147,7 +149,10 @@ def _token_request(provider: BrokerProvider, app: OAuthApp, data: dict, *, refus
 def _session(provider: BrokerProvider, token: OAuth2Token, *, refresh_expires_at, old_refresh: str) -> AuthResult:
     now = datetime.now(UTC)
     lifetime = provider.oauth.access_lifetime
-    expires_at = datetime.fromtimestamp(token["expires_at"], UTC) if token.get("expires_at") else now + lifetime
+    if token.get("expires_at"):
+        expires_at = datetime.fromtimestamp(token["expires_at"], UTC)
+    else:
+        expires_at = now + lifetime if lifetime else None
     return AuthResult(
         token=token["access_token"],
         expires_at=expires_at,

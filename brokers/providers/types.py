@@ -69,7 +69,8 @@ class AuthResult:
 class OAuthSpec:
     """How a broker's OAuth2 authorization-code sign-in works (the operator's app is configured apart).
 
-    access_lifetime     how long an access token lives when the token answer does not say
+    access_lifetime     how long an access token lives when the token answer does not say (None:
+                        until revoked)
     refresh_lifetime    the refresh token's hard end counted from the trader's consent (None: no
                         hard end); past it only a new sign-in helps, so the trader is warned before
     client_auth         "basic": the app authenticates with HTTP Basic; "post": in the form body
@@ -79,7 +80,7 @@ class OAuthSpec:
     token_url: str
     scopes: tuple[str, ...] = ()
     pkce: bool = True
-    access_lifetime: timedelta = timedelta(minutes=30)
+    access_lifetime: timedelta | None = timedelta(minutes=30)
     refresh_lifetime: timedelta | None = None
     client_auth: str = "basic"
 

@@ -59,6 +59,7 @@ PUBLISHED = {
     ("tradovate", "requests"): (200, 60),
     ("tradovate", "hourly"): (5000, 3600),
     ("alpaca", "requests"): (200, 60),
+    ("alpaca_connect", "requests"): (200, 60),
 }
 
 
