@@ -95,13 +95,13 @@ def exchange_code(provider: BrokerProvider, app: OAuthApp, code: str, code_verif
 def refresh(provider: BrokerProvider, app: OAuthApp | None, auth: AuthResult) -> AuthResult:
     """A new access token from the refresh token; BrokerAuthError when only a new sign-in helps."""
     name = provider.display_name
+    if not auth.refresh_token and auth.expires_at is None:
+        return auth  # a token that lasts until revoked (Alpaca Connect) needs no renewal
     if app is None:
         raise BrokerAuthError(
             f"Signing in with {name} is not set up on this installation any more; ask the operator.",
             provider=provider.key,
         )
-    if not auth.refresh_token and auth.expires_at is None:
-        return auth  # a token that lasts until revoked (Alpaca Connect) needs no renewal
     if not auth.refresh_token:
         raise BrokerAuthError(reconnect_message(name, "The link has no refresh token."), provider=provider.key)
     ends = auth.refresh_expires_at
