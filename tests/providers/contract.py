@@ -89,7 +89,7 @@ class ProviderContract:
         assert cls.sync_overlap > timedelta(0)
         assert cls.max_history > timedelta(0)
         with open(ratelimit.LIMITS_FILE, "rb") as fh:
-            assert self.provider_key in tomllib.load(fh), "every provider has an entry in rate_limits.toml"
+            assert (cls.limits_key or cls.key) in tomllib.load(fh), "every provider has an entry in rate_limits.toml"
 
     def test_validate_credentials_names_missing_fields(self, provider):
         problems = type(provider).validate_credentials({}, self.environment)
@@ -155,7 +155,8 @@ class ProviderContract:
             provider.get_accounts(self.auth())
         assert 60 <= info.value.retry_after <= 3700
         # Every later call, from any worker, now waits instead of hammering the broker.
-        wait = ratelimit.get_limiter().try_acquire(self.provider_key, scope=self.limiter_scope())
+        cls = type(provider)
+        wait = ratelimit.get_limiter().try_acquire(cls.limits_key or cls.key, scope=self.limiter_scope())
         assert wait > 30
 
     def limiter_scope(self) -> str:
