@@ -11,4 +11,5 @@ RUN DJANGO_SECRET_KEY=build FIELD_ENCRYPTION_KEYS=$(python -c 'from cryptography
     REDIS_URL=redis://unused:6379/0 python manage.py collectstatic --no-input -v 0
 USER journal
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+# Bind address, workers and the JSON log format are in config/gunicorn.py.
+CMD ["gunicorn", "-c", "config/gunicorn.py", "config.wsgi"]

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint drills bench clean
+.PHONY: run test lint drills bench clean production-check
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=python3.11)")'
@@ -31,6 +31,10 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/end_to_end.py --db sqlite
 	$(BIN)/python bench/scheduler_scale.py
+
+# The compose stack's commands run natively against a PostgreSQL (DATABASE_URL=postgres://...), then checked.
+production-check: $(BIN)/.installed
+	$(BIN)/python tests/production_check.py --database-url "$(DATABASE_URL)"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

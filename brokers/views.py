@@ -3,11 +3,15 @@
 Every write goes through brokers.services; times are shown in the trader's zone (journal.middleware).
 """
 
+import json
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.crypto import salted_hmac
 from django.views.decorators.http import require_GET, require_POST
 from django_celery_beat.models import PeriodicTask
 
@@ -114,6 +118,34 @@ def _copy_errors(form, exc: ValidationError) -> None:
             form.add_error(target, error)
 
 
+# The last "Test connection" of this session: a keyed digest of what was tested (never the
+# credentials themselves) and whether the login worked, so saving can say whether it is verified.
+LAST_TEST_SESSION_KEY = "brokers:last-connection-test"
+
+
+def _credentials_digest(broker_type: str, environment: str, credentials: dict) -> str:
+    tested = json.dumps([broker_type, environment, sorted(credentials.items())])
+    return salted_hmac(LAST_TEST_SESSION_KEY, tested).hexdigest()
+
+
+def _last_test_outcome(request, broker_type: str, environment: str, credentials: dict) -> bool | None:
+    """True / False if exactly these credentials were tested in this session and worked / failed; None if not."""
+    last = request.session.get(LAST_TEST_SESSION_KEY) or {}
+    if last.get("digest") != _credentials_digest(broker_type, environment, credentials):
+        return None
+    return bool(last.get("ok"))
+
+
+def _saved_message(label: str, tested: bool | None) -> str:
+    if tested:
+        return f"{label} is connected; the first sync has started."
+    why = "the connection test failed" if tested is False else "the connection was not tested"
+    return (
+        f"Saved {label}, not verified yet: {why}. The first sync is trying these credentials now; "
+        "the card shows what the broker answered."
+    )
+
+
 def _test_login(request, *, broker_type: str, credentials: dict, environment: str, form, template: str, context):
     """Log in with what the trader typed, without saving; htmx gets just the result, else the whole page."""
     try:
@@ -126,6 +158,10 @@ def _test_login(request, *, broker_type: str, credentials: dict, environment: st
         result = {"ok": False, "errors": [exc.message]}
     else:
         result = {"ok": True, "accounts": accounts}
+    request.session[LAST_TEST_SESSION_KEY] = {
+        "digest": _credentials_digest(broker_type, environment, credentials),
+        "ok": result["ok"],
+    }
     if request.htmx:
         return render(request, "brokers/_test_result.html", {"result": result})
     return render(request, template, context | {"form": form, "result": result})
@@ -163,7 +199,10 @@ def connection_add(request):
         except ValidationError as exc:
             _copy_errors(form, exc)
         else:
-            messages.success(request, f"{connection.label} is connected; the first sync has started.")
+            tested = _last_test_outcome(
+                request, provider_class.key, form.cleaned_data.get("environment", ""), form.credentials()
+            )
+            (messages.success if tested else messages.warning)(request, _saved_message(connection.label, tested))
             return redirect("brokers:list")
     return render(request, "brokers/connection_form.html", context | {"form": form})
 
@@ -230,10 +269,9 @@ def connection_sync_now(request, pk):
     connection = _own_connection(request, pk)
     wait = throttle.sync_now_wait(request, connection.pk)
     if wait is not None:
+        # Back to the brokers page (not left on this POST's URL), where the message shows the wait.
         messages.error(request, f"You asked to sync {connection.label} several times just now. Try again in {wait} s.")
-        response = render(request, "brokers/connection_list.html", _list_context(request), status=429)
-        response["Retry-After"] = str(wait)
-        return response
+        return redirect(f"{reverse('brokers:list')}#connection-{connection.pk}")
     schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     messages.info(request, f"Sync of {connection.label} started.")
     return redirect("brokers:list")

@@ -24,7 +24,7 @@ urlpatterns = [
     path("providers/", ProviderList.as_view(), name="providers"),
     path("trades/", TradeList.as_view(), name="trades"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    # Swagger UI's script and styles come from a CDN (drf-spectacular's default), so the page
-    # needs internet in the browser; the schema itself is served from here.
+    # Swagger UI's script and styles are our own static files (drf-spectacular-sidecar), so the
+    # page works without internet access in the browser.
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
 ]

@@ -19,26 +19,45 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from config import localenv
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
-LOCAL_ENV = VAR / "local.env"
 PYTHON = sys.executable
 WEB_ADDRESS = os.environ.get("WEB_ADDRESS", "127.0.0.1:8000")
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 300
 
 
-def local_secrets() -> dict[str, str]:
-    """Keys made once per checkout and kept in var/local.env, so restarts can read old credentials."""
-    if not LOCAL_ENV.exists():
-        VAR.mkdir(exist_ok=True)
-        LOCAL_ENV.write_text(
-            f"DJANGO_SECRET_KEY={Fernet.generate_key().decode()}\n"
-            f"FIELD_ENCRYPTION_KEYS={Fernet.generate_key().decode()}\n"
-        )
-        LOCAL_ENV.chmod(0o600)
-    pairs = (line.split("=", 1) for line in LOCAL_ENV.read_text().splitlines() if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
+def local_settings() -> dict[str, str]:
+    """Keys made once per checkout and kept in var/local.env, so restarts can read old credentials.
+
+    The same file tells plain manage.py (config.localenv) everything else `make run` chose.
+    """
+    current = localenv.read()
+    made = {
+        key: Fernet.generate_key().decode()
+        for key in ("DJANGO_SECRET_KEY", "FIELD_ENCRYPTION_KEYS")
+        if not current.get(key)
+    }
+    defaults = {"DJANGO_DEBUG": current.get("DJANGO_DEBUG", "1"), "LOG_FORMAT": current.get("LOG_FORMAT", "console")}
+    saved = localenv.update({**made, **defaults})
+    # Where Redis and the database are is decided afresh by each start, not read back.
+    return {key: value for key, value in saved.items() if key not in {"REDIS_URL", "DATABASE_URL"}}
+
+
+def busy_port_message(address: str) -> str | None:
+    """Why the web server could not listen on `address`, with what to do; None if it can."""
+    host, _, port = address.rpartition(":")
+    with socket.socket() as s:
+        try:
+            s.bind((host or "127.0.0.1", int(port)))
+        except OSError:
+            return (
+                f"{address} is already in use (another `make run`, or another server). "
+                f"Stop that one, or choose a free port: WEB_ADDRESS=127.0.0.1:{int(port) + 1} make run"
+            )
+    return None
 
 
 def free_port(preferred: int) -> int:
@@ -65,11 +84,13 @@ def _stop(signum, frame):
 def main() -> int:
     from config import localredis
 
+    busy = busy_port_message(WEB_ADDRESS)
+    if busy:
+        print(f"   run | {busy}", flush=True)
+        return 1
     env = os.environ.copy()
-    for key, value in local_secrets().items():
+    for key, value in local_settings().items():
         env.setdefault(key, value)
-    env.setdefault("DJANGO_DEBUG", "1")
-    env.setdefault("LOG_FORMAT", "console")
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     env.setdefault("PYTHONUNBUFFERED", "1")
 
@@ -79,6 +100,8 @@ def main() -> int:
         redis_process = localredis.start(port, VAR / "redis", persist=True)
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         print(f" redis | private redis-server on 127.0.0.1:{port} (data in var/redis)", flush=True)
+    # manage.py run beside this one reads the same Redis (and database) from var/local.env.
+    localenv.update({"REDIS_URL": env["REDIS_URL"], "DATABASE_URL": env.get("DATABASE_URL")})
 
     processes: dict[str, subprocess.Popen] = {}
     try:
@@ -96,8 +119,6 @@ def main() -> int:
                 "beat",
                 "-l",
                 "INFO",
-                "--schedule",
-                str(VAR / "celerybeat-schedule"),
             ],
         }
         lock = threading.Lock()

@@ -1,5 +1,6 @@
 """Settings, all read from the environment in this one place (see .env.example)."""
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -8,13 +9,31 @@ from urllib.parse import unquote, urlparse
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
+from config import localenv
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Beside `make run`, plain manage.py finds its keys and private Redis in var/local.env.
+LOCAL_MODE = localenv.apply_in_local_mode()
+
+# What to do about a missing variable when the generic advice would do harm.
+MISSING_SETTING_ADVICE = {
+    "DJANGO_SECRET_KEY": "Next to `make run`, start it once: it writes var/local.env, which manage.py reads by itself.",
+    "FIELD_ENCRYPTION_KEYS": (
+        "Use the key(s) the stored credentials were encrypted with: a new key cannot read them. "
+        "Next to `make run` they are in var/local.env, which manage.py reads by itself; "
+        "only a new, empty installation makes a new key."
+    ),
+    "REDIS_URL": "Next to `make run`, it is in var/local.env while `make run` is running.",
+}
 
 
 def env(name, default=None, *, required=False):
     value = os.environ.get(name, default)
     if required and not value:
-        raise ImproperlyConfigured(f"Set the environment variable {name} (see .env.example for what it holds).")
+        advice = MISSING_SETTING_ADVICE.get(name, "")
+        raise ImproperlyConfigured(
+            f"Set the environment variable {name} (see .env.example for what it holds). {advice}".strip()
+        )
     return value
 
 
@@ -74,12 +93,15 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
+    "health_check",
     "brokers",
     "journal",
     "sync",
 ]
 
 MIDDLEWARE = [
+    # /healthz answers before host checks and HTTPS redirects: probes use plain http://127.0.0.1.
+    "config.health.liveness_middleware",
     "django.middleware.security.SecurityMiddleware",
     # gunicorn serves no files: the admin's, the pages' and the API page's static files come from here.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -182,6 +204,8 @@ CELERY_RESULT_EXPIRES = 3600
 # countdown a retry or a rate-limit wait sets (see docs/operations.md).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 7200)}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Celery logs through Django's LOGGING (config/celery_app.py), not its own text format around ours.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # A run's account tasks and its finish get a queue of their own, which every worker also
 # consumes (workers read all of CELERY_TASK_QUEUES): in a burst of scheduled syncs they do
 # not wait behind every other connection's start while their run's lock ages.
@@ -291,18 +315,29 @@ RATELIMIT_USE_CACHE = "default"
 # "Sync now" per trader and connection, on pages and API alike (django-ratelimit syntax).
 SYNC_NOW_RATE_LIMIT = env("SYNC_NOW_RATE_LIMIT", "3/m")
 
+# --- Health and metrics -------------------------------------------------------------------
+# /readyz fails when beat has dispatched nothing for this long; beat sends the housekeeping
+# task every minute, so a live beat dispatches at least that often.
+BEAT_MAX_SILENCE_S = env_int("BEAT_MAX_SILENCE_S", 180)
+# /metrics answers a request bearing this token (Authorization: Bearer ...) or coming from one
+# of these networks (by default only this machine).
+METRICS_TOKEN = env("METRICS_TOKEN", "")
+try:
+    METRICS_ALLOWED_NETWORKS = [
+        ipaddress.ip_network(n.strip())
+        for n in env("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128").split(",")
+        if n.strip()
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(
+        f"METRICS_ALLOWED_NETWORKS must be comma-separated networks such as 10.0.0.0/8: {exc}"
+    ) from None
+
 # --- Logging ------------------------------------------------------------------------------
 LOG_FORMAT = env("LOG_FORMAT", "console" if DEBUG else "json")
 LOG_LEVEL = env("LOG_LEVEL", "INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+from config.logging import configure_structlog, logging_config  # noqa: E402  (needs LOG_FORMAT above)
 
-from config.logging import configure_structlog  # noqa: E402  (needs LOG_FORMAT above)
-
-configure_structlog(LOG_FORMAT)
+# One formatter for Django's, Celery's and our own lines (gunicorn uses the same: config/gunicorn.py).
+LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL)
+configure_structlog()

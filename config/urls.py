@@ -1,9 +1,12 @@
-"""URL map: trader pages, the admin, and the API."""
+"""URL map: trader pages, the admin, the API, and the operator's probes."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
+
+from config.health import readiness_view
+from config.metrics import metrics_view
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="brokers:list"), name="home"),
@@ -14,4 +17,7 @@ urlpatterns = [
     path("sync/", include("sync.urls")),
     path("api/", include("config.api_urls")),
     path("admin/", admin.site.urls),
+    # /healthz is answered by config.health.liveness_middleware, ahead of every other middleware.
+    path("readyz", readiness_view, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
 ]

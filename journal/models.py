@@ -2,6 +2,7 @@
 
 import zoneinfo
 from functools import cache
+from importlib import resources
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -54,8 +55,28 @@ def _known_time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
-def time_zone_choices() -> list[tuple[str, str]]:
-    return [(name, name.replace("_", " ")) for name in sorted(_known_time_zones())]
+@cache
+def _places() -> frozenset[str]:
+    """The tz database's own pick of zones to offer (zone.tab: one per region of each country, current names).
+
+    It leaves out aliases and oddities a trader never means — US/Eastern, Etc/GMT+5, Factory,
+    localtime, Asia/Calcutta — which all stay valid for a profile that has one.
+    """
+    table = (resources.files("tzdata.zoneinfo") / "zone.tab").read_text()
+    rows = (line.split("\t") for line in table.splitlines() if line and not line.startswith("#"))
+    return frozenset(row[2] for row in rows) & _known_time_zones()
+
+
+def time_zone_choices(current: str | None = None) -> list:
+    """UTC, then the places grouped by region (with the trader's current zone, whatever it is)."""
+    names = set(_places())
+    if current and current != "UTC":
+        names.add(current)
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name in sorted(names):
+        region, _, place = name.partition("/")
+        groups.setdefault(region, []).append((name, place.replace("_", " ")))
+    return [("UTC", "UTC"), *groups.items()]
 
 
 def validate_time_zone(value: str) -> None:

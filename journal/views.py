@@ -17,7 +17,7 @@ TRADES_PER_PAGE = 50
 
 class TradeFilterForm(forms.Form):
     account = forms.ModelChoiceField(queryset=BrokerAccount.objects.none(), required=False, empty_label="All accounts")
-    symbol = forms.CharField(required=False, max_length=64)
+    symbol = forms.CharField(required=False, max_length=64, help_text="The symbol or its start, e.g. ES.")
     date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
 
@@ -41,7 +41,8 @@ class TradeFilterForm(forms.Form):
         if data.get("account"):
             trades = trades.filter(account=data["account"])
         if data.get("symbol"):
-            trades = trades.filter(symbol__iexact=data["symbol"].strip())
+            # By prefix, any case: "ES" finds ESZ6 and ESH7 (not MESZ6); a whole symbol still finds just itself.
+            trades = trades.filter(symbol__istartswith=data["symbol"].strip())
         if data.get("date_from"):
             trades = trades.filter(executed_at__gte=datetime.combine(data["date_from"], time.min, zone))
         if data.get("date_to"):
@@ -78,15 +79,15 @@ def trade_list(request):
 
 
 class ProfileForm(forms.ModelForm):
-    time_zone = forms.ChoiceField(
-        choices=time_zone_choices,
-        label="Time zone",
-        help_text="Trades, syncs and schedules are shown in this zone.",
-    )
+    time_zone = forms.ChoiceField(label="Time zone", help_text="Trades, syncs and schedules are shown in this zone.")
 
     class Meta:
         model = TraderProfile
         fields = ["time_zone"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["time_zone"].choices = time_zone_choices(self.instance.time_zone)
 
 
 @trader_page

@@ -69,7 +69,16 @@ def credentials_refused(connection: BrokerConnection, message: str) -> None:
     _notify(connection, Notice.Kind.CREDENTIALS, subject, text)
 
 
+# Notices whose cause a successful run removes: they leave the page by themselves then.
+RESOLVED_BY_SUCCESS = (Notice.Kind.REPEATED_FAILURE, Notice.Kind.CREDENTIALS)
+
+
 def run_succeeded(connection: BrokerConnection, failures_before: int) -> None:
+    # A success proves the credentials work and the failures are over: those notices are resolved
+    # (they leave the page as if dismissed); the recovery notice below says what happened.
+    Notice.objects.filter(connection=connection, kind__in=RESOLVED_BY_SUCCESS, dismissed_at__isnull=True).update(
+        dismissed_at=timezone.now()
+    )
     if failures_before < settings.SYNC_FAILURE_NOTIFY_AFTER:
         return
     _notify(

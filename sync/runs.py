@@ -24,6 +24,7 @@ from brokers.models import BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerAuthError, BrokerError
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import BrokerAccountInfo
+from config import metrics
 from sync import accounts, locks, notifications, outcomes, policy, sessions
 from sync.outcomes import DATABASE_ERRORS, RunSuperseded
 
@@ -86,7 +87,7 @@ def start_run(connection_id: int, *, owner: str, trigger: str, attempt: int = 1)
 def _record_skipped(connection: BrokerConnection, trigger: str, owner: str, attempt: int) -> SyncLog:
     now = timezone.now()
     log.info("sync_skipped_already_running", connection_id=connection.pk)
-    return SyncLog.objects.create(
+    skipped = SyncLog.objects.create(
         connection=connection,
         trigger=trigger,
         status=SyncLog.Status.SKIPPED,
@@ -97,6 +98,8 @@ def _record_skipped(connection: BrokerConnection, trigger: str, owner: str, atte
         attempt=attempt,
         error_message="Another sync of this connection was already running.",
     )
+    metrics.run_finished(skipped)
+    return skipped
 
 
 def _open_log(connection: BrokerConnection, trigger: str, owner: str, attempt: int) -> SyncLog:
@@ -299,6 +302,7 @@ def close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = 
             "error_kind",
         ]
     )
+    metrics.run_finished(sync_log)
 
 
 @transaction.atomic

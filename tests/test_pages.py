@@ -1,5 +1,6 @@
 """The trader's pages: login required, only their own data, status and trades visible."""
 
+import re
 import time
 import zlib
 from datetime import UTC, datetime, timedelta
@@ -155,6 +156,9 @@ def test_add_connection_form_creates_and_syncs(client, trader):
     assert response.status_code == 302
     connection = BrokerConnection.objects.get(label="Fresh")
     assert connection.sync_interval_min == 10 and connection.last_sync_at is not None
+    # Saved without a test: the page does not claim the broker accepted the credentials.
+    page = client.get("/brokers/").content.decode()
+    assert "Saved Fresh, not verified yet: the connection was not tested." in page
     assert "abc" not in connection.credentials_ciphertext
     assert connection.credentials == {"api_key": "abc", "scenario": "normal"}
 
@@ -230,7 +234,7 @@ def test_status_partial_is_what_htmx_polls(client, trader, synced_connection):
     assert 'data-status="SYNCING"' in html and 'hx-trigger="every 2s' in html
 
 
-def test_sync_now_over_the_limit_is_429_with_the_real_wait(client, trader, settings):
+def test_sync_now_over_the_limit_goes_back_to_the_brokers_page_with_the_real_wait(client, trader, settings):
     settings.SYNC_NOW_RATE_LIMIT = "2/m"
     connection, other = quiet_connection(trader, "One"), quiet_connection(trader, "Two")
     client.force_login(trader)
@@ -241,10 +245,12 @@ def test_sync_now_over_the_limit_is_429_with_the_real_wait(client, trader, setti
     for _ in range(2):
         assert client.post(f"/brokers/{connection.pk}/sync/").status_code == 302
     response = client.post(f"/brokers/{connection.pk}/sync/")
-    assert response.status_code == 429
-    wait = int(response["Retry-After"])
-    assert abs(wait - max(1, seconds_left_in_window(key, 60))) <= 1
-    assert f"Try again in {wait} s." in response.content.decode()
+    left = seconds_left_in_window(key, 60)
+    # The trader lands on the brokers page at the card, not on the POST's URL.
+    assert response.status_code == 302 and response["Location"] == f"/brokers/#connection-{connection.pk}"
+    page = client.get(response["Location"]).content.decode()
+    wait = int(re.search(r"Try again in (\d+) s\.", page).group(1))
+    assert abs(wait - max(1, left)) <= 1
     assert connection.sync_logs.count() == 2
     # Per connection: the trader's other connection is not held back.
     assert client.post(f"/brokers/{other.pk}/sync/").status_code == 302
@@ -304,6 +310,42 @@ def test_notices_are_shown_and_dismissed(client, trader, other_trader):
     assert client.post(f"/sync/notices/{fresh.pk}/dismiss/").status_code == 404
     fresh.refresh_from_db()
     assert fresh.dismissed_at is None
+
+
+def test_notices_resolve_when_a_sync_succeeds_again(client, trader):
+    # Auto-sync on: the first sync (eager here) finds the credentials refused.
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="Refused", credentials={"api_key": "k", "scenario": "auth_error"}
+    )
+    client.force_login(trader)
+    assert "Credentials need attention" in client.get("/brokers/").content.decode()
+    edit = {"label": connection.label, "cred_api_key": "new-key", "cred_scenario": "normal"}
+    assert client.post(f"/brokers/{connection.pk}/edit/", edit).status_code == 302
+    # The saved credentials synced (tasks are eager here): the notice about them is gone by itself.
+    page = client.get("/brokers/").content.decode()
+    assert "Credentials need attention" not in page
+    assert Notice.objects.get(kind=Notice.Kind.CREDENTIALS).dismissed_at is not None
+
+
+def saved_message(client, label: str, scenario: str, *, test_first: str | None) -> str:
+    data = {"broker_type": "demo", "label": label, "sync_interval_min": "15", "cred_api_key": "k"}
+    if test_first is not None:
+        client.post("/brokers/add/", data | {"action": "test", "cred_scenario": test_first}, HTTP_HX_REQUEST="true")
+    client.post("/brokers/add/?broker=demo", data | {"action": "save", "cred_scenario": scenario})
+    return re.search(r'<ul class="messages".*?</ul>', client.get("/brokers/").content.decode(), re.S).group(0)
+
+
+def test_saving_says_whether_the_connection_test_passed(client, trader):
+    client.force_login(trader)
+    assert "Tested is connected; the first sync has started." in saved_message(
+        client, "Tested", "normal", test_first="normal"
+    )
+    failed = saved_message(client, "Failed", "auth_error", test_first="auth_error")
+    assert "Saved Failed, not verified yet: the connection test failed." in failed and "is connected" not in failed
+    # Tested with other credentials than the ones saved: not verified either.
+    assert "not verified yet: the connection was not tested" in saved_message(
+        client, "Changed", "auth_error", test_first="normal"
+    )
 
 
 # --- Add and edit: test connection, credentials -----------------------------------------------
@@ -399,7 +441,10 @@ def test_trades_filter_by_account_symbol_and_dates(client, trader, two_accounts)
     client.force_login(trader)
     assert trade_rows(client.get("/trades/").content.decode()) == 4
     assert trade_rows(client.get(f"/trades/?account={fut.pk}").content.decode()) == 2
-    # Exact symbol, any case: ESZ6 is not MESZ6.
+    # By prefix, any case: "es" finds ESZ6 but not MESZ6; a whole symbol finds just itself.
+    page = client.get("/trades/?symbol=es").content.decode()
+    assert trade_rows(page) == 1 and "<td>ESZ6</td>" in page and "<td>MESZ6</td>" not in page
+    assert trade_rows(client.get("/trades/?symbol=M").content.decode()) == 1
     assert trade_rows(client.get("/trades/?symbol=esz6").content.decode()) == 1
     assert trade_rows(client.get("/trades/?symbol=AAPL").content.decode()) == 2
     assert trade_rows(client.get(f"/trades/?account={stk.pk}&symbol=ESZ6").content.decode()) == 0
@@ -438,7 +483,20 @@ def test_times_are_shown_and_filtered_in_the_traders_time_zone(client, trader, t
     page = client.get("/trades/").content.decode()
     assert "2026-01-16 00:30:00" in page and "2026-01-15 23:30:00" not in page and "Times in Europe/Berlin" in page
     assert trade_rows(client.get("/trades/?date_from=2026-01-16&date_to=2026-01-16").content.decode()) == 1
-    assert "selected>Europe/Berlin</option>" in client.get("/trades/profile/").content.decode()
+    assert 'value="Europe/Berlin" selected>Berlin</option>' in client.get("/trades/profile/").content.decode()
+
+
+def test_the_time_zone_list_offers_places_not_aliases(client, trader):
+    client.force_login(trader)
+    page = client.get("/trades/profile/").content.decode()
+    offered = re.findall(r'<option value="([^"]+)"', page)
+    assert {"UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata", "Australia/Sydney"} <= set(offered)
+    assert not {"Factory", "localtime", "posixrules", "US/Eastern", "Etc/GMT+5", "Asia/Calcutta"} & set(offered)
+    assert 300 < len(offered) < 450 and '<optgroup label="Europe">' in page
+    # A zone saved before (the API or admin may set any valid one) is still shown and kept.
+    TraderProfile.objects.create(user=trader, time_zone="US/Eastern")
+    assert 'value="US/Eastern" selected' in client.get("/trades/profile/").content.decode()
+    assert client.post("/trades/profile/", {"time_zone": "US/Eastern"}).status_code == 302
 
 
 def test_the_brokers_page_shows_the_last_sync_in_the_traders_zone(client, trader, synced_connection):
@@ -513,6 +571,17 @@ def test_a_poll_after_the_session_ended_reloads_the_page(client, trader):
     connection = quiet_connection(trader)
     response = client.get(f"/brokers/{connection.pk}/status/", HTTP_HX_REQUEST="true")
     assert response.status_code == 200 and response["HX-Refresh"] == "true" and b"<form" not in response.content
+
+
+def test_unreadable_credentials_are_explained_not_called_our_error(client, trader):
+    connection = quiet_connection(trader)
+    BrokerConnection.objects.filter(pk=connection.pk).update(credentials_ciphertext="not-a-fernet-token")
+    schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+    connection.refresh_from_db()
+    assert connection.last_sync_error.startswith("The saved credentials cannot be read with this installation's")
+    assert "unexpected error on our side" not in connection.last_sync_error
+    client.force_login(trader)
+    assert "Edit the connection and enter them again" in client.get("/brokers/").content.decode()
 
 
 def test_unreadable_credentials_can_be_typed_again(client, trader):

@@ -23,6 +23,7 @@ from django.conf import settings
 
 from brokers.providers.errors import BrokerConfigurationError, BrokerRateLimitError
 from brokers.providers.types import RateLimit
+from config import metrics
 
 LIMITS_FILE = Path(__file__).resolve().parent.parent / "rate_limits.toml"
 log = structlog.get_logger("brokers.ratelimit")
@@ -176,6 +177,7 @@ class RateLimiter:
             wait = self.try_acquire(broker, scope=scope, buckets=buckets)
             if wait == 0:
                 return
+            metrics.rate_limit_waited(bucket=broker, seconds=wait)
             if waited + wait > self.max_sleep_s:
                 log.info("rate_limit_wait_requeue", broker=broker, retry_after_s=round(wait, 3))
                 reason = self._block_reason(broker, scope) or (

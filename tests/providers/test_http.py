@@ -25,7 +25,7 @@ from brokers.providers.errors import (
 )
 from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S, BrokerHTTP, parse_retry_after
 from brokers.providers.types import RateLimit
-from config.logging import REDACTED, redact_secrets
+from config.logging import REDACTED, formatter, redact_secrets
 
 BASE = "https://broker.example"
 ACCOUNTS = f"{BASE}/v1/accounts"
@@ -371,7 +371,8 @@ def test_rendered_log_line_has_the_fields_and_no_query(http, rsps, caplog):
     rsps.get(ACCOUNTS, json={})
     with caplog.at_level(logging.INFO, logger="brokers.http"):
         http.request("GET", f"/v1/accounts?token={SECRET}")
-    rendered = [r.getMessage() for r in caplog.records if r.name == "brokers.http"]
+    render = formatter("console")  # the one our handler uses (config/logging.py)
+    rendered = [render.format(r) for r in caplog.records if r.name == "brokers.http"]
     assert len(rendered) == 1
     line = rendered[0]
     assert "broker_http" in line
