@@ -6,7 +6,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django_celery_beat.models import PeriodicTask
 
 from brokers import schedules, services
@@ -28,6 +30,7 @@ class BrokerConnectionAdminForm(forms.ModelForm):
         model = BrokerConnection
         fields = ["owner", "broker_type", "label", "environment", "sync_enabled", "sync_interval_min"]
 
+    @method_decorator(sensitive_variables())
     def clean_new_credentials(self):
         raw = self.cleaned_data["new_credentials"].strip()
         if not raw:
@@ -42,17 +45,20 @@ class BrokerConnectionAdminForm(forms.ModelForm):
             raise ValidationError("Credentials must be a JSON object of text values.")
         return value
 
+    @method_decorator(sensitive_variables())
     def clean(self):
+        # The model's own rules (interval, label, environment) run in ModelForm's full_clean;
+        # the provider's rules for the credentials are checked here.
         cleaned = super().clean()
-        try:
-            if "sync_interval_min" in cleaned:
-                services.validate_interval(cleaned["sync_interval_min"])
-            credentials = cleaned.get("new_credentials")
-            if credentials is not None and cleaned.get("broker_type"):
-                services.validate_credentials(cleaned["broker_type"], credentials, cleaned.get("environment", ""))
-        except ValidationError as exc:
-            for field, errors in exc.message_dict.items():
-                self.add_error(field if field in self.fields else "new_credentials", errors)
+        credentials = cleaned.get("new_credentials")
+        broker_type = cleaned.get("broker_type") or self.instance.broker_type
+        if credentials is not None and broker_type:
+            environment = cleaned.get("environment", self.instance.environment)
+            try:
+                services.validate_credentials(broker_type, credentials, environment)
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    self.add_error(field if field in self.fields else "new_credentials", errors)
         return cleaned
 
 
@@ -75,6 +81,10 @@ class BrokerConnectionAdmin(admin.ModelAdmin):
     ]
     actions = ["sync_now", "enable_auto_sync", "disable_auto_sync"]
 
+    @method_decorator(sensitive_post_parameters())
+    def changeform_view(self, request, *args, **kwargs):
+        return super().changeform_view(request, *args, **kwargs)
+
     def get_readonly_fields(self, request, obj=None):
         # The broker and environment of an existing connection are fixed: its accounts belong to them.
         extra = ["owner", "broker_type", "environment"] if obj else []
@@ -88,6 +98,7 @@ class BrokerConnectionAdmin(admin.ModelAdmin):
         url = reverse("admin:django_celery_beat_periodictask_change", args=[task.pk])
         return format_html('<a href="{}">{}</a> ({})', url, task.name, "enabled" if task.enabled else "disabled")
 
+    @method_decorator(sensitive_variables())
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
         if not change:

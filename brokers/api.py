@@ -9,7 +9,8 @@ from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from django_celery_beat.models import PeriodicTask
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, mixins, serializers, status, viewsets
@@ -22,12 +23,9 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from brokers import schedules, selectors, services, throttle
-from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.models import INTERVAL_RULE, BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class, provider_classes
-
-# The django-ratelimit group, method and key of the brokers page's "Sync now" (brokers/views.py):
-# the same bucket, so a trader has one allowance per connection, on the page and the API alike.
 
 
 def drf_validation_error(exc: DjangoValidationError, credential_names: Iterable[str] = ()) -> ValidationError:
@@ -62,36 +60,58 @@ def _credential_names(broker_type: str, submitted, top_level: Iterable[str]) -> 
 
 
 class IntervalField(serializers.IntegerField):
-    """Whole minutes only, judged by the services' rule so the API refuses exactly what the pages do."""
+    """A JSON whole number; its range is the model's rule, applied by the services."""
 
     def __init__(self, **kwargs):
-        # The bounds only document the range in the schema; to_internal_value enforces it.
+        # The bounds only document the range in the schema; the model enforces it.
         super().__init__(min_value=settings.SYNC_INTERVAL_MIN, max_value=settings.SYNC_INTERVAL_MAX, **kwargs)
+        self.validators = []
 
     def to_internal_value(self, data):
-        try:
-            return services.validate_interval(data)
-        except DjangoValidationError as exc:
-            raise ValidationError(exc.message_dict["sync_interval_min"]) from None
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise ValidationError([INTERVAL_RULE])
+        return data
 
 
 class AutoSyncField(serializers.BooleanField):
-    """JSON true or false only: a string such as "yes" is refused as the services refuse it."""
+    """JSON true or false only: DRF would also take strings such as "yes"."""
 
     def to_internal_value(self, data):
-        try:
-            return services.validate_enabled(data)
-        except DjangoValidationError as exc:
-            raise ValidationError(exc.message_dict["sync_enabled"]) from None
+        if not isinstance(data, bool):
+            raise ValidationError(["Auto-sync must be true or false."])
+        return data
+
+
+class TextField(serializers.CharField):
+    """A JSON string only: DRF would turn {"label": 123} into "123"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            raise ValidationError(["Must be a string."])
+        return super().to_internal_value(data)
 
 
 def _credentials_field(**kwargs) -> serializers.DictField:
     return serializers.DictField(
-        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        child=TextField(allow_blank=True, trim_whitespace=False),
         write_only=True,
         help_text="The provider's credential fields (see /api/providers/). Never returned.",
         **kwargs,
     )
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know: a 2xx that silently ignored one would look accepted."""
+
+    def validate(self, attrs):
+        submitted = self.initial_data if isinstance(self.initial_data, dict) else {}
+        refused = sorted(set(submitted) - set(self.fields))
+        if refused:
+            shown = set(ConnectionSerializer.Meta.fields)
+            raise ValidationError(
+                {name: ["This field cannot be changed." if name in shown else "Unknown field."] for name in refused}
+            )
+        return attrs
 
 
 class AccountSerializer(serializers.ModelSerializer):
@@ -144,40 +164,30 @@ class ConnectionSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.DATETIME)
     def get_next_sync_at(self, connection: BrokerConnection) -> str | None:
         # A list passes every PeriodicTask in the context, so it costs one query, not one per row.
-        task = self.context.get("periodic_tasks", {}).get(schedules.task_name(connection.pk))
+        task = selectors.periodic_task_of(connection, self.context.get("periodic_tasks", {}))
         when = selectors.next_sync_at(connection, task)
         return None if when is None else serializers.DateTimeField().to_representation(when)
 
 
-class ConnectionCreateSerializer(serializers.Serializer):
-    broker_type = serializers.CharField(max_length=40, help_text="A provider key from /api/providers/.")
-    label = serializers.CharField(max_length=100)
-    environment = serializers.CharField(
+class ConnectionCreateSerializer(StrictSerializer):
+    broker_type = TextField(max_length=40, help_text="A provider key from /api/providers/.")
+    label = TextField(max_length=100)
+    environment = TextField(
         max_length=20,
         required=False,
         allow_blank=True,
-        help_text="One of the provider's environments; default its first.",
+        help_text="One of the provider's environments; default its first. Empty for a broker that has none.",
     )
     credentials = _credentials_field()
     sync_enabled = AutoSyncField(default=True)
     sync_interval_min = IntervalField(default=settings.SYNC_INTERVAL_DEFAULT_MIN)
 
 
-class ConnectionUpdateSerializer(serializers.Serializer):
-    label = serializers.CharField(max_length=100, required=False)
+class ConnectionUpdateSerializer(StrictSerializer):
+    label = TextField(max_length=100, required=False)
     sync_enabled = AutoSyncField(required=False)
     sync_interval_min = IntervalField(required=False)
     credentials = _credentials_field(required=False)
-
-    def validate(self, attrs):
-        # A field this endpoint cannot change must not look accepted by a 200 that changed nothing.
-        refused = sorted(set(self.initial_data) - set(self.fields))
-        if refused:
-            shown = set(ConnectionSerializer.Meta.fields)
-            raise ValidationError(
-                {name: ["This field cannot be changed." if name in shown else "Unknown field."] for name in refused}
-            )
-        return attrs
 
 
 class SyncLogSerializer(serializers.ModelSerializer):
@@ -255,6 +265,14 @@ def _provider_data(provider_class) -> dict:
     }
 
 
+def _rate_limited(detail: str, wait: int) -> Response:
+    return Response(
+        {"detail": detail, "retry_after": wait},
+        status=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(wait)},
+    )
+
+
 class ConnectionViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
 ):
@@ -277,11 +295,12 @@ class ConnectionViewSet(
 
     def list(self, request, *args, **kwargs):
         connections = list(self.get_queryset())
-        tasks = PeriodicTask.objects.in_bulk([schedules.task_name(c.pk) for c in connections], field_name="name")
+        tasks = selectors.periodic_tasks_for(connections)
         context = {**self.get_serializer_context(), "periodic_tasks": tasks}
         return Response(ConnectionSerializer(connections, many=True, context=context).data)
 
     @extend_schema(request=ConnectionCreateSerializer, responses={201: ConnectionSerializer})
+    @method_decorator(sensitive_variables())
     def create(self, request, *args, **kwargs):
         serializer = ConnectionCreateSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
@@ -294,11 +313,23 @@ class ConnectionViewSet(
             ) from None
         return Response(self._shown(connection.pk), status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ConnectionUpdateSerializer, responses={200: ConnectionSerializer})
+    @extend_schema(
+        request=ConnectionUpdateSerializer, responses={200: ConnectionSerializer, 429: RateLimitedSerializer}
+    )
+    @method_decorator(sensitive_variables())
     def partial_update(self, request, *args, **kwargs):
         connection = self.get_object()
         serializer = ConnectionUpdateSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
+        if serializer.validated_data.get("sync_enabled") and not connection.sync_enabled:
+            # Switching auto-sync on syncs at once: it shares the allowance of Sync now.
+            wait = throttle.sync_now_wait(request, connection.pk)
+            if wait is not None:
+                return _rate_limited(
+                    f"Auto-sync was switched on too often for this connection (each time starts a sync); "
+                    f"try again in {wait} seconds.",
+                    wait,
+                )
         try:
             services.connection_update(connection.pk, **serializer.validated_data)
         except DjangoValidationError as exc:
@@ -329,14 +360,7 @@ class ConnectionSyncView(APIView):
         connection = get_object_or_404(BrokerConnection, pk=pk, owner=request.user)
         wait = throttle.sync_now_wait(request, connection.pk)
         if wait is not None:
-            return Response(
-                {
-                    "detail": f"Too many syncs requested for this connection; try again in {wait} seconds.",
-                    "retry_after": wait,
-                },
-                status=status.HTTP_429_TOO_MANY_REQUESTS,
-                headers={"Retry-After": str(wait)},
-            )
+            return _rate_limited(f"Too many syncs requested for this connection; try again in {wait} seconds.", wait)
         task_id = schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL.value)
         logs_url = request.build_absolute_uri(reverse("api:connection-logs", args=[connection.pk]))
         return Response(

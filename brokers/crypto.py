@@ -7,9 +7,27 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from brokers.providers.errors import BrokerAuthError
 
-class CredentialsUnreadable(Exception):
-    """Stored ciphertext that none of the configured keys can open."""
+# Typically the encryption key changed (e.g. new keys made instead of reusing var/local.env's).
+UNREADABLE_MESSAGE = (
+    "The saved credentials cannot be read with this installation's encryption key. Edit the "
+    "connection and enter them again (or ask the operator to put back the key in "
+    "FIELD_ENCRYPTION_KEYS they were saved with)."
+)
+
+
+class CredentialsUnreadable(BrokerAuthError):
+    """Stored ciphertext that none of the configured keys can open.
+
+    An auth error to the sync: no retry can help, and the trader (or operator) must act, so a
+    sync, a test and a command all report this one message rather than "unexpected error".
+    """
+
+    kind = "credentials_unreadable"
+
+    def __init__(self, message: str = UNREADABLE_MESSAGE):
+        super().__init__(message)
 
 
 @cache
@@ -39,10 +57,7 @@ def decrypt_json(ciphertext: str):
     try:
         return json.loads(_fernet().decrypt(ciphertext.encode()))
     except InvalidToken:
-        raise CredentialsUnreadable(
-            "Stored credentials cannot be decrypted with the configured FIELD_ENCRYPTION_KEYS; "
-            "the key that wrote them is missing."
-        ) from None
+        raise CredentialsUnreadable() from None
 
 
 def rotate(ciphertext: str) -> str:
@@ -50,4 +65,4 @@ def rotate(ciphertext: str) -> str:
     try:
         return _fernet().rotate(ciphertext.encode()).decode()
     except InvalidToken:
-        raise CredentialsUnreadable("A stored value cannot be decrypted with any configured key.") from None
+        raise CredentialsUnreadable() from None

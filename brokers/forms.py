@@ -2,18 +2,36 @@
 
 from django import forms
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
 from brokers.crypto import CredentialsUnreadable
+from brokers.models import INTERVAL_RULE, BrokerConnection
 from brokers.providers.registry import provider_choices
 from brokers.providers.types import CredentialField
 
 ROUND_INTERVALS = (5, 10, 15, 20, 30, 45, 60)
-INTERVAL_RANGE_ERRORS = {
-    "min_value": f"Sync interval must be from {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} minutes.",
-    "max_value": f"Sync interval must be from {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} minutes.",
-    "invalid": "Sync interval must be a whole number of minutes.",
-}
 CREDENTIAL_PREFIX = "cred_"
+
+
+def model_rules(name: str) -> list:
+    """The model field's own validators: the form shows their errors at once, without a copy of them."""
+    return list(BrokerConnection._meta.get_field(name).validators)
+
+
+def interval_field(**kwargs) -> forms.IntegerField:
+    """The interval as a whole number, judged by the model's rule (min and max only hint the browser)."""
+    return forms.IntegerField(
+        label="Sync interval (minutes)",
+        # Shown as a message on the brokers page too, where the field is not beside it: name it.
+        error_messages={"invalid": INTERVAL_RULE, "required": INTERVAL_RULE},
+        validators=model_rules("sync_interval_min"),
+        widget=forms.NumberInput(attrs={"min": settings.SYNC_INTERVAL_MIN, "max": settings.SYNC_INTERVAL_MAX}),
+        **kwargs,
+    )
+
+
+def label_field(**kwargs) -> forms.CharField:
+    return forms.CharField(max_length=100, validators=model_rules("label"), **kwargs)
 
 
 def interval_choices(current: int | None = None) -> list[int]:
@@ -54,6 +72,7 @@ class CredentialFieldsMixin:
                 spec, keep_saved_secret=keep_saved_secrets
             )
 
+    @sensitive_variables()
     def credentials(self) -> dict[str, str]:
         """The values the trader typed (blank ones left out)."""
         return {
@@ -62,6 +81,7 @@ class CredentialFieldsMixin:
             if name.startswith(CREDENTIAL_PREFIX) and value
         }
 
+    @sensitive_variables()
     def credential_values(self) -> dict[str, str]:
         """What the trader typed so far, valid or not: enough to test a login before saving."""
         typed = {
@@ -74,24 +94,16 @@ class CredentialFieldsMixin:
 
 class SyncSettingsForm(forms.Form):
     sync_enabled = forms.BooleanField(required=False, label="Auto-sync")
-    sync_interval_min = forms.IntegerField(
-        label="Sync interval (minutes)",
-        min_value=settings.SYNC_INTERVAL_MIN,
-        max_value=settings.SYNC_INTERVAL_MAX,
-        error_messages=INTERVAL_RANGE_ERRORS,
-    )
+    sync_interval_min = interval_field()
 
 
 class ConnectionForm(CredentialFieldsMixin, forms.Form):
     """Broker, label, interval and the provider's declared credential fields."""
 
     broker_type = forms.ChoiceField(label="Broker")
-    label = forms.CharField(max_length=100, help_text="A name you will recognise, e.g. 'Prop account'.")
-    sync_interval_min = forms.IntegerField(
-        label="Sync interval (minutes)",
+    label = label_field(help_text="A name you will recognise, e.g. 'Prop account'.")
+    sync_interval_min = interval_field(
         initial=settings.SYNC_INTERVAL_DEFAULT_MIN,
-        min_value=settings.SYNC_INTERVAL_MIN,
-        max_value=settings.SYNC_INTERVAL_MAX,
         help_text=(
             f"How often your trades are fetched: {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} minutes."
         ),
@@ -110,8 +122,9 @@ class ConnectionForm(CredentialFieldsMixin, forms.Form):
 class EditConnectionForm(CredentialFieldsMixin, forms.Form):
     """Label and credentials of an existing connection; blank secrets keep the saved ones."""
 
-    label = forms.CharField(max_length=100)
+    label = label_field()
 
+    @sensitive_variables()
     def __init__(self, *args, connection, provider_class, **kwargs):
         try:
             saved = connection.credentials
@@ -127,6 +140,7 @@ class EditConnectionForm(CredentialFieldsMixin, forms.Form):
         self.secret_names = secret_names
         self.add_credential_fields(provider_class, keep_saved_secrets=bool(saved))
 
+    @sensitive_variables()
     def merged(self, typed: dict[str, str]) -> dict[str, str]:
         """The typed values, with every secret left blank taken from the saved credentials."""
         kept = {name: self.saved_credentials[name] for name in self.secret_names if name in self.saved_credentials}

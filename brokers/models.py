@@ -6,14 +6,21 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils.functional import cached_property
 
 from brokers import crypto
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class
 from brokers.providers.types import AuthResult, BrokerCredentials
+from brokers.validators import refuse_control_characters
+
+# The one wording of the interval rule: pages, API, admin and commands all show this.
+INTERVAL_RULE = (
+    f"Sync interval must be a whole number of minutes from {settings.SYNC_INTERVAL_MIN} "
+    f"to {settings.SYNC_INTERVAL_MAX}."
+)
 
 
 def validate_broker_type(value: str) -> None:
@@ -21,6 +28,26 @@ def validate_broker_type(value: str) -> None:
         get_provider_class(value)
     except BrokerConfigurationError as exc:
         raise ValidationError(str(exc), code="unknown_broker") from None
+
+
+def validate_sync_interval(value: int) -> None:
+    if not settings.SYNC_INTERVAL_MIN <= value <= settings.SYNC_INTERVAL_MAX:
+        raise ValidationError(INTERVAL_RULE, code="out_of_range")
+
+
+class WholeMinutesField(models.PositiveSmallIntegerField):
+    """Minutes as a whole number only: Django's own field would turn 15.5 into 15 and "15" into 15."""
+
+    def to_python(self, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(INTERVAL_RULE, code="invalid")
+        return value
+
+    @cached_property
+    def validators(self):
+        # validate_sync_interval is the whole range rule; Django's own "greater than or equal
+        # to 0" and database-range checks would only repeat it in other words.
+        return list(self._validators)
 
 
 class BrokerConnection(models.Model):
@@ -31,7 +58,8 @@ class BrokerConnection(models.Model):
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="broker_connections")
     broker_type = models.CharField(max_length=40, validators=[validate_broker_type])
-    label = models.CharField(max_length=100)
+    label = models.CharField(max_length=100, validators=[refuse_control_characters])
+    # One of the provider's environments; empty for a broker that has none.
     environment = models.CharField(max_length=20, blank=True)
     # Fernet ciphertext of the credentials dict; read through .credentials only.
     credentials_ciphertext = models.TextField(editable=False)
@@ -39,9 +67,9 @@ class BrokerConnection(models.Model):
     token_ciphertext = models.TextField(blank=True, editable=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.CONNECTED)
     sync_enabled = models.BooleanField(default=True)
-    sync_interval_min = models.PositiveSmallIntegerField(
+    sync_interval_min = WholeMinutesField(
         default=settings.SYNC_INTERVAL_DEFAULT_MIN,
-        validators=[MinValueValidator(settings.SYNC_INTERVAL_MIN), MaxValueValidator(settings.SYNC_INTERVAL_MAX)],
+        validators=[validate_sync_interval],
         help_text=f"Minutes between automatic syncs ({settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX}).",
     )
     # Set when the broker refused the credentials: automatic sync waits until they are fixed.
@@ -65,11 +93,21 @@ class BrokerConnection(models.Model):
                 condition=Q(sync_interval_min__gte=settings.SYNC_INTERVAL_MIN)
                 & Q(sync_interval_min__lte=settings.SYNC_INTERVAL_MAX),
                 name="sync_interval_min_in_range",
+                violation_error_message=INTERVAL_RULE,
             ),
         ]
 
     def __str__(self):
         return f"{self.label} ({self.broker_type})"
+
+    def clean(self):
+        try:
+            provider_class = get_provider_class(self.broker_type)
+        except BrokerConfigurationError:
+            return  # broker_type's own validator says so
+        problem = provider_class.environment_problem(self.environment)
+        if problem:
+            raise ValidationError({"environment": problem}, code="invalid_environment")
 
     @property
     def credentials(self) -> dict[str, str]:

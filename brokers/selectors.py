@@ -43,6 +43,15 @@ def connection_display_status(connection: BrokerConnection) -> str:
     return PARTIAL if connection.last_sync_error else status
 
 
+def periodic_tasks_for(connections) -> dict[str, PeriodicTask]:
+    """The connections' PeriodicTasks by task name, in one query (pages, API and sync_status list many)."""
+    return PeriodicTask.objects.in_bulk([schedules.task_name(c.pk) for c in connections], field_name="name")
+
+
+def periodic_task_of(connection: BrokerConnection, tasks: dict[str, PeriodicTask]) -> PeriodicTask | None:
+    return tasks.get(schedules.task_name(connection.pk))
+
+
 def next_sync_at(connection: BrokerConnection, task: PeriodicTask | None = None) -> datetime | None:
     """When beat will next send this connection's sync (None when it will not)."""
     if not connection.schedule_active:

@@ -1,8 +1,9 @@
 """Every write to a connection goes through here, so its schedule always follows.
 
-Pages, the admin, the API and the commands call these; each validates first (a
-ValidationError naming the field and the rule, nothing saved) and changes the connection
-and its PeriodicTask in one transaction.
+Pages, the admin, the API and the commands call these; each validates first with the
+model's own rules (full_clean: a ValidationError naming the field and the rule, nothing
+saved) and changes the connection and its PeriodicTask in one transaction. The callers
+only translate that error into their own shape.
 """
 
 from __future__ import annotations
@@ -12,31 +13,14 @@ from collections.abc import Mapping
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.views.decorators.debug import sensitive_variables
 
 from brokers import schedules
-from brokers.models import BrokerConnection
+from brokers.crypto import CredentialsUnreadable
+from brokers.models import INTERVAL_RULE, BrokerConnection
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_broker_provider, get_provider_class
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredentials
-
-INTERVAL_RULE = (
-    f"Sync interval must be a whole number of minutes from {settings.SYNC_INTERVAL_MIN} "
-    f"to {settings.SYNC_INTERVAL_MAX}."
-)
-
-
-def validate_interval(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError({"sync_interval_min": INTERVAL_RULE}, code="invalid")
-    if not settings.SYNC_INTERVAL_MIN <= value <= settings.SYNC_INTERVAL_MAX:
-        raise ValidationError({"sync_interval_min": INTERVAL_RULE}, code="out_of_range")
-    return value
-
-
-def validate_enabled(value) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError({"sync_enabled": "Auto-sync must be true or false."}, code="invalid")
-    return value
 
 
 def validate_credentials(broker_type: str, credentials: Mapping[str, str], environment: str) -> None:
@@ -49,10 +33,38 @@ def validate_credentials(broker_type: str, credentials: Mapping[str, str], envir
         raise ValidationError(problems, code="invalid_credentials")
 
 
+def validate_fields(**values) -> None:
+    """The model's rules for just these fields, e.g. before a command prompts for secrets."""
+    exclude = {f.name for f in BrokerConnection._meta.fields} - set(values)
+    BrokerConnection(**values).clean_fields(exclude=exclude)
+
+
+def _full_clean(connection: BrokerConnection, credentials: Mapping[str, str] | None = None) -> None:
+    """The model's rules, and the provider's for the credentials, reported together."""
+    errors: dict[str, list] = {}
+    try:
+        connection.full_clean()
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    if credentials is not None and "broker_type" not in errors:
+        try:
+            validate_credentials(connection.broker_type, credentials, connection.environment)
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                errors.setdefault(field, []).extend(m for m in messages if m not in errors.get(field, []))
+    if errors:
+        raise ValidationError(errors)
+
+
+def _stripped(credentials: Mapping[str, str]) -> dict[str, str]:
+    return {k: v.strip() if isinstance(v, str) else v for k, v in credentials.items() if v is not None}
+
+
 def _locked(connection_id: int) -> BrokerConnection:
     return BrokerConnection.objects.select_for_update().get(pk=connection_id)
 
 
+@sensitive_variables()
 @transaction.atomic
 def connection_create(
     *,
@@ -70,32 +82,37 @@ def connection_create(
     A broker that connects by OAuth sign-in takes no credentials but the session (auth) its
     callback obtained; without one it is refused, since nothing could ever sync.
     """
-    validate_enabled(sync_enabled)
-    validate_interval(sync_interval_min)
-    environment = environment or _default_environment(broker_type)
-    validate_credentials(broker_type, credentials, environment)
-    if get_provider_class(broker_type).oauth is not None and auth is None:
-        name = get_provider_class(broker_type).display_name
-        raise ValidationError(
-            {"broker_type": f"{name} connects by signing in at {name}: use Connect with {name} on the brokers page."},
-            code="oauth_only",
-        )
+    _refuse_oauth_without_sign_in(broker_type, auth)
     connection = BrokerConnection(
         owner=owner,
         broker_type=broker_type,
-        label=(label or "").strip(),
-        environment=environment,
+        label=label.strip() if isinstance(label, str) else label,
+        environment=environment or _default_environment(broker_type),
         sync_enabled=sync_enabled,
         sync_interval_min=sync_interval_min,
     )
-    connection.credentials = {k: v.strip() for k, v in credentials.items() if v is not None}
+    stripped = _stripped(credentials)
+    _full_clean(connection, stripped)
+    connection.credentials = stripped
     connection.auth = auth
-    connection.full_clean()
     connection.save()
     schedules.sync_schedule(connection)
     if connection.sync_enabled:
         schedules.request_sync_now(connection.pk, trigger="manual")
     return connection
+
+
+def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:
+    try:
+        provider_class = get_provider_class(broker_type)
+    except BrokerConfigurationError:
+        return  # _full_clean names the unknown broker type
+    if provider_class.oauth is not None and auth is None:
+        name = provider_class.display_name
+        raise ValidationError(
+            {"broker_type": f"{name} connects by signing in at {name}: use Connect with {name} on the brokers page."},
+            code="oauth_only",
+        )
 
 
 def _default_environment(broker_type: str) -> str:
@@ -106,30 +123,20 @@ def _default_environment(broker_type: str) -> str:
     return envs[0][0] if envs else ""
 
 
-@transaction.atomic
 def update_sync_enabled(connection_id: int, enabled: bool) -> BrokerConnection:
     """Switch automatic sync on or off; switching it on also syncs right away."""
-    validate_enabled(enabled)
-    connection = _locked(connection_id)
-    was_enabled = connection.sync_enabled
-    connection.sync_enabled = enabled
-    connection.save(update_fields=["sync_enabled", "updated_at"])
-    schedules.sync_schedule(connection)
-    if enabled and not was_enabled and connection.schedule_active:
-        schedules.request_sync_now(connection.pk, trigger="manual")
-    return connection
+    if enabled is None:
+        raise ValidationError({"sync_enabled": "Auto-sync must be true or false."}, code="invalid")
+    return connection_update(connection_id, sync_enabled=enabled)
 
 
-@transaction.atomic
 def update_sync_interval(connection_id: int, interval_min: int) -> BrokerConnection:
-    validate_interval(interval_min)
-    connection = _locked(connection_id)
-    connection.sync_interval_min = interval_min
-    connection.save(update_fields=["sync_interval_min", "updated_at"])
-    schedules.sync_schedule(connection)
-    return connection
+    if interval_min is None:
+        raise ValidationError({"sync_interval_min": INTERVAL_RULE}, code="invalid")
+    return connection_update(connection_id, sync_interval_min=interval_min)
 
 
+@sensitive_variables()
 @transaction.atomic
 def connection_update(
     connection_id: int,
@@ -142,26 +149,23 @@ def connection_update(
     """Change any of label, credentials, auto-sync and interval at once (all validated first).
 
     New credentials clear a refused login and the stored session, so sync resumes by itself.
+    The same credentials saved again keep the session (a Tradovate login would cost one of the
+    user's two sessions), unless the broker refused them: then saving means "try again".
     """
-    if sync_enabled is not None:
-        validate_enabled(sync_enabled)
-    if sync_interval_min is not None:
-        validate_interval(sync_interval_min)
     connection = _locked(connection_id)
-    if credentials is not None:
-        validate_credentials(connection.broker_type, credentials, connection.environment)
     if label is not None:
-        connection.label = label.strip()
-    resume = False
-    if credentials is not None:
-        connection.credentials = {k: v.strip() for k, v in credentials.items() if v is not None}
-        resume = _reauthorised(connection, None)
+        connection.label = label.strip() if isinstance(label, str) else label
     turned_on = sync_enabled is True and not connection.sync_enabled
     if sync_enabled is not None:
         connection.sync_enabled = sync_enabled
     if sync_interval_min is not None:
         connection.sync_interval_min = sync_interval_min
-    connection.full_clean()
+    stripped = None if credentials is None else _stripped(credentials)
+    _full_clean(connection, stripped)
+    resume = False
+    if stripped is not None and (connection.credentials_rejected or stripped != _saved_credentials(connection)):
+        connection.credentials = stripped
+        resume = _reauthorised(connection, None)
     connection.save()
     schedules.sync_schedule(connection)
     if connection.schedule_active and (turned_on or resume):
@@ -180,6 +184,7 @@ def _reauthorised(connection: BrokerConnection, auth: AuthResult | None) -> bool
     return was_held
 
 
+@sensitive_variables()
 @transaction.atomic
 def connection_reconnect(connection_id: int, auth: AuthResult) -> BrokerConnection:
     """Re-authorise a connection after a new sign-in: the same accounts, cursor, trades, history
@@ -193,6 +198,13 @@ def connection_reconnect(connection_id: int, auth: AuthResult) -> BrokerConnecti
     return connection
 
 
+def _saved_credentials(connection: BrokerConnection) -> dict[str, str] | None:
+    try:
+        return connection.credentials
+    except CredentialsUnreadable:
+        return None  # no key opens them: whatever was typed replaces them
+
+
 @transaction.atomic
 def connection_delete(connection_id: int) -> None:
     """Delete a connection with its accounts, trades, logs and schedule."""
@@ -200,6 +212,7 @@ def connection_delete(connection_id: int) -> None:
     BrokerConnection.objects.filter(pk=connection_id).delete()
 
 
+@sensitive_variables()
 def verify_credentials(
     *, broker_type: str, credentials: Mapping[str, str], environment: str = ""
 ) -> list[BrokerAccountInfo]:
@@ -207,5 +220,5 @@ def verify_credentials(
     environment = environment or _default_environment(broker_type)
     validate_credentials(broker_type, credentials, environment)
     provider = get_broker_provider(broker_type, environment)
-    auth = provider.authenticate(BrokerCredentials(values=dict(credentials), environment=environment))
+    auth = provider.authenticate(BrokerCredentials(values=dict(_stripped(credentials)), environment=environment))
     return provider.get_accounts(auth)

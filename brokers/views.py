@@ -12,8 +12,8 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.crypto import salted_hmac
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
-from django_celery_beat.models import PeriodicTask
 
 from brokers import oauth_views, schedules, selectors, services, throttle
 from brokers.decorators import trader_page
@@ -78,10 +78,10 @@ def _with_status(connections) -> list[BrokerConnection]:
             last_error_kind=Subquery(last_error.values("error_kind")[:1]),
         ).prefetch_related("accounts")
     )
-    tasks = {t.name: t for t in PeriodicTask.objects.filter(name__in=[schedules.task_name(c.pk) for c in rows])}
+    tasks = selectors.periodic_tasks_for(rows)
     for c in rows:
         c.display_status = selectors.connection_display_status(c)
-        c.next_sync = selectors.next_sync_at(c, tasks.get(schedules.task_name(c.pk)))
+        c.next_sync = selectors.next_sync_at(c, selectors.periodic_task_of(c, tasks))
         c.advice = what_to_do(c) if c.last_sync_error else ""
         c.poll_seconds = POLL_SECONDS.get(c.display_status, POLL_SECONDS_DEFAULT)
         c.interval_choices = interval_choices(c.sync_interval_min)
@@ -146,27 +146,38 @@ def _saved_message(label: str, tested: bool | None) -> str:
     )
 
 
+@sensitive_variables()
 def _test_login(request, *, broker_type: str, credentials: dict, environment: str, form, template: str, context):
     """Log in with what the trader typed, without saving; htmx gets just the result, else the whole page."""
-    try:
-        accounts = services.verify_credentials(
-            broker_type=broker_type, credentials=credentials, environment=environment
-        )
-    except ValidationError as exc:
-        result = {"ok": False, "errors": exc.messages}
-    except BrokerError as exc:
-        result = {"ok": False, "errors": [exc.message]}
+    wait = throttle.test_login_wait(request)
+    if wait is not None:
+        result = {"ok": False, "errors": [f"You tested logins several times just now. Try again in {wait} s."]}
+        status = 429
     else:
-        result = {"ok": True, "accounts": accounts}
-    request.session[LAST_TEST_SESSION_KEY] = {
-        "digest": _credentials_digest(broker_type, environment, credentials),
-        "ok": result["ok"],
-    }
+        status = 200
+        try:
+            accounts = services.verify_credentials(
+                broker_type=broker_type, credentials=credentials, environment=environment
+            )
+        except ValidationError as exc:
+            result = {"ok": False, "errors": exc.messages}
+        except BrokerError as exc:
+            result = {"ok": False, "errors": [exc.message]}
+        else:
+            result = {"ok": True, "accounts": accounts}
+        request.session[LAST_TEST_SESSION_KEY] = {
+            "digest": _credentials_digest(broker_type, environment, credentials),
+            "ok": result["ok"],
+        }
     if request.htmx:
-        return render(request, "brokers/_test_result.html", {"result": result})
-    return render(request, template, context | {"form": form, "result": result})
+        return render(request, "brokers/_test_result.html", {"result": result}, status=status)
+    return render(request, template, context | {"form": form, "result": result}, status=status)
 
 
+# The credentials typed on these pages never reach an error report, even with DEBUG on
+# (config/error_reports.py keeps Django's filter active then too).
+@sensitive_post_parameters()
+@sensitive_variables()
 @trader_page
 def connection_add(request):
     broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
@@ -207,6 +218,8 @@ def connection_add(request):
     return render(request, "brokers/connection_form.html", context | {"form": form})
 
 
+@sensitive_post_parameters()
+@sensitive_variables()
 @trader_page
 def connection_edit(request, pk):
     connection = _own_connection(request, pk)
@@ -224,12 +237,9 @@ def connection_edit(request, pk):
             context=context,
         )
     if request.method == "POST" and form.is_valid():
-        credentials = form.merged(form.credentials())
-        # Saving unchanged credentials after a refused login means "try again": it resumes sync too.
-        changed = credentials != form.saved_credentials or connection.credentials_rejected
         try:
             services.connection_update(
-                connection.pk, label=form.cleaned_data["label"], credentials=credentials if changed else None
+                connection.pk, label=form.cleaned_data["label"], credentials=form.merged(form.credentials())
             )
         except ValidationError as exc:
             _copy_errors(form, exc)
@@ -237,6 +247,12 @@ def connection_edit(request, pk):
             messages.success(request, f"Saved {form.cleaned_data['label']}.")
             return redirect("brokers:list")
     return render(request, "brokers/connection_edit.html", context | {"form": form})
+
+
+def _throttled(request, connection: BrokerConnection, message: str):
+    """Back to the brokers page at the card (not left on the POST's URL), where the message shows the wait."""
+    messages.error(request, message)
+    return redirect(f"{reverse('brokers:list')}#connection-{connection.pk}")
 
 
 @trader_page
@@ -249,6 +265,16 @@ def connection_settings(request, pk):
             for error in errors:
                 messages.error(request, error)
         return redirect("brokers:list")
+    turns_on = form.cleaned_data["sync_enabled"] and not connection.sync_enabled
+    # Switching auto-sync on syncs at once, so it counts as a press of Sync now.
+    wait = throttle.sync_now_wait(request, connection.pk) if turns_on else None
+    if wait is not None:
+        return _throttled(
+            request,
+            connection,
+            f"You switched auto-sync of {connection.label} on several times just now, and each time starts a "
+            f"sync. Try again in {wait} s.",
+        )
     try:
         services.connection_update(
             connection.pk,
@@ -269,9 +295,9 @@ def connection_sync_now(request, pk):
     connection = _own_connection(request, pk)
     wait = throttle.sync_now_wait(request, connection.pk)
     if wait is not None:
-        # Back to the brokers page (not left on this POST's URL), where the message shows the wait.
-        messages.error(request, f"You asked to sync {connection.label} several times just now. Try again in {wait} s.")
-        return redirect(f"{reverse('brokers:list')}#connection-{connection.pk}")
+        return _throttled(
+            request, connection, f"You asked to sync {connection.label} several times just now. Try again in {wait} s."
+        )
     schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     messages.info(request, f"Sync of {connection.label} started.")
     return redirect("brokers:list")

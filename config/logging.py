@@ -9,6 +9,27 @@ import structlog
 # Keys whose values are never logged, whatever the caller passes.
 SECRET_KEYS = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential|authorization|sec$|^t$|^cid$", re.I)
 REDACTED = "[redacted]"
+# A query string after a URL or path: brokers such as IBKR Flex carry the token in it (t=...).
+QUERY_STRING = re.compile(r"(?<=[\w/.\-])\?[^\s\"'<>]*=[^\s\"'<>]*")
+
+
+def redact_query_strings(text: str) -> str:
+    return QUERY_STRING.sub(f"?{REDACTED}", text)
+
+
+def redact_urls(logger, method_name, event_dict):
+    """Every line, ours and third-party (urllib3 writes whole URLs at DEBUG), loses its query strings."""
+
+    def scrub(value):
+        if isinstance(value, str):
+            return redact_query_strings(value)
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(scrub(v) for v in value)
+        return value
+
+    return {k: scrub(v) if k != "_record" else v for k, v in event_dict.items()}
 
 
 def redact_secrets(logger, method_name, event_dict):
@@ -47,6 +68,7 @@ SHARED_PROCESSORS = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     redact_secrets,
+    redact_urls,
 ]
 
 
@@ -81,6 +103,8 @@ def logging_config(log_format: str, level: str) -> dict:
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
             "django.db.backends": {"level": "WARNING"},
+            # At DEBUG urllib3 logs every request line with its query string; ours (brokers.http) log the path.
+            "urllib3": {"level": "WARNING"},
             # gunicorn's own loggers hand their lines to the root handler instead of printing text.
             "gunicorn.error": {"handlers": [], "propagate": True},
             "gunicorn.access": {"handlers": [], "propagate": True, "level": "INFO"},

@@ -3,9 +3,11 @@
 import ipaddress
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
@@ -79,6 +81,20 @@ SECRET_KEY = env("DJANGO_SECRET_KEY", required=True)
 ALLOWED_HOSTS = [h.strip() for h in env("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
+# --- HTTPS (all off by default, so `make run` works on plain http://localhost) --------------
+# Behind a TLS-terminating proxy, "HTTP_X_FORWARDED_PROTO,https": the header the proxy sets
+# (and strips from clients) that says the original request came over https.
+_proxy_ssl_header = [part.strip() for part in env("DJANGO_SECURE_PROXY_SSL_HEADER", "").split(",") if part.strip()]
+if _proxy_ssl_header and len(_proxy_ssl_header) != 2:
+    raise ImproperlyConfigured("DJANGO_SECURE_PROXY_SSL_HEADER must be HEADER,VALUE: HTTP_X_FORWARDED_PROTO,https.")
+SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) or None
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -94,6 +110,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "health_check",
+    "axes",
     "brokers",
     "journal",
     "sync",
@@ -112,10 +129,15 @@ MIDDLEWARE = [
     "journal.middleware.TraderTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
+# Keeps the views', forms' and services' sensitive_variables in force on the DEBUG page too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.error_reports.CredentialSafeExceptionReporterFilter"
 WSGI_APPLICATION = "config.wsgi.application"
 
 TEMPLATES = [
@@ -140,6 +162,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# django-axes counts failed logins first (and refuses a locked-out one); then Django's own check.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login throttling: after AXES_FAILURE_LIMIT wrong passwords for one username, or from one
+# address, that username (or address) is refused for AXES_COOLOFF_TIME. Admins lift a lockout
+# under Admin → Axes → Access attempts, or with manage.py axes_reset_username / axes_reset_ip.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip"
+# The address of a client as the last TRUSTED_PROXY_COUNT proxies saw it (X-Forwarded-For);
+# 0 means clients connect directly and REMOTE_ADDR is theirs.
+TRUSTED_PROXY_COUNT = env_int("DJANGO_TRUSTED_PROXY_COUNT", 0)
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "brokers:list"
 LOGOUT_REDIRECT_URL = "login"
@@ -148,6 +188,26 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = env("DJANGO_TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+
+# Content Security Policy (django-csp): scripts, styles and everything else from this site
+# only; the few inline <script>/<style> blocks carry the per-response nonce. Style attributes
+# stay allowed (style-src-attr): they cannot run code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "style-src-attr": [UNSAFE_INLINE],
+        # Swagger UI's stylesheet draws its icons as data: images.
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
@@ -257,6 +317,19 @@ BROKER_HTTP_RETRIES = env_int("BROKER_HTTP_RETRIES", 2)
 BROKER_HTTP_RETRY_BACKOFF_S = float(env("BROKER_HTTP_RETRY_BACKOFF_S", "1"))
 # The pause between polls of an IBKR Flex report being generated.
 IBKR_FLEX_POLL_PAUSE_S = float(env("IBKR_FLEX_POLL_PAUSE_S", "10"))
+# The provider modules installed, comma-separated: each registers one broker or a family of
+# them (ccxt_family: one provider per crypto exchange). The demo broker is what `make run`
+# syncs out of the box.
+BROKER_PROVIDERS = [
+    m.strip()
+    for m in env(
+        "BROKER_PROVIDERS",
+        "brokers.providers.demo,brokers.providers.tradovate,brokers.providers.ibkr_flex,"
+        "brokers.providers.alpaca,brokers.providers.ccxt_family,brokers.providers.schwab,"
+        "brokers.providers.alpaca_connect,brokers.providers.tradovate_signin",
+    ).split(",")
+    if m.strip()
+]
 # Base URL overrides per provider: <KEY>_BASE_URL (TRADOVATE_BASE_URL, IBKR_FLEX_BASE_URL,
 # ALPACA_BASE_URL, ...) points a broker at its sandbox or a local simulator.
 BROKER_BASE_URLS = {
@@ -288,6 +361,9 @@ try:
     BROKER_RATE_LIMITS = json.loads(env("BROKER_RATE_LIMITS_JSON", "{}"))
 except ValueError:
     raise ImproperlyConfigured("BROKER_RATE_LIMITS_JSON must be a JSON object (see .env.example).") from None
+# The longest wait a broker's Retry-After (or penalty) may impose: one answer saying "wait
+# 11,574 days" must not stop a broker for good.
+BROKER_RETRY_AFTER_MAX_S = float(env("BROKER_RETRY_AFTER_MAX_S", "3600"))
 # A wait for a rate-limit slot up to this long sleeps; a longer one re-queues the task.
 BROKER_RATE_LIMIT_MAX_SLEEP_S = float(env("BROKER_RATE_LIMIT_MAX_SLEEP_S", "2"))
 # How often the demo broker produces a fill per account (seconds of simulated trading).
@@ -310,10 +386,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # No badge from the public validator: the page loads nothing from other hosts.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 RATELIMIT_USE_CACHE = "default"
 # "Sync now" per trader and connection, on pages and API alike (django-ratelimit syntax).
 SYNC_NOW_RATE_LIMIT = env("SYNC_NOW_RATE_LIMIT", "3/m")
+# "Test connection" per trader: each press is a login at the broker, which limits logins.
+TEST_CONNECTION_RATE_LIMIT = env("TEST_CONNECTION_RATE_LIMIT", "5/m")
 
 # --- Health and metrics -------------------------------------------------------------------
 # /readyz fails when beat has dispatched nothing for this long; beat sends the housekeeping

@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time
+
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 
-from journal.models import Trade
+from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE, TRADE_DATE_RULE, Trade
+from journal.selectors import trades_visible_to
+
+# Ids are 64-bit: a larger one cannot exist, and the database would refuse it with an error.
+MAX_ID = 2**63 - 1
+EARLIEST = datetime.combine(EARLIEST_TRADE_DATE, time.min, UTC)
+LATEST = datetime.combine(LATEST_TRADE_DATE, time.max, UTC)
+
+
+def trade_moment(value: datetime) -> datetime:
+    if not EARLIEST <= value <= LATEST:
+        raise serializers.ValidationError(TRADE_DATE_RULE)
+    return value
 
 
 class TradeFilterSerializer(serializers.Serializer):
-    account = serializers.IntegerField(required=False, help_text="Only this account (its id).")
-    connection = serializers.IntegerField(required=False, help_text="Only this connection (its id).")
+    account = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_ID, help_text="Only this account (its id)."
+    )
+    connection = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_ID, help_text="Only this connection (its id)."
+    )
     symbol = serializers.CharField(required=False, max_length=64, help_text="Only this symbol (any case).")
-    since = serializers.DateTimeField(required=False, help_text="Executed at or after this moment (ISO 8601).")
-    until = serializers.DateTimeField(required=False, help_text="Executed before this moment (ISO 8601).")
+    since = serializers.DateTimeField(
+        required=False, validators=[trade_moment], help_text="Executed at or after this moment (ISO 8601)."
+    )
+    until = serializers.DateTimeField(
+        required=False, validators=[trade_moment], help_text="Executed before this moment (ISO 8601)."
+    )
 
 
 class TradeSerializer(serializers.ModelSerializer):
@@ -36,6 +60,7 @@ class TradeSerializer(serializers.ModelSerializer):
             "quantity",
             "price",
             "fees",
+            "fee_currency",
             "currency",
             "multiplier",
             "executed_at",
@@ -50,6 +75,22 @@ class TradePagination(CursorPagination):
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 500
+    invalid_cursor = "Invalid cursor: use the next or previous link of an earlier answer."
+
+    def decode_cursor(self, request):
+        """The cursor, or a 400 naming it: a tampered one must not reach the database."""
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound:
+            raise ValidationError({self.cursor_query_param: [self.invalid_cursor]}) from None
+        if cursor is not None and cursor.position is not None:
+            try:
+                moment = parse_datetime(cursor.position)
+            except ValueError:
+                moment = None
+            if moment is None or moment.tzinfo is None or not EARLIEST <= moment <= LATEST:
+                raise ValidationError({self.cursor_query_param: [self.invalid_cursor]})
+        return cursor
 
 
 class TradeList(generics.ListAPIView):
@@ -69,9 +110,7 @@ class TradeList(generics.ListAPIView):
         filters = TradeFilterSerializer(data=self.request.query_params)
         filters.is_valid(raise_exception=True)
         wanted = filters.validated_data
-        trades = Trade.objects.filter(
-            account__connection__owner=self.request.user, deleted_at__isnull=True
-        ).select_related("account")
+        trades = trades_visible_to(self.request.user).select_related("account")
         if "account" in wanted:
             trades = trades.filter(account_id=wanted["account"])
         if "connection" in wanted:

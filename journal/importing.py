@@ -35,6 +35,7 @@ class NormalizedTrade(Protocol):
     quantity: Decimal
     price: Decimal
     fees: Decimal
+    fee_currency: str
     currency: str
     multiplier: Decimal
     expiry: date | None
@@ -66,6 +67,7 @@ _COLUMNS = (
     "quantity",
     "price",
     "fees",
+    "fee_currency",
     "currency",
     "multiplier",
     "expiry",
@@ -89,6 +91,7 @@ _POSTGRES_TYPES = (
     "numeric",
     "numeric",
     "numeric",
+    "text",
     "text",
     "numeric",
     "date",
@@ -121,7 +124,7 @@ def _postgres_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: 
     """
     columns = [
         [account_id] * len(batch),
-        *([getattr(t, name) for t in batch] for name in _COLUMNS[1:16]),
+        *([getattr(t, name) for t in batch] for name in _COLUMNS[1:-2]),
         [_RAW_JSON.encode(dict(t.raw)) for t in batch],
         [now] * len(batch),
     ]
@@ -145,6 +148,7 @@ def _sqlite_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: da
             t.quantity,
             t.price,
             t.fees,
+            t.fee_currency,
             t.currency,
             t.multiplier,
             t.expiry.isoformat() if t.expiry else None,

@@ -1,12 +1,19 @@
 """Trades: one row per broker execution, never two for the same fill; and the trader's profile."""
 
 import zoneinfo
+from datetime import date
 from functools import cache
 from importlib import resources
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+
+# The dates a search of trades may name. Wider ranges cannot hold a trade, and the ends of
+# Python's calendar overflow once a time zone shifts them (9999-12-31 plus one day).
+EARLIEST_TRADE_DATE = date(1900, 1, 1)
+LATEST_TRADE_DATE = date(2999, 12, 31)
+TRADE_DATE_RULE = f"Enter a date from {EARLIEST_TRADE_DATE:%Y-%m-%d} to {LATEST_TRADE_DATE:%Y-%m-%d}."
 
 
 class Trade(models.Model):
@@ -23,7 +30,11 @@ class Trade(models.Model):
     quantity = models.DecimalField(max_digits=24, decimal_places=8)
     price = models.DecimalField(max_digits=24, decimal_places=8)
     fees = models.DecimalField(max_digits=24, decimal_places=8, default=0)
-    currency = models.CharField(max_length=3, default="USD")
+    # The currency the fee was charged in when it is not `currency` (crypto exchanges often
+    # charge in the bought coin or their own token); empty means `currency`.
+    fee_currency = models.CharField(max_length=16, blank=True)
+    # ISO codes for brokers; crypto quote currencies are longer (USDT, FDUSD).
+    currency = models.CharField(max_length=16, default="USD")
     # Point value: price × quantity × multiplier is the money that changed hands.
     multiplier = models.DecimalField(max_digits=24, decimal_places=8, default=1)
     # Options: expiry, strike and right (C or P); empty for everything else.

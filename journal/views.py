@@ -5,21 +5,37 @@ from datetime import datetime, time, timedelta
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.shortcuts import redirect, render
 from django.utils import timezone
 
 from brokers.decorators import trader_page
 from brokers.models import BrokerAccount
-from journal.models import Trade, TraderProfile, time_zone_choices
+from journal.models import (
+    EARLIEST_TRADE_DATE,
+    LATEST_TRADE_DATE,
+    TRADE_DATE_RULE,
+    TraderProfile,
+    time_zone_choices,
+)
+from journal.selectors import trades_visible_to
 
 TRADES_PER_PAGE = 50
+TRADE_DATE_BOUNDS = [
+    MinValueValidator(EARLIEST_TRADE_DATE, message=TRADE_DATE_RULE),
+    MaxValueValidator(LATEST_TRADE_DATE, message=TRADE_DATE_RULE),
+]
 
 
 class TradeFilterForm(forms.Form):
     account = forms.ModelChoiceField(queryset=BrokerAccount.objects.none(), required=False, empty_label="All accounts")
     symbol = forms.CharField(required=False, max_length=64, help_text="The symbol or its start, e.g. ES.")
-    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = forms.DateField(
+        required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}), validators=TRADE_DATE_BOUNDS
+    )
+    date_to = forms.DateField(
+        required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}), validators=TRADE_DATE_BOUNDS
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,9 +70,7 @@ class TradeFilterForm(forms.Form):
 @trader_page
 def trade_list(request):
     trades = (
-        Trade.objects.filter(account__connection__owner=request.user, deleted_at__isnull=True)
-        .select_related("account", "account__connection")
-        .order_by("-executed_at", "-id")
+        trades_visible_to(request.user).select_related("account", "account__connection").order_by("-executed_at", "-id")
     )
     form = TradeFilterForm(request.GET or None, user=request.user)
     if form.is_bound and form.is_valid():
@@ -64,12 +78,7 @@ def trade_list(request):
     elif form.is_bound:
         # An invalid filter shows nothing rather than silently showing everything.
         trades = trades.none()
-    symbols = (
-        Trade.objects.filter(account__connection__owner=request.user, deleted_at__isnull=True)
-        .order_by("symbol")
-        .values_list("symbol", flat=True)
-        .distinct()
-    )
+    symbols = trades_visible_to(request.user).order_by("symbol").values_list("symbol", flat=True).distinct()
     page = Paginator(trades, TRADES_PER_PAGE).get_page(request.GET.get("page"))
     return render(
         request,

@@ -29,7 +29,8 @@ def _notify(connection: BrokerConnection, kind: str, subject: str, message: str)
 
     def send():
         try:
-            send_mail(subject, message, None, [email])
+            # One line: a label saved before line breaks were refused would make the header invalid.
+            send_mail(" ".join(subject.split()), message, None, [email])
         except Exception:
             # A mail server outage must not turn a sync outcome into a crash; the notice is on the dashboard.
             log.exception("notice_email_failed", connection_id=connection.pk, kind=kind)

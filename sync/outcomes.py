@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from django.db import InterfaceError, OperationalError
 
-from brokers.crypto import CredentialsUnreadable
 from brokers.providers.errors import BrokerError, BrokerRateLimitError
 
 UNEXPECTED_ERROR = (
@@ -21,11 +20,6 @@ DATABASE_ERRORS = (OperationalError, InterfaceError)
 INTERRUPTED = (
     "This sync was interrupted (its worker stopped) and did not resume. Nothing was lost: "
     "the next sync fetches everything since the last completed one."
-)
-# Typically the encryption key changed (e.g. new keys made instead of reusing var/local.env's).
-CREDENTIALS_UNREADABLE = (
-    "The saved credentials cannot be read with this installation's encryption key. Edit the "
-    "connection and enter them again (or ask the operator to restore the key they were saved with)."
 )
 SUPERSEDED = "A newer sync of this connection took over before this account was fetched; it fetches it instead."
 
@@ -49,8 +43,6 @@ def what_happened(exc: BaseException) -> tuple[str, str]:
         return str(exc), "superseded"
     if isinstance(exc, DATABASE_ERRORS):
         return DATABASE_ERROR, "database"
-    if isinstance(exc, CredentialsUnreadable):
-        return CREDENTIALS_UNREADABLE, "credentials_unreadable"
     return UNEXPECTED_ERROR, "internal"
 
 

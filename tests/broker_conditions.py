@@ -20,6 +20,7 @@ from journal.models import Trade
 from sync.models import Notice
 from tests.realprocess import celery_processes, finished_logs, send_sync, wait_for
 from tests.sim_ibkr_flex import FakeFlex
+from tests.sim_okx import FakeOkx
 from tests.sim_tradovate import PASSWORD, FakeTradovate
 
 # Production timings (settings.py defaults), in seconds.
@@ -192,3 +193,27 @@ def short_tokens_renewed_only_as_their_life_requires(trader, tmp_path: Path, tim
     assert all(log.status == SyncLog.Status.SUCCESS for log in finished_logs(connection))
     assert listings == 4, "the two account tasks of a run share one listing"
     assert (logins, renewals) == (1, 1), (logins, renewals)
+
+
+def ccxt_two_market_types_in_parallel(trader, tmp_path: Path, timings: Timings) -> None:
+    """OKX through ccxt: spot and perpetuals are two accounts synced by their own tasks; a second sync adds nothing."""
+    with FakeOkx({"SPOT": 250, "SWAP": 150}) as broker:
+        connection = services.connection_create(
+            owner=trader,
+            broker_type="ccxt_okx",
+            label="OKX",
+            environment="live",
+            sync_enabled=False,
+            credentials=broker.credentials,
+        )
+        with celery_processes(tmp_path, beat=False, **timings.env(CCXT_OKX_BASE_URL=broker.url)):
+            first = sync_and_wait(connection, 1, 120)
+            second = sync_and_wait(connection, 2, 120)
+        expected = {"spot": broker.expected_ids("SPOT"), "swap": broker.expected_ids("SWAP")}
+        instrument_lists = broker.count("/api/v5/public/instruments")
+    assert first.status == SyncLog.Status.SUCCESS, first.error_message
+    assert second.status == SyncLog.Status.SUCCESS, second.error_message
+    assert imported_ids(connection) == expected
+    assert (first.trades_imported, second.trades_imported) == (400, 0)
+    # Markets are cached for every worker: two runs and four account tasks listed them once per type.
+    assert instrument_lists == 3, instrument_lists

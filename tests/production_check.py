@@ -136,6 +136,11 @@ def production_environment(database_url: str, redis_url: str, web_port: int) -> 
         "METRICS_ALLOWED_NETWORKS": "192.0.2.0/24",
         "GUNICORN_BIND": f"127.0.0.1:{web_port}",
         "GUNICORN_WORKERS": "2",
+        # No TLS proxy in front here: plain http, as .env.example says to try compose on
+        # localhost. (CI checks the https values themselves with `check --deploy`.)
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+        "DJANGO_SECURE_COOKIES": "false",
+        "DJANGO_SECURE_HSTS_SECONDS": "0",
     }
     unknown = set(chosen) - set(example)
     assert not unknown, f".env.example does not document {sorted(unknown)}"

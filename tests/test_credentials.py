@@ -71,6 +71,19 @@ def test_managers_hear_of_each_new_provider_once():
     assert len(mail.outbox) == 1
 
 
+@override_settings(MANAGERS=[("PM", "pm@example.com")])
+def test_a_family_arriving_is_one_mail_listing_every_member_and_a_dropped_one_is_named(settings):
+    KnownProvider.objects.filter(key__startswith="ccxt_").delete()
+    KnownProvider.objects.create(key="ccxt_gone_exchange")
+    new = announce_new_providers()
+    assert len(new) == 95 and "Kraken (ccxt_kraken)" in new
+    (notice,) = mail.outbox
+    assert notice.subject.endswith("95 new brokers available; 1 broker no longer offered")
+    assert "- Kraken (ccxt_kraken)" in notice.body and "- ccxt_gone_exchange" in notice.body
+    assert not KnownProvider.objects.filter(key="ccxt_gone_exchange").exists()
+    assert announce_new_providers() == [] and len(mail.outbox) == 1
+
+
 def test_an_empty_broker_user_agent_stops_start_up_naming_the_setting():
     import os
     import subprocess

@@ -49,7 +49,14 @@ def test_production_lines_are_json_objects_with_level_logger_and_time():
     lines = run_with("json")
     records = [json.loads(line) for line in lines]  # fails on any line that is not JSON
     by_logger = {r["logger"]: r for r in records}
-    assert set(by_logger) == {"django.request", "celery.worker.strategy", "sync", "py.warnings", "gunicorn.access"}
+    assert set(by_logger) == {
+        "django.request",
+        "celery.worker.strategy",
+        "sync",
+        "py.warnings",
+        "gunicorn.access",
+        "axes.apps",
+    }
     assert all({"event", "level", "logger", "timestamp"} <= set(r) for r in records)
     assert by_logger["sync"]["password"] == "[redacted]"
     access = by_logger["gunicorn.access"]

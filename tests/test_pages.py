@@ -137,7 +137,7 @@ def test_add_connection_form_shows_field_errors_and_saves_nothing(client, trader
     page = response.content.decode()
     assert response.status_code == 200
     assert "Demo API key" in page and "This field is required." in page
-    assert "greater than or equal to 5" in page
+    assert "Sync interval must be a whole number of minutes from 5 to 60." in page
     assert not BrokerConnection.objects.exists()
 
 

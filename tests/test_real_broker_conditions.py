@@ -34,3 +34,7 @@ def test_fills_appearing_late_in_the_listing_are_imported_on_the_next_sync(trade
 
 def test_short_tokens_are_renewed_no_more_than_their_life_requires(trader, tmp_path):
     scenario.short_tokens_renewed_only_as_their_life_requires(trader, tmp_path, FAST)
+
+
+def test_a_ccxt_exchange_syncs_spot_and_perpetuals_as_two_accounts_without_loss_or_doubles(trader, tmp_path):
+    scenario.ccxt_two_market_types_in_parallel(trader, tmp_path, FAST)

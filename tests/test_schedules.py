@@ -86,8 +86,8 @@ def test_bad_enabled_value_is_refused(connection):
 def test_unknown_broker_and_missing_credential_are_refused_and_nothing_is_saved(trader):
     with pytest.raises(ValidationError) as info:
         services.connection_create(owner=trader, broker_type="nope", label="X", credentials={})
-    assert "Known types: " in info.value.message_dict["broker_type"][0]
-    assert "demo" in info.value.message_dict["broker_type"][0]
+    assert "known types are listed by" in info.value.message_dict["broker_type"][0]
+    assert "nope" in info.value.message_dict["broker_type"][0]
     with pytest.raises(ValidationError) as info:
         services.connection_create(owner=trader, broker_type="demo", label="X", credentials={"api_key": ""})
     assert info.value.message_dict["api_key"] == ["Demo API key is required."]
@@ -116,7 +116,7 @@ def test_page_form_changes_go_through_the_service(client, trader, connection):
     response = client.post(
         f"/brokers/{connection.pk}/settings/", {"sync_enabled": "on", "sync_interval_min": "3"}, follow=True
     )
-    assert "from 5 to 60 minutes" in response.content.decode()
+    assert "Sync interval must be a whole number of minutes from 5 to 60." in response.content.decode()
     task = assert_in_step(connection)
     assert task.interval.every == 45 and not task.enabled
 

@@ -19,6 +19,10 @@ from brokers.providers.types import (
     CredentialField,
     OAuthSpec,
 )
+from brokers.validators import has_control_characters, printable
+
+# Longer than any broker's key or token; a longer value is a paste gone wrong (or an attack).
+MAX_CREDENTIAL_LENGTH = 2000
 
 
 class BrokerProvider(ABC):
@@ -96,22 +100,40 @@ class BrokerProvider(ABC):
         return override or self.base_urls.get(self.environment, "")
 
     @classmethod
+    def environment_problem(cls, environment: str) -> str:
+        """What is wrong with this environment for this broker ("" when it is fine)."""
+        known = [e for e, _ in cls.environments]
+        if known and environment not in known:
+            return f"Environment must be one of: {', '.join(known)}."
+        if not known and environment:
+            return f"{cls.display_name} has no environments: leave the environment empty."
+        return ""
+
+    @classmethod
     def validate_credentials(cls, values: Mapping[str, str], environment: str = "") -> dict[str, str]:
         """Problems with what the trader typed, as {field name: message}; empty when fine."""
         problems = {}
         for f in cls.credential_fields:
-            value = (values.get(f.name) or "").strip()
+            raw = values.get(f.name)
+            if raw is not None and not isinstance(raw, str):
+                problems[f.name] = f"{f.label} must be text."
+                continue
+            value = (raw or "").strip()
             if f.required and not value:
                 problems[f.name] = f"{f.label} is required."
+            elif has_control_characters(value):
+                problems[f.name] = f"{f.label} must not contain control characters (line breaks, tabs or escape codes)."
+            elif len(value) > MAX_CREDENTIAL_LENGTH:
+                problems[f.name] = f"{f.label} is too long (at most {MAX_CREDENTIAL_LENGTH} characters)."
             elif f.choices and value and value not in {c for c, _ in f.choices}:
                 allowed = ", ".join(c for c, _ in f.choices)
                 problems[f.name] = f"{f.label} must be one of: {allowed}."
         unknown = set(values) - {f.name for f in cls.credential_fields}
         for name in sorted(unknown):
-            problems[name] = f"{cls.display_name} takes no field named {name!r}."
-        known_envs = [e for e, _ in cls.environments]
-        if known_envs and environment not in known_envs:
-            problems["environment"] = f"Environment must be one of: {', '.join(known_envs)}."
+            problems[name] = f"{cls.display_name} takes no field named {printable(str(name))!r}."
+        environment_problem = cls.environment_problem(environment)
+        if environment_problem:
+            problems["environment"] = environment_problem
         return problems
 
     @abstractmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -19,34 +20,39 @@ from brokers.providers.errors import (
     BrokerTimeoutError,
     BrokerUnavailableError,
 )
-from brokers.providers.ratelimit import get_limiter
+from brokers.providers.ratelimit import capped_wait, get_limiter
 from config import metrics
 
 log = structlog.get_logger("brokers.http")
 
 # When a broker says 429 but not for how long, wait this long before anyone asks again.
 DEFAULT_RATE_LIMIT_WAIT_S = 60.0
+# Whole seconds, in ASCII only: str.isdigit() also accepts digits such as "²" that int() refuses.
+_SECONDS = re.compile(r"[0-9]{1,12}")
 
 
 def parse_retry_after(response: requests.Response, now: datetime | None = None) -> float | None:
-    """Seconds to wait from Retry-After (seconds or an HTTP date) or X-Ratelimit-Reset (epoch)."""
+    """Seconds to wait from Retry-After (seconds or an HTTP date) or X-Ratelimit-Reset (epoch).
+
+    Capped at BROKER_RETRY_AFTER_MAX_S: one answer must not stop a broker for days.
+    """
     now = now or datetime.now(UTC)
     value = response.headers.get("Retry-After")
     if value:
         value = value.strip()
-        if value.isdigit():
-            return float(value)
+        if _SECONDS.fullmatch(value):
+            return capped_wait(float(value))
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             when = None
         if when is not None:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
-            return max(0.0, (when - now).total_seconds())
-    reset = response.headers.get("X-Ratelimit-Reset")
-    if reset and reset.strip().isdigit():
-        return max(0.0, int(reset) - now.timestamp())
+            return capped_wait((when - now).total_seconds())
+    reset = (response.headers.get("X-Ratelimit-Reset") or "").strip()
+    if _SECONDS.fullmatch(reset):
+        return capped_wait(int(reset) - now.timestamp())
     return None
 
 
@@ -90,13 +96,15 @@ class BrokerHTTP:
         buckets: tuple[str, ...] | None = None,
         allow_statuses: tuple[int, ...] = (),
         idempotent: bool | None = None,
+        weight: int = 1,
         **kwargs,
     ) -> requests.Response:
         """Send one request and return the response, or raise the matching BrokerError.
 
         scope names the credential for per-credential limits (see ratelimit.scope_for);
         allow_statuses are statuses the caller interprets itself instead of the mapping;
-        idempotent overrides the method's own meaning (e.g. a POST that only reads).
+        idempotent overrides the method's own meaning (e.g. a POST that only reads);
+        weight is how many limiter slots the request takes (a ccxt endpoint's cost).
         """
         url = path_or_url if "://" in path_or_url else f"{self.base_url}/{path_or_url.lstrip('/')}"
         idempotent = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
@@ -104,7 +112,9 @@ class BrokerHTTP:
         attempt = 0
         while True:
             attempt += 1
-            get_limiter().acquire(self.provider_key, scope=scope, buckets=buckets, display_name=self.display_name)
+            get_limiter().acquire(
+                self.provider_key, scope=scope, buckets=buckets, display_name=self.display_name, weight=weight
+            )
             try:
                 response = self._send(method, url, **kwargs)
             except (BrokerTimeoutError, BrokerUnavailableError) as exc:
@@ -112,7 +122,8 @@ class BrokerHTTP:
                     self._pause_before_resend(attempt, method, url, exc.kind)
                     continue
                 raise
-            if response.status_code in allow_statuses or response.ok:
+            # A 3xx is not ok here: redirects are not followed, and error_for says so.
+            if response.status_code in allow_statuses or response.status_code < 300:
                 return response
             error = self.error_for(response, scope=scope)
             if attempt < tries and idempotent and self._worth_resending(response, error):
@@ -124,7 +135,9 @@ class BrokerHTTP:
         path = requests.utils.urlparse(url).path  # never the query: it may carry a token
         started = time.monotonic()
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            # Never follow a redirect: it would carry the credential headers, a re-sent login
+            # body or a token in the query to whatever host the answer names.
+            response = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
         except requests.Timeout as exc:
             self._log(method, path, None, started)
             error = BrokerTimeoutError(f"{self.display_name} did not answer in time.", provider=self.provider_key)
@@ -169,6 +182,15 @@ class BrokerHTTP:
         status = response.status_code
         retry_after = parse_retry_after(response)
         name = self.display_name
+        if 300 <= status < 400:
+            # Not followed (see request): where it points is not said, it may hold a token.
+            return BrokerAPIError(
+                f"{name} answered with a redirect (HTTP {status}), which we do not follow so that "
+                "credentials never go to another address. If the broker moved its API, please report it.",
+                provider=self.provider_key,
+                status_code=status,
+                transient=False,
+            )
         if status in (401, 403):
             return BrokerAuthError(
                 f"{name} refused the credentials (HTTP {status}). "
@@ -189,7 +211,8 @@ class BrokerHTTP:
         if status == 503:
             reason = f"{name} is temporarily unavailable (HTTP 503)."
             if retry_after is not None:
-                get_limiter().block(self.provider_key, retry_after, reason=reason)
+                # Scoped like a 429: one credential's answer does not stop every trader.
+                get_limiter().block(self.provider_key, retry_after, scope=scope, reason=reason)
             return BrokerUnavailableError(
                 reason,
                 provider=self.provider_key,

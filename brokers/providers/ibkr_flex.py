@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
-from urllib.parse import urlparse
 from xml.etree.ElementTree import Element, ParseError, tostring
 from zoneinfo import ZoneInfo
 
@@ -17,6 +16,8 @@ import structlog
 from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 from django.conf import settings
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import (
@@ -59,6 +60,11 @@ ACCOUNTS_CHECK_DAYS = 7
 API_VERSION = "3"
 EMPTY_VALUES = {"", "-", "--", "N/A"}
 TOKEN_HELP = "Client Portal → Settings → Flex Web Service"
+# Tokens reportedly last up to a year (UNCONFIRMED); a later expiry date is a typo.
+MAX_TOKEN_LIFE = timedelta(days=2 * 366)
+# The hosts IBKR's SendRequest names for the report (docs/brokers/ibkr_flex.md): the token
+# goes to no other, except the configured base URL's own host (a sandbox or simulator).
+STATEMENT_HOSTS = frozenset({"ndcdyn.interactivebrokers.com", "gdcdyn.interactivebrokers.com"})
 
 # 1017 and 1019 are handled while polling; should SendRequest ever answer them, a retry is the cure.
 _TRANSIENT_CODES = {"1001", "1004", "1005", "1006", "1007", "1008", "1009", "1017", "1019", "1021"}
@@ -142,9 +148,16 @@ class IbkrFlexProvider(BrokerProvider):
     @classmethod
     def validate_credentials(cls, values: Mapping[str, str], environment: str = "") -> dict[str, str]:
         problems = super().validate_credentials(values, environment)
-        expires_on = (values.get("token_expires_on") or "").strip()
-        if expires_on and _expiry_date(expires_on) is None:
-            problems["token_expires_on"] = "Token expires on must be a date written YYYY-MM-DD."
+        expires_on = values.get("token_expires_on")
+        if isinstance(expires_on, str) and expires_on.strip() and "token_expires_on" not in problems:
+            expiry = _expiry_date(expires_on.strip())
+            if expiry is None:
+                problems["token_expires_on"] = "Token expires on must be a date written YYYY-MM-DD."
+            elif expiry > date.today() + MAX_TOKEN_LIFE:
+                problems["token_expires_on"] = (
+                    f"Token expires on is too far ahead: IBKR tokens last at most a year, so enter a date "
+                    f"before {date.today() + MAX_TOKEN_LIFE:%Y-%m-%d}."
+                )
         return problems
 
     # The token's expiry is the date the trader chose in the Client Portal: warn before it.
@@ -162,7 +175,8 @@ class IbkrFlexProvider(BrokerProvider):
         expires_on = credentials.get("token_expires_on").strip()
         if expires_on:
             expiry = _expiry_date(expires_on)
-            if expiry is None:
+            # date.max has no next day to expire at (saved before validation refused such dates).
+            if expiry is None or expiry == date.max:
                 raise BrokerAuthError(
                     "The token's expiry date on the connection is not a date written YYYY-MM-DD. "
                     "Edit the connection and correct it.",
@@ -300,11 +314,12 @@ class IbkrFlexProvider(BrokerProvider):
             raise self._unreadable() from None
 
     def _check_statement_url(self, url: str) -> None:
-        # The token goes to this address next: only IBKR (or the configured base URL's host) gets it.
-        parsed = urlparse(url)
-        host = parsed.hostname or ""
-        from_ibkr = parsed.scheme == "https" and host.endswith(".interactivebrokers.com")
-        if not from_ibkr and host != urlparse(self.base_url()).hostname:
+        """Refuse a report address the token must not go to.
+
+        Read with urllib3's parser, the one requests connects with: Python's urlparse reads
+        "https://evil.example\\@ibkr-host/" as IBKR's host while urllib3 connects to evil.example.
+        """
+        if not statement_url_allowed(url, self.base_url()):
             raise BrokerAPIError(
                 f"{self.display_name} pointed us to an unexpected address for the report, so we did "
                 "not send the token there. Please report it.",
@@ -353,6 +368,22 @@ class IbkrFlexProvider(BrokerProvider):
             "and save it, with its new expiry date, on the connection.",
             provider=self.key,
         )
+
+
+def statement_url_allowed(url: str, base_url: str) -> bool:
+    """https on an IBKR report host (or the base URL's own scheme and host), no userinfo, no backslash."""
+    if "\\" in url or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        return False
+    try:
+        parsed, base = parse_url(url), parse_url(base_url)
+    except LocationParseError:
+        return False
+    if parsed.auth is not None or not parsed.host:
+        return False
+    host = parsed.host.lower()
+    if parsed.scheme == "https" and host in STATEMENT_HOSTS and parsed.port in (None, 443):
+        return True
+    return (parsed.scheme, host, parsed.port) == (base.scheme, (base.host or "").lower(), base.port)
 
 
 def _poll_pause_s() -> float:
@@ -528,7 +559,7 @@ def _executed_at(text: str) -> datetime:
 
 
 def _expiry_date(text: str) -> date | None:
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
         return None
     try:
         return date.fromisoformat(text)

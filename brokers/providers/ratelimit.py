@@ -29,13 +29,15 @@ LIMITS_FILE = Path(__file__).resolve().parent.parent / "rate_limits.toml"
 log = structlog.get_logger("brokers.ratelimit")
 
 # KEYS: block keys, then one sorted set per bucket, then the sequence key.
-# ARGV: number of block keys, number of buckets, then (limit, window_us) per bucket.
-# Returns the microseconds to wait, 0 when a slot was booked in every bucket.
+# ARGV: number of block keys, number of buckets, then (limit, window_us) per bucket, then the
+# call's weight (slots it takes: 1, or a ccxt endpoint's cost; never more than a bucket holds).
+# Returns the microseconds to wait, 0 when the slots were booked in every bucket.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local nblock = tonumber(ARGV[1])
 local nbucket = tonumber(ARGV[2])
+local weight = tonumber(ARGV[3 + 2 * nbucket])
 local wait = 0
 for i = 1, nblock do
   local until_us = tonumber(redis.call('GET', KEYS[i]) or '0')
@@ -47,8 +49,9 @@ for j = 1, nbucket do
   local window = tonumber(ARGV[2 + 2 * j])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local count = redis.call('ZCARD', key)
-  if count >= limit then
-    local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+  local need = math.min(weight, limit)
+  if count + need > limit then
+    local oldest = redis.call('ZRANGE', key, count + need - limit - 1, count + need - limit - 1, 'WITHSCORES')
     wait = math.max(wait, tonumber(oldest[2]) + window - now)
   end
 end
@@ -57,7 +60,9 @@ local seq = redis.call('INCR', KEYS[nblock + nbucket + 1])
 for j = 1, nbucket do
   local key = KEYS[nblock + j]
   local window = tonumber(ARGV[2 + 2 * j])
-  redis.call('ZADD', key, now, now .. ':' .. seq)
+  for w = 1, math.min(weight, tonumber(ARGV[1 + 2 * j])) do
+    redis.call('ZADD', key, now, now .. ':' .. seq .. ':' .. w)
+  end
   redis.call('PEXPIRE', key, math.ceil(window / 1000) + 1000)
 end
 return 0
@@ -123,6 +128,11 @@ def _table(where: str, values) -> dict:
     return values
 
 
+def capped_wait(seconds: float) -> float:
+    """A wait a broker asked for, between 0 and BROKER_RETRY_AFTER_MAX_S seconds."""
+    return min(max(0.0, float(seconds)), settings.BROKER_RETRY_AFTER_MAX_S)
+
+
 def scope_for(secret_or_id: str) -> str:
     """A stable, non-reversible name for a credential, fit for a Redis key."""
     return hashlib.sha256(secret_or_id.encode()).hexdigest()[:16]
@@ -154,18 +164,27 @@ class RateLimiter:
         block_keys = [f"rl:block:{broker}"] + ([f"rl:block:{broker}:{scope}"] if scope else [])
         return block_keys, bucket_keys
 
-    def try_acquire(self, broker: str, *, scope: str = "", buckets: tuple[str, ...] | None = None) -> float:
-        """Book one call if every bucket has room; otherwise return the seconds to wait."""
+    def try_acquire(
+        self, broker: str, *, scope: str = "", buckets: tuple[str, ...] | None = None, weight: int = 1
+    ) -> float:
+        """Book `weight` slots if every bucket has room; otherwise return the seconds to wait."""
         chosen = self.buckets_for(broker, buckets)
         block_keys, bucket_keys = self._keys(broker, chosen, scope)
         args = [len(block_keys), len(chosen)]
         for bucket in chosen:
             args += [bucket.limit, int(bucket.window_s * 1_000_000)]
+        args.append(max(1, int(weight)))
         wait_us = self._acquire(keys=[*block_keys, *bucket_keys, f"rl:seq:{broker}"], args=args)
         return int(wait_us) / 1_000_000
 
     def acquire(
-        self, broker: str, *, scope: str = "", buckets: tuple[str, ...] | None = None, display_name: str = ""
+        self,
+        broker: str,
+        *,
+        scope: str = "",
+        buckets: tuple[str, ...] | None = None,
+        display_name: str = "",
+        weight: int = 1,
     ) -> None:
         """Wait a moment for a slot, or raise BrokerRateLimitError so the run pauses.
 
@@ -174,7 +193,7 @@ class RateLimiter:
         """
         waited = 0.0
         while True:
-            wait = self.try_acquire(broker, scope=scope, buckets=buckets)
+            wait = self.try_acquire(broker, scope=scope, buckets=buckets, weight=weight)
             if wait == 0:
                 return
             metrics.rate_limit_waited(bucket=broker, seconds=wait)
@@ -198,7 +217,7 @@ class RateLimiter:
         reason is what the broker said, in a trader's words; runs that meet the block repeat it.
         """
         suffix = f":{scope}" if scope else ""
-        seconds = max(0.0, float(seconds))
+        seconds = capped_wait(seconds)
         self._block(keys=[f"rl:block:{broker}{suffix}"], args=[seconds])
         if reason:
             self.client.set(f"rl:reason:{broker}{suffix}", reason, px=math.ceil(seconds * 1000) + 1000)

@@ -1,20 +1,21 @@
 """The registry of broker providers, keyed by broker_type, and the factory that builds one.
 
-Each provider module in this package ends with an explicit `register(TheProvider)`; the
-registry imports every module here except the shared infrastructure, so adding a broker
-touches no file but its own module (plus its tests, doc page and limits entry).
+What is installed is explicit: settings.BROKER_PROVIDERS names the provider modules (a
+module may hold one provider or a whole family, such as ccxt_family), and each module
+calls `register()` for every provider it offers. Adding a broker adds its module to that
+setting's default (plus its tests, doc page and limits entry, which a test checks).
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from functools import cache
+
+from django.conf import settings
 
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerConfigurationError
 
-_INFRASTRUCTURE = {"base", "errors", "http", "oauth", "ratelimit", "registry", "types"}
 _providers: dict[str, type[BrokerProvider]] = {}
 
 
@@ -28,16 +29,23 @@ def register(provider_class: type[BrokerProvider]) -> type[BrokerProvider]:
 
 
 @cache
-def _load_provider_modules() -> None:
-    package = importlib.import_module("brokers.providers")
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name not in _INFRASTRUCTURE and not module.name.startswith("_"):
-            importlib.import_module(f"brokers.providers.{module.name}")
+def _load_provider_modules(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            raise BrokerConfigurationError(
+                f"BROKER_PROVIDERS names {name!r}, which is not a module. Fix the BROKER_PROVIDERS setting."
+            ) from None
 
 
 def provider_classes() -> dict[str, type[BrokerProvider]]:
-    _load_provider_modules()
-    return dict(sorted(_providers.items()))
+    """Every installed provider by key. Modules outside BROKER_PROVIDERS are left out even if imported."""
+    modules = tuple(settings.BROKER_PROVIDERS)
+    _load_provider_modules(modules)
+    return dict(sorted((key, cls) for key, cls in _providers.items() if cls.__module__ in modules))
 
 
 def get_provider_class(broker_type: str) -> type[BrokerProvider]:
@@ -46,7 +54,8 @@ def get_provider_class(broker_type: str) -> type[BrokerProvider]:
         return classes[broker_type]
     except KeyError:
         raise BrokerConfigurationError(
-            f"Unknown broker type {broker_type!r}. Known types: {', '.join(classes)}."
+            f"Unknown broker type {broker_type!r}. The {len(classes)} known types are listed by "
+            "/api/providers/ and manage.py list_providers."
         ) from None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from django.conf import settings
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError
 from brokers.providers.http import parse_retry_after
-from brokers.providers.ratelimit import get_limiter, scope_for
+from brokers.providers.ratelimit import capped_wait, get_limiter, scope_for
 from brokers.providers.registry import register
 from brokers.providers.types import (
     BUY,
@@ -42,6 +43,8 @@ LOCKOUT_STATUSES = (423, 429)
 LOCKOUT_WAIT_S = 3600.0
 # A captcha ticket cannot be solved by a server: everyone on this IP range waits it out.
 CAPTCHA_WAIT_S = 3600.0
+# The API key id as Tradovate shows it: a number, sent to the login as a JSON integer.
+CID = re.compile(r"[0-9]{1,10}")
 # A server answering ticket after ticket is not going to let us through by insisting.
 MAX_PENALTY_RESENDS = 3
 
@@ -140,9 +143,12 @@ class TradovateProvider(BrokerProvider):
     @classmethod
     def validate_credentials(cls, values: Mapping[str, str], environment: str = "") -> dict[str, str]:
         problems = super().validate_credentials(values, environment)
-        cid = (values.get("cid") or "").strip()
-        if cid and not cid.isdigit():
-            problems["cid"] = "The API key ID (cid) is a whole number, as shown under API Access in Tradovate."
+        cid = values.get("cid")
+        # ASCII digits only: str.isdigit() also passes "²", which int() then refuses.
+        if isinstance(cid, str) and cid.strip() and "cid" not in problems and not CID.fullmatch(cid.strip()):
+            problems["cid"] = (
+                "The API key ID (cid) is a whole number of at most 10 digits, as shown under API Access in Tradovate."
+            )
         return problems
 
     # --- session --------------------------------------------------------------------------
@@ -358,7 +364,7 @@ class TradovateProvider(BrokerProvider):
             )
             limiter.block(self.limits_name, CAPTCHA_WAIT_S, reason=reason)
             raise BrokerRateLimitError(reason, provider=self.key, retry_after=CAPTCHA_WAIT_S)
-        wait = float(data.get("p-time") or 0)
+        wait = capped_wait(float(data.get("p-time") or 0))
         log.warning("tradovate_penalty_ticket", p_time=wait)
         reason = f"Tradovate asked us to pause for {max(1, round(wait))} s (too many requests from our server)."
         # Tickets count against our whole IP range, so every worker must back off, not just this one.

@@ -99,8 +99,9 @@ class BrokerAccountInfo:
 class BrokerTrade:
     """One execution (fill). Quantity is always positive; side says the direction.
 
-    fees is a cost (>= 0) in `currency`; executed_at is aware and in UTC; raw is the broker's
-    own record, kept for audits and for fields we do not read yet.
+    fees is a cost (>= 0) in fee_currency, or in `currency` when that is empty; executed_at is
+    aware and in UTC; raw is the broker's own record, kept for audits and for fields we do not
+    read yet.
     """
 
     broker_trade_id: str
@@ -112,6 +113,7 @@ class BrokerTrade:
     executed_at: datetime
     fees: Decimal = Decimal("0")
     currency: str = "USD"
+    fee_currency: str = ""
     asset_class: str = "STK"
     multiplier: Decimal = Decimal("1")
     order_id: str = ""

@@ -1,6 +1,6 @@
 """IBKR Flex Web Service on the shared contract, plus its quirks: polling, error codes and the report format."""
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import parse_qs, urlparse
 from xml.sax.saxutils import quoteattr
@@ -188,10 +188,18 @@ def test_authenticate_makes_no_call_and_carries_the_expiry_and_query():
 
 def test_expiry_date_must_be_written_yyyy_mm_dd():
     values = {"token": TOKEN, "query_id": QUERY_ID}
-    assert IbkrFlexProvider.validate_credentials({**values, "token_expires_on": "2099-03-31"}) == {}
-    for bad in ("31/03/2099", "20990331", "2099-02-30"):
+    in_a_year = f"{date.today() + timedelta(days=365):%Y-%m-%d}"
+    assert IbkrFlexProvider.validate_credentials({**values, "token_expires_on": in_a_year}) == {}
+    for bad in ("31/03/2099", "20990331", "2099-02-30", "２０２７-０１-０１"):
         problems = IbkrFlexProvider.validate_credentials({**values, "token_expires_on": bad})
         assert set(problems) == {"token_expires_on"}
+
+
+@pytest.mark.parametrize("far", ["9999-12-31", "2999-01-01"])
+def test_a_far_future_expiry_date_is_refused_naming_the_field(far):
+    # 9999-12-31 once crashed the login (its next day does not exist); no token lives that long.
+    problems = IbkrFlexProvider.validate_credentials({"token": TOKEN, "query_id": QUERY_ID, "token_expires_on": far})
+    assert set(problems) == {"token_expires_on"} and "too far ahead" in problems["token_expires_on"]
 
 
 def test_refresh_refuses_a_token_past_its_expiry():

@@ -12,7 +12,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from brokers.providers import ratelimit
+from brokers.providers import ccxt_catalog, ccxt_family, ratelimit
 from brokers.providers.errors import BrokerConfigurationError, BrokerError, BrokerRateLimitError
 from brokers.providers.ratelimit import RateLimiter, load_limits, scope_for
 from brokers.providers.types import RateLimit
@@ -60,6 +60,11 @@ PUBLISHED = {
     ("tradovate", "hourly"): (5000, 3600),
     ("alpaca", "requests"): (200, 60),
     ("alpaca_connect", "requests"): (200, 60),
+    # ccxt paces each exchange at one cost unit per rateLimit ms: in limiter slots per window.
+    **{
+        (provider.key, "requests"): (ccxt_catalog.published_slots(provider), ccxt_catalog.window_s(provider))
+        for provider in ccxt_family.FAMILY.values()
+    },
 }
 
 
@@ -80,7 +85,7 @@ def test_overrides_change_only_the_given_numbers_and_can_add_brokers():
     )
     assert limits["alpaca"] == (RateLimit("requests", 100, 60.0, True),)
     assert limits["tradovate"][2] == RateLimit("hourly", 4500, 1800.0, False)
-    assert limits["tradovate"][0] == RateLimit("auth", 8, 60.0, False)
+    assert limits["tradovate"][0] == RateLimit("auth", 8, 60.0, True)
     assert limits["newbroker"] == (RateLimit("requests", 5, 2.0, True),)
     assert limits["demo"] == (RateLimit("requests", 600, 60.0, False),)
     # The shipped file is read again each time: an override does not stick.

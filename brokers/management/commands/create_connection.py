@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from brokers import services
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class
+from brokers.validators import printable
 
 SECRET_ENV_PREFIX = "TJ_CRED_"
 
@@ -21,10 +22,12 @@ def secret_env_var(field_name: str) -> str:
 
 
 def validation_message(error: ValidationError) -> str:
-    """One line naming each field and its rule, as the services phrase them."""
+    """One line naming each field and its rule, as the model and the services phrase them."""
     if hasattr(error, "error_dict"):
-        return " ".join(f"{field}: {message}" for field, messages in error.message_dict.items() for message in messages)
-    return " ".join(error.messages)
+        text = " ".join(f"{field}: {message}" for field, messages in error.message_dict.items() for message in messages)
+    else:
+        text = " ".join(error.messages)
+    return printable(text)
 
 
 def parse_interval(value: str | None):
@@ -89,10 +92,10 @@ class Command(BaseCommand):
         extra = {}
         if options["interval"] is not None:
             extra["sync_interval_min"] = parse_interval(options["interval"])
-            try:
-                services.validate_interval(extra["sync_interval_min"])
-            except ValidationError as exc:
-                raise CommandError(validation_message(exc)) from None
+        try:
+            services.validate_fields(label=options["label"].strip(), **extra)
+        except ValidationError as exc:
+            raise CommandError(validation_message(exc)) from None
         try:
             owner = get_user_model().objects.get_by_natural_key(options["owner"])
         except get_user_model().DoesNotExist:
@@ -119,7 +122,7 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             self.style.SUCCESS(
-                f"Created connection {connection.pk}: {connection.label} ({connection.broker_type}"
+                f"Created connection {connection.pk}: {printable(connection.label)} ({connection.broker_type}"
                 f"{', ' + connection.environment if connection.environment else ''}) for {owner.get_username()}; "
                 f"{schedule}."
             )
@@ -138,7 +141,7 @@ class Command(BaseCommand):
                     f"shell history can read it. Set {secret_env_var(name)} or type it at the prompt."
                 )
             if not sep or not name:
-                raise CommandError(f"--field takes NAME=VALUE, got {pair!r}.")
+                raise CommandError(f"--field takes NAME=VALUE, got {printable(pair)!r}.")
             values[name] = value
         return values
 
@@ -151,7 +154,7 @@ class Command(BaseCommand):
             if name not in secret_names
         }
         if problems:
-            raise CommandError(" ".join(f"{name}: {message}" for name, message in problems.items()))
+            raise CommandError(printable(" ".join(f"{name}: {message}" for name, message in problems.items())))
 
     def _secrets(self, provider_class, interactive: bool) -> dict[str, str]:
         values = {}

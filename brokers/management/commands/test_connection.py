@@ -7,6 +7,7 @@ from brokers import crypto, services
 from brokers.management.commands.create_connection import validation_message
 from brokers.models import BrokerConnection
 from brokers.providers.errors import BrokerConfigurationError, BrokerError
+from brokers.validators import printable
 
 
 class Command(BaseCommand):
@@ -34,13 +35,13 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError(f"The stored credentials are incomplete: {validation_message(exc)}") from None
         except (BrokerError, BrokerConfigurationError) as exc:
-            raise CommandError(f"{connection.provider_name}: {exc}") from None
+            raise CommandError(printable(f"{connection.provider_name}: {exc}")) from None
 
         self.stdout.write(
             self.style.SUCCESS(
-                f"Connection {connection.pk} ({connection.label}): logged in to {connection.provider_name}, "
+                f"Connection {connection.pk} ({printable(connection.label)}): logged in to {connection.provider_name}, "
                 f"{len(accounts)} account(s)."
             )
         )
         for account in accounts:
-            self.stdout.write(f"  {account.external_id}  {account.name}  {account.currency}")
+            self.stdout.write(printable(f"  {account.external_id}  {account.name}  {account.currency}"))

@@ -4,11 +4,10 @@ from datetime import UTC, datetime
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django_celery_beat.models import PeriodicTask
 
-from brokers import schedules
 from brokers.models import BrokerConnection
-from brokers.selectors import connection_display_status, next_sync_at
+from brokers.selectors import connection_display_status, next_sync_at, periodic_task_of, periodic_tasks_for
+from brokers.validators import printable
 
 COLUMNS = ("ID", "OWNER", "BROKER", "LABEL", "STATUS", "LAST SYNC", "NEXT SYNC", "LAST ERROR")
 
@@ -32,7 +31,7 @@ class Command(BaseCommand):
             try:
                 owner = get_user_model().objects.get_by_natural_key(options["owner"])
             except get_user_model().DoesNotExist:
-                raise CommandError(f"No user named {options['owner']!r}.") from None
+                raise CommandError(f"No user named {printable(options['owner'])!r}.") from None
             connections = connections.filter(owner=owner)
         connections = list(connections)
         if not connections:
@@ -40,18 +39,18 @@ class Command(BaseCommand):
             return
 
         # One query for all schedules rather than one per row.
-        tasks = PeriodicTask.objects.in_bulk([schedules.task_name(c.pk) for c in connections], field_name="name")
+        tasks = periodic_tasks_for(connections)
         rows = [
             (
                 str(c.pk),
-                c.owner.get_username(),
+                printable(c.owner.get_username()),
                 c.broker_type,
-                c.label,
+                printable(c.label),
                 connection_display_status(c),
                 utc_iso(c.last_sync_at),
-                utc_iso(next_sync_at(c, tasks.get(schedules.task_name(c.pk)))),
-                # Broker messages may span lines; a table row must not.
-                " ".join(c.last_sync_error.split()) or "-",
+                utc_iso(next_sync_at(c, periodic_task_of(c, tasks))),
+                # Broker messages may span lines; a table row must not, nor carry escape codes.
+                printable(" ".join(c.last_sync_error.split())) or "-",
             )
             for c in connections
         ]

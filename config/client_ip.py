@@ -1,0 +1,18 @@
+"""The client's address for login throttling, trusting X-Forwarded-For only as far as our own proxies."""
+
+from django.conf import settings
+
+
+def client_ip(request) -> str | None:
+    """REMOTE_ADDR, or behind TRUSTED_PROXY_COUNT proxies the address the outermost of them saw.
+
+    Only the entries our proxies appended are believed: anything further left was written by
+    the client and could name any address (and so escape or trigger another's lockout).
+    """
+    count = settings.TRUSTED_PROXY_COUNT
+    if count <= 0:
+        return request.META.get("REMOTE_ADDR")
+    forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if part.strip()]
+    if len(forwarded) < count:
+        return request.META.get("REMOTE_ADDR")
+    return forwarded[-count]
