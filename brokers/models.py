@@ -127,7 +127,15 @@ class BrokerConnection(models.Model):
         data = crypto.decrypt_json(self.token_ciphertext)
         expires = datetime.fromisoformat(data["expires_at"]) if data.get("expires_at") else None
         issued = datetime.fromisoformat(data["issued_at"]) if data.get("issued_at") else None
-        return AuthResult(token=data["token"], expires_at=expires, extra=data.get("extra") or {}, issued_at=issued)
+        refresh_ends = datetime.fromisoformat(data["refresh_expires_at"]) if data.get("refresh_expires_at") else None
+        return AuthResult(
+            token=data["token"],
+            expires_at=expires,
+            extra=data.get("extra") or {},
+            issued_at=issued,
+            refresh_token=data.get("refresh_token") or "",
+            refresh_expires_at=refresh_ends,
+        )
 
     @auth.setter
     def auth(self, value: AuthResult | None) -> None:
@@ -140,6 +148,8 @@ class BrokerConnection(models.Model):
                 "expires_at": value.expires_at.isoformat() if value.expires_at else None,
                 "issued_at": value.issued_at.isoformat() if value.issued_at else None,
                 "extra": dict(value.extra),
+                "refresh_token": value.refresh_token,
+                "refresh_expires_at": value.refresh_expires_at.isoformat() if value.refresh_expires_at else None,
             }
         )
 
@@ -149,6 +159,19 @@ class BrokerConnection(models.Model):
             return get_provider_class(self.broker_type).display_name
         except BrokerConfigurationError:
             return self.broker_type
+
+    @property
+    def uses_oauth(self) -> bool:
+        try:
+            return get_provider_class(self.broker_type).oauth is not None
+        except BrokerConfigurationError:
+            return False
+
+    @property
+    def link_expires_at(self) -> datetime | None:
+        """When the trader must sign in again (an OAuth refresh token's hard end); None if never."""
+        auth = self.auth if self.uses_oauth else None
+        return auth.refresh_expires_at if auth is not None else None
 
     @property
     def schedule_active(self) -> bool:

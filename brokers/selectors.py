@@ -61,3 +61,11 @@ def next_sync_at(connection: BrokerConnection, task: PeriodicTask | None = None)
         return None
     last = task.last_run_at or task.date_changed or timezone.now()
     return max(last + timedelta(seconds=schedules.interval_seconds(connection)), timezone.now())
+
+
+def link_days_left(connection: BrokerConnection) -> int | None:
+    """Whole days until an OAuth link's hard end (0 on its last day); None when it has none."""
+    ends = connection.link_expires_at
+    if ends is None or connection.credentials_rejected:
+        return None
+    return max(0, (ends - timezone.now()).days)

@@ -20,7 +20,7 @@ from brokers.crypto import CredentialsUnreadable
 from brokers.models import INTERVAL_RULE, BrokerConnection
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_broker_provider, get_provider_class
-from brokers.providers.types import BrokerAccountInfo, BrokerCredentials
+from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredentials
 
 
 def validate_credentials(broker_type: str, credentials: Mapping[str, str], environment: str) -> None:
@@ -75,8 +75,14 @@ def connection_create(
     environment: str = "",
     sync_enabled: bool = True,
     sync_interval_min: int = settings.SYNC_INTERVAL_DEFAULT_MIN,
+    auth: AuthResult | None = None,
 ) -> BrokerConnection:
-    """Create a connection and its schedule; with auto-sync on, the first sync starts at once."""
+    """Create a connection and its schedule; with auto-sync on, the first sync starts at once.
+
+    A broker that connects by OAuth sign-in takes no credentials but the session (auth) its
+    callback obtained; without one it is refused, since nothing could ever sync.
+    """
+    _refuse_oauth_without_sign_in(broker_type, auth)
     connection = BrokerConnection(
         owner=owner,
         broker_type=broker_type,
@@ -88,11 +94,25 @@ def connection_create(
     stripped = _stripped(credentials)
     _full_clean(connection, stripped)
     connection.credentials = stripped
+    connection.auth = auth
     connection.save()
     schedules.sync_schedule(connection)
     if connection.sync_enabled:
         schedules.request_sync_now(connection.pk, trigger="manual")
     return connection
+
+
+def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:
+    try:
+        provider_class = get_provider_class(broker_type)
+    except BrokerConfigurationError:
+        return  # _full_clean names the unknown broker type
+    if provider_class.oauth is not None and auth is None:
+        name = provider_class.display_name
+        raise ValidationError(
+            {"broker_type": f"{name} connects by signing in at {name}: use Connect with {name} on the brokers page."},
+            code="oauth_only",
+        )
 
 
 def _default_environment(broker_type: str) -> str:
@@ -145,15 +165,35 @@ def connection_update(
     resume = False
     if stripped is not None and (connection.credentials_rejected or stripped != _saved_credentials(connection)):
         connection.credentials = stripped
-        connection.auth = None
-        resume = connection.credentials_rejected
-        connection.credentials_rejected = False
-        if connection.status == BrokerConnection.Status.ERROR:
-            connection.last_sync_error = ""
-            connection.status = BrokerConnection.Status.CONNECTED
+        resume = _reauthorised(connection, None)
     connection.save()
     schedules.sync_schedule(connection)
     if connection.schedule_active and (turned_on or resume):
+        schedules.request_sync_now(connection.pk, trigger="manual")
+    return connection
+
+
+def _reauthorised(connection: BrokerConnection, auth: AuthResult | None) -> bool:
+    """Take a new session (None: log in afresh) and clear a refused login; True if sync was on hold."""
+    connection.auth = auth
+    was_held = connection.credentials_rejected
+    connection.credentials_rejected = False
+    if connection.status == BrokerConnection.Status.ERROR:
+        connection.last_sync_error = ""
+        connection.status = BrokerConnection.Status.CONNECTED
+    return was_held
+
+
+@sensitive_variables()
+@transaction.atomic
+def connection_reconnect(connection_id: int, auth: AuthResult) -> BrokerConnection:
+    """Re-authorise a connection after a new sign-in: the same accounts, cursor, trades, history
+    and schedule, and a sync at once."""
+    connection = _locked(connection_id)
+    _reauthorised(connection, auth)
+    connection.save()
+    schedules.sync_schedule(connection)
+    if connection.schedule_active:
         schedules.request_sync_now(connection.pk, trigger="manual")
     return connection
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from brokers import views
+from brokers import oauth_views, views
 
 app_name = "brokers"
 urlpatterns = [
@@ -11,4 +11,7 @@ urlpatterns = [
     path("<int:pk>/settings/", views.connection_settings, name="settings"),
     path("<int:pk>/sync/", views.connection_sync_now, name="sync_now"),
     path("<int:pk>/delete/", views.connection_delete, name="delete"),
+    path("<int:pk>/reconnect/", oauth_views.reconnect, name="reconnect"),
+    path("oauth/<str:broker_type>/connect/", oauth_views.connect, name="oauth_connect"),
+    path("oauth/callback/", oauth_views.callback, name="oauth_callback"),
 ]

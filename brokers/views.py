@@ -15,7 +15,7 @@ from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
-from brokers import schedules, selectors, services, throttle
+from brokers import oauth_views, schedules, selectors, services, throttle
 from brokers.decorators import trader_page
 from brokers.forms import (
     ConnectionForm,
@@ -47,6 +47,11 @@ def _provider_class(broker_type: str):
 
 def what_to_do(connection: BrokerConnection) -> str:
     """Advice under the last error, from what kind of failure it was."""
+    if connection.credentials_rejected and connection.uses_oauth:
+        return (
+            f"The link to {connection.provider_name} has ended, so automatic sync is on hold. Press Reconnect "
+            f"and sign in at {connection.provider_name} again: sync resumes at once, with the same history."
+        )
     if connection.credentials_rejected:
         return (
             "The broker refused the saved credentials, so automatic sync is on hold. "
@@ -80,6 +85,7 @@ def _with_status(connections) -> list[BrokerConnection]:
         c.advice = what_to_do(c) if c.last_sync_error else ""
         c.poll_seconds = POLL_SECONDS.get(c.display_status, POLL_SECONDS_DEFAULT)
         c.interval_choices = interval_choices(c.sync_interval_min)
+        c.link_days_left = selectors.link_days_left(c)
     return rows
 
 
@@ -176,6 +182,9 @@ def _test_login(request, *, broker_type: str, credentials: dict, environment: st
 def connection_add(request):
     broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
     provider_class = _provider_class(broker_type)
+    if provider_class.oauth is not None:
+        # Nothing to type: the trader signs in at the broker (a posted form saves nothing).
+        return oauth_views.connect_page(request, provider_class)
     form = ConnectionForm(request.POST or None, provider_class=provider_class)
     context = {"provider": provider_class}
     if request.method == "POST" and request.POST.get("action") == "test":

@@ -335,7 +335,8 @@ BROKER_PROVIDERS = [
     for m in env(
         "BROKER_PROVIDERS",
         "brokers.providers.demo,brokers.providers.tradovate,brokers.providers.ibkr_flex,"
-        "brokers.providers.alpaca,brokers.providers.ccxt_family",
+        "brokers.providers.alpaca,brokers.providers.ccxt_family,brokers.providers.schwab,"
+        "brokers.providers.alpaca_connect,brokers.providers.tradovate_signin",
     ).split(",")
     if m.strip()
 ]
@@ -346,6 +347,25 @@ BROKER_BASE_URLS = {
     for name, value in os.environ.items()
     if name.endswith("_BASE_URL") and value
 }
+# OAuth apps the operator registered at brokers (docs/brokers/<key>.md): <KEY>_CLIENT_ID and
+# <KEY>_CLIENT_SECRET; <KEY>_OAUTH_AUTHORIZE_URL / <KEY>_OAUTH_TOKEN_URL point at a sandbox or
+# simulator. A provider whose app is missing shows as "not set up on this installation".
+BROKER_OAUTH_APPS = {
+    name.removesuffix("_CLIENT_ID").lower(): {
+        "client_id": value,
+        "client_secret": os.environ.get(name.removesuffix("_CLIENT_ID") + "_CLIENT_SECRET", ""),
+        "authorize_url": os.environ.get(name.removesuffix("_CLIENT_ID") + "_OAUTH_AUTHORIZE_URL", ""),
+        "token_url": os.environ.get(name.removesuffix("_CLIENT_ID") + "_OAUTH_TOKEN_URL", ""),
+    }
+    for name, value in os.environ.items()
+    if name.endswith("_CLIENT_ID") and value
+}
+# The public address of /brokers/oauth/callback/, exactly as registered with each broker's app.
+OAUTH_CALLBACK_URL = env("OAUTH_CALLBACK_URL", "")
+# A sign-in must come back within this long; its state is single use and bound to the session.
+OAUTH_STATE_MAX_AGE_S = env_int("OAUTH_STATE_MAX_AGE_S", 600)
+# Warn this many days before an OAuth link's hard end (e.g. Schwab's 7 days), and again on the last day.
+OAUTH_LINK_EXPIRY_WARNING_DAYS = env_int("OAUTH_LINK_EXPIRY_WARNING_DAYS", 2)
 # Overrides of brokers/rate_limits.toml, as JSON: {"alpaca": {"requests": {"limit": 100}}}.
 try:
     BROKER_RATE_LIMITS = json.loads(env("BROKER_RATE_LIMITS_JSON", "{}"))

@@ -10,6 +10,7 @@ class Notice(models.Model):
         RECOVERED = "recovered", "Sync recovered"
         CREDENTIALS = "credentials", "Credentials need attention"
         CREDENTIALS_EXPIRING = "expiring", "Credentials expire soon"
+        LINK_EXPIRING = "link_expiring", "Sign-in link ends soon"
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sync_notices")
     connection = models.ForeignKey("brokers.BrokerConnection", on_delete=models.CASCADE, related_name="notices")

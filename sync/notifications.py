@@ -53,13 +53,21 @@ def run_failed(connection: BrokerConnection, failures: int, message: str) -> Non
 
 
 def credentials_refused(connection: BrokerConnection, message: str) -> None:
-    _notify(
-        connection,
-        Notice.Kind.CREDENTIALS,
-        f"{connection.label}: the broker refused your credentials",
-        f"{connection.provider_name} refused the credentials of {connection.label}.\n\n{message}\n\n"
-        "Automatic sync is paused until you save new credentials on the brokers page; it resumes by itself then.",
-    )
+    name = connection.provider_name
+    if connection.uses_oauth:
+        subject = f"{connection.label}: the link to {name} has ended"
+        text = (
+            f"The link of {connection.label} to {name} has ended.\n\n{message}\n\nAutomatic sync is paused "
+            f"until you press Reconnect on the brokers page and sign in at {name} again; it resumes at once, "
+            "with your trades and history kept."
+        )
+    else:
+        subject = f"{connection.label}: the broker refused your credentials"
+        text = (
+            f"{name} refused the credentials of {connection.label}.\n\n{message}\n\n"
+            "Automatic sync is paused until you save new credentials on the brokers page; it resumes by itself then."
+        )
+    _notify(connection, Notice.Kind.CREDENTIALS, subject, text)
 
 
 # Notices whose cause a successful run removes: they leave the page by themselves then.
@@ -103,4 +111,30 @@ def credentials_expiring(connection: BrokerConnection) -> None:
         f"The credentials of {connection.label} ({connection.provider_name}) expire on "
         f"{auth.expires_at:%Y-%m-%d %H:%M} UTC. Create new ones at the broker and save them on the "
         "connection's page before then, or syncing stops.",
+    )
+
+
+def link_expiring(connection: BrokerConnection) -> None:
+    """Warn OAUTH_LINK_EXPIRY_WARNING_DAYS before an OAuth link's hard end, and again on its last day.
+
+    Each warning goes once: it is skipped when a notice was already sent since its moment came.
+    """
+    ends = connection.link_expires_at
+    now = timezone.now()
+    if ends is None or now >= ends:
+        return
+    moments = [ends - timedelta(days=settings.OAUTH_LINK_EXPIRY_WARNING_DAYS), ends - timedelta(days=1)]
+    due = [m for m in moments if m <= now]
+    if not due:
+        return
+    if Notice.objects.filter(connection=connection, kind=Notice.Kind.LINK_EXPIRING, created_at__gte=max(due)):
+        return
+    name = connection.provider_name
+    _notify(
+        connection,
+        Notice.Kind.LINK_EXPIRING,
+        f"{connection.label}: the link to {name} ends on {ends:%Y-%m-%d}",
+        f"{name} ends the link of {connection.label} on {ends:%Y-%m-%d %H:%M} UTC and asks you to sign in again "
+        "then. Press Reconnect on the brokers page before that and sign in at "
+        f"{name}: the connection keeps its accounts, trades and history, and syncing goes on without a gap.",
     )

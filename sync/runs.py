@@ -324,6 +324,7 @@ def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict) ->
     )
     notifications.run_succeeded(connection, failures_before)
     notifications.credentials_expiring(connection)
+    notifications.link_expiring(connection)
     _bound(connection, sync_log).info(
         "sync_finished",
         status=status,

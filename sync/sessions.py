@@ -2,7 +2,8 @@
 
 Logging in only when needed matters: Tradovate allows two sessions per user, and a login on
 every sync would close the trader's own platform. Renewing only when needed matters too:
-renewals spend the broker's auth budget.
+renewals spend the broker's auth budget. An OAuth session is renewed with its refresh token
+even after its access token expired; when that is refused the trader must reconnect.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from django.utils import timezone
 from brokers.models import BrokerConnection
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAuthError
+from brokers.providers.oauth import expired_now
 from brokers.providers.types import AuthResult
 
 T = TypeVar("T")
@@ -27,12 +29,16 @@ def session(connection: BrokerConnection, provider: BrokerProvider) -> tuple[Aut
     now = timezone.now()
     auth = connection.auth
     reused = auth is not None
-    if auth is not None and auth.expires_within(timedelta(0), now):
+    if auth is not None and auth.expires_within(timedelta(0), now) and not auth.refresh_token:
         auth = None
     elif auth is not None and auth.expires_within(auth.renew_margin(provider.token_renew_margin), now):
         try:
             auth = _stamped(provider.refresh_token(auth), auth)
         except BrokerAuthError:
+            if auth.refresh_token:
+                # An OAuth link no login of ours can mend: its own reason reaches the trader.
+                store(connection, None)
+                raise
             auth = None
         store(connection, auth)
     if auth is None:
@@ -64,7 +70,8 @@ def with_session(connection: BrokerConnection, provider: BrokerProvider, call: C
     except BrokerAuthError:
         if not reused:
             raise
-        # The stored session died early (revoked, or the broker restarted): log in once more.
-        store(connection, None)
+        # The stored session died early (revoked, or the broker restarted): log in once more,
+        # or with OAuth renew it, since the refresh token is all that can (oauth.OAuthProvider).
+        store(connection, expired_now(auth) if auth.refresh_token else None)
         auth, _ = session(connection, provider)
         return call(auth)

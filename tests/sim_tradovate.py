@@ -2,7 +2,8 @@
 
 It answers the calls brokers/providers/tradovate.py makes (docs/brokers/tradovate.md), in
 the formats of the provider's recorded payloads: `POST /auth/accesstokenrequest`,
-`GET /auth/renewaccesstoken`, `GET /account/list`, `GET /fill/list` (the user's whole
+`GET /auth/renewaccesstoken`, the OAuth code exchange `POST /auth/oauthtoken` (codes from
+`grant_code(user)`, standing in for the sign-in page), `GET /account/list`, `GET /fill/list` (the user's whole
 listing on every call: it takes no dates) and `GET /{order,fillFee,contract,
 contractMaturity,product}/items?ids=`. Each user (login name) has its own accounts and
 fills; the bearer token says whose data a call sees, and a token past its lifetime gets 401.
@@ -22,10 +23,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs
 
 from tests.loopback import LoopbackServer, Reply, Request
 
 PASSWORD = "pw"
+OAUTH_CLIENT_SECRET = "sim-tradovate-app-secret"
 # Two futures with their three-hop chain contract -> maturity -> product.
 CONTRACTS = {
     1001: {"id": 1001, "name": "ESZ6", "contractMaturityId": 51},
@@ -117,6 +120,8 @@ class FakeTradovate(LoopbackServer):
                     self.add_late_fill(account_id, at)
         self.route("POST", "/auth/accesstokenrequest", self._login)
         self.route("GET", "/auth/renewaccesstoken", self._renew)
+        self.route("POST", "/auth/oauthtoken", self._oauth_token)
+        self._codes: dict[str, str] = {}  # sign-in code -> login name
         self.route("GET", "/account/list", lambda r: self._data(r, lambda user: self.accounts[user]))
         self.route("GET", "/fill/list", lambda r: self._data(r, lambda user: self.fills[user]))
         tables = {"order": self.orders, "fillFee": self.fees, "contract": CONTRACTS,
@@ -210,6 +215,23 @@ class FakeTradovate(LoopbackServer):
         with self.lock:
             self.logins[name] += 1
             return 200, self._new_token(_Session(name, 0.0))
+
+    def grant_code(self, user: str) -> str:
+        """What Tradovate's sign-in page hands back after `user` allowed access: a one-time code."""
+        with self.lock:
+            code = secrets.token_hex(8)
+            self._codes[code] = user
+            return code
+
+    def _oauth_token(self, request: Request):
+        form = {k: v[0] for k, v in parse_qs(request.body.decode()).items()}
+        with self.lock:
+            user = self._codes.pop(form.get("code", ""), None)
+            if user is None or form.get("client_secret") != OAUTH_CLIENT_SECRET:
+                return 400, {"error": "invalid_grant"}
+            session = self._new_token(_Session(user, 0.0))
+        return 200, {"access_token": session["accessToken"], "token_type": "bearer",
+                     "expires_in": int(self.token_lifetime_s)}
 
     def _renew(self, request: Request):
         limited = self._rationed(request)

@@ -16,7 +16,11 @@ from rest_framework.test import APIClient
 
 from brokers import schedules, services
 from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.providers.registry import provider_classes
 from journal.models import Trade
+
+# An unknown broker type is answered with how many are registered, and where they are listed.
+KNOWN_COUNT = len(provider_classes())
 
 # Transactional: on-commit callbacks run, so a queued sync runs (eagerly) inside the request.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -284,7 +288,7 @@ def test_patch_replaces_credentials_without_returning_them(api, connection):
             {"broker_type": "nope"},
             {
                 "broker_type": [
-                    "Unknown broker type 'nope'. The 99 known types are listed by /api/providers/ "
+                    f"Unknown broker type 'nope'. The {KNOWN_COUNT} known types are listed by /api/providers/ "
                     "and manage.py list_providers."
                 ]
             },

@@ -16,8 +16,11 @@ from django_celery_beat.models import PeriodicTask
 from brokers import services
 from brokers.management.commands import create_connection
 from brokers.models import BrokerConnection, SyncLog
+from brokers.providers.registry import provider_classes
 from journal.models import Trade
 
+# An unknown broker type is answered with how many are registered, and where they are listed.
+KNOWN_COUNT = len(provider_classes())
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "Zq9-recognisable-SECRET-7731"
 UTC_ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
@@ -221,16 +224,16 @@ def test_a_secret_on_the_command_line_is_refused_by_the_real_process():
 
 
 def test_an_unknown_broker_exits_non_zero_naming_the_known_ones():
-    result = manage("create_connection", "--owner", "alice", "--broker", "schwab", "--label", "X")
+    result = manage("create_connection", "--owner", "alice", "--broker", "nope", "--label", "X")
     assert result.returncode == 1
-    assert "Unknown broker type 'schwab'. The 99 known types are listed by" in result.stderr
+    assert f"Unknown broker type 'nope'. The {KNOWN_COUNT} known types are listed by" in result.stderr
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        (["--broker", "schwab"], "Unknown broker type 'schwab'. The 99 known types are listed by"),
+        (["--broker", "nope"], f"Unknown broker type 'nope'. The {KNOWN_COUNT} known types are listed by"),
         (["--interval", "4"], "Sync interval must be a whole number of minutes from 5 to 60."),
         (["--interval", "61"], "Sync interval must be a whole number of minutes from 5 to 60."),
         (["--interval", "ten"], "Sync interval must be a whole number of minutes from 5 to 60."),

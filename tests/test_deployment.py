@@ -41,8 +41,10 @@ def test_two_beats_and_their_healthcheck_probes_what_beat_does():
 
 def test_every_variable_the_operator_sets_is_read_by_the_code():
     names = set(production_check.env_example()) | production_check.compose_environment_names()
-    # POSTGRES_PASSWORD is compose's (the database container and DATABASE_URL); <KEY>_BASE_URL is read generically.
-    read_elsewhere = {"POSTGRES_PASSWORD"} | {n for n in names if n.endswith("_BASE_URL")}
+    # POSTGRES_PASSWORD is compose's (the database container and DATABASE_URL); <KEY>_BASE_URL and
+    # the OAuth apps' <KEY>_CLIENT_ID / _CLIENT_SECRET / _OAUTH_*_URL are read generically.
+    generic = ("_BASE_URL", "_CLIENT_ID", "_CLIENT_SECRET", "_OAUTH_AUTHORIZE_URL", "_OAUTH_TOKEN_URL")
+    read_elsewhere = {"POSTGRES_PASSWORD"} | {n for n in names if n.endswith(generic)}
     for name in sorted(names - read_elsewhere):
         assert re.search(rf"""["']{name}["']""", CODE), f"{name} is in .env.example or compose but nothing reads it"
     assert "POSTGRES_PASSWORD" in production_check.COMPOSE.read_text()

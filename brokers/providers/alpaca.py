@@ -27,6 +27,8 @@ from brokers.providers.types import (
 PAGE_SIZE = 100  # the most Alpaca returns per page
 SIDES = {"buy": BUY, "sell": SELL, "sell_short": SELL}
 CLOSED_STATUS = "ACCOUNT_CLOSED"
+# Data calls book this bucket only; Alpaca Connect's token requests have their own ("auth").
+DATA_BUCKETS = ("requests",)
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -68,7 +70,7 @@ class AlpacaProvider(BrokerProvider):
 
     def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
         key_id, secret_key = credentials["key_id"].strip(), credentials["secret_key"].strip()
-        account = self._get_account(key_id, secret_key)
+        account = self._get_account(self._key_headers(key_id, secret_key), scope_for(key_id))
         # Alpaca keys never expire: the "session" is the key pair itself, stored encrypted.
         token = json.dumps({"key_id": key_id, "secret_key": secret_key})
         extra = {
@@ -82,7 +84,7 @@ class AlpacaProvider(BrokerProvider):
         return auth
 
     def get_accounts(self, auth: AuthResult) -> list[BrokerAccountInfo]:
-        account = self._get_account(*self._keys(auth))
+        account = self._get_account(*self._session_headers(auth))
         if account.get("status") == CLOSED_STATUS:
             return []
         external_id = account.get("account_number") or account.get("id")
@@ -103,7 +105,7 @@ class AlpacaProvider(BrokerProvider):
     def get_trades(
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
-        key_id, secret_key = self._keys(auth)
+        headers, scope = self._session_headers(auth)
         params = {
             "after": _rfc3339(since),
             "until": _rfc3339(until),
@@ -111,7 +113,7 @@ class AlpacaProvider(BrokerProvider):
             "page_size": PAGE_SIZE,
         }
         while True:
-            response = self._request("v2/account/activities/FILL", key_id, secret_key, params=params)
+            response = self._request("v2/account/activities/FILL", headers, scope, params=params)
             page = self.http.json(response)
             if not isinstance(page, list):
                 raise BrokerAPIError(
@@ -151,8 +153,8 @@ class AlpacaProvider(BrokerProvider):
                 provider=self.key,
             ) from None
 
-    def _get_account(self, key_id: str, secret_key: str) -> dict[str, Any]:
-        account = self.http.json(self._request("v2/account", key_id, secret_key))
+    def _get_account(self, headers: dict[str, str], scope: str) -> dict[str, Any]:
+        account = self.http.json(self._request("v2/account", headers, scope))
         if not isinstance(account, dict):
             raise BrokerAPIError(
                 "Alpaca sent an answer we could not read.",
@@ -161,26 +163,32 @@ class AlpacaProvider(BrokerProvider):
             )
         return account
 
-    def _request(self, path: str, key_id: str, secret_key: str, **kwargs) -> requests.Response:
+    def _request(self, path: str, headers: dict[str, str], scope: str, **kwargs) -> requests.Response:
         response = self.http.request(
-            "GET",
-            path,
-            scope=scope_for(key_id),
-            allow_statuses=(401, 403),
-            headers={"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret_key},
-            **kwargs,
+            "GET", path, scope=scope, buckets=DATA_BUCKETS, allow_statuses=(401, 403), headers=headers, **kwargs
         )
         if response.status_code in (401, 403):
-            # The shared message cannot know that paper and live keys differ, the usual mistake here.
-            raise BrokerAuthError(
-                f"Alpaca refused the API keys (HTTP {response.status_code}) for the {self._environment_label} "
-                "environment. Paper and live accounts have different keys: check that these keys belong "
-                "to this environment, or generate new ones in the Alpaca dashboard (API keys) and save "
-                "them on the connection's page.",
-                provider=self.key,
-                status_code=response.status_code,
-            )
+            status = response.status_code
+            raise BrokerAuthError(self._refused(status), provider=self.key, status_code=status)
         return response
+
+    def _refused(self, status: int) -> str:
+        # The shared message cannot know that paper and live keys differ, the usual mistake here.
+        return (
+            f"Alpaca refused the API keys (HTTP {status}) for the {self._environment_label} "
+            "environment. Paper and live accounts have different keys: check that these keys belong "
+            "to this environment, or generate new ones in the Alpaca dashboard (API keys) and save "
+            "them on the connection's page."
+        )
+
+    @staticmethod
+    def _key_headers(key_id: str, secret_key: str) -> dict[str, str]:
+        return {"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret_key}
+
+    def _session_headers(self, auth: AuthResult) -> tuple[dict[str, str], str]:
+        """The headers of every call with this session, and its rate-limit scope."""
+        key_id, secret_key = self._keys(auth)
+        return self._key_headers(key_id, secret_key), scope_for(key_id)
 
     @property
     def _environment_label(self) -> str:

@@ -17,6 +17,7 @@ from brokers.providers.types import (
     BrokerCredentials,
     BrokerTrade,
     CredentialField,
+    OAuthSpec,
 )
 from brokers.validators import has_control_characters, printable
 
@@ -39,6 +40,10 @@ class BrokerProvider(ABC):
       trades_ascending   get_trades yields oldest first, so progress can be saved batch by batch
       credentials_expire AuthResult.expires_at is when the trader's own credentials lapse (not a
                          session we renew), so the trader is warned before that day
+      limits_key         the rate_limits.toml table this provider books, when it is a second way to
+                         connect a broker whose limits it shares (e.g. "tradovate"); default its key
+      oauth              an OAuthSpec when traders connect by signing in at the broker (subclass
+                         brokers.providers.oauth.OAuthProvider); None for typed credentials
       transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
                          layer retries them a few times before the run's own retries); add 500
                          only where the broker's docs call it transient
@@ -55,6 +60,8 @@ class BrokerProvider(ABC):
     trades_ascending: ClassVar[bool] = False
     credentials_expire: ClassVar[bool] = False
     transient_statuses: ClassVar[frozenset[int]] = frozenset({502, 503, 504})
+    limits_key: ClassVar[str] = ""
+    oauth: ClassVar[OAuthSpec | None] = None
 
     def __init__(self, environment: str = ""):
         self.environment = environment or (self.environments[0][0] if self.environments else "")
@@ -66,12 +73,17 @@ class BrokerProvider(ABC):
     def http(self) -> BrokerHTTP:
         if self._http is None:
             self._http = BrokerHTTP(
-                provider_key=self.key,
+                provider_key=self.limits_name,
                 display_name=self.display_name,
                 base_url=self.base_url(),
                 transient_statuses=self.transient_statuses,
             )
         return self._http
+
+    @property
+    def limits_name(self) -> str:
+        """The rate_limits.toml table (and limiter key) this provider's calls book."""
+        return self.limits_key or self.key
 
     @property
     def request_retries(self) -> int:

@@ -51,6 +51,9 @@ class AuthResult:
     expires_at: datetime | None = None
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     issued_at: datetime | None = None
+    # OAuth: the refresh token, and its hard end (the trader must sign in again after it).
+    refresh_token: str = field(default="", repr=False)
+    refresh_expires_at: datetime | None = None
 
     def expires_within(self, margin: timedelta, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at - margin <= now
@@ -60,6 +63,26 @@ class AuthResult:
         if self.expires_at is None or self.issued_at is None:
             return margin
         return min(margin, (self.expires_at - self.issued_at) / 2)
+
+
+@dataclass(frozen=True)
+class OAuthSpec:
+    """How a broker's OAuth2 authorization-code sign-in works (the operator's app is configured apart).
+
+    access_lifetime     how long an access token lives when the token answer does not say (None:
+                        until revoked)
+    refresh_lifetime    the refresh token's hard end counted from the trader's consent (None: no
+                        hard end); past it only a new sign-in helps, so the trader is warned before
+    client_auth         "basic": the app authenticates with HTTP Basic; "post": in the form body
+    """
+
+    authorize_url: str
+    token_url: str
+    scopes: tuple[str, ...] = ()
+    pkce: bool = True
+    access_lifetime: timedelta | None = timedelta(minutes=30)
+    refresh_lifetime: timedelta | None = None
+    client_auth: str = "basic"
 
 
 @dataclass(frozen=True)

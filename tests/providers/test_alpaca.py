@@ -282,3 +282,27 @@ def test_no_secret_reaches_the_log(paper, rsps, caplog):
             list(paper.get_trades(make_auth(), make_account(), SINCE, UNTIL))
     assert "broker_http" in caplog.text and "rate_limit_block" in caplog.text
     assert SECRET_MARK not in caplog.text
+
+
+class TestAlpacaConnectContract(TestAlpacaContract):
+    """Alpaca Connect: the same calls with the sign-in's Bearer token instead of the key pair."""
+
+    provider_key = "alpaca_connect"
+    connect_token = f"connect-{SECRET_MARK}"
+
+    def stub_credentials(self):
+        return BrokerCredentials(values={}, environment="paper")
+
+    def auth(self):
+        return AuthResult(token=self.connect_token)
+
+    def stub_accounts(self, rsps):
+        rsps.get(
+            f"{PAPER}/v2/account",
+            json=account_payload(),
+            match=[matchers.header_matcher({"Authorization": f"Bearer {self.connect_token}"})],
+        )
+        return [ACCOUNT_NUMBER]
+
+    def limiter_scope(self):
+        return scope_for(self.connect_token)

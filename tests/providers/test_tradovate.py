@@ -280,6 +280,15 @@ class TestTradovateContract(ProviderContract):
         return scope_for(USERNAME)
 
 
+class TestTradovateSigninContract(TestTradovateContract):
+    """Tradovate by OAuth sign-in: the same calls; renewal through /auth/renewaccesstoken."""
+
+    provider_key = "tradovate_signin"
+
+    def stub_credentials(self):
+        return BrokerCredentials(values={}, environment="demo")
+
+
 # --- login and session ---------------------------------------------------------------------
 
 
