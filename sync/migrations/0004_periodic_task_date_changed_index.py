@@ -9,7 +9,7 @@ from django.db import migrations
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("sync", "0002_expiring_notice"),
+        ("sync", "0003_link_expiring_notice"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
