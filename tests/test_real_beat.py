@@ -68,7 +68,9 @@ def test_every_kind_of_change_reaches_a_running_beat_and_takes_effect_once(trade
         PeriodicTask.objects.create(name="each-minute", task="sync.tasks.close_interrupted_runs", crontab=crontab)
         # Last run two minutes ago, so it is due at once: that it is sent shows beat read it.
         PeriodicTask.objects.filter(name="each-minute").update(last_run_at=timezone.now() - timedelta(minutes=2))
-        time.sleep(9)
+        # Long enough for the retimed schedule's next run (one 8 s interval after its last one, at
+        # most 8 s from now) to arrive, however late in its old interval the change came.
+        time.sleep(8 + SLACK_S + 1)
 
         settled = changed_at + SLACK_S
         assert sent.times(name(paused), after=settled) == []
