@@ -170,6 +170,20 @@ class SchwabSim(LoopbackServer):
         return handler
 
 
+def configure_app(settings, sim: SchwabSim, callback_url: str) -> None:
+    """Point this installation's Schwab OAuth app and API at the simulator (pytest's settings fixture)."""
+    settings.BROKER_OAUTH_APPS = {
+        "schwab": {
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "authorize_url": sim.authorize_url,
+            "token_url": sim.token_url,
+        }
+    }
+    settings.BROKER_BASE_URLS = {"schwab": sim.api_url}
+    settings.OAUTH_CALLBACK_URL = callback_url
+
+
 def equity_trade(activity_id: int, *, symbol="AAPL", amount=10, price=231.45, at="2026-11-03T14:30:00+0000"):
     """A TRADE as Schwab reports it: the security line, then a commission and a fee line."""
     return {

@@ -21,7 +21,7 @@ from brokers.models import BrokerAccount, BrokerConnection
 from journal.models import Trade
 from sync import runs
 from sync.models import Notice
-from tests.sim_schwab import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, SchwabSim, equity_trade, option_trade
+from tests.sim_schwab import ACCOUNTS, SchwabSim, configure_app, equity_trade, option_trade
 
 # Only tests whose first sync or e-mail runs on commit pay for a transactional database.
 pytestmark = pytest.mark.django_db
@@ -32,16 +32,7 @@ CALLBACK = "http://testserver/brokers/oauth/callback/"
 @pytest.fixture
 def sim(settings):
     with SchwabSim() as sim:
-        settings.BROKER_OAUTH_APPS = {
-            "schwab": {
-                "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "authorize_url": sim.authorize_url,
-                "token_url": sim.token_url,
-            }
-        }
-        settings.BROKER_BASE_URLS = {"schwab": sim.api_url}
-        settings.OAUTH_CALLBACK_URL = CALLBACK
+        configure_app(settings, sim, CALLBACK)
         first = ACCOUNTS[0][1]
         sim.transactions[first] = [equity_trade(1), equity_trade(2, amount=-10, price=232.0), option_trade(3)]
         for row, day in zip(sim.transactions[first], ("2026-11-25", "2026-11-26", "2026-11-27"), strict=True):

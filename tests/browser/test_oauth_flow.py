@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 from brokers.models import BrokerConnection
 from journal.models import Trade
 from sync import runs
-from tests.sim_schwab import ACCOUNTS, CLIENT_ID, CLIENT_SECRET, SchwabSim, equity_trade
+from tests.sim_schwab import ACCOUNTS, SchwabSim, configure_app, equity_trade
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -25,16 +25,7 @@ def trader(django_user_model):
 @pytest.fixture
 def sim(settings, live_server):
     with SchwabSim() as sim:
-        settings.BROKER_OAUTH_APPS = {
-            "schwab": {
-                "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "authorize_url": sim.authorize_url,
-                "token_url": sim.token_url,
-            }
-        }
-        settings.BROKER_BASE_URLS = {"schwab": sim.api_url}
-        settings.OAUTH_CALLBACK_URL = f"{live_server.url}/brokers/oauth/callback/"
+        configure_app(settings, sim, f"{live_server.url}/brokers/oauth/callback/")
         now = timezone.now()
         sim.transactions[ACCOUNTS[0][1]] = [
             equity_trade(n, at=f"{now - timezone.timedelta(days=n):%Y-%m-%dT%H:%M:%S}+0000") for n in (1, 2, 3)
