@@ -12,7 +12,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django_celery_beat.models import PeriodicTask
 
 from brokers import schedules, services
-from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.models import BrokerAccount, BrokerConnection, SnapTradeUser, SyncLog
 from brokers.providers.registry import provider_choices
 
 
@@ -175,4 +175,16 @@ class SyncLogAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SnapTradeUser)
+class SnapTradeUserAdmin(admin.ModelAdmin):
+    """Who is registered at SnapTrade; the secrets stay encrypted and are never shown or edited here."""
+
+    list_display = ("owner", "user_id", "client_id", "personal_key", "created_at")
+    readonly_fields = ("owner", "user_id", "client_id", "personal_key", "created_at")
+    exclude = ("secrets_ciphertext",)
+
+    def has_add_permission(self, request):
         return False

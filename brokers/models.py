@@ -161,16 +161,17 @@ class BrokerConnection(models.Model):
             return self.broker_type
 
     @property
-    def uses_oauth(self) -> bool:
+    def signs_in_at_broker(self) -> bool:
+        """Connected on the broker's (or SnapTrade's) own pages, so Reconnect goes back there."""
         try:
-            return get_provider_class(self.broker_type).oauth is not None
+            return get_provider_class(self.broker_type).signs_in_at_broker()
         except BrokerConfigurationError:
             return False
 
     @property
     def link_expires_at(self) -> datetime | None:
         """When the trader must sign in again (an OAuth refresh token's hard end); None if never."""
-        auth = self.auth if self.uses_oauth else None
+        auth = self.auth if self.signs_in_at_broker else None
         return auth.refresh_expires_at if auth is not None else None
 
     @property
@@ -236,6 +237,33 @@ class SyncLog(models.Model):
 
     def __str__(self):
         return f"{self.connection} {self.status} {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class SnapTradeUser(models.Model):
+    """A trader's registration as a SnapTrade user: made once, used by all their SnapTrade connections.
+
+    The user secret (and a Personal key's consumer key) are Fernet ciphertext, read through
+    .secrets only and never shown. client_id says which API key the user was registered under.
+    """
+
+    owner = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="snaptrade_user")
+    client_id = models.CharField(max_length=200)
+    user_id = models.CharField(max_length=100, unique=True)
+    # True when the trader's own Personal key signs the requests, not the operator's.
+    personal_key = models.BooleanField(default=False)
+    secrets_ciphertext = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"SnapTrade user of {self.owner}"
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        return crypto.decrypt_json(self.secrets_ciphertext)
+
+    @secrets.setter
+    def secrets(self, values: dict[str, str]) -> None:
+        self.secrets_ciphertext = crypto.encrypt_json(dict(values))
 
 
 class KnownProvider(models.Model):

@@ -6,6 +6,8 @@ bound to the connection it re-authorises. Another trader's browser has another s
 Django empties a session when a different trader logs in), so it never holds the flow. Any
 callback that does not match saves nothing and says why.
 
+SnapTrade's connection portal comes back through the same callback and flows (snaptrade_views).
+
 Connect and Reconnect are links (GET) rather than forms: they only write the trader's own
 session, and a form whose answer redirects to the broker's host would fall foul of the
 Content-Security-Policy's form-action.
@@ -23,7 +25,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from brokers import services
+from brokers import services, snaptrade_views
 from brokers.decorators import trader_page
 from brokers.models import BrokerConnection
 from brokers.providers import oauth
@@ -64,17 +66,26 @@ def _start(request, provider_class, connection: BrokerConnection | None, environ
     if app is None:
         messages.error(request, f"Signing in with {provider_class.display_name} is not set up on this installation.")
         return redirect(f"{reverse('brokers:add')}?broker={provider_class.key}")
+    verifier = oauth.new_code_verifier()
+    state = remember_flow(request, provider_class.key, connection, environment, verifier=verifier)
+    return redirect(oauth.authorization_url(provider_class, app, state, verifier))
+
+
+def remember_flow(
+    request, broker_key: str, connection: BrokerConnection | None, environment: str = "", **details
+) -> str:
+    """Start a trip to the broker's pages: the state it must bring back to the callback."""
     flows = _live_flows(request)
-    state, verifier = oauth.new_state(), oauth.new_code_verifier()
+    state = oauth.new_state()
     flows[state] = {
-        "broker": provider_class.key,
+        "broker": broker_key,
         "connection": connection.pk if connection else None,
         "environment": connection.environment if connection else environment,
-        "verifier": verifier,
         "started": time.time(),
+        **details,
     }
     request.session[SESSION_KEY] = flows
-    return redirect(oauth.authorization_url(provider_class, app, state, verifier))
+    return state
 
 
 def _live_flows(request) -> dict:
@@ -103,6 +114,8 @@ def connect(request, broker_type):
 def reconnect(request, pk):
     """Re-authorise this connection: OAuth signs in again, typed credentials go to their form."""
     connection = get_object_or_404(BrokerConnection, pk=pk, owner=request.user)
+    if connection.signs_in_at_broker and get_provider_class(connection.broker_type).portal:
+        return snaptrade_views.start(request, connection=connection)
     provider_class = _oauth_class(connection.broker_type)
     if provider_class is None:
         messages.info(request, f"Save working credentials for {connection.label}: sync resumes at once.")
@@ -123,6 +136,8 @@ def callback(request):
         messages.error(request, problem)
         return redirect("brokers:list")
     provider_class = get_provider_class(flow["broker"])
+    if provider_class.portal:
+        return snaptrade_views.finish(request, flow)
     name = provider_class.display_name
     error = request.GET.get("error", "")
     if error:

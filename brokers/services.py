@@ -107,7 +107,7 @@ def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> 
         provider_class = get_provider_class(broker_type)
     except BrokerConfigurationError:
         return  # _full_clean names the unknown broker type
-    if provider_class.oauth is not None and auth is None:
+    if provider_class.signs_in_at_broker() and auth is None:
         name = provider_class.display_name
         raise ValidationError(
             {"broker_type": f"{name} connects by signing in at {name}: use Connect with {name} on the brokers page."},

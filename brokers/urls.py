@@ -1,6 +1,6 @@
 from django.urls import path
 
-from brokers import oauth_views, views
+from brokers import oauth_views, snaptrade_views, views
 
 app_name = "brokers"
 urlpatterns = [
@@ -14,4 +14,6 @@ urlpatterns = [
     path("<int:pk>/reconnect/", oauth_views.reconnect, name="reconnect"),
     path("oauth/<str:broker_type>/connect/", oauth_views.connect, name="oauth_connect"),
     path("oauth/callback/", oauth_views.callback, name="oauth_callback"),
+    path("snaptrade/connect/", snaptrade_views.connect, name="snaptrade_connect"),
+    path("snaptrade/key/", snaptrade_views.save_key, name="snaptrade_key"),
 ]

@@ -15,7 +15,7 @@ from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
-from brokers import oauth_views, schedules, selectors, services, throttle
+from brokers import oauth_views, schedules, selectors, services, snaptrade_views, throttle
 from brokers.decorators import trader_page
 from brokers.forms import (
     ConnectionForm,
@@ -47,7 +47,7 @@ def _provider_class(broker_type: str):
 
 def what_to_do(connection: BrokerConnection) -> str:
     """Advice under the last error, from what kind of failure it was."""
-    if connection.credentials_rejected and connection.uses_oauth:
+    if connection.credentials_rejected and connection.signs_in_at_broker:
         return (
             f"The link to {connection.provider_name} has ended, so automatic sync is on hold. Press Reconnect "
             f"and sign in at {connection.provider_name} again: sync resumes at once, with the same history."
@@ -59,6 +59,8 @@ def what_to_do(connection: BrokerConnection) -> str:
         )
     if connection.last_error_kind in TRANSIENT_ERROR_KINDS:
         return "This is usually temporary on the broker's side and the sync retries by itself."
+    if connection.last_error_kind == "setup":
+        return "Sync retries at every interval, but it cannot work until the API key above is fixed."
     if connection.last_error_kind == "account":
         return "Check this account's API permissions at the broker; the other accounts keep syncing."
     return "Check the connection at the broker (API access, permissions), then press Sync now."
@@ -182,6 +184,8 @@ def _test_login(request, *, broker_type: str, credentials: dict, environment: st
 def connection_add(request):
     broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
     provider_class = _provider_class(broker_type)
+    if provider_class.portal:
+        return snaptrade_views.connect_page(request, provider_class)
     if provider_class.oauth is not None:
         # Nothing to type: the trader signs in at the broker (a posted form saves nothing).
         return oauth_views.connect_page(request, provider_class)

@@ -336,7 +336,7 @@ BROKER_PROVIDERS = [
         "BROKER_PROVIDERS",
         "brokers.providers.demo,brokers.providers.tradovate,brokers.providers.ibkr_flex,"
         "brokers.providers.alpaca,brokers.providers.ccxt_family,brokers.providers.schwab,"
-        "brokers.providers.alpaca_connect,brokers.providers.tradovate_signin",
+        "brokers.providers.alpaca_connect,brokers.providers.tradovate_signin,brokers.providers.snaptrade",
     ).split(",")
     if m.strip()
 ]
@@ -360,6 +360,13 @@ BROKER_OAUTH_APPS = {
     for name, value in os.environ.items()
     if name.endswith("_CLIENT_ID") and value
 }
+# SnapTrade (docs/brokers/snaptrade.md): the operator's Commercial API key. Without it traders
+# can still connect with their own Personal key, entered on the SnapTrade page.
+SNAPTRADE_CLIENT_ID = env("SNAPTRADE_CLIENT_ID", "")
+SNAPTRADE_CONSUMER_KEY = env("SNAPTRADE_CONSUMER_KEY", "")
+# Ask SnapTrade for fresh brokerage data at most this often per connection (each refresh is
+# billed; SnapTrade refuses it for real-time connections). 0: never, data is SnapTrade's daily copy.
+SNAPTRADE_MANUAL_REFRESH_HOURS = env_int("SNAPTRADE_MANUAL_REFRESH_HOURS", 0)
 # The public address of /brokers/oauth/callback/, exactly as registered with each broker's app.
 OAUTH_CALLBACK_URL = env("OAUTH_CALLBACK_URL", "")
 # A sign-in must come back within this long; its state is single use and bound to the session.

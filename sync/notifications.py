@@ -54,7 +54,7 @@ def run_failed(connection: BrokerConnection, failures: int, message: str) -> Non
 
 def credentials_refused(connection: BrokerConnection, message: str) -> None:
     name = connection.provider_name
-    if connection.uses_oauth:
+    if connection.signs_in_at_broker:
         subject = f"{connection.label}: the link to {name} has ended"
         text = (
             f"The link of {connection.label} to {name} has ended.\n\n{message}\n\nAutomatic sync is paused "

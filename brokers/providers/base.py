@@ -44,6 +44,8 @@ class BrokerProvider(ABC):
                          connect a broker whose limits it shares (e.g. "tradovate"); default its key
       oauth              an OAuthSpec when traders connect by signing in at the broker (subclass
                          brokers.providers.oauth.OAuthProvider); None for typed credentials
+      portal             traders connect in an aggregator's connection portal (SnapTrade): like
+                         OAuth, the session comes back from the broker's side, not from a form
       transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
                          layer retries them a few times before the run's own retries); add 500
                          only where the broker's docs call it transient
@@ -62,12 +64,18 @@ class BrokerProvider(ABC):
     transient_statuses: ClassVar[frozenset[int]] = frozenset({502, 503, 504})
     limits_key: ClassVar[str] = ""
     oauth: ClassVar[OAuthSpec | None] = None
+    portal: ClassVar[bool] = False
 
     def __init__(self, environment: str = ""):
         self.environment = environment or (self.environments[0][0] if self.environments else "")
         self._http: BrokerHTTP | None = None
         # The sync run this instance works for (set by the registry); "" outside a run.
         self.run_id = ""
+
+    @classmethod
+    def signs_in_at_broker(cls) -> bool:
+        """Whether traders connect (and reconnect) on the broker's own pages rather than a form."""
+        return cls.oauth is not None or cls.portal
 
     @property
     def http(self) -> BrokerHTTP:

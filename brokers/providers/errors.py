@@ -2,6 +2,8 @@
 
 BrokerError
  ├── BrokerAuthError          the trader must act (wrong or expired credentials): never retried
+ ├── BrokerSetupError         an aggregator refused the API key itself (SnapTrade's signature):
+ │                            whoever owns the key must fix it; never retried
  ├── BrokerRateLimitError     the broker (or our limiter) says wait: carries retry_after seconds
  ├── BrokerAPIError           a bad status or an unreadable answer: .transient says if a retry helps
  ├── BrokerTimeoutError       no answer in time (transient)
@@ -38,6 +40,10 @@ class BrokerError(Exception):
 
 class BrokerAuthError(BrokerError):
     kind = "auth"
+
+
+class BrokerSetupError(BrokerError):
+    kind = "setup"
 
 
 class BrokerRateLimitError(BrokerError):

@@ -20,7 +20,7 @@ from brokers.providers.errors import (
     BrokerTimeoutError,
     BrokerUnavailableError,
 )
-from brokers.providers.ratelimit import capped_wait, get_limiter
+from brokers.providers.ratelimit import Scope, capped_wait, get_limiter
 from config import metrics
 
 log = structlog.get_logger("brokers.http")
@@ -92,7 +92,7 @@ class BrokerHTTP:
         method: str,
         path_or_url: str,
         *,
-        scope: str = "",
+        scope: Scope = "",
         buckets: tuple[str, ...] | None = None,
         allow_statuses: tuple[int, ...] = (),
         idempotent: bool | None = None,
@@ -101,7 +101,8 @@ class BrokerHTTP:
     ) -> requests.Response:
         """Send one request and return the response, or raise the matching BrokerError.
 
-        scope names the credential for per-credential limits (see ratelimit.scope_for);
+        scope names the credential for per-credential limits (see ratelimit.scope_for), or one
+        credential per bucket (ratelimit.Scope);
         allow_statuses are statuses the caller interprets itself instead of the mapping;
         idempotent overrides the method's own meaning (e.g. a POST that only reads);
         weight is how many limiter slots the request takes (a ccxt endpoint's cost).
@@ -178,7 +179,7 @@ class BrokerHTTP:
         )
         time.sleep(pause)
 
-    def error_for(self, response: requests.Response, *, scope: str = "") -> BrokerError:
+    def error_for(self, response: requests.Response, *, scope: Scope = "") -> BrokerError:
         status = response.status_code
         retry_after = parse_retry_after(response)
         name = self.display_name

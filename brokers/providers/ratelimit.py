@@ -14,6 +14,7 @@ import hashlib
 import math
 import time
 import tomllib
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -138,6 +139,17 @@ def scope_for(secret_or_id: str) -> str:
     return hashlib.sha256(secret_or_id.encode()).hexdigest()[:16]
 
 
+# Whose budget a call spends: one credential's name for every per-credential bucket, or a
+# name per bucket when a broker counts two ways at once (SnapTrade: per API key and per account).
+Scope = str | Mapping[str, str]
+
+
+def _scopes(scope: Scope) -> list[str]:
+    """The distinct credential names in a scope, each of which a broker's block can hold back."""
+    values = scope.values() if isinstance(scope, Mapping) else [scope]
+    return sorted({v for v in values if v})
+
+
 class RateLimiter:
     def __init__(self, client: redis.Redis, limits: dict[str, tuple[RateLimit, ...]], max_sleep_s: float):
         self.client = client
@@ -159,13 +171,16 @@ class RateLimiter:
             raise BrokerConfigurationError(f"{LIMITS_FILE.name} has no bucket {sorted(unknown)} for broker {broker!r}.")
         return tuple(b for b in buckets if b.name in names)
 
-    def _keys(self, broker, buckets, scope):
-        bucket_keys = [f"rl:{broker}:{b.name}" + (f":{scope}" if b.per_credential and scope else "") for b in buckets]
-        block_keys = [f"rl:block:{broker}"] + ([f"rl:block:{broker}:{scope}"] if scope else [])
+    def _keys(self, broker, buckets, scope: Scope):
+        def scope_of(bucket: RateLimit) -> str:
+            return (scope.get(bucket.name, "") if isinstance(scope, Mapping) else scope) if bucket.per_credential else ""
+
+        bucket_keys = [f"rl:{broker}:{b.name}" + (f":{scope_of(b)}" if scope_of(b) else "") for b in buckets]
+        block_keys = [f"rl:block:{broker}"] + [f"rl:block:{broker}:{s}" for s in _scopes(scope)]
         return block_keys, bucket_keys
 
     def try_acquire(
-        self, broker: str, *, scope: str = "", buckets: tuple[str, ...] | None = None, weight: int = 1
+        self, broker: str, *, scope: Scope = "", buckets: tuple[str, ...] | None = None, weight: int = 1
     ) -> float:
         """Book `weight` slots if every bucket has room; otherwise return the seconds to wait."""
         chosen = self.buckets_for(broker, buckets)
@@ -181,7 +196,7 @@ class RateLimiter:
         self,
         broker: str,
         *,
-        scope: str = "",
+        scope: Scope = "",
         buckets: tuple[str, ...] | None = None,
         display_name: str = "",
         weight: int = 1,
@@ -206,22 +221,23 @@ class RateLimiter:
             time.sleep(wait)
             waited += wait
 
-    def _block_reason(self, broker: str, scope: str) -> str:
-        keys = [f"rl:reason:{broker}"] + ([f"rl:reason:{broker}:{scope}"] if scope else [])
+    def _block_reason(self, broker: str, scope: Scope) -> str:
+        keys = [f"rl:reason:{broker}"] + [f"rl:reason:{broker}:{s}" for s in _scopes(scope)]
         reasons = [r.decode() for r in self.client.mget(keys) if r]
         return reasons[-1] if reasons else ""
 
-    def block(self, broker: str, seconds: float, *, scope: str = "", reason: str = "") -> None:
+    def block(self, broker: str, seconds: float, *, scope: Scope = "", reason: str = "") -> None:
         """Make every worker wait `seconds` before the next call to this broker (or credential).
 
-        reason is what the broker said, in a trader's words; runs that meet the block repeat it.
+        A scope naming several credentials blocks each of them. reason is what the broker
+        said, in a trader's words; runs that meet the block repeat it.
         """
-        suffix = f":{scope}" if scope else ""
         seconds = capped_wait(seconds)
-        self._block(keys=[f"rl:block:{broker}{suffix}"], args=[seconds])
-        if reason:
-            self.client.set(f"rl:reason:{broker}{suffix}", reason, px=math.ceil(seconds * 1000) + 1000)
-        log.warning("rate_limit_block", broker=broker, seconds=round(seconds, 3), per_credential=bool(scope))
+        for suffix in [f":{s}" for s in _scopes(scope)] or [""]:
+            self._block(keys=[f"rl:block:{broker}{suffix}"], args=[seconds])
+            if reason:
+                self.client.set(f"rl:reason:{broker}{suffix}", reason, px=math.ceil(seconds * 1000) + 1000)
+        log.warning("rate_limit_block", broker=broker, seconds=round(seconds, 3), per_credential=bool(_scopes(scope)))
 
 
 @cache

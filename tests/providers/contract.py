@@ -80,11 +80,12 @@ class ProviderContract:
         cls = provider_classes()[self.provider_key]
         assert cls.key == self.provider_key and isinstance(provider, cls)
         assert cls.display_name
-        if cls.oauth is None:
+        if not cls.signs_in_at_broker():
             assert cls.credential_fields, "a provider declares the fields its form asks for"
             assert any(f.secret for f in cls.credential_fields)
         else:
-            assert cls.oauth.authorize_url.startswith("https://") and cls.oauth.token_url.startswith("https://")
+            if cls.oauth is not None:
+                assert cls.oauth.authorize_url.startswith("https://") and cls.oauth.token_url.startswith("https://")
             assert not cls.credential_fields, "a trader signs in at the broker and types nothing here"
         assert cls.sync_overlap > timedelta(0)
         assert cls.max_history > timedelta(0)
@@ -97,8 +98,8 @@ class ProviderContract:
         assert set(required) <= set(problems)
 
     def test_authenticate_returns_a_session(self, provider, rsps):
-        if type(provider).oauth is not None:
-            pytest.skip("OAuth: the session comes from the sign-in callback; authenticate() asks to reconnect")
+        if type(provider).signs_in_at_broker():
+            pytest.skip("OAuth or portal: the session comes from the callback; authenticate() asks to reconnect")
         self.stub_login_ok(rsps)
         auth = provider.authenticate(self.stub_credentials())
         assert isinstance(auth, AuthResult) and auth.token

@@ -47,9 +47,9 @@ def test_every_registered_provider_has_its_contract_test_doc_and_limits(key):
     page = DOCS / f"{key}.md"
     assert page.exists() or any(f"`{key}`" in p.read_text() for p in DOCS.glob("*.md")), f"{key}: no doc page or row"
     assert (cls.limits_key or key) in load_limits(), f"{key}: no entry in rate_limits.toml"
-    # A trader types secrets into the form, or (OAuth) signs in at the broker and types nothing.
+    # A trader types secrets into the form, or (OAuth, a portal) signs in at the broker and types nothing.
     typed = cls.credential_fields and any(f.secret for f in cls.credential_fields)
-    assert cls.display_name and (typed or cls.oauth is not None)
+    assert cls.display_name and (typed or cls.signs_in_at_broker())
 
 
 def test_a_family_s_members_are_tested_through_at_least_three_exchanges():

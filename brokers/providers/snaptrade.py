@@ -1,0 +1,437 @@
+"""SnapTrade: one aggregator API in front of 20+ brokerages (Schwab, Fidelity, Robinhood, ...).
+
+Written on our BrokerHTTP rather than SnapTrade's generated SDK, so its calls keep our rules:
+the shared limiter, timeouts, request retries, log lines without the query, and our error tree.
+
+Who is who: an API key (clientId + consumerKey) is the operator's Commercial key from the
+environment or a trader's own Personal key; each trader is registered once as a SnapTrade user
+(userId + userSecret, see brokers.models.SnapTradeUser); one journal connection is one brokerage
+authorisation ("connection" in SnapTrade's words) made in SnapTrade's connection portal. The
+session (AuthResult) carries the user secret as its token and the ids in `extra`; the pages
+build it (session()) after the portal, as the OAuth callback does for other brokers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlencode, urlparse
+
+import requests
+import structlog
+from django.conf import settings
+
+from brokers.providers.base import BrokerProvider
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, BrokerSetupError
+from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S
+from brokers.providers.ratelimit import Scope, capped_wait, get_limiter, scope_for
+from brokers.providers.registry import register
+from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials, BrokerTrade
+
+log = structlog.get_logger("brokers.snaptrade")
+
+# Executions only: dividends, transfers, fees, interest, splits and option expiries are not trades.
+TRADE_TYPES = {"BUY": BUY, "SELL": SELL}
+OPTION_SIDES = {"BUY_TO_OPEN": BUY, "BUY_TO_CLOSE": BUY, "SELL_TO_OPEN": SELL, "SELL_TO_CLOSE": SELL}
+RIGHTS = {"CALL": "C", "PUT": "P"}
+# SnapTrade's page size maximum (and default) for activities.
+PAGE_SIZE = 1000
+# Each window is one request (plus pages): wide windows keep a backfill inside the
+# account-level budget of 10 requests a minute.
+WINDOW = timedelta(days=365)
+# US equity options deliver 100 shares; SnapTrade flags the 10-share mini options.
+OPTION_MULTIPLIER = Decimal("100")
+MINI_OPTION_MULTIPLIER = Decimal("10")
+CLOSED_ACCOUNT_STATUSES = {"closed", "archived"}
+CUSTOMER_BUCKETS = ("customer",)
+ACCOUNT_BUCKETS = ("customer", "account")
+# How long the list of brokerages (for the connect page) is kept before it is asked for again.
+BROKERAGES_CACHE_S = 6 * 3600
+_SECONDS_IN_DETAIL = re.compile(r"available in ([0-9]{1,6}) seconds")
+
+
+@dataclass(frozen=True)
+class SnapTradeKey:
+    """An API key: the operator's Commercial key or a trader's Personal key."""
+
+    client_id: str
+    consumer_key: str = field(repr=False)
+    personal: bool = False
+
+
+def operator_key() -> SnapTradeKey | None:
+    """The installation's Commercial key from the environment, or None when not set up."""
+    if settings.SNAPTRADE_CLIENT_ID and settings.SNAPTRADE_CONSUMER_KEY:
+        return SnapTradeKey(settings.SNAPTRADE_CLIENT_ID, settings.SNAPTRADE_CONSUMER_KEY)
+    return None
+
+
+def canonical_content(content: Any, path: str, query: str) -> str:
+    """The string SnapTrade signs: sorted keys, no whitespace, null for an empty body."""
+    payload = {"content": content or None, "path": path, "query": query}
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True)
+
+
+def signature(consumer_key: str, content: Any, path: str, query: str) -> str:
+    digest = hmac.new(consumer_key.encode(), canonical_content(content, path, query).encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def session(key: SnapTradeKey, user_id: str, user_secret: str, authorization: Mapping[str, Any]) -> AuthResult:
+    """The session of one journal connection: a SnapTrade user and one brokerage authorisation."""
+    extra = {
+        "client_id": key.client_id,
+        "user_id": user_id,
+        "authorization_id": str(authorization["id"]),
+        "brokerage": brokerage_name(authorization),
+    }
+    if key.personal:
+        extra["consumer_key"] = key.consumer_key
+    return AuthResult(token=user_secret, extra=extra)
+
+
+def brokerage_name(authorization: Mapping[str, Any]) -> str:
+    brokerage = authorization.get("brokerage") or {}
+    return str(brokerage.get("display_name") or brokerage.get("name") or "the brokerage")
+
+
+def reconnect_message(brokerage: str, what: str) -> str:
+    return f"{what} Press Reconnect and sign in to {brokerage} through SnapTrade again; your trades and history stay."
+
+
+def _time(value: str) -> datetime:
+    if len(value) == 10:  # some brokerages give only the trade's date
+        return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _decimal(value: Any) -> Decimal:
+    return Decimal(str(value))
+
+
+class SnapTradeProvider(BrokerProvider):
+    key = "snaptrade"
+    display_name = "SnapTrade"
+    base_urls = {"": "https://api.snaptrade.com/api/v1"}
+    portal = True
+    # SnapTrade refreshes most brokerages' activities once a day, and some give only dates:
+    # three days again catch trades that appear a day or two late.
+    sync_overlap = timedelta(days=3)
+    max_history = timedelta(days=3 * 365)
+    # SnapTrade's documented answer to an unexpected failure is a 500; the issue's rule (and
+    # SnapTrade's own SDKs) treat it as worth one more try of the same read.
+    transient_statuses = frozenset({500, 502, 503, 504})
+
+    # --- the contract ------------------------------------------------------------------------
+    def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
+        # The session comes from the portal (SnapTradeUser + the authorisation); nothing we
+        # hold can log in again for the trader.
+        brokerage = credentials.get("brokerage", "the brokerage")
+        raise BrokerAuthError(
+            reconnect_message(brokerage, f"The link to {brokerage} through SnapTrade is broken or was removed."),
+            provider=self.key,
+        )
+
+    def refresh_token(self, auth: AuthResult) -> AuthResult:
+        return auth  # a user secret does not expire
+
+    def get_accounts(self, auth: AuthResult) -> list[BrokerAccountInfo]:
+        authorization_id = auth.extra["authorization_id"]
+        authorization = self._user_call(auth, "GET", f"/authorizations/{authorization_id}")
+        if not isinstance(authorization, dict):
+            raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+        brokerage = brokerage_name(authorization)
+        if authorization.get("disabled"):
+            raise BrokerAuthError(
+                reconnect_message(brokerage, f"SnapTrade's link to {brokerage} is broken (the brokerage ended it)."),
+                provider=self.key,
+            )
+        self._refresh_if_allowed(auth, authorization)
+        rows = self._user_call(auth, "GET", f"/authorizations/{authorization_id}/accounts")
+        if not isinstance(rows, list):
+            raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+        accounts = []
+        for row in rows:
+            if str(row.get("status") or "").lower() in CLOSED_ACCOUNT_STATUSES:
+                continue
+            number = str(row.get("number") or "")
+            total = (row.get("balance") or {}).get("total") or {}
+            name = str(row.get("name") or brokerage)
+            accounts.append(
+                BrokerAccountInfo(
+                    external_id=str(row["id"]),
+                    # Only the last four digits: SnapTrade may show the whole account number.
+                    name=f"{name} ····{number[-4:]}" if number else name,
+                    currency=str(total.get("currency") or "USD")[:3],
+                )
+            )
+        return accounts
+
+    def get_trades(
+        self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
+    ) -> Iterator[BrokerTrade]:
+        start = since
+        while start < until:
+            end = min(start + WINDOW, until)
+            yield from self._window(auth, account, start.date(), end.date())
+            start = end
+
+    # --- what the connect pages call -------------------------------------------------------------
+    def register_user(self, key: SnapTradeKey, user_id: str) -> str:
+        """Register a trader as a SnapTrade user; returns the user secret to store."""
+        answer = self._call(key, "POST", "/snapTrade/registerUser", body={"userId": user_id})
+        secret = answer.get("userSecret") if isinstance(answer, dict) else None
+        if not secret:
+            raise BrokerAPIError("SnapTrade sent a registration answer we could not read.", provider=self.key)
+        return str(secret)
+
+    def portal_url(
+        self, key: SnapTradeKey, user_id: str, user_secret: str, *, redirect: str, brokerage: str = "", reconnect: str = ""
+    ) -> str:
+        """The connection portal's address (valid 5 minutes), coming back to `redirect`."""
+        body = {
+            "userId": user_id,
+            "userSecret": user_secret,
+            "customRedirect": redirect,
+            "immediateRedirect": True,
+            "connectionType": "read",
+        }
+        if brokerage:
+            body["broker"] = brokerage
+        if reconnect:
+            body["reconnect"] = reconnect
+        answer = self._call(key, "POST", "/snapTrade/login", body=body)
+        url = answer.get("redirectURI") if isinstance(answer, dict) else None
+        if not isinstance(url, str) or urlparse(url).scheme not in ("https", "http"):
+            raise BrokerAPIError("SnapTrade sent no connection portal address.", provider=self.key, transient=True)
+        return url
+
+    def authorizations(self, key: SnapTradeKey, user_id: str, user_secret: str) -> list[dict]:
+        rows = self._call(key, "GET", "/authorizations", user=(user_id, user_secret))
+        if not isinstance(rows, list):
+            raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+        return rows
+
+    def brokerages(self, key: SnapTradeKey) -> list[tuple[str, str]]:
+        """(slug, name) of the brokerages new connections can be made to, kept for a few hours."""
+        client = get_limiter().client
+        cached = client.get("snaptrade:brokerages")
+        if cached:
+            return [tuple(pair) for pair in json.loads(cached)]
+        rows = self._call(key, "GET", "/brokerages")
+        pairs = sorted(
+            (str(r["slug"]), str(r.get("display_name") or r.get("name") or r["slug"]))
+            for r in (rows if isinstance(rows, list) else [])
+            if r.get("slug") and r.get("enabled", True) and not r.get("maintenance_mode")
+        )
+        client.set("snaptrade:brokerages", json.dumps(pairs), ex=BROKERAGES_CACHE_S)
+        return pairs
+
+    # --- requests ----------------------------------------------------------------------------
+    def _key_of(self, auth: AuthResult) -> SnapTradeKey:
+        if auth.extra.get("consumer_key"):
+            return SnapTradeKey(auth.extra["client_id"], auth.extra["consumer_key"], personal=True)
+        key = operator_key()
+        if key is None or key.client_id != auth.extra.get("client_id"):
+            raise BrokerSetupError(
+                "This installation's SnapTrade key is not set up any more (SNAPTRADE_CLIENT_ID and "
+                "SNAPTRADE_CONSUMER_KEY); the operator must set it back.",
+                provider=self.key,
+            )
+        return key
+
+    def _user_call(self, auth: AuthResult, method: str, path: str, **kwargs):
+        return self._call(self._key_of(auth), method, path, user=(auth.extra["user_id"], auth.token), **kwargs)
+
+    def _window(self, auth: AuthResult, account: BrokerAccountInfo, start: date, end: date):
+        offset = 0
+        while True:
+            params = {
+                "startDate": start.isoformat(),
+                "endDate": end.isoformat(),
+                "offset": offset,
+                "limit": PAGE_SIZE,
+                "type": ",".join(TRADE_TYPES),
+            }
+            page = self._user_call(
+                auth, "GET", f"/accounts/{account.external_id}/activities", params=params, account=account.external_id
+            )
+            rows = page.get("data") if isinstance(page, dict) else None
+            if not isinstance(rows, list):
+                raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+            for row in rows:
+                if row.get("type") in TRADE_TYPES:
+                    yield self._trade(row, account)
+            total = (page.get("pagination") or {}).get("total")
+            offset += len(rows)
+            if not rows or len(rows) < PAGE_SIZE or (isinstance(total, int) and offset >= total):
+                return
+
+    def _call(
+        self,
+        key: SnapTradeKey,
+        method: str,
+        path: str,
+        *,
+        user: tuple[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | None = None,
+        account: str = "",
+        tolerate: tuple[int, ...] = (),
+    ):
+        """One signed request; the answer's JSON, or None for a tolerated status."""
+        query_items = [("clientId", key.client_id), ("timestamp", str(int(time.time())))]
+        if user is not None:
+            query_items += [("userId", user[0]), ("userSecret", user[1])]
+        query = urlencode(query_items + list((params or {}).items()))
+        url = f"{self.http.base_url}{path}?{query}"
+        text = json.dumps(body, separators=(",", ":"), sort_keys=True) if body else None
+        headers = {"Signature": signature(key.consumer_key, body, urlparse(url).path, query)}
+        if text is not None:
+            headers["Content-Type"] = "application/json"
+        scope: Scope = {"customer": scope_for(key.client_id)}
+        if account:
+            scope["account"] = scope_for(f"{key.client_id}:{account}")
+        response = self.http.request(
+            method,
+            url,
+            scope=scope,
+            buckets=ACCOUNT_BUCKETS if account else CUSTOMER_BUCKETS,
+            allow_statuses=(400, 401, 402, 403, 404, 429),
+            # Reading SnapTrade is safe to repeat; registering and the portal address are not sent twice.
+            idempotent=method == "GET",
+            data=text.encode() if text is not None else None,
+            headers=headers,
+        )
+        if response.status_code < 300:
+            return self.http.json(response)
+        if response.status_code in tolerate:
+            log.info("snaptrade_answer_tolerated", path=urlparse(url).path, status=response.status_code)
+            return None
+        raise self._error(response, key, scope)
+
+    def _error(self, response: requests.Response, key: SnapTradeKey, scope: dict[str, str]) -> Exception:
+        status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        code = str((body if isinstance(body, dict) else {}).get("code") or "")
+        if status == 429:
+            return self._rate_limited(response, body, scope)
+        if status == 401 and code == "1076":
+            whose = (
+                "Your SnapTrade Personal key was refused; enter it again on the SnapTrade page."
+                if key.personal
+                else "This installation's SnapTrade key was refused; the operator must check "
+                "SNAPTRADE_CLIENT_ID and SNAPTRADE_CONSUMER_KEY (and the server's clock)."
+            )
+            return BrokerSetupError(f"SnapTrade refused the request signature (code {code}). {whose}", provider=self.key)
+        if status in (401, 402, 403, 404):
+            return BrokerAuthError(
+                reconnect_message("the brokerage", f"SnapTrade refused to read this link (HTTP {status}, code {code or 'none'})."),
+                provider=self.key,
+                status_code=status,
+            )
+        return BrokerAPIError(
+            f"SnapTrade rejected a request (HTTP {status}, code {code or 'none'}). Retrying will not help — "
+            "please report it.",
+            provider=self.key,
+            status_code=status,
+        )
+
+    def _rate_limited(self, response: requests.Response, body: Any, scope: dict[str, str]) -> BrokerRateLimitError:
+        """Wait for the budget that ran out: the account's, the API key's, or (unsaid) both."""
+        headers = response.headers
+        if headers.get("X-RateLimit-Account-Remaining") == "0" and "account" in scope:
+            which, blocked, reset = "this account's", {"account": scope["account"]}, "X-RateLimit-Account-Reset"
+        elif headers.get("X-RateLimit-Remaining") == "0":
+            which, blocked, reset = "the API key's", {"customer": scope["customer"]}, "X-RateLimit-Reset"
+        else:
+            which, blocked, reset = "a", scope, ""
+        wait = _seconds(headers.get(reset, "")) if reset else None
+        if wait is None:
+            detail = str(body.get("detail") if isinstance(body, dict) else "")
+            found = _SECONDS_IN_DETAIL.search(detail)
+            wait = float(found.group(1)) if found else DEFAULT_RATE_LIMIT_WAIT_S
+        # A reset of 0 still means "not now": at least a second.
+        wait = max(1.0, capped_wait(wait))
+        reason = f"SnapTrade asked us to slow down ({which} request budget is used up; HTTP 429)."
+        get_limiter().block(self.limits_name, wait, scope=blocked, reason=reason)
+        return BrokerRateLimitError(reason, provider=self.key, status_code=429, retry_after=wait)
+
+    def _refresh_if_allowed(self, auth: AuthResult, authorization: Mapping[str, Any]) -> None:
+        """Ask SnapTrade to fetch fresh data from the brokerage, where the operator allows it.
+
+        Each manual refresh is billed and is refused for real-time connections, so it is off
+        unless SNAPTRADE_MANUAL_REFRESH_HOURS is set, and then made at most once that often.
+        The refresh is asynchronous: the data it fetches reaches a later sync.
+        """
+        hours = settings.SNAPTRADE_MANUAL_REFRESH_HOURS
+        if hours <= 0 or authorization.get("data_freshness_mode") == "realtime":
+            return
+        marker = f"snaptrade:refreshed:{scope_for(auth.extra['authorization_id'])}"
+        if not get_limiter().client.set(marker, "1", nx=True, ex=int(hours * 3600)):
+            return
+        # Refused refreshes (too recent, not in the plan, link disabled) change nothing for this sync.
+        self._user_call(
+            auth, "POST", f"/authorizations/{auth.extra['authorization_id']}/refresh", tolerate=(402, 403, 429)
+        )
+
+    def _trade(self, row: Mapping[str, Any], account: BrokerAccountInfo) -> BrokerTrade:
+        try:
+            option = row.get("option_symbol") or None
+            side = OPTION_SIDES.get(row.get("option_type") or "") or TRADE_TYPES[row["type"]]
+            quantity = abs(_decimal(row["units"]))
+            price = abs(_decimal(row["price"]))
+            if option:
+                underlying = (option.get("underlying_symbol") or {}).get("symbol")
+                symbol = underlying or str(option["ticker"]).split()[0]
+            else:
+                symbol = (row.get("symbol") or {}).get("symbol")
+            if not symbol or quantity == 0:
+                raise ValueError("no symbol or no quantity")
+            security_type = (((row.get("symbol") or {}).get("type") or {}).get("code") or "").lower()
+            return BrokerTrade(
+                broker_trade_id=str(row["id"]),
+                account_external_id=account.external_id,
+                symbol=str(symbol),
+                side=side,
+                quantity=quantity,
+                price=price,
+                executed_at=_time(str(row["trade_date"])),
+                fees=abs(_decimal(row.get("fee") or 0)),
+                currency=str((row.get("currency") or {}).get("code") or account.currency),
+                asset_class="OPT" if option else ("CRYPTO" if security_type == "crypto" else "STK"),
+                multiplier=(MINI_OPTION_MULTIPLIER if option.get("is_mini_option") else OPTION_MULTIPLIER)
+                if option
+                else Decimal("1"),
+                order_id=str(row.get("external_reference_id") or ""),
+                expiry=date.fromisoformat(str(option["expiration_date"])[:10]) if option else None,
+                strike=_decimal(option["strike_price"]) if option else None,
+                option_right=RIGHTS[option["option_type"]] if option else "",
+                raw=dict(row),
+            )
+        except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
+            raise BrokerAPIError(
+                f"SnapTrade sent a trade we could not read (activity {row.get('id', 'without id')}). "
+                "Retrying will not help — please report it.",
+                provider=self.key,
+            ) from None
+
+
+def _seconds(value: str) -> float | None:
+    value = (value or "").strip()
+    return float(value) if value.isascii() and value.isdigit() and len(value) <= 6 else None
+
+
+register(SnapTradeProvider)

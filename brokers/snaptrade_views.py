@@ -1,0 +1,222 @@
+"""Connect brokerages through SnapTrade's connection portal, and reconnect a broken link.
+
+The trip to the portal uses the OAuth pages' flows (oauth_views.remember_flow): the state is
+single use, short-lived and bound to the trader's session and to the connection it mends.
+The portal handles the brokerage's own login and MFA; on the way back we ask SnapTrade which
+brokerage authorisations the trader now has, and each new one becomes a journal connection.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.decorators.http import require_GET, require_POST
+
+from brokers import oauth_views, services
+from brokers.decorators import trader_page
+from brokers.models import BrokerConnection, SnapTradeUser
+from brokers.providers.base import MAX_CREDENTIAL_LENGTH
+from brokers.providers.errors import BrokerError, BrokerSetupError
+from brokers.providers.registry import get_broker_provider, provider_choices
+from brokers.providers.snaptrade import SnapTradeKey, brokerage_name, operator_key, session
+from brokers.validators import has_control_characters
+
+KEY = "snaptrade"
+PERSONAL_KEY_FIELDS = (("client_id", "Client ID"), ("consumer_key", "Consumer key"))
+
+
+def _provider():
+    return get_broker_provider(KEY)
+
+
+def _key_of(user: SnapTradeUser) -> SnapTradeKey:
+    if user.personal_key:
+        return SnapTradeKey(user.client_id, user.secrets["consumer_key"], personal=True)
+    return operator_key()
+
+
+def registration(owner) -> SnapTradeUser | None:
+    """The trader's SnapTrade user, registered now with the operator's key if there is none yet.
+
+    None when neither the trader nor the operator has a key. A registration made under an
+    operator key that has since changed cannot be used and is reported as a setup error.
+    """
+    user = SnapTradeUser.objects.filter(owner=owner).first()
+    key = operator_key()
+    if user is not None:
+        if not user.personal_key and (key is None or key.client_id != user.client_id):
+            raise BrokerSetupError(
+                "Your SnapTrade registration was made with an API key this installation no longer has; "
+                "ask the operator.",
+                provider=KEY,
+            )
+        return user
+    if key is None:
+        return None
+    return _register(owner, key)
+
+
+@sensitive_variables()
+def _register(owner, key: SnapTradeKey) -> SnapTradeUser:
+    # A random id: unique across installations, and it tells SnapTrade nothing about the trader.
+    user_id = f"journal-{uuid.uuid4()}"
+    secret = _provider().register_user(key, user_id)
+    user = SnapTradeUser(owner=owner, client_id=key.client_id, user_id=user_id, personal_key=key.personal)
+    secrets = {"user_secret": secret}
+    if key.personal:
+        secrets["consumer_key"] = key.consumer_key
+    user.secrets = secrets
+    try:
+        user.save()
+    except IntegrityError:
+        # Another tab registered the trader a moment ago: theirs is kept, ours stays unused.
+        return SnapTradeUser.objects.get(owner=owner)
+    return user
+
+
+def connect_page(request, provider_class):
+    """The add page for SnapTrade: the operator's or the trader's key, then the brokerages."""
+    context = {"provider": provider_class, "choices": provider_choices(), "brokerages": [], "problem": ""}
+    user = SnapTradeUser.objects.filter(owner=request.user).first()
+    context["has_key"] = user is not None or operator_key() is not None
+    context["personal"] = user is not None and user.personal_key
+    if context["has_key"]:
+        try:
+            key = _key_of(user) if user is not None else operator_key()
+            if key is not None:
+                context["brokerages"] = _provider().brokerages(key)
+        except BrokerError as exc:
+            context["problem"] = f"{exc.message} You can still choose the brokerage inside SnapTrade."
+    context["fields"] = PERSONAL_KEY_FIELDS
+    return render(request, "brokers/snaptrade_connect.html", context)
+
+
+def _back_to_add():
+    return redirect(f"{reverse('brokers:add')}?broker={KEY}")
+
+
+@sensitive_post_parameters()
+@sensitive_variables()
+@trader_page
+@require_POST
+def save_key(request):
+    """Register the trader with their own SnapTrade Personal key (checked by the registration itself)."""
+    if SnapTradeUser.objects.filter(owner=request.user).exists():
+        messages.error(request, "You are already registered with SnapTrade; your key cannot be changed here.")
+        return _back_to_add()
+    values, problems = {}, []
+    for name, label in PERSONAL_KEY_FIELDS:
+        value = request.POST.get(name, "").strip()
+        if not value:
+            problems.append(f"{label} is required.")
+        elif has_control_characters(value):
+            problems.append(f"{label} must not contain control characters (line breaks, tabs or escape codes).")
+        elif len(value) > MAX_CREDENTIAL_LENGTH:
+            problems.append(f"{label} is too long (at most {MAX_CREDENTIAL_LENGTH} characters).")
+        values[name] = value
+    if problems:
+        for problem in problems:
+            messages.error(request, problem)
+        return _back_to_add()
+    key = SnapTradeKey(values["client_id"], values["consumer_key"], personal=True)
+    try:
+        _register(request.user, key)
+    except BrokerSetupError:
+        messages.error(request, "SnapTrade refused this Client ID and consumer key. Check them in your SnapTrade dashboard.")
+        return _back_to_add()
+    except BrokerError as exc:
+        messages.error(request, f"{exc.message} Nothing was saved.")
+        return _back_to_add()
+    messages.success(request, "Your SnapTrade key works. Now choose a brokerage to connect.")
+    return _back_to_add()
+
+
+@trader_page
+@require_GET
+def connect(request):
+    return start(request, brokerage=request.GET.get("brokerage", ""))
+
+
+@sensitive_variables()
+def start(request, *, connection: BrokerConnection | None = None, brokerage: str = ""):
+    """Send the trader to SnapTrade's portal: a new link, or the reconnect of `connection`'s."""
+    if len(brokerage) > 100 or has_control_characters(brokerage):
+        messages.error(request, "That brokerage is not one SnapTrade offers.")
+        return _back_to_add()
+    try:
+        user = registration(request.user)
+        if user is None:
+            messages.error(request, "Enter your SnapTrade Personal key first: this installation has no SnapTrade key.")
+            return _back_to_add()
+        reconnect = connection.credentials.get("authorization_id", "") if connection is not None else ""
+        state = oauth_views.remember_flow(request, KEY, connection)
+        back = request.build_absolute_uri(reverse("brokers:oauth_callback")) + f"?state={state}"
+        url = _provider().portal_url(
+            _key_of(user), user.user_id, user.secrets["user_secret"], redirect=back, brokerage=brokerage, reconnect=reconnect
+        )
+    except BrokerError as exc:
+        messages.error(request, f"{exc.message} Nothing was changed; please try again.")
+        return redirect("brokers:list")
+    return redirect(url)
+
+
+@sensitive_variables()
+def finish(request, flow: dict):
+    """Back from the portal (the flow already checked): save what the trader linked."""
+    provider = _provider()
+    try:
+        user = registration(request.user)
+        key = _key_of(user)
+        secret = user.secrets["user_secret"]
+        authorizations = provider.authorizations(key, user.user_id, secret)
+        if flow["connection"] is not None:
+            return _reconnected(request, flow["connection"], key, user, authorizations)
+        linked = {
+            c.credentials.get("authorization_id")
+            for c in BrokerConnection.objects.filter(owner=request.user, broker_type=KEY)
+        }
+        new = [a for a in authorizations if str(a.get("id")) not in linked and not a.get("disabled")]
+        if not new:
+            messages.info(request, "SnapTrade linked no new brokerage, so nothing was added.")
+            return redirect("brokers:list")
+        for authorization in new:
+            auth = session(key, user.user_id, secret, authorization)
+            accounts = provider.get_accounts(auth)
+            name = brokerage_name(authorization)
+            connection = services.connection_create(
+                owner=request.user,
+                broker_type=KEY,
+                label=f"{name} (SnapTrade)"[:100],
+                credentials={"authorization_id": str(authorization["id"]), "brokerage": name},
+                auth=auth,
+            )
+            found = ", ".join(a.name for a in accounts) or "no accounts yet"
+            messages.success(request, f"{connection.label} is connected ({found}); the first sync has started.")
+    except BrokerError as exc:
+        messages.error(request, f"{exc.message} Nothing more was saved; please try again.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("brokers:list")
+
+
+def _reconnected(request, connection_id: int, key, user: SnapTradeUser, authorizations: list[dict]):
+    connection = BrokerConnection.objects.get(pk=connection_id, owner=request.user)
+    wanted = connection.credentials.get("authorization_id")
+    authorization = next((a for a in authorizations if str(a.get("id")) == wanted), None)
+    if authorization is None or authorization.get("disabled"):
+        messages.error(
+            request,
+            f"SnapTrade still reports the link of {connection.label} as broken, so sync stays on hold. "
+            "Try Reconnect again and finish the brokerage's sign-in.",
+        )
+        return redirect("brokers:list")
+    auth = session(key, user.user_id, user.secrets["user_secret"], authorization)
+    connection = services.connection_reconnect(connection.pk, auth)
+    messages.success(request, f"Reconnected {connection.label}; sync resumed with its history kept.")
+    return redirect("brokers:list")
