@@ -242,9 +242,9 @@ def connection_edit(request, pk):
         )
     if request.method == "POST" and form.is_valid():
         try:
-            services.connection_update(
-                connection.pk, label=form.cleaned_data["label"], credentials=form.merged(form.credentials())
-            )
+            # A link made on the broker's pages has nothing typed to change here, only the label.
+            typed = None if provider_class.signs_in_at_broker() else form.merged(form.credentials())
+            services.connection_update(connection.pk, label=form.cleaned_data["label"], credentials=typed)
         except ValidationError as exc:
             _copy_errors(form, exc)
         else:

@@ -46,6 +46,8 @@ class BrokerProvider(ABC):
                          brokers.providers.oauth.OAuthProvider); None for typed credentials
       portal             traders connect in an aggregator's connection portal (SnapTrade): like
                          OAuth, the session comes back from the broker's side, not from a form
+      link_fields        names of the values the connect pages store with a portal's link (e.g.
+                         which authorisation it is): accepted in the credentials, never on a form
       transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
                          layer retries them a few times before the run's own retries); add 500
                          only where the broker's docs call it transient
@@ -65,6 +67,7 @@ class BrokerProvider(ABC):
     limits_key: ClassVar[str] = ""
     oauth: ClassVar[OAuthSpec | None] = None
     portal: ClassVar[bool] = False
+    link_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, environment: str = ""):
         self.environment = environment or (self.environments[0][0] if self.environments else "")
@@ -136,7 +139,7 @@ class BrokerProvider(ABC):
             elif f.choices and value and value not in {c for c, _ in f.choices}:
                 allowed = ", ".join(c for c, _ in f.choices)
                 problems[f.name] = f"{f.label} must be one of: {allowed}."
-        unknown = set(values) - {f.name for f in cls.credential_fields}
+        unknown = set(values) - {f.name for f in cls.credential_fields} - set(cls.link_fields)
         for name in sorted(unknown):
             problems[name] = f"{cls.display_name} takes no field named {printable(str(name))!r}."
         environment_problem = cls.environment_problem(environment)

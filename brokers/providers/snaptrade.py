@@ -123,6 +123,7 @@ class SnapTradeProvider(BrokerProvider):
     display_name = "SnapTrade"
     base_urls = {"": "https://api.snaptrade.com/api/v1"}
     portal = True
+    link_fields = ("authorization_id", "brokerage")
     # SnapTrade refreshes most brokerages' activities once a day, and some give only dates:
     # three days again catch trades that appear a day or two late.
     sync_overlap = timedelta(days=3)
