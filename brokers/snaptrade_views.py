@@ -128,7 +128,9 @@ def save_key(request):
     try:
         _register(request.user, key)
     except BrokerSetupError:
-        messages.error(request, "SnapTrade refused this Client ID and consumer key. Check them in your SnapTrade dashboard.")
+        messages.error(
+            request, "SnapTrade refused this Client ID and consumer key. Check them in your SnapTrade dashboard."
+        )
         return _back_to_add()
     except BrokerError as exc:
         messages.error(request, f"{exc.message} Nothing was saved.")
@@ -158,7 +160,12 @@ def start(request, *, connection: BrokerConnection | None = None, brokerage: str
         state = oauth_views.remember_flow(request, KEY, connection)
         back = request.build_absolute_uri(reverse("brokers:oauth_callback")) + f"?state={state}"
         url = _provider().portal_url(
-            _key_of(user), user.user_id, user.secrets["user_secret"], redirect=back, brokerage=brokerage, reconnect=reconnect
+            _key_of(user),
+            user.user_id,
+            user.secrets["user_secret"],
+            redirect=back,
+            brokerage=brokerage,
+            reconnect=reconnect,
         )
     except BrokerError as exc:
         messages.error(request, f"{exc.message} Nothing was changed; please try again.")
@@ -172,6 +179,9 @@ def finish(request, flow: dict):
     provider = _provider()
     try:
         user = registration(request.user)
+        if user is None:
+            messages.error(request, "This installation has no SnapTrade key any more, so nothing was saved.")
+            return redirect("brokers:list")
         key = _key_of(user)
         secret = user.secrets["user_secret"]
         authorizations = provider.authorizations(key, user.user_id, secret)

@@ -8,19 +8,24 @@ life, as in production. The brokers' own limits are theirs: simulators enforce t
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import requests
+
 from brokers import selectors, services
 from brokers.models import BrokerConnection, SyncLog
+from brokers.providers import snaptrade
 from journal.models import Trade
 from sync.models import Notice
 from tests.realprocess import celery_processes, finished_logs, send_sync, wait_for
 from tests.sim_ibkr_flex import FakeFlex
 from tests.sim_okx import FakeOkx
+from tests.sim_snaptrade import CLIENT_ID, CONSUMER_KEY, SnapTradeSim
 from tests.sim_tradovate import PASSWORD, FakeTradovate
 
 # Production timings (settings.py defaults), in seconds.
@@ -217,3 +222,74 @@ def ccxt_two_market_types_in_parallel(trader, tmp_path: Path, timings: Timings) 
     assert (first.trades_imported, second.trades_imported) == (400, 0)
     # Markets are cached for every worker: two runs and four account tasks listed them once per type.
     assert instrument_lists == 3, instrument_lists
+
+
+def snaptrade_link(trader, sim: SnapTradeSim) -> BrokerConnection:
+    """A SnapTrade connection made as the portal makes it, with auto-sync off."""
+    from brokers import snaptrade_views
+    from brokers.providers.registry import get_broker_provider
+
+    user = snaptrade_views.registration(trader)
+    key = snaptrade.operator_key()
+    provider = get_broker_provider("snaptrade")
+    portal = provider.portal_url(key, user.user_id, user.secrets["user_secret"], redirect="http://127.0.0.1:9/back")
+    page = requests.get(portal, timeout=5).text
+    done = page.split('id="portal-connect" href="')[1].split('"')[0].replace("&amp;", "&")
+    requests.get(requests.compat.urljoin(portal, done), allow_redirects=False, timeout=5)
+    (authorization,) = provider.authorizations(key, user.user_id, user.secrets["user_secret"])
+    return services.connection_create(
+        owner=trader,
+        broker_type="snaptrade",
+        label="Robinhood (SnapTrade)",
+        sync_enabled=False,
+        credentials={"authorization_id": authorization["id"], "brokerage": "Robinhood"},
+        auth=snaptrade.session(key, user.user_id, user.secrets["user_secret"], authorization),
+    )
+
+
+def snaptrade_accounts_inside_their_budget(trader, tmp_path: Path, timings: Timings, settings) -> None:
+    """Two accounts synced in parallel stay inside SnapTrade's per-account budget: no 429, every fill once.
+
+    Here the broker's budget window is the thing under test, so it shrinks with ours (60 s x
+    scale); the counts keep SnapTrade's shape (ours below theirs: 2 where they allow 3, as 9 of 10).
+    """
+    window = 60 * timings.scale
+    with SnapTradeSim(limit_window_s=window, account_limit=3) as sim:
+        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "snaptrade": sim.api_url}
+        settings.SNAPTRADE_CLIENT_ID, settings.SNAPTRADE_CONSUMER_KEY = CLIENT_ID, CONSUMER_KEY
+        connection = snaptrade_link(trader, sim)
+        expected = {}
+        for account in sim.accounts_of(connection.credentials["authorization_id"]):
+            # One fill in each of the three yearly windows of the first sync's backfill.
+            rows = [
+                sim.add_activity(account["id"], type="BUY", units=1, price=10 + n, trade_date=days_ago(30 + 365 * n))
+                for n in range(3)
+            ]
+            expected[account["id"]] = {r["id"] for r in rows}
+        limits = {"snaptrade": {"account": {"limit": 2, "window_s": window}}}
+        env = timings.env(
+            SNAPTRADE_BASE_URL=sim.api_url,
+            SNAPTRADE_CLIENT_ID=CLIENT_ID,
+            SNAPTRADE_CONSUMER_KEY=CONSUMER_KEY,
+            BROKER_RATE_LIMITS_JSON=json.dumps(limits),
+        )
+        with celery_processes(tmp_path, beat=False, **env):
+            first = sync_and_wait(connection, 1, 120)
+            second = sync_and_wait(connection, 2, 120)
+        throttled = dict(sim.throttled)
+        busiest = max(_most_in_any_window(times, window) for times in sim.account_request_times.values())
+    assert first.status == SyncLog.Status.SUCCESS, first.error_message
+    assert second.status == SyncLog.Status.SUCCESS, second.error_message
+    assert imported_ids(connection) == expected
+    assert (first.trades_imported, second.trades_imported) == (6, 0)
+    assert not any(throttled.values()), throttled
+    assert busiest <= 2, busiest
+
+
+def days_ago(days: float) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
+
+
+def _most_in_any_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t - start < window) for i, start in enumerate(times)), default=0)

@@ -38,3 +38,7 @@ def test_short_tokens_are_renewed_no_more_than_their_life_requires(trader, tmp_p
 
 def test_a_ccxt_exchange_syncs_spot_and_perpetuals_as_two_accounts_without_loss_or_doubles(trader, tmp_path):
     scenario.ccxt_two_market_types_in_parallel(trader, tmp_path, FAST)
+
+
+def test_snaptrade_accounts_in_parallel_stay_inside_the_per_account_budget(trader, tmp_path, settings):
+    scenario.snaptrade_accounts_inside_their_budget(trader, tmp_path, FAST, settings)

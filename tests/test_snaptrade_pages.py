@@ -170,7 +170,9 @@ def test_without_an_operator_key_the_trader_enters_a_personal_key(browser, sim, 
     refused = browser.post("/brokers/snaptrade/key/", {"client_id": "MINE", "consumer_key": "wrong"}, follow=True)
     assert "refused" in said(refused) and not SnapTradeUser.objects.exists()
     sim.add_key("MINE", "my-consumer-key")
-    saved = browser.post("/brokers/snaptrade/key/", {"client_id": "MINE", "consumer_key": "my-consumer-key"}, follow=True)
+    saved = browser.post(
+        "/brokers/snaptrade/key/", {"client_id": "MINE", "consumer_key": "my-consumer-key"}, follow=True
+    )
     assert "works" in said(saved)
     user = SnapTradeUser.objects.get(owner=trader)
     assert user.personal_key and user.client_id == "MINE" and "my-consumer-key" not in user.secrets_ciphertext

@@ -173,7 +173,9 @@ class RateLimiter:
 
     def _keys(self, broker, buckets, scope: Scope):
         def scope_of(bucket: RateLimit) -> str:
-            return (scope.get(bucket.name, "") if isinstance(scope, Mapping) else scope) if bucket.per_credential else ""
+            return (
+                (scope.get(bucket.name, "") if isinstance(scope, Mapping) else scope) if bucket.per_credential else ""
+            )
 
         bucket_keys = [f"rl:{broker}:{b.name}" + (f":{scope_of(b)}" if scope_of(b) else "") for b in buckets]
         block_keys = [f"rl:block:{broker}"] + [f"rl:block:{broker}:{s}" for s in _scopes(scope)]

@@ -88,12 +88,7 @@ def signature(consumer_key: str, content: Any, path: str, query: str) -> str:
 
 def session(key: SnapTradeKey, user_id: str, user_secret: str, authorization: Mapping[str, Any]) -> AuthResult:
     """The session of one journal connection: a SnapTrade user and one brokerage authorisation."""
-    extra = {
-        "client_id": key.client_id,
-        "user_id": user_id,
-        "authorization_id": str(authorization["id"]),
-        "brokerage": brokerage_name(authorization),
-    }
+    extra = {"client_id": key.client_id, "user_id": user_id, "authorization_id": str(authorization["id"])}
     if key.personal:
         extra["consumer_key"] = key.consumer_key
     return AuthResult(token=user_secret, extra=extra)
@@ -196,7 +191,14 @@ class SnapTradeProvider(BrokerProvider):
         return str(secret)
 
     def portal_url(
-        self, key: SnapTradeKey, user_id: str, user_secret: str, *, redirect: str, brokerage: str = "", reconnect: str = ""
+        self,
+        key: SnapTradeKey,
+        user_id: str,
+        user_secret: str,
+        *,
+        redirect: str,
+        brokerage: str = "",
+        reconnect: str = "",
     ) -> str:
         """The connection portal's address (valid 5 minutes), coming back to `redirect`."""
         body = {
@@ -336,10 +338,14 @@ class SnapTradeProvider(BrokerProvider):
                 else "This installation's SnapTrade key was refused; the operator must check "
                 "SNAPTRADE_CLIENT_ID and SNAPTRADE_CONSUMER_KEY (and the server's clock)."
             )
-            return BrokerSetupError(f"SnapTrade refused the request signature (code {code}). {whose}", provider=self.key)
+            return BrokerSetupError(
+                f"SnapTrade refused the request signature (code {code}). {whose}", provider=self.key
+            )
         if status in (401, 402, 403, 404):
             return BrokerAuthError(
-                reconnect_message("the brokerage", f"SnapTrade refused to read this link (HTTP {status}, code {code or 'none'})."),
+                reconnect_message(
+                    "the brokerage", f"SnapTrade refused to read this link (HTTP {status}, code {code or 'none'})."
+                ),
                 provider=self.key,
                 status_code=status,
             )

@@ -93,7 +93,10 @@ def activity(n, *, kind="BUY", units=10, price=150.25, fee=0.5, when="2026-11-10
 
 
 def page(rows, total=None, offset=0):
-    return {"data": rows, "pagination": {"offset": offset, "limit": 1000, "total": len(rows) if total is None else total}}
+    return {
+        "data": rows,
+        "pagination": {"offset": offset, "limit": 1000, "total": len(rows) if total is None else total},
+    }
 
 
 def make_auth(personal=False):
@@ -192,7 +195,10 @@ def test_the_signature_of_snaptrade_s_published_test_key_and_payload():
 
 
 def test_an_empty_body_is_signed_as_null():
-    assert snaptrade.canonical_content({}, "/api/v1/accounts", "a=1") == '{"content":null,"path":"/api/v1/accounts","query":"a=1"}'
+    assert (
+        snaptrade.canonical_content({}, "/api/v1/accounts", "a=1")
+        == '{"content":null,"path":"/api/v1/accounts","query":"a=1"}'
+    )
 
 
 def test_every_request_carries_client_id_timestamp_and_a_signature_of_exactly_what_was_sent(provider, rsps):
@@ -205,7 +211,9 @@ def test_every_request_carries_client_id_timestamp_and_a_signature_of_exactly_wh
     assert q["clientId"] == CLIENT_ID and abs(int(q["timestamp"]) - datetime.now(UTC).timestamp()) < 5
     body = json.loads(sent.body)
     assert body == {"userId": "journal-u"}
-    assert sent.headers["Signature"] == snaptrade.signature(CONSUMER_KEY, body, "/api/v1/snapTrade/registerUser", raw_query)
+    assert sent.headers["Signature"] == snaptrade.signature(
+        CONSUMER_KEY, body, "/api/v1/snapTrade/registerUser", raw_query
+    )
 
 
 # --- the portal ----------------------------------------------------------------------------------
@@ -213,7 +221,12 @@ def test_the_portal_address_is_asked_for_read_only_with_our_callback_and_the_rec
     rsps.post(f"{API}/snapTrade/login", json={"redirectURI": "https://app.snaptrade.com/snapTrade/redeemToken?token=x"})
     key = snaptrade.SnapTradeKey(CLIENT_ID, CONSUMER_KEY)
     url = provider.portal_url(
-        key, "journal-u", USER_SECRET, redirect="https://journal.example.com/cb?state=s", brokerage="SCHWAB", reconnect=AUTH_ID
+        key,
+        "journal-u",
+        USER_SECRET,
+        redirect="https://journal.example.com/cb?state=s",
+        brokerage="SCHWAB",
+        reconnect=AUTH_ID,
     )
     assert url.startswith("https://app.snaptrade.com/")
     body = json.loads(rsps.calls[0].request.body)
@@ -256,14 +269,22 @@ def test_a_refused_signature_is_a_setup_error_for_the_operator_not_the_trader(pr
 
 
 def test_a_personal_key_refused_tells_the_trader_to_enter_it_again(provider, rsps):
-    rsps.get(f"{API}/authorizations/{AUTH_ID}", status=401, json={"detail": "Unable to verify signature sent", "code": "1076"})
+    rsps.get(
+        f"{API}/authorizations/{AUTH_ID}",
+        status=401,
+        json={"detail": "Unable to verify signature sent", "code": "1076"},
+    )
     with pytest.raises(BrokerSetupError) as info:
         provider.get_accounts(make_auth(personal=True))
     assert "Personal key" in info.value.message
 
 
 def test_a_refused_user_secret_is_an_auth_error(provider, rsps):
-    rsps.get(f"{API}/authorizations/{AUTH_ID}", status=401, json={"detail": "Invalid userID or userSecret provided", "code": "1083"})
+    rsps.get(
+        f"{API}/authorizations/{AUTH_ID}",
+        status=401,
+        json={"detail": "Invalid userID or userSecret provided", "code": "1083"},
+    )
     with pytest.raises(BrokerAuthError):
         provider.get_accounts(make_auth())
 
@@ -300,7 +321,11 @@ def test_activities_are_asked_for_trade_types_and_paged_by_offset(provider, rsps
 def test_a_long_range_is_asked_for_in_yearly_windows(provider, rsps):
     url = f"{API}/accounts/{ACCOUNT_ID}/activities"
     rsps.get(url, json=page([]))
-    list(provider.get_trades(make_auth(), make_account(), datetime(2023, 1, 1, tzinfo=UTC), datetime(2025, 12, 31, tzinfo=UTC)))
+    list(
+        provider.get_trades(
+            make_auth(), make_account(), datetime(2023, 1, 1, tzinfo=UTC), datetime(2025, 12, 31, tzinfo=UTC)
+        )
+    )
     windows = [(query(c)["startDate"], query(c)["endDate"]) for c in rsps.calls]
     assert len(windows) == 3 and windows[0][0] == "2023-01-01" and windows[-1][1] == "2025-12-31"
 
@@ -311,7 +336,12 @@ def test_a_trade_carries_units_price_fee_currency_order_and_utc_time(provider, r
         json=page([activity(1, kind="SELL", units=-4, price=151.5, fee=1.25, when="2026-11-10T10:30:00-05:00")]),
     )
     (trade,) = provider.get_trades(make_auth(), make_account(), SINCE, UNTIL)
-    assert (trade.side, trade.quantity, trade.price, trade.fees) == (SELL, Decimal("4"), Decimal("151.5"), Decimal("1.25"))
+    assert (trade.side, trade.quantity, trade.price, trade.fees) == (
+        SELL,
+        Decimal("4"),
+        Decimal("151.5"),
+        Decimal("1.25"),
+    )
     assert trade.executed_at == datetime(2026, 11, 10, 15, 30, tzinfo=UTC)
     assert (trade.symbol, trade.currency, trade.order_id, trade.asset_class) == ("AAPL", "USD", "order-1", "STK")
 
@@ -439,7 +469,9 @@ def test_manual_refresh_when_allowed_runs_at_most_once_per_period_and_never_for_
 
 def test_a_refused_refresh_does_not_fail_the_sync(provider, rsps, settings):
     settings.SNAPTRADE_MANUAL_REFRESH_HOURS = 6
-    rsps.post(f"{API}/authorizations/{AUTH_ID}/refresh", status=403, json={"detail": "Feature is not enabled", "code": "1141"})
+    rsps.post(
+        f"{API}/authorizations/{AUTH_ID}/refresh", status=403, json={"detail": "Feature is not enabled", "code": "1141"}
+    )
     TestSnapTradeContract().stub_accounts(rsps)
     assert len(provider.get_accounts(make_auth())) == 2
 
