@@ -33,6 +33,7 @@ class Request:
     query: dict[str, str]  # the first value of each parameter
     headers: Message  # case-insensitive, as HTTP header names are
     body: bytes = b""
+    raw_query: str = ""  # exactly as sent, for brokers that sign it (SnapTrade)
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else {}
@@ -179,6 +180,7 @@ class LoopbackServer:
                     query={k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()},
                     headers=self.headers,
                     body=self.rfile.read(length) if length else b"",
+                    raw_query=url.query,
                 )
                 # A client that gave up on a slow answer has hung up: that is the point of the fault.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):

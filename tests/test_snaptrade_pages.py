@@ -166,7 +166,7 @@ def test_a_refused_operator_key_is_a_setup_error_and_holds_nothing(browser, sim,
 def test_without_an_operator_key_the_trader_enters_a_personal_key(browser, sim, settings, trader):
     settings.SNAPTRADE_CLIENT_ID = settings.SNAPTRADE_CONSUMER_KEY = ""
     page = browser.get(ADD_PAGE).content.decode()
-    assert "Save my SnapTrade key" in page and "Connect through SnapTrade" not in page
+    assert "Save my SnapTrade key" in page and 'id="snaptrade-connect"' not in page
     refused = browser.post("/brokers/snaptrade/key/", {"client_id": "MINE", "consumer_key": "wrong"}, follow=True)
     assert "refused" in said(refused) and not SnapTradeUser.objects.exists()
     sim.add_key("MINE", "my-consumer-key")

@@ -32,3 +32,7 @@ def test_drill_late_fills(trader, tmp_path, real_queue):
 
 def test_drill_short_tokens(trader, tmp_path, real_queue):
     scenario.short_tokens_renewed_only_as_their_life_requires(trader, tmp_path, NEAR_PRODUCTION)
+
+
+def test_drill_snaptrade_per_account_budget(trader, tmp_path, real_queue, settings):
+    scenario.snaptrade_accounts_inside_their_budget(trader, tmp_path, NEAR_PRODUCTION, settings)
