@@ -315,13 +315,14 @@ class SnapTradeSim(LoopbackServer):
 
     def _new_authorization(self, portal: dict) -> dict:
         slug = portal.get("broker") or "ROBINHOOD"
+        name = BROKERAGES[slug]
         authorization_id = str(uuid.uuid4())
         now = _stamp(datetime.now(UTC))
         row = {
             "id": authorization_id,
             "created_date": now,
             "updated_date": now,
-            "brokerage": {"id": f"brk-{slug}", "slug": slug, "name": BROKERAGES[slug], "display_name": BROKERAGES[slug]},
+            "brokerage": {"id": f"brk-{slug}", "slug": slug, "name": name, "display_name": name},
             "name": f"Connection-{len(self.authorizations) + 1}",
             "type": portal.get("connectionType") or "read",
             "disabled": False,
