@@ -60,7 +60,7 @@ def what_to_do(connection: BrokerConnection) -> str:
     if connection.last_error_kind in TRANSIENT_ERROR_KINDS:
         return "This is usually temporary on the broker's side and the sync retries by itself."
     if connection.last_error_kind == "setup":
-        return "Sync retries at every interval, but it cannot work until the API key above is fixed."
+        return "Sync tries again at each scheduled time, but it cannot work until the API key above is fixed."
     if connection.last_error_kind == "account":
         return "Check this account's API permissions at the broker; the other accounts keep syncing."
     return "Check the connection at the broker (API access, permissions), then press Sync now."
