@@ -41,6 +41,12 @@ def _key_of(user: SnapTradeUser) -> SnapTradeKey:
     return operator_key()
 
 
+def _key_for(owner) -> SnapTradeKey | None:
+    """The key the trader's requests are (or will be) signed with."""
+    user = SnapTradeUser.objects.filter(owner=owner).first()
+    return _key_of(user) if user is not None else operator_key()
+
+
 def registration(owner) -> SnapTradeUser | None:
     """The trader's SnapTrade user, registered now with the operator's key if there is none yet.
 
@@ -84,13 +90,12 @@ def connect_page(request, provider_class):
     """The add page for SnapTrade: the operator's or the trader's key, then the brokerages."""
     context = {"provider": provider_class, "choices": provider_choices(), "brokerages": [], "problem": ""}
     user = SnapTradeUser.objects.filter(owner=request.user).first()
-    context["has_key"] = user is not None or operator_key() is not None
+    key = _key_for(request.user)
+    context["has_key"] = key is not None
     context["personal"] = user is not None and user.personal_key
-    if context["has_key"]:
+    if key is not None:
         try:
-            key = _key_of(user) if user is not None else operator_key()
-            if key is not None:
-                context["brokerages"] = _provider().brokerages(key)
+            context["brokerages"] = _provider().brokerages(key)
         except BrokerError as exc:
             context["problem"] = f"{exc.message} You can still choose the brokerage inside SnapTrade."
     context["fields"] = PERSONAL_KEY_FIELDS
@@ -148,10 +153,11 @@ def connect(request):
 @sensitive_variables()
 def start(request, *, connection: BrokerConnection | None = None, brokerage: str = ""):
     """Send the trader to SnapTrade's portal: a new link, or the reconnect of `connection`'s."""
-    if len(brokerage) > 100 or has_control_characters(brokerage):
-        messages.error(request, "That brokerage is not one SnapTrade offers.")
-        return _back_to_add()
     try:
+        if brokerage and brokerage not in dict(_provider().brokerages(_key_for(request.user))):
+            # Checked before registering: a bad link must not make a (billed) SnapTrade user.
+            messages.error(request, "That brokerage is not one SnapTrade offers; choose one from the list.")
+            return _back_to_add()
         user = registration(request.user)
         if user is None:
             messages.error(request, "Enter your SnapTrade Personal key first: this installation has no SnapTrade key.")

@@ -112,6 +112,12 @@ def test_a_second_brokerage_reuses_the_registration_and_adds_one_connection(brow
     assert [login.get("broker") for login in sim.logins] == ["SCHWAB", "FIDELITY"]
 
 
+def test_an_unknown_brokerage_is_refused_before_the_portal(browser, sim):
+    answer = browser.get("/brokers/snaptrade/connect/?brokerage=NOPE%0A", follow=True)
+    assert "not one SnapTrade offers" in said(answer)
+    assert not sim.logins and not sim.registrations and not BrokerConnection.objects.exists()
+
+
 @committing
 def test_a_cancelled_portal_saves_nothing(browser, sim):
     answer = browser.get(through_portal(browser, "/brokers/snaptrade/connect/", button="portal-cancel"), follow=True)
