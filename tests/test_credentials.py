@@ -47,6 +47,22 @@ def test_rotation_re_encrypts_with_the_newest_key(connection, settings):
     assert BrokerConnection.objects.get(pk=connection.pk).credentials["api_key"] == SECRET
 
 
+def test_rotation_re_encrypts_snaptrade_registrations_too(trader, settings):
+    from brokers.models import SnapTradeUser
+
+    user = SnapTradeUser(owner=trader, client_id="C", user_id="journal-1")
+    user.secrets = {"user_secret": SECRET}
+    user.save()
+    old_key = settings.FIELD_ENCRYPTION_KEYS[0]
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    crypto._fernet.cache_clear()
+    call_command("rotate_credentials_key")
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]
+    crypto._fernet.cache_clear()
+    assert SnapTradeUser.objects.get(pk=user.pk).secrets["user_secret"] == SECRET
+
+
 def test_a_wrong_key_fails_loudly_and_never_hands_out_ciphertext(connection, settings):
     settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
     crypto._fernet.cache_clear()

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from brokers import crypto
-from brokers.models import BrokerConnection
+from brokers.models import BrokerConnection, SnapTradeUser
 
 
 class Command(BaseCommand):
@@ -30,4 +30,20 @@ class Command(BaseCommand):
                     ) from None
                 connection.save(update_fields=["credentials_ciphertext", "token_ciphertext"])
                 rotated += 1
-        self.stdout.write(self.style.SUCCESS(f"Re-encrypted {rotated} connection(s) with the newest key."))
+            registrations = 0
+            for user in SnapTradeUser.objects.select_for_update().only("pk", "secrets_ciphertext"):
+                try:
+                    user.secrets_ciphertext = crypto.rotate(user.secrets_ciphertext)
+                except crypto.CredentialsUnreadable:
+                    raise CommandError(
+                        f"SnapTrade registration {user.pk} cannot be decrypted with any configured key; "
+                        "nothing was changed. Add the key that wrote it to FIELD_ENCRYPTION_KEYS."
+                    ) from None
+                user.save(update_fields=["secrets_ciphertext"])
+                registrations += 1
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Re-encrypted {rotated} connection(s) and {registrations} SnapTrade registration(s) "
+                "with the newest key."
+            )
+        )
