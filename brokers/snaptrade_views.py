@@ -12,7 +12,7 @@ import uuid
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
@@ -79,7 +79,8 @@ def _register(owner, key: SnapTradeKey) -> SnapTradeUser:
         secrets["consumer_key"] = key.consumer_key
     user.secrets = secrets
     try:
-        user.save()
+        with transaction.atomic():  # a savepoint: PostgreSQL refuses the next query after a failed one
+            user.save()
     except IntegrityError:
         # Another tab registered the trader a moment ago: theirs is kept, ours stays unused.
         return SnapTradeUser.objects.get(owner=owner)

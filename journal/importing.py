@@ -183,10 +183,29 @@ def import_trades(
     now = timezone.now()
     iterator = iter(trades)
     size = _batch_size()
-    while batch := list(islice(iterator, size)):
-        with transaction.atomic(), connection.cursor() as cursor:
-            inserted = insert(cursor, account_id, batch, now)
-        result += ImportResult(imported=inserted, skipped=len(batch) - inserted)
-        if on_batch_committed is not None:
-            on_batch_committed(batch)
-    return result
+    while True:
+        batch, stopped = _next_batch(iterator, size)
+        if batch:
+            with transaction.atomic(), connection.cursor() as cursor:
+                inserted = insert(cursor, account_id, batch, now)
+            result += ImportResult(imported=inserted, skipped=len(batch) - inserted)
+            if on_batch_committed is not None:
+                on_batch_committed(batch)
+        if stopped is not None:
+            raise stopped
+        if len(batch) < size:
+            return result
+
+
+def _next_batch(iterator, size: int) -> tuple[list[NormalizedTrade], Exception | None]:
+    """Up to `size` trades, and what stopped the source early (a broker's pause or failure).
+
+    The trades read before the source stopped are still committed: a run paused halfway
+    through a backfill resumes after them instead of fetching them again.
+    """
+    batch: list[NormalizedTrade] = []
+    try:
+        batch.extend(islice(iterator, size))
+    except Exception as exc:  # the source raised after yielding some trades; islice kept them
+        return batch, exc
+    return batch, None

@@ -256,8 +256,12 @@ def test_one_failing_account_does_not_lose_the_others_trades(trader):
     assert futures.sync_cursor is not None and stocks.sync_cursor is None  # the failed one is fetched again next time
 
 
-def test_an_interrupted_backfill_resumes_after_the_last_committed_batch(trader, settings):
-    """A provider that yields oldest first has its cursor saved batch by batch."""
+def test_an_interrupted_backfill_keeps_every_trade_it_read_and_resumes_after_them(trader, settings):
+    """A provider that yields oldest first has its cursor saved batch by batch, the partial last one too.
+
+    Without the partial batch, a budget that allows fewer trades per attempt than a batch holds
+    would make every resumed attempt fetch the same trades again and pause again.
+    """
 
     class PausedAfter120(DemoProvider):
         def get_trades(self, auth, account, since, until):
@@ -278,7 +282,7 @@ def test_an_interrupted_backfill_resumes_after_the_last_committed_batch(trader, 
         accounts.import_account(PausedAfter120(), AuthResult(token="t"), row, info, plan, until)
     row.refresh_from_db()
     committed = Trade.objects.filter(account=row).order_by("executed_at")
-    assert committed.count() == 100  # two full batches; the third never committed
+    assert committed.count() == 120  # two full batches and the 20 read before the pause
     assert row.sync_cursor == committed.last().executed_at
 
 

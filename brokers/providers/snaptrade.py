@@ -126,6 +126,7 @@ class SnapTradeProvider(BrokerProvider):
     # SnapTrade's documented answer to an unexpected failure is a 500; the rule (and
     # SnapTrade's own SDKs) treat it as worth one more try of the same read.
     transient_statuses = frozenset({500, 502, 503, 504})
+    trades_ascending = True
 
     # --- the contract ------------------------------------------------------------------------
     def authenticate(self, credentials: BrokerCredentials) -> AuthResult:
@@ -175,11 +176,14 @@ class SnapTradeProvider(BrokerProvider):
     def get_trades(
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
-        start = since
-        while start < until:
-            end = min(start + WINDOW, until)
-            yield from self._window(auth, account, start.date(), end.date())
-            start = end
+        # Oldest first, window by window (days inclusive, windows not overlapping), so the
+        # journal saves progress as it goes: a run paused by the account budget resumes at its
+        # cursor instead of asking for the same windows again (and pausing again, for ever).
+        first, last = since.date(), until.date()
+        while first <= last:
+            end = min(first + WINDOW - timedelta(days=1), last)
+            yield from sorted(self._window(auth, account, first, end), key=lambda t: t.executed_at)
+            first = end + timedelta(days=1)
 
     # --- what the connect pages call -------------------------------------------------------------
     def register_user(self, key: SnapTradeKey, user_id: str) -> str:

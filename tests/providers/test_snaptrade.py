@@ -5,7 +5,7 @@ PaginatedUniversalActivity, the 429 body and X-RateLimit-* headers).
 """
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import parse_qs, urlparse
 
@@ -318,16 +318,23 @@ def test_activities_are_asked_for_trade_types_and_paged_by_offset(provider, rsps
     assert (first["startDate"], first["endDate"]) == (SINCE.date().isoformat(), UNTIL.date().isoformat())
 
 
-def test_a_long_range_is_asked_for_in_yearly_windows(provider, rsps):
+def test_a_long_range_is_asked_for_in_yearly_windows_that_neither_overlap_nor_leave_gaps(provider, rsps):
     url = f"{API}/accounts/{ACCOUNT_ID}/activities"
     rsps.get(url, json=page([]))
-    list(
-        provider.get_trades(
-            make_auth(), make_account(), datetime(2023, 1, 1, tzinfo=UTC), datetime(2025, 12, 31, tzinfo=UTC)
-        )
-    )
-    windows = [(query(c)["startDate"], query(c)["endDate"]) for c in rsps.calls]
-    assert len(windows) == 3 and windows[0][0] == "2023-01-01" and windows[-1][1] == "2025-12-31"
+    since, until = datetime(2023, 1, 1, tzinfo=UTC), datetime(2025, 12, 31, tzinfo=UTC)
+    list(provider.get_trades(make_auth(), make_account(), since, until))
+    windows = [(date.fromisoformat(query(c)["startDate"]), date.fromisoformat(query(c)["endDate"])) for c in rsps.calls]
+    assert windows[0][0] == since.date() and windows[-1][1] == until.date()
+    assert all(later[0] == earlier[1] + timedelta(days=1) for earlier, later in zip(windows, windows[1:], strict=False))
+    assert all((end - start).days < 365 for start, end in windows)
+
+
+def test_trades_come_oldest_first_although_snaptrade_answers_newest_first(provider, rsps):
+    rows = [activity(3, when="2026-11-12T10:00:00Z"), activity(2, when="2026-11-11T10:00:00Z"), activity(1)]
+    rsps.get(f"{API}/accounts/{ACCOUNT_ID}/activities", json=page(rows))
+    trades = list(provider.get_trades(make_auth(), make_account(), SINCE, UNTIL))
+    assert [t.broker_trade_id for t in trades] == ["act-1", "act-2", "act-3"]
+    assert provider.trades_ascending
 
 
 def test_a_trade_carries_units_price_fee_currency_order_and_utc_time(provider, rsps):
