@@ -26,6 +26,7 @@ from tests.realprocess import celery_processes, finished_logs, send_sync, wait_f
 from tests.sim_ibkr_flex import FakeFlex
 from tests.sim_okx import FakeOkx
 from tests.sim_snaptrade import CLIENT_ID, CONSUMER_KEY, SnapTradeSim
+from tests.sim_snaptrade import configure as configure_snaptrade
 from tests.sim_tradovate import PASSWORD, FakeTradovate
 
 # Production timings (settings.py defaults), in seconds.
@@ -255,8 +256,7 @@ def snaptrade_accounts_inside_their_budget(trader, tmp_path: Path, timings: Timi
     """
     window = 60 * timings.scale
     with SnapTradeSim(limit_window_s=window, account_limit=3) as sim:
-        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "snaptrade": sim.api_url}
-        settings.SNAPTRADE_CLIENT_ID, settings.SNAPTRADE_CONSUMER_KEY = CLIENT_ID, CONSUMER_KEY
+        configure_snaptrade(settings, sim)
         connection = snaptrade_link(trader, sim)
         expected = {}
         for account in sim.accounts_of(connection.credentials["authorization_id"]):

@@ -43,6 +43,13 @@ USER_REFUSED = {"detail": "Invalid userID or userSecret provided", "status_code"
 NOT_FOUND = {"detail": "The requested resource does not exist.", "status_code": 404, "code": "1011"}
 
 
+def configure(settings, sim: SnapTradeSim) -> None:
+    """Point this process's SnapTrade provider at the simulator with the operator's key."""
+    settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "snaptrade": sim.api_url}
+    settings.SNAPTRADE_CLIENT_ID = CLIENT_ID
+    settings.SNAPTRADE_CONSUMER_KEY = CONSUMER_KEY
+
+
 def _stamp(moment: datetime | date) -> str:
     if not isinstance(moment, datetime):
         moment = datetime.combine(moment, datetime.min.time(), UTC)

@@ -15,7 +15,7 @@ from django.test import Client
 from brokers.models import BrokerConnection, SnapTradeUser
 from journal.models import Trade
 from sync import runs
-from tests.sim_snaptrade import CLIENT_ID, CONSUMER_KEY, SnapTradeSim
+from tests.sim_snaptrade import CONSUMER_KEY, SnapTradeSim, configure
 
 pytestmark = pytest.mark.django_db
 committing = pytest.mark.django_db(transaction=True)
@@ -25,9 +25,7 @@ ADD_PAGE = "/brokers/add/?broker=snaptrade"
 @pytest.fixture
 def sim(settings):
     with SnapTradeSim() as sim:
-        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "snaptrade": sim.api_url}
-        settings.SNAPTRADE_CLIENT_ID = CLIENT_ID
-        settings.SNAPTRADE_CONSUMER_KEY = CONSUMER_KEY
+        configure(settings, sim)
         yield sim
 
 

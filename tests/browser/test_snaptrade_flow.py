@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 
 from brokers.models import BrokerConnection
 from sync import runs
-from tests.sim_snaptrade import CLIENT_ID, CONSUMER_KEY, SnapTradeSim
+from tests.sim_snaptrade import SnapTradeSim, configure
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -23,9 +23,7 @@ def trader(django_user_model):
 @pytest.fixture
 def sim(settings):
     with SnapTradeSim() as sim:
-        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "snaptrade": sim.api_url}
-        settings.SNAPTRADE_CLIENT_ID = CLIENT_ID
-        settings.SNAPTRADE_CONSUMER_KEY = CONSUMER_KEY
+        configure(settings, sim)
         yield sim
 
 
