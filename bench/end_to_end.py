@@ -17,6 +17,7 @@ compared as sets with the journal's rows; the SyncLogs' imported counts must add
 Accounts start with a cursor --backfill-min minutes back (rather than the provider's two days of
 first-sync history) so that a round stays a sync of minutes of fills, not a two-day backfill.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,10 @@ def main() -> None:
     os.environ["DEMO_FILL_EVERY_S"] = str(args.fill_every)  # the worker and this process must agree
     with harness.django_on(args.db):
         connections, first_cursor = setup(args)
-        with (harness.log_dir("end-to-end") as logs,
-              harness.celery_worker(logs / "worker.log", args.concurrency) as worker):
+        with (
+            harness.log_dir("end-to-end") as logs,
+            harness.celery_worker(logs / "worker.log", args.concurrency) as worker,
+        ):
             rounds = [run_round(r, connections, worker) for r in range(args.rounds)]
         check = verify(connections, first_cursor)
     report(rounds, check, args)
@@ -61,14 +64,20 @@ def setup(args):
     owner = get_user_model().objects.create_user("bench-e2e")
     # Auto-sync off: connection_create would otherwise queue a first sync of its own on commit.
     ids = [
-        services.connection_create(owner=owner, broker_type="demo", label=f"demo {i}", sync_enabled=False,
-                                   credentials={"api_key": f"key-{i}", "scenario": "normal"}).pk
+        services.connection_create(
+            owner=owner,
+            broker_type="demo",
+            label=f"demo {i}",
+            sync_enabled=False,
+            credentials={"api_key": f"key-{i}", "scenario": "normal"},
+        ).pk
         for i in range(args.connections)
     ]
     cursor = timezone.now() - timedelta(minutes=args.backfill_min)
     BrokerAccount.objects.bulk_create(
         BrokerAccount(connection_id=pk, external_id=ext, name=name, currency="USD", sync_cursor=cursor)
-        for pk in ids for ext, (name, _) in ACCOUNTS.items()
+        for pk in ids
+        for ext, (name, _) in ACCOUNTS.items()
     )
     return ids, cursor
 
@@ -91,28 +100,39 @@ def run_round(number: int, connections: list[int], worker) -> dict:
     for pk, task_id in zip(connections, task_ids, strict=True):
         tasks.sync_connection.apply_async(kwargs={"connection_id": pk, "trigger": "scheduled"}, task_id=task_id)
     done = SyncLog.objects.filter(task_id__in=task_ids, finished_at__isnull=False)
-    harness.wait_for(lambda: done.count() == len(task_ids), timeout=1800, what=f"round {number}'s runs",
-                     interval=0.5)
+    harness.wait_for(lambda: done.count() == len(task_ids), timeout=1800, what=f"round {number}'s runs", interval=0.5)
     cpu = pool_cpu(worker) - cpu_before
-    logs = list(done.values("status", "started_at", "finished_at", "duration_ms", "trades_imported",
-                            "trades_skipped", "attempt"))
+    logs = list(
+        done.values(
+            "status", "started_at", "finished_at", "duration_ms", "trades_imported", "trades_skipped", "attempt"
+        )
+    )
     wall = (max(log["finished_at"] for log in logs) - started).total_seconds()
     statuses: dict[str, int] = {}
     for log in logs:
         statuses[log["status"]] = statuses.get(log["status"], 0) + 1
     durations = [log["duration_ms"] / 1000 for log in logs]
     result = {
-        "round": number, "runs": len(logs), "wall_s": wall, "per_min": len(logs) / wall * 60,
-        "statuses": statuses, "retried": sum(1 for log in logs if log["attempt"] > 1),
+        "round": number,
+        "runs": len(logs),
+        "wall_s": wall,
+        "per_min": len(logs) / wall * 60,
+        "statuses": statuses,
+        "retried": sum(1 for log in logs if log["attempt"] > 1),
         "imported": sum(log["trades_imported"] for log in logs),
         "skipped": sum(log["trades_skipped"] for log in logs),
-        "p50_s": harness.percentile(durations, 50), "p95_s": harness.percentile(durations, 95),
-        "max_s": max(durations), "cores": cpu / wall,
+        "p50_s": harness.percentile(durations, 50),
+        "p95_s": harness.percentile(durations, 95),
+        "max_s": max(durations),
+        "cores": cpu / wall,
     }
-    print(f"round {number}: {result['runs']} runs in {wall:.1f} s = {result['per_min']:.0f} syncs/min; "
-          f"{statuses}, retried {result['retried']}; imported {result['imported']}, skipped {result['skipped']}; "
-          f"run duration p50 {result['p50_s']:.2f} s p95 {result['p95_s']:.2f} s max {result['max_s']:.2f} s; "
-          f"pool CPU {result['cores']:.2f} cores", flush=True)
+    print(
+        f"round {number}: {result['runs']} runs in {wall:.1f} s = {result['per_min']:.0f} syncs/min; "
+        f"{statuses}, retried {result['retried']}; imported {result['imported']}, skipped {result['skipped']}; "
+        f"run duration p50 {result['p50_s']:.2f} s p95 {result['p95_s']:.2f} s max {result['max_s']:.2f} s; "
+        f"pool CPU {result['cores']:.2f} cores",
+        flush=True,
+    )
     return result
 
 
@@ -143,21 +163,32 @@ def verify(connections: list[int], first_cursor) -> dict:
             wrong.append(account.pk)
     rows_total = sum(map(len, stored.values()))
     imported = SyncLog.objects.aggregate(n=Sum("trades_imported"))["n"] or 0
-    return {"accounts": accounts.count(), "wrong": wrong, "rows": rows_total, "expected": expected_total,
-            "imported": imported}
+    return {
+        "accounts": accounts.count(),
+        "wrong": wrong,
+        "rows": rows_total,
+        "expected": expected_total,
+        "imported": imported,
+    }
 
 
 def report(rounds: list[dict], check: dict, args) -> None:
     print()
-    print(f"{args.connections} demo connections, {args.concurrency} worker processes, {args.db}, "
-          f"fill slot {args.fill_every} s, cursors start {args.backfill_min} min back")
+    print(
+        f"{args.connections} demo connections, {args.concurrency} worker processes, {args.db}, "
+        f"fill slot {args.fill_every} s, cursors start {args.backfill_min} min back"
+    )
     for r in rounds:
-        print(f"  round {r['round']}: {r['per_min']:.0f} syncs/min ({r['runs']} runs, {r['wall_s']:.1f} s, "
-              f"{r['cores']:.2f} of {harness.machine()['nproc']} cores busy in the pool)")
+        print(
+            f"  round {r['round']}: {r['per_min']:.0f} syncs/min ({r['runs']} runs, {r['wall_s']:.1f} s, "
+            f"{r['cores']:.2f} of {harness.machine()['nproc']} cores busy in the pool)"
+        )
     ok = not check["wrong"] and check["rows"] == check["expected"] == check["imported"]
-    print(f"  trades: {check['rows']} rows, {check['expected']} expected from the provider, "
-          f"{check['imported']} counted imported by SyncLogs; accounts wrong: {len(check['wrong'])} "
-          f"of {check['accounts']} -> {'no trade lost or doubled' if ok else 'MISMATCH'}")
+    print(
+        f"  trades: {check['rows']} rows, {check['expected']} expected from the provider, "
+        f"{check['imported']} counted imported by SyncLogs; accounts wrong: {len(check['wrong'])} "
+        f"of {check['accounts']} -> {'no trade lost or doubled' if ok else 'MISMATCH'}"
+    )
     if not ok:
         raise SystemExit(1)
 

@@ -3,6 +3,7 @@
 Each benchmark owns its services for the length of one run, so it never touches `var/`
 (the `make run` data) and two benchmarks can run side by side.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,11 +62,17 @@ def throwaway_postgres() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
     data, port = base / "data", free_port()
-    subprocess.run(_as_postgres(["initdb", "-D", str(data), "-U", "postgres", "-A", "trust"]),
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        _as_postgres(["initdb", "-D", str(data), "-U", "postgres", "-A", "trust"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-l", str(base / "log"), "-w", "-o", options, "start"]),
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        _as_postgres(["pg_ctl", "-D", str(data), "-l", str(base / "log"), "-w", "-o", options, "start"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         import psycopg
 
@@ -73,8 +80,9 @@ def throwaway_postgres() -> Iterator[str]:
             conn.execute("CREATE DATABASE bench")
         yield f"postgres://postgres@127.0.0.1:{port}/bench"
     finally:
-        subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-m", "fast", "stop"]),
-                       check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            _as_postgres(["pg_ctl", "-D", str(data), "-m", "fast", "stop"]), check=False, stdout=subprocess.DEVNULL
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -124,8 +132,9 @@ def machine() -> dict[str, str]:
     """What RESULTS.md records beside every figure."""
     mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {
@@ -150,8 +159,9 @@ def celery_process(kind: str, log_path: Path, *options: str, **env_extra: str) -
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
     command = [sys.executable, "-m", "celery", "-A", "config", kind, *options]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -167,8 +177,18 @@ def celery_process(kind: str, log_path: Path, *options: str, **env_extra: str) -
 @contextlib.contextmanager
 def celery_worker(log_path: Path, concurrency: int, **env_extra: str) -> Iterator[subprocess.Popen]:
     """A prefork worker with `concurrency` children, returned once it answers a ping."""
-    options = ("-l", "WARNING", "--pool", "prefork", "--concurrency", str(concurrency),
-               "--without-mingle", "--without-gossip", "-n", f"bench-{os.getpid()}@%h")
+    options = (
+        "-l",
+        "WARNING",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        f"bench-{os.getpid()}@%h",
+    )
     with celery_process("worker", log_path, *options, **env_extra) as process:
         from config import celery_app
 

@@ -10,6 +10,7 @@ Measured: peak RSS (getrusage ru_maxrss, or a higher sample) against the RSS bef
 migrated), and RSS every 10 % of the rows, which must stay flat if memory is bounded by the
 batch and not by the history. Target: peak < 300 MB. Counts are asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,10 @@ def main() -> None:
         # The kernel updates ru_maxrss lazily; a sample can read a page above it.
         peak = max(peak_rss_mb(), *samples)
 
-    print(f"\n{args.db}, {args.rows:,} trades from a generator in {seconds:.1f} s "
-          f"({args.rows / seconds:,.0f} rows/s, generation included)\n")
+    print(
+        f"\n{args.db}, {args.rows:,} trades from a generator in {seconds:.1f} s "
+        f"({args.rows / seconds:,.0f} rows/s, generation included)\n"
+    )
     print("| measure | value | target | |")
     print("|---|---:|---|---|")
     print(f"| RSS before the import | {before:.0f} MiB | | |")

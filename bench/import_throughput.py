@@ -19,6 +19,7 @@ the JSON text of `raw`: a driver cannot store a dict, so that work belongs to an
 Target: import >= 0.5x the raw rate, for all-new rows and for all-duplicate rows, with
 exact counts (asserted). The figure is the ratio of medians over --repeat runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -130,9 +131,8 @@ def raw_insert(account_id: int, trades: list, *, on_conflict: bool) -> int:
     from journal.importing import _COLUMNS, _batch_size
 
     mark = "?" if connection.vendor == "sqlite" else "%s"
-    sql = (
-        f"INSERT INTO {RAW_TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))})"
-        + (" ON CONFLICT (account_id, broker_trade_id) DO NOTHING" if on_conflict else "")
+    sql = f"INSERT INTO {RAW_TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))})" + (
+        " ON CONFLICT (account_id, broker_trade_id) DO NOTHING" if on_conflict else ""
     )
     connection.ensure_connection()
     dbapi = connection.connection
@@ -140,9 +140,22 @@ def raw_insert(account_id: int, trades: list, *, on_conflict: bool) -> int:
     inserted = 0
     for batch in batches(trades, _batch_size()):
         rows = [
-            (account_id, t.broker_trade_id, t.order_id, t.symbol, t.asset_class, t.side, t.quantity, t.price,
-             t.fees, t.currency, t.multiplier, t.executed_at,
-             json.dumps(dict(t.raw), default=str, separators=(",", ":")), now)
+            (
+                account_id,
+                t.broker_trade_id,
+                t.order_id,
+                t.symbol,
+                t.asset_class,
+                t.side,
+                t.quantity,
+                t.price,
+                t.fees,
+                t.currency,
+                t.multiplier,
+                t.executed_at,
+                json.dumps(dict(t.raw), default=str, separators=(",", ":")),
+                now,
+            )
             for t in batch
         ]
         with transaction.atomic():
@@ -171,10 +184,22 @@ def bulk_create(account_id: int, trades: list) -> None:
     for batch in batches(trades, _batch_size()):
         Trade.objects.bulk_create(
             [
-                Trade(account_id=account_id, broker_trade_id=t.broker_trade_id, order_id=t.order_id, symbol=t.symbol,
-                      asset_class=t.asset_class, side=t.side, quantity=t.quantity, price=t.price, fees=t.fees,
-                      currency=t.currency, multiplier=t.multiplier, executed_at=t.executed_at, raw=dict(t.raw),
-                      imported_at=now)
+                Trade(
+                    account_id=account_id,
+                    broker_trade_id=t.broker_trade_id,
+                    order_id=t.order_id,
+                    symbol=t.symbol,
+                    asset_class=t.asset_class,
+                    side=t.side,
+                    quantity=t.quantity,
+                    price=t.price,
+                    fees=t.fees,
+                    currency=t.currency,
+                    multiplier=t.multiplier,
+                    executed_at=t.executed_at,
+                    raw=dict(t.raw),
+                    imported_at=now,
+                )
                 for t in batch
             ],
             ignore_conflicts=True,
@@ -266,8 +291,10 @@ def main() -> None:
         rounds = [one_round(account_id, trades, raw_first=i % 2 == 0) for i in range(args.repeat)]
         median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
-        print(f"\n{args.db} {driver_version(connection)}, {args.rows:,} trades, "
-              f"batch {_batch_size()}, median of {args.repeat}\n")
+        print(
+            f"\n{args.db} {driver_version(connection)}, {args.rows:,} trades, "
+            f"batch {_batch_size()}, median of {args.repeat}\n"
+        )
         print("| case | path | median s | rows/s | × raw | target | |")
         print("|---|---|---:|---:|---:|---|---|")
         for case in ("new", "duplicate"):

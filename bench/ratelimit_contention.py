@@ -20,6 +20,7 @@ A wait longer than --max-sleep (the product's BROKER_RATE_LIMIT_MAX_SLEEP_S, 2 s
 BrokerRateLimitError, on which a task re-queues itself; here the process sleeps the
 announced wait and asks again, so the request's latency keeps running, and it is counted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def worker(redis_url: str, rate: int, max_sleep: float, start_at: float, end_at:
 
     # Requeue notices are expected here by the hundred; keep the output to the figures.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    limiter = RateLimiter(redis.Redis.from_url(redis_url), {BROKER: (RateLimit("requests", rate, WINDOW_S),)},
-                          max_sleep)
+    limiter = RateLimiter(
+        redis.Redis.from_url(redis_url), {BROKER: (RateLimit("requests", rate, WINDOW_S),)}, max_sleep
+    )
     round_trips = []
     try_acquire = limiter.try_acquire
 
@@ -106,8 +108,9 @@ def main() -> None:
         start_at = time.monotonic() + 1.0  # every process is forked and waiting by then
         end_at = start_at + args.seconds
         processes = [
-            multiprocessing.Process(target=worker,
-                                    args=(redis_url, args.rate, args.max_sleep, start_at, end_at, results))
+            multiprocessing.Process(
+                target=worker, args=(redis_url, args.rate, args.max_sleep, start_at, end_at, results)
+            )
             for _ in range(args.processes)
         ]
         for p in processes:
@@ -133,26 +136,39 @@ def main() -> None:
     round_trips = [x for r in reports for x in r["round_trips"]]
     requeues = sum(r["requeues"] for r in reports)
 
-    print(f"\n{args.processes} processes, bucket {args.rate}/s, {args.seconds:g} s, max sleep {args.max_sleep:g} s, "
-          f"{len(stamps):,} grants\n")
+    print(
+        f"\n{args.processes} processes, bucket {args.rate}/s, {args.seconds:g} s, max sleep {args.max_sleep:g} s, "
+        f"{len(stamps):,} grants\n"
+    )
     print("| measure | value | target | |")
     print("|---|---:|---|---|")
-    print(f"| most grants in any 1 s window (Redis clock) | {peak} ({peak / args.rate:.2f}× R) | ≤ R = {args.rate} | "
-          f"{'met' if peak <= args.rate else '**missed**'} |")
+    print(
+        f"| most grants in any 1 s window (Redis clock) | {peak} ({peak / args.rate:.2f}× R) | ≤ R = {args.rate} | "
+        f"{'met' if peak <= args.rate else '**missed**'} |"
+    )
     # The sliding-window log lets a whole window's worth go at once: this shows how bursty grants are.
-    print(f"| most grants in any 100 ms window | {max_in_window(stamps, 100_000)} | "
-          f"(R/10 = {args.rate / 10:g} if paced evenly) | |")
-    print(f"| utilisation (grants / R·s) | {utilisation:.1%} | ≥ 90 % | "
-          f"{'met' if utilisation >= 0.9 else '**missed**'} |")
-    print(f"| acquire latency p50 / p99, waits included | {percentile(latencies, 50) * 1000:.0f} / "
-          f"{percentile(latencies, 99) * 1000:.0f} ms | (expected mean ≈ N/R = "
-          f"{args.processes / args.rate * 1000:.0f} ms; measured mean {statistics.mean(latencies) * 1000:.0f} ms) | |")
-    print(f"| limiter round trip p50 / p99 (one Lua call) | {percentile(round_trips, 50) * 1000:.2f} / "
-          f"{percentile(round_trips, 99) * 1000:.2f} ms | | |")
+    print(
+        f"| most grants in any 100 ms window | {max_in_window(stamps, 100_000)} | "
+        f"(R/10 = {args.rate / 10:g} if paced evenly) | |"
+    )
+    print(
+        f"| utilisation (grants / R·s) | {utilisation:.1%} | ≥ 90 % | {'met' if utilisation >= 0.9 else '**missed**'} |"
+    )
+    print(
+        f"| acquire latency p50 / p99, waits included | {percentile(latencies, 50) * 1000:.0f} / "
+        f"{percentile(latencies, 99) * 1000:.0f} ms | (expected mean ≈ N/R = "
+        f"{args.processes / args.rate * 1000:.0f} ms; measured mean {statistics.mean(latencies) * 1000:.0f} ms) | |"
+    )
+    print(
+        f"| limiter round trip p50 / p99 (one Lua call) | {percentile(round_trips, 50) * 1000:.2f} / "
+        f"{percentile(round_trips, 99) * 1000:.2f} ms | | |"
+    )
     print(f"| Lua calls per grant | {len(round_trips) / len(latencies):.2f} | | |")
     print(f"| waits beyond max sleep (task would re-queue) | {requeues} | | |")
-    print(f"| share per process, min – max | {min(per_process) / len(stamps):.1%} – "
-          f"{max(per_process) / len(stamps):.1%} | fair = {1 / args.processes:.1%} | |")
+    print(
+        f"| share per process, min – max | {min(per_process) / len(stamps):.1%} – "
+        f"{max(per_process) / len(stamps):.1%} | fair = {1 / args.processes:.1%} | |"
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ begins from the same rows for both schedulers):
    a count of missed dispatches (due before the window's end − --grace-s, never sent) and
    doubled ones (sent twice in the window, a 15-minute interval allows one).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -144,17 +145,28 @@ def create_connections(count: int, *, enabled: bool) -> list[int]:
     with transaction.atomic():
         for start in range(0, count, 5000):
             rows = BrokerConnection.objects.bulk_create(
-                BrokerConnection(owner=owner, broker_type="demo", label=f"beat {start + i}", environment="",
-                                 sync_enabled=enabled, sync_interval_min=5 + (start + i) % 56,
-                                 credentials_ciphertext=template.credentials_ciphertext)
+                BrokerConnection(
+                    owner=owner,
+                    broker_type="demo",
+                    label=f"beat {start + i}",
+                    environment="",
+                    sync_enabled=enabled,
+                    sync_interval_min=5 + (start + i) % 56,
+                    credentials_ciphertext=template.credentials_ciphertext,
+                )
                 for i in range(min(5000, count - start))
             )
             PeriodicTask.objects.bulk_create(
-                PeriodicTask(name=schedules.task_name(c.pk), task=schedules.SYNC_TASK,
-                             interval=intervals[c.sync_interval_min], kwargs=json.dumps({"connection_id": c.pk}),
-                             enabled=c.schedule_active, expire_seconds=c.sync_interval_min,
-                             description=f"Automatic sync of {c.label} ({c.broker_type})",
-                             last_run_at=LONG_AGO if not enabled else FAR_FUTURE)
+                PeriodicTask(
+                    name=schedules.task_name(c.pk),
+                    task=schedules.SYNC_TASK,
+                    interval=intervals[c.sync_interval_min],
+                    kwargs=json.dumps({"connection_id": c.pk}),
+                    enabled=c.schedule_active,
+                    expire_seconds=c.sync_interval_min,
+                    description=f"Automatic sync of {c.label} ({c.broker_type})",
+                    last_run_at=LONG_AGO if not enabled else FAR_FUTURE,
+                )
                 for c in rows
             )
             ids += [c.pk for c in rows]
@@ -183,8 +195,12 @@ def schedule_changes_seen(log_path: Path) -> int:
 
 def settle(beat: psutil.Process, log_path: Path, seen_before: int) -> float:
     """Wait until beat has noticed a change (its log says so) and gone quiet; when it was noticed."""
-    noticed = harness.wait_for(lambda: schedule_changes_seen(log_path) > seen_before and time.time(),
-                               timeout=600, what="beat to reload", interval=0.05)
+    noticed = harness.wait_for(
+        lambda: schedule_changes_seen(log_path) > seen_before and time.time(),
+        timeout=600,
+        what="beat to reload",
+        interval=0.05,
+    )
     while True:
         before = cpu(beat)
         time.sleep(0.5)
@@ -233,8 +249,10 @@ def measure(n: int, kind: str, probe: int, consumer: Consumer, logs: Path, args)
         arrived = harness.wait_for(lambda: consumer.first(probe_name, launched), timeout=900, what="start-up")
         result["startup_s"] = arrived - launched
         result["rss_start_mib"] = process.memory_info().rss / 2**20
-        print(f"{label}: start-up to first dispatch {result['startup_s']:.1f} s, RSS {result['rss_start_mib']:.0f} MiB",
-              flush=True)
+        print(
+            f"{label}: start-up to first dispatch {result['startup_s']:.1f} s, RSS {result['rss_start_mib']:.0f} MiB",
+            flush=True,
+        )
 
         def switch(enabled: bool, interval: int) -> float:
             """One change through sync_schedule, as the services make it; returns the moment it committed."""
@@ -245,8 +263,7 @@ def measure(n: int, kind: str, probe: int, consumer: Consumer, logs: Path, args)
                     # PeriodicTask.save() clears the last run of a disabled task, so a task switched on
                     # would wait one interval; a last run long ago makes beat send it the moment it
                     # has picked the change up, which is what we time.
-                    PeriodicTask.objects.filter(name=probe_name, last_run_at__isnull=True).update(
-                        last_run_at=LONG_AGO)
+                    PeriodicTask.objects.filter(name=probe_name, last_run_at__isnull=True).update(last_run_at=LONG_AGO)
             return time.time()
 
         seen = schedule_changes_seen(log_path)
@@ -259,8 +276,10 @@ def measure(n: int, kind: str, probe: int, consumer: Consumer, logs: Path, args)
         idle_cpu, idle_wall = cpu(process) - before, time.time() - start
         result["idle_cpu_per_s"] = idle_cpu / idle_wall
         result["tick_cpu_ms"] = idle_cpu / (idle_wall / SCHEDULERS[kind][1]) * 1000
-        print(f"{label}: idle {result['idle_cpu_per_s'] * 100:.2f}% CPU, {result['tick_cpu_ms']:.1f} ms per tick",
-              flush=True)
+        print(
+            f"{label}: idle {result['idle_cpu_per_s'] * 100:.2f}% CPU, {result['tick_cpu_ms']:.1f} ms per tick",
+            flush=True,
+        )
 
         # 3. changes
         pickups: dict[str, list[float]] = {"enable": [], "interval": [], "disable": []}
@@ -270,8 +289,11 @@ def measure(n: int, kind: str, probe: int, consumer: Consumer, logs: Path, args)
             seen, before, start = schedule_changes_seen(log_path), cpu(process), time.time()
             committed = switch(enabled, interval)
             if enabled:
-                arrived = harness.wait_for(lambda: consumer.first(probe_name, committed), timeout=600,
-                                           what=f"the probe's dispatch after {change_kind}")
+                arrived = harness.wait_for(
+                    lambda: consumer.first(probe_name, committed),
+                    timeout=600,
+                    what=f"the probe's dispatch after {change_kind}",
+                )
                 settle(process, log_path, seen)
             else:
                 arrived = settle(process, log_path, seen)
@@ -287,9 +309,13 @@ def measure(n: int, kind: str, probe: int, consumer: Consumer, logs: Path, args)
         for change_kind in pickups:
             result[f"pickup_{change_kind}_s"] = statistics.median(pickups[change_kind])
             result[f"cpu_{change_kind}_s"] = statistics.median(change_cpu[change_kind])
-        print(f"{label}: pick-up " + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in pickups.items())
-              + "; beat CPU per change " + ", ".join(f"{k} {statistics.median(v) * 1000:.1f} ms"
-                                                     for k, v in change_cpu.items()), flush=True)
+        print(
+            f"{label}: pick-up "
+            + ", ".join(f"{k} {statistics.median(v):.2f} s" for k, v in pickups.items())
+            + "; beat CPU per change "
+            + ", ".join(f"{k} {statistics.median(v) * 1000:.1f} ms" for k, v in change_cpu.items()),
+            flush=True,
+        )
 
     result.update(capacity(n, kind, probe_name, consumer, logs, args))
     result.update(real_rate(n, kind, probe_name, consumer, logs, args))
@@ -317,8 +343,9 @@ def capacity(n: int, kind: str, probe_name: str, consumer: Consumer, logs: Path,
     mark = consumer.fresh_mark()
     with beat(kind, logs, "capacity") as (process, _):
         # Counted from the first dispatch: start-up is phase 1's figure.
-        start = harness.wait_for(lambda: len(consumer.arrivals) > mark and consumer.arrivals[mark][0], timeout=900,
-                                 what="the first dispatch")
+        start = harness.wait_for(
+            lambda: len(consumer.arrivals) > mark and consumer.arrivals[mark][0], timeout=900, what="the first dispatch"
+        )
         cpu_before = cpu(process)
         time.sleep(args.load_s)
         end = time.time()
@@ -329,12 +356,20 @@ def capacity(n: int, kind: str, probe_name: str, consumer: Consumer, logs: Path,
         lags.append(arrived - due[name])
         due[name] = arrived + every[name]
     asked = sum(1 / e for e in every.values())
-    out = {"asked_per_s": asked, "sent_per_s": len(arrivals) / (end - start),
-           "cap_lag_p50_s": harness.percentile(lags, 50), "cap_lag_max_s": max(lags),
-           "cap_cpu": beat_cpu / (end - start), "cpu_per_dispatch_ms": beat_cpu / max(1, len(arrivals)) * 1000}
-    print(f"N={n} {kind}: capacity asked {asked:.0f}/s, sent {out['sent_per_s']:.0f}/s, lag p50 "
-          f"{out['cap_lag_p50_s']:.2f} max {out['cap_lag_max_s']:.2f} s, beat CPU {out['cap_cpu'] * 100:.0f}% "
-          f"({out['cpu_per_dispatch_ms']:.2f} ms per dispatch)", flush=True)
+    out = {
+        "asked_per_s": asked,
+        "sent_per_s": len(arrivals) / (end - start),
+        "cap_lag_p50_s": harness.percentile(lags, 50),
+        "cap_lag_max_s": max(lags),
+        "cap_cpu": beat_cpu / (end - start),
+        "cpu_per_dispatch_ms": beat_cpu / max(1, len(arrivals)) * 1000,
+    }
+    print(
+        f"N={n} {kind}: capacity asked {asked:.0f}/s, sent {out['sent_per_s']:.0f}/s, lag p50 "
+        f"{out['cap_lag_p50_s']:.2f} max {out['cap_lag_max_s']:.2f} s, beat CPU {out['cap_cpu'] * 100:.0f}% "
+        f"({out['cpu_per_dispatch_ms']:.2f} ms per dispatch)",
+        flush=True,
+    )
     return out
 
 
@@ -350,8 +385,11 @@ def real_rate(n: int, kind: str, probe_name: str, consumer: Consumer, logs: Path
     tasks = sync_tasks(probe_name)
     connections = BrokerConnection.objects.filter(sync_enabled=True).exclude(pk=int(probe_name.split(":")[1]))
     connections.update(sync_interval_min=REAL_INTERVAL_MIN)
-    tasks.update(interval=schedules.interval_schedule(REAL_INTERVAL_MIN), expire_seconds=REAL_INTERVAL_MIN * 60,
-                 date_changed=LONG_AGO)
+    tasks.update(
+        interval=schedules.interval_schedule(REAL_INTERVAL_MIN),
+        expire_seconds=REAL_INTERVAL_MIN * 60,
+        date_changed=LONG_AGO,
+    )
     schedules.sync_schedule(BrokerConnection.objects.get(pk=int(probe_name.split(":")[1])))
     check_rows_match_helpers()
     every = dict.fromkeys(tasks.values_list("name", flat=True), REAL_INTERVAL_MIN * 60)
@@ -394,20 +432,32 @@ def real_rate(n: int, kind: str, probe_name: str, consumer: Consumer, logs: Path
     missed = len([name for name in expected if name not in sent])
     doubled = sum(len(times) - 1 for times in sent.values())
     if doubled:
-        examples = [(name, [round(t - start, 2) for t in times], round(due[name] - start, 2))
-                    for name, times in sent.items() if len(times) > 1][:5]
+        examples = [
+            (name, [round(t - start, 2) for t in times], round(due[name] - start, 2))
+            for name, times in sent.items()
+            if len(times) > 1
+        ][:5]
         print(f"N={n} {kind}: doubled, as (task, arrivals s from the window's start, due s): {examples}", flush=True)
-    out = {"real_asked_per_s": len(steady) / (REAL_INTERVAL_MIN * 60),
-           "real_sent_per_s": len([t for t, _ in window if start <= t <= end]) / (end - start),
-           "lag_p50_s": harness.percentile(lags, 50) if lags else float("nan"),
-           "lag_p99_s": harness.percentile(lags, 99) if lags else float("nan"),
-           "lag_max_s": max(lags) if lags else float("nan"), "missed": missed, "doubled": doubled,
-           "expected": len(expected), "changes_per_s": changes / (end - start), "real_cpu": beat_cpu / (end - start),
-           "rss_max_mib": rss_max}
-    print(f"N={n} {kind}: real rate asked {out['real_asked_per_s']:.1f}/s, sent {out['real_sent_per_s']:.1f}/s "
-          f"with {out['changes_per_s']:.2f} changes/s; lag p50 {out['lag_p50_s']:.2f} p99 {out['lag_p99_s']:.2f} max "
-          f"{out['lag_max_s']:.2f} s; missed {missed} / doubled {doubled} of {len(expected)} due; beat CPU "
-          f"{out['real_cpu'] * 100:.0f}%, RSS max {rss_max:.0f} MiB", flush=True)
+    out = {
+        "real_asked_per_s": len(steady) / (REAL_INTERVAL_MIN * 60),
+        "real_sent_per_s": len([t for t, _ in window if start <= t <= end]) / (end - start),
+        "lag_p50_s": harness.percentile(lags, 50) if lags else float("nan"),
+        "lag_p99_s": harness.percentile(lags, 99) if lags else float("nan"),
+        "lag_max_s": max(lags) if lags else float("nan"),
+        "missed": missed,
+        "doubled": doubled,
+        "expected": len(expected),
+        "changes_per_s": changes / (end - start),
+        "real_cpu": beat_cpu / (end - start),
+        "rss_max_mib": rss_max,
+    }
+    print(
+        f"N={n} {kind}: real rate asked {out['real_asked_per_s']:.1f}/s, sent {out['real_sent_per_s']:.1f}/s "
+        f"with {out['changes_per_s']:.2f} changes/s; lag p50 {out['lag_p50_s']:.2f} p99 {out['lag_p99_s']:.2f} max "
+        f"{out['lag_max_s']:.2f} s; missed {missed} / doubled {doubled} of {len(expected)} due; beat CPU "
+        f"{out['real_cpu'] * 100:.0f}%, RSS max {rss_max:.0f} MiB",
+        flush=True,
+    )
     # Back to phase 1's shape for the next scheduler or size.
     settings.SYNC_INTERVAL_UNIT = "seconds"
     restore_phase_one_shape(probe_name)
@@ -432,38 +482,63 @@ def restore_phase_one_shape(probe_name: str) -> None:
         task = tasks[schedules.task_name(connection.pk)]
         task.interval, task.enabled = intervals[connection.sync_interval_min], True
         task.expire_seconds, task.date_changed = connection.sync_interval_min, LONG_AGO
-    PeriodicTask.objects.bulk_update(tasks.values(), ["interval", "enabled", "expire_seconds", "date_changed"],
-                                     batch_size=2000)
+    PeriodicTask.objects.bulk_update(
+        tasks.values(), ["interval", "enabled", "expire_seconds", "date_changed"], batch_size=2000
+    )
     schedules.sync_schedule(BrokerConnection.objects.get(pk=probe))
     check_rows_match_helpers()
 
 
 def report(results: list[dict], args) -> None:
     print()
-    print(f"beat on {args.db}; capacity at SYNC_INTERVAL_UNIT=seconds (intervals 5..60 s), real rate at "
-          f"{REAL_INTERVAL_MIN} min with 1 change/s:")
-    header = ("N", "scheduler", "start-up s", "idle CPU %", "tick ms", "pick-up on/interval/off s",
-              "CPU/change on/interval/off ms", "capacity sent/asked per s", "real sent/asked per s",
-              "lag p50/p99/max s", "missed/doubled of due", "RSS max MiB")
+    print(
+        f"beat on {args.db}; capacity at SYNC_INTERVAL_UNIT=seconds (intervals 5..60 s), real rate at "
+        f"{REAL_INTERVAL_MIN} min with 1 change/s:"
+    )
+    header = (
+        "N",
+        "scheduler",
+        "start-up s",
+        "idle CPU %",
+        "tick ms",
+        "pick-up on/interval/off s",
+        "CPU/change on/interval/off ms",
+        "capacity sent/asked per s",
+        "real sent/asked per s",
+        "lag p50/p99/max s",
+        "missed/doubled of due",
+        "RSS max MiB",
+    )
     print(" | ".join(header))
     for r in results:
-        print(" | ".join([
-            f"{r['n']:,}", r["kind"], f"{r['startup_s']:.1f}", f"{r['idle_cpu_per_s'] * 100:.2f}",
-            f"{r['tick_cpu_ms']:.1f}",
-            f"{r['pickup_enable_s']:.2f}/{r['pickup_interval_s']:.2f}/{r['pickup_disable_s']:.2f}",
-            f"{r['cpu_enable_s'] * 1000:.0f}/{r['cpu_interval_s'] * 1000:.0f}/{r['cpu_disable_s'] * 1000:.0f}",
-            f"{r['sent_per_s']:.0f}/{r['asked_per_s']:.0f}", f"{r['real_sent_per_s']:.1f}/{r['real_asked_per_s']:.1f}",
-            f"{r['lag_p50_s']:.2f}/{r['lag_p99_s']:.2f}/{r['lag_max_s']:.2f}",
-            f"{r['missed']}/{r['doubled']} of {r['expected']}", f"{r['rss_max_mib']:.0f}",
-        ]))
+        print(
+            " | ".join(
+                [
+                    f"{r['n']:,}",
+                    r["kind"],
+                    f"{r['startup_s']:.1f}",
+                    f"{r['idle_cpu_per_s'] * 100:.2f}",
+                    f"{r['tick_cpu_ms']:.1f}",
+                    f"{r['pickup_enable_s']:.2f}/{r['pickup_interval_s']:.2f}/{r['pickup_disable_s']:.2f}",
+                    f"{r['cpu_enable_s'] * 1000:.0f}/{r['cpu_interval_s'] * 1000:.0f}/{r['cpu_disable_s'] * 1000:.0f}",
+                    f"{r['sent_per_s']:.0f}/{r['asked_per_s']:.0f}",
+                    f"{r['real_sent_per_s']:.1f}/{r['real_asked_per_s']:.1f}",
+                    f"{r['lag_p50_s']:.2f}/{r['lag_p99_s']:.2f}/{r['lag_max_s']:.2f}",
+                    f"{r['missed']}/{r['doubled']} of {r['expected']}",
+                    f"{r['rss_max_mib']:.0f}",
+                ]
+            )
+        )
     by = {(r["n"], r["kind"]): r for r in results}
     for n in sorted({r["n"] for r in results}):
         stock, ours = by.get((n, "stock")), by.get((n, "ours"))
         if stock and ours:
-            print(f"N={n:,} ours/stock: tick {ours['tick_cpu_ms'] / stock['tick_cpu_ms']:.4f}x, CPU per change "
-                  f"{ours['cpu_enable_s'] / max(stock['cpu_enable_s'], 1e-9):.4f}x, capacity "
-                  f"{ours['sent_per_s'] / stock['sent_per_s']:.1f}x, "
-                  f"RSS {ours['rss_max_mib'] / stock['rss_max_mib']:.2f}x")
+            print(
+                f"N={n:,} ours/stock: tick {ours['tick_cpu_ms'] / stock['tick_cpu_ms']:.4f}x, CPU per change "
+                f"{ours['cpu_enable_s'] / max(stock['cpu_enable_s'], 1e-9):.4f}x, capacity "
+                f"{ours['sent_per_s'] / stock['sent_per_s']:.1f}x, "
+                f"RSS {ours['rss_max_mib'] / stock['rss_max_mib']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

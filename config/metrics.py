@@ -110,8 +110,10 @@ def _counters(client: redis.Redis):
         syncs.add_metric(list(_split(field)), int(value))
     yield syncs
 
-    trades = {kind: CounterMetricFamily(f"tj_trades_{kind}", f"Trades {kind} by syncs.", labels=["broker"])
-              for kind in ("imported", "skipped")}
+    trades = {
+        kind: CounterMetricFamily(f"tj_trades_{kind}", f"Trades {kind} by syncs.", labels=["broker"])
+        for kind in ("imported", "skipped")
+    }
     for field, value in client.hgetall(TRADES).items():
         broker, kind = _split(field)
         trades[kind].add_metric([broker], int(value))
@@ -121,9 +123,7 @@ def _counters(client: redis.Redis):
     for field, value in client.hgetall(DURATION).items():
         broker, key = _split(field)
         per_broker.setdefault(broker, {})[key] = float(value)
-    duration = HistogramMetricFamily(
-        "tj_sync_duration_seconds", "Duration of finished sync runs.", labels=["broker"]
-    )
+    duration = HistogramMetricFamily("tj_sync_duration_seconds", "Duration of finished sync runs.", labels=["broker"])
     for broker, values in sorted(per_broker.items()):
         buckets = [(str(le), values.get(str(le), 0.0)) for le in DURATION_BUCKETS]
         buckets.append(("+Inf", values.get("count", 0.0)))

@@ -67,9 +67,7 @@ class BeatLease:
         if self._renewed_at is not None and now - self._renewed_at < RENEW_EVERY_S:
             return self.valid()
         try:
-            held = self._acquire_or_renew(
-                keys=[LEASE_KEY], args=[self.holder, int(self.ttl_s * 1000)]
-            )
+            held = self._acquire_or_renew(keys=[LEASE_KEY], args=[self.holder, int(self.ttl_s * 1000)])
         except redis.RedisError:
             held = 0
         self._renewed_at = now if held else None

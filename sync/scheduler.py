@@ -66,12 +66,32 @@ MAX_BATCH = 2000
 HEARTBEAT_EVERY_S = 1.0
 LOAD_CHUNK = 5000
 ROW_FIELDS = (
-    "id", "name", "task", "interval_id", "crontab_id", "solar_id", "clocked_id", "args", "kwargs", "queue",
-    "exchange", "routing_key", "priority", "headers", "expires", "expire_seconds", "one_off", "start_time",
-    "enabled", "last_run_at", "date_changed",
+    "id",
+    "name",
+    "task",
+    "interval_id",
+    "crontab_id",
+    "solar_id",
+    "clocked_id",
+    "args",
+    "kwargs",
+    "queue",
+    "exchange",
+    "routing_key",
+    "priority",
+    "headers",
+    "expires",
+    "expire_seconds",
+    "one_off",
+    "start_time",
+    "enabled",
+    "last_run_at",
+    "date_changed",
 )
 SCHEDULE_MODELS = (
-    ("interval", IntervalSchedule), ("crontab", CrontabSchedule), ("solar", SolarSchedule),
+    ("interval", IntervalSchedule),
+    ("crontab", CrontabSchedule),
+    ("solar", SolarSchedule),
     ("clocked", ClockedSchedule),
 )
 EMPTY_JSON = frozenset((None, "", "[]", "{}"))
@@ -83,8 +103,19 @@ class Entry:
     """One enabled PeriodicTask, as little as beat needs of it (there may be a million)."""
 
     __slots__ = (
-        "pk", "name", "task", "args", "kwargs", "routing", "schedule_key", "one_off", "start_time", "expires",
-        "last_run_at", "version", "due_at",
+        "pk",
+        "name",
+        "task",
+        "args",
+        "kwargs",
+        "routing",
+        "schedule_key",
+        "one_off",
+        "start_time",
+        "expires",
+        "last_run_at",
+        "version",
+        "due_at",
     )
 
     def __init__(self, row: dict, schedule_key: tuple[str, int]):
@@ -93,8 +124,14 @@ class Entry:
         self.task = row["task"]
         self.args = row["args"] or "[]"
         self.kwargs = row["kwargs"] or "{}"
-        routing = (row["queue"], row["exchange"], row["routing_key"], row["priority"],
-                   row["expires"] or row["expire_seconds"], row["headers"] or "{}")
+        routing = (
+            row["queue"],
+            row["exchange"],
+            row["routing_key"],
+            row["priority"],
+            row["expires"] or row["expire_seconds"],
+            row["headers"] or "{}",
+        )
         self.routing = None if routing == (None, None, None, None, None, "{}") else routing
         self.schedule_key = schedule_key
         self.one_off = row["one_off"]
@@ -108,9 +145,17 @@ class Entry:
 
     def message_options(self) -> dict:
         queue, exchange, routing_key, priority, expires, headers = self.routing or (None,) * 5 + ("{}",)
-        options = {key: value for key, value in (("queue", queue), ("exchange", exchange),
-                                                 ("routing_key", routing_key), ("priority", priority),
-                                                 ("expires", expires)) if value is not None}
+        options = {
+            key: value
+            for key, value in (
+                ("queue", queue),
+                ("exchange", exchange),
+                ("routing_key", routing_key),
+                ("priority", priority),
+                ("expires", expires),
+            )
+            if value is not None
+        }
         options["headers"] = {**json.loads(headers), "periodic_task_name": self.name, "celery_beat_task": True}
         # Nobody holds the id of what beat sends, so nobody reads its result; asking for one would
         # also make every send subscribe to, and later unsubscribe from, a Redis result channel
@@ -397,18 +442,21 @@ class IncrementalScheduler(DatabaseScheduler):
             # One UPDATE for the tick: no date_changed (beat must not read its own write back), and
             # filtered on enabled, so a row disabled meanwhile keeps the cleared last run save() gave it.
             PeriodicTask.objects.filter(pk__in=repeating, enabled=True).update(
-                last_run_at=now, total_run_count=F("total_run_count") + 1)
+                last_run_at=now, total_run_count=F("total_run_count") + 1
+            )
             one_offs = [e.pk for e in entries if e.pk in live and e.one_off]
             if one_offs:
                 # As django-celery-beat does once a one-off task has run: disabled, count reset.
-                PeriodicTask.objects.filter(pk__in=one_offs).update(enabled=False, total_run_count=0,
-                                                                    last_run_at=None, date_changed=now)
+                PeriodicTask.objects.filter(pk__in=one_offs).update(
+                    enabled=False, total_run_count=0, last_run_at=None, date_changed=now
+                )
         return live
 
     def _disable(self, entries: list[Entry], now: datetime) -> None:
         """Expired tasks are disabled, as PeriodicTask.save() would leave them."""
-        PeriodicTask.objects.filter(pk__in=[e.pk for e in entries]).update(enabled=False, last_run_at=None,
-                                                                           date_changed=now)
+        PeriodicTask.objects.filter(pk__in=[e.pk for e in entries]).update(
+            enabled=False, last_run_at=None, date_changed=now
+        )
         for entry in entries:
             self._entries.pop(entry.pk, None)
 
@@ -454,6 +502,7 @@ class IncrementalScheduler(DatabaseScheduler):
                         PeriodicTask.objects.filter(pk=entry.pk).update(enabled=True, date_changed=timezone.now())
                     else:
                         PeriodicTask.objects.filter(pk=entry.pk, enabled=True).update(
-                            last_run_at=entry.last_run_at, total_run_count=F("total_run_count") - 1)
+                            last_run_at=entry.last_run_at, total_run_count=F("total_run_count") - 1
+                        )
         except (DatabaseError, InterfaceError):
             logger.exception("beat: could not undo the runs of unsent tasks; they wait one interval")

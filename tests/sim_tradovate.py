@@ -113,8 +113,15 @@ class FakeTradovate(LoopbackServer):
             for account_id in itertools.islice(account_ids, count):
                 self._owner[account_id] = name
                 self.accounts[name].append(
-                    {"id": account_id, "name": f"DEMO{account_id}", "userId": 77, "accountType": "Customer",
-                     "active": True, "closed": False, "timestamp": "2026-01-05T10:00:00Z"}
+                    {
+                        "id": account_id,
+                        "name": f"DEMO{account_id}",
+                        "userId": 77,
+                        "accountType": "Customer",
+                        "active": True,
+                        "closed": False,
+                        "timestamp": "2026-01-05T10:00:00Z",
+                    }
                 )
                 for at in itertools.islice(executed, fills_per_account):
                     self.add_late_fill(account_id, at)
@@ -124,8 +131,13 @@ class FakeTradovate(LoopbackServer):
         self._codes: dict[str, str] = {}  # sign-in code -> login name
         self.route("GET", "/account/list", lambda r: self._data(r, lambda user: self.accounts[user]))
         self.route("GET", "/fill/list", lambda r: self._data(r, lambda user: self.fills[user]))
-        tables = {"order": self.orders, "fillFee": self.fees, "contract": CONTRACTS,
-                  "contractMaturity": MATURITIES, "product": PRODUCTS}
+        tables = {
+            "order": self.orders,
+            "fillFee": self.fees,
+            "contract": CONTRACTS,
+            "contractMaturity": MATURITIES,
+            "product": PRODUCTS,
+        }
         for entity, table in tables.items():
             self.route("GET", f"/{entity}/items", self._items(table))
 
@@ -136,15 +148,38 @@ class FakeTradovate(LoopbackServer):
             fill_id = next(self._fill_ids)
             order_id, contract_id = 900_000 + fill_id, 1001 + fill_id % 2
             action = "Buy" if fill_id % 2 else "Sell"
-            self.orders[order_id] = {"id": order_id, "accountId": account_id, "contractId": contract_id,
-                                     "action": action, "ordStatus": "Filled", "admin": False}
-            self.fees[fill_id] = {"id": fill_id, "commission": 0.59, "clearingFee": 0.19, "exchangeFee": 1.38,
-                                  "nfaFee": 0.02, "brokerageFee": None, "ipFee": None, "orderRoutingFee": None}
-            self.fills[self._owner[account_id]].append({
-                "id": fill_id, "orderId": order_id, "contractId": contract_id, "timestamp": _iso(executed_at),
-                "tradeDate": {"year": executed_at.year, "month": executed_at.month, "day": executed_at.day},
-                "action": action, "qty": 1 + fill_id % 3, "price": 5901.25, "active": True, "finallyPaired": 0,
-            })
+            self.orders[order_id] = {
+                "id": order_id,
+                "accountId": account_id,
+                "contractId": contract_id,
+                "action": action,
+                "ordStatus": "Filled",
+                "admin": False,
+            }
+            self.fees[fill_id] = {
+                "id": fill_id,
+                "commission": 0.59,
+                "clearingFee": 0.19,
+                "exchangeFee": 1.38,
+                "nfaFee": 0.02,
+                "brokerageFee": None,
+                "ipFee": None,
+                "orderRoutingFee": None,
+            }
+            self.fills[self._owner[account_id]].append(
+                {
+                    "id": fill_id,
+                    "orderId": order_id,
+                    "contractId": contract_id,
+                    "timestamp": _iso(executed_at),
+                    "tradeDate": {"year": executed_at.year, "month": executed_at.month, "day": executed_at.day},
+                    "action": action,
+                    "qty": 1 + fill_id % 3,
+                    "price": 5901.25,
+                    "active": True,
+                    "finallyPaired": 0,
+                }
+            )
             return fill_id
 
     def account_ids(self, name: str) -> list[int]:
@@ -230,8 +265,11 @@ class FakeTradovate(LoopbackServer):
             if user is None or form.get("client_secret") != OAUTH_CLIENT_SECRET:
                 return 400, {"error": "invalid_grant"}
             session = self._new_token(_Session(user, 0.0))
-        return 200, {"access_token": session["accessToken"], "token_type": "bearer",
-                     "expires_in": int(self.token_lifetime_s)}
+        return 200, {
+            "access_token": session["accessToken"],
+            "token_type": "bearer",
+            "expires_in": int(self.token_lifetime_s),
+        }
 
     def _renew(self, request: Request):
         limited = self._rationed(request)
@@ -249,8 +287,15 @@ class FakeTradovate(LoopbackServer):
         token = secrets.token_hex(16)
         self._sessions[token] = session
         expires = datetime.now(UTC) + timedelta(seconds=self.token_lifetime_s)
-        return {"accessToken": token, "mdAccessToken": f"md-{token}", "userId": 77, "expirationTime": _iso(expires),
-                "userStatus": "Active", "name": session.user, "hasLive": False}
+        return {
+            "accessToken": token,
+            "mdAccessToken": f"md-{token}",
+            "userId": 77,
+            "expirationTime": _iso(expires),
+            "userStatus": "Active",
+            "name": session.user,
+            "hasLive": False,
+        }
 
     def _session(self, request: Request) -> _Session | None:
         session = self._sessions.get(request.headers.get("Authorization", "").removeprefix("Bearer "))

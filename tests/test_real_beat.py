@@ -23,6 +23,7 @@ def real_queue(monkeypatch):
     """The syncs a new or resumed connection queues at once go to Redis too (and are not beat's)."""
     monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
 
+
 # How late a dispatch may arrive after it is due: a beat loop (1 s here), a change read (1 s), a
 # queue pop (0.2 s). A dispatch sent late does not delay the next one, so two may also come this
 # much closer than an interval; a repeat (two sends for one due) would come within a second.
@@ -30,8 +31,14 @@ SLACK_S = 2.5
 
 
 def connection(trader, label: str, interval: int, enabled: bool = True) -> BrokerConnection:
-    return services.connection_create(owner=trader, broker_type="demo", label=label, credentials={"api_key": "k"},
-                                      sync_interval_min=interval, sync_enabled=enabled)
+    return services.connection_create(
+        owner=trader,
+        broker_type="demo",
+        label=label,
+        credentials={"api_key": "k"},
+        sync_interval_min=interval,
+        sync_enabled=enabled,
+    )
 
 
 def name(c: BrokerConnection) -> str:
@@ -95,13 +102,19 @@ def test_the_standby_takes_over_after_kill_9_and_a_restarted_beat_neither_loses_
     connections = [connection(trader, f"Demo {n}", 5) for n in range(6)]
     with BeatDispatches() as sent, celery_processes(tmp_path, worker=False, standby_beat=True) as processes:
         wait_for(lambda: all(sent.times(name(c)) for c in connections), 15, message="a first round")
-        active = processes["beat"] if "holding the lease" in (tmp_path / "beat.log").read_text() else (
-            processes["beat-standby"])
+        active = (
+            processes["beat"]
+            if "holding the lease" in (tmp_path / "beat.log").read_text()
+            else (processes["beat-standby"])
+        )
         kill9(active)
         killed_at = time.time()
         # The lease lapses 3 s after its last renewal; the standby polls every second.
-        wait_for(lambda: all(sent.times(name(c), after=killed_at + 0.5) for c in connections), 3 + 1 + 5 + SLACK_S,
-                 message="the standby sending every schedule")
+        wait_for(
+            lambda: all(sent.times(name(c), after=killed_at + 0.5) for c in connections),
+            3 + 1 + 5 + SLACK_S,
+            message="the standby sending every schedule",
+        )
         time.sleep(3)
         takeover_s = min(sent.times(name(c), after=killed_at + 0.5)[0] for c in connections) - killed_at
         assert takeover_s <= 3 + 1 + 5 + SLACK_S

@@ -50,8 +50,9 @@ def every(seconds: int) -> IntervalSchedule:
 
 
 def task(name: str, *, seconds: int = 60, last_run_at=LONG_AGO, **fields) -> PeriodicTask:
-    row = PeriodicTask.objects.create(name=name, task=schedules.SYNC_TASK, interval=every(seconds),
-                                      kwargs=json.dumps({"connection_id": 1}), **fields)
+    row = PeriodicTask.objects.create(
+        name=name, task=schedules.SYNC_TASK, interval=every(seconds), kwargs=json.dumps({"connection_id": 1}), **fields
+    )
     # create() cannot set last_run_at on a disabled row (save() clears it); an update can.
     PeriodicTask.objects.filter(pk=row.pk).update(last_run_at=last_run_at)
     row.refresh_from_db()

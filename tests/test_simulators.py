@@ -205,8 +205,11 @@ def test_flex_report_after_1019_polls_holds_both_accounts_executions_within_the_
 
 def test_flex_refuses_without_user_agent_unknown_token_unknown_reference_and_on_demand(clock):
     with FakeFlex() as flex:
-        no_agent = requests.get(f"{flex.url}/SendRequest", params={"t": flex.token, "q": flex.query_id, "v": "3"},
-                                headers={"User-Agent": ""})
+        no_agent = requests.get(
+            f"{flex.url}/SendRequest",
+            params={"t": flex.token, "q": flex.query_id, "v": "3"},
+            headers={"User-Agent": ""},
+        )
         assert ElementTree.fromstring(no_agent.content).findtext("ErrorCode") == "1020"
         assert flex_get(flex, "SendRequest", t="not-the-token", q=flex.query_id).findtext("ErrorCode") == "1015"
         assert flex_get(flex, "GetStatement", q="123").findtext("ErrorCode") == "1017"
