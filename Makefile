@@ -36,8 +36,11 @@ bench: $(BIN)/.installed
 production-check: $(BIN)/.installed
 	$(BIN)/python tests/production_check.py --database-url "$(DATABASE_URL)"
 
+# Style and the layers: ruff, its formatter, and the import contracts in pyproject.toml (import-linter).
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) var

@@ -56,8 +56,8 @@ def measure(broker, args) -> dict:
 
     from brokers import services
     from brokers.models import SyncLog
-    from brokers.providers import ccxt_catalog
-    from brokers.providers.ccxt_family import FAMILY
+    from brokers.providers.ccxt import catalog as ccxt_catalog
+    from brokers.providers.ccxt.family import FAMILY
     from journal.models import Trade
     from sync import runs as sync_runs
 

@@ -1,7 +1,7 @@
 """Scheduler scale: django-celery-beat's DatabaseScheduler ("stock") and ours side by side, one real beat each.
 
 For each --sizes N: N connections with enabled PeriodicTasks (bulk-created rows carrying exactly
-what `brokers.schedules.sync_schedule` writes — checked with `schedules.reconcile()`, which must
+what `brokers.periodic_tasks.sync_schedule` writes — checked with `periodic_tasks.reconcile()`, which must
 find nothing to repair; their date_changed is set back to 2020, as for rows that exist before the
 run), plus one probe connection. Then, for each of --schedulers in turn, real `celery beat`
 processes with `-S` set to that scheduler. Nothing runs the tasks: a counting consumer in this
@@ -14,7 +14,7 @@ begins from the same rows for both schedulers):
 2. idle — every task's last run in the future (nothing due), --idle-s seconds: beat CPU per
    second and per tick (stock ticks every 5 s when nothing is due, ours every 1 s);
 3. changes, --changes times each: switch the probe on, its interval 60 -> 5, and off, each through
-   `schedules.sync_schedule` in a transaction as the services make them: seconds from the commit
+   `periodic_tasks.sync_schedule` in a transaction as the services make them: seconds from the commit
    to the probe's dispatch (on, interval) or to beat's log saying it changed (off), and beat CPU
    per change above idle;
 4. capacity — SYNC_INTERVAL_UNIT=seconds (intervals 5..60 s: N tasks ask for about 0.044·N
@@ -49,7 +49,7 @@ LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 SCHEDULERS = {
     "stock": ("django_celery_beat.schedulers:DatabaseScheduler", 5.0),  # idle tick: its max interval
-    "ours": ("sync.scheduler:IncrementalScheduler", 1.0),  # idle tick: it reads changes every second
+    "ours": ("sync.beat.scheduler:IncrementalScheduler", 1.0),  # idle tick: it reads changes every second
 }
 REAL_INTERVAL_MIN = 15
 
@@ -133,14 +133,14 @@ def create_connections(count: int, *, enabled: bool) -> list[int]:
     from django.db import transaction
     from django_celery_beat.models import PeriodicTask
 
-    from brokers import schedules
+    from brokers import periodic_tasks
     from brokers.models import BrokerConnection
 
     owner, _ = get_user_model().objects.get_or_create(username="bench-beat")
     # Encrypting once and sharing the ciphertext: beat never reads credentials.
     template = BrokerConnection()
     template.credentials = {"api_key": "bench", "scenario": "normal"}
-    intervals = {n: schedules.interval_schedule(n) for n in range(5, 61)}
+    intervals = {n: periodic_tasks.interval_schedule(n) for n in range(5, 61)}
     ids = []
     with transaction.atomic():
         for start in range(0, count, 5000):
@@ -158,8 +158,8 @@ def create_connections(count: int, *, enabled: bool) -> list[int]:
             )
             PeriodicTask.objects.bulk_create(
                 PeriodicTask(
-                    name=schedules.task_name(c.pk),
-                    task=schedules.SYNC_TASK,
+                    name=periodic_tasks.task_name(c.pk),
+                    task=periodic_tasks.SYNC_TASK,
                     interval=intervals[c.sync_interval_min],
                     kwargs=json.dumps({"connection_id": c.pk}),
                     enabled=c.schedule_active,
@@ -171,15 +171,15 @@ def create_connections(count: int, *, enabled: bool) -> list[int]:
             )
             ids += [c.pk for c in rows]
         # Rows that exist before the run, not changes made during it.
-        PeriodicTask.objects.filter(name__in=[schedules.task_name(i) for i in ids]).update(date_changed=LONG_AGO)
-    schedules.mark_schedules_changed()
+        PeriodicTask.objects.filter(name__in=[periodic_tasks.task_name(i) for i in ids]).update(date_changed=LONG_AGO)
+    periodic_tasks.mark_schedules_changed()
     return ids
 
 
 def check_rows_match_helpers() -> None:
-    from brokers import schedules
+    from brokers import periodic_tasks
 
-    changes = schedules.reconcile()
+    changes = periodic_tasks.reconcile()
     if any(changes.values()):
         raise SystemExit(f"bulk-created schedules differ from sync_schedule's: {changes}")
 
@@ -220,9 +220,9 @@ def beat(kind: str, logs: Path, phase: str):
 def sync_tasks(probe_name: str):
     from django_celery_beat.models import PeriodicTask
 
-    from brokers import schedules
+    from brokers import periodic_tasks
 
-    return PeriodicTask.objects.filter(name__startswith=schedules.TASK_NAME_PREFIX).exclude(name=probe_name)
+    return PeriodicTask.objects.filter(name__startswith=periodic_tasks.TASK_NAME_PREFIX).exclude(name=probe_name)
 
 
 def measure(n: int, kind: str, probe: int, consumer: Consumer, logs: Path, args) -> dict:
@@ -230,17 +230,17 @@ def measure(n: int, kind: str, probe: int, consumer: Consumer, logs: Path, args)
     from django.db import transaction
     from django_celery_beat.models import PeriodicTask
 
-    from brokers import schedules
+    from brokers import periodic_tasks
     from brokers.models import BrokerConnection
 
     settings.SYNC_INTERVAL_UNIT = "seconds"
-    probe_name = schedules.task_name(probe)
+    probe_name = periodic_tasks.task_name(probe)
     tasks = sync_tasks(probe_name)
     # Idle until phase 4: nothing due but the probe, which is switched on for the start-up figure.
     tasks.update(last_run_at=FAR_FUTURE)
     with transaction.atomic():
         BrokerConnection.objects.filter(pk=probe).update(sync_enabled=True, sync_interval_min=60)
-        schedules.sync_schedule(BrokerConnection.objects.get(pk=probe))
+        periodic_tasks.sync_schedule(BrokerConnection.objects.get(pk=probe))
     PeriodicTask.objects.filter(name=probe_name).update(last_run_at=LONG_AGO)
     result: dict = {"n": n, "kind": kind}
     label = f"N={n} {kind}"
@@ -258,7 +258,7 @@ def measure(n: int, kind: str, probe: int, consumer: Consumer, logs: Path, args)
             """One change through sync_schedule, as the services make it; returns the moment it committed."""
             with transaction.atomic():
                 BrokerConnection.objects.filter(pk=probe).update(sync_enabled=enabled, sync_interval_min=interval)
-                schedules.sync_schedule(BrokerConnection.objects.get(pk=probe))
+                periodic_tasks.sync_schedule(BrokerConnection.objects.get(pk=probe))
                 if enabled:
                     # PeriodicTask.save() clears the last run of a disabled task, so a task switched on
                     # would wait one interval; a last run long ago makes beat send it the moment it
@@ -377,20 +377,20 @@ def real_rate(n: int, kind: str, probe_name: str, consumer: Consumer, logs: Path
     from django.conf import settings
     from django.db import transaction
 
-    from brokers import schedules
+    from brokers import periodic_tasks
     from brokers.models import BrokerConnection
 
     settings.SYNC_INTERVAL_UNIT = "minutes"
-    schedules.ensure_interval_schedules()
+    periodic_tasks.ensure_interval_schedules()
     tasks = sync_tasks(probe_name)
     connections = BrokerConnection.objects.filter(sync_enabled=True).exclude(pk=int(probe_name.split(":")[1]))
     connections.update(sync_interval_min=REAL_INTERVAL_MIN)
     tasks.update(
-        interval=schedules.interval_schedule(REAL_INTERVAL_MIN),
+        interval=periodic_tasks.interval_schedule(REAL_INTERVAL_MIN),
         expire_seconds=REAL_INTERVAL_MIN * 60,
         date_changed=LONG_AGO,
     )
-    schedules.sync_schedule(BrokerConnection.objects.get(pk=int(probe_name.split(":")[1])))
+    periodic_tasks.sync_schedule(BrokerConnection.objects.get(pk=int(probe_name.split(":")[1])))
     check_rows_match_helpers()
     every = dict.fromkeys(tasks.values_list("name", flat=True), REAL_INTERVAL_MIN * 60)
     due = spread_last_runs(tasks, every)
@@ -414,15 +414,15 @@ def real_rate(n: int, kind: str, probe_name: str, consumer: Consumer, logs: Path
                 else:
                     connection.sync_interval_min = random.choice((5, 15, 30, 60))
                 connection.save(update_fields=["sync_enabled", "sync_interval_min"])
-                schedules.sync_schedule(connection)
-            churned.add(schedules.task_name(pk))
+                periodic_tasks.sync_schedule(connection)
+            churned.add(periodic_tasks.task_name(pk))
             changes += 1
             rss_max = max(rss_max, process.memory_info().rss / 2**20)
             time.sleep(max(0.0, 1.0 - (time.time() - tick)))
         end = time.time()
         time.sleep(args.grace_s)
         beat_cpu = cpu(process) - cpu_before
-    steady = {name for name in every if name not in {schedules.task_name(pk) for pk in churn_pool}}
+    steady = {name for name in every if name not in {periodic_tasks.task_name(pk) for pk in churn_pool}}
     window = [(t, name) for t, name in consumer.arrivals[mark:] if name in steady and t <= end + args.grace_s]
     sent: dict[str, list[float]] = {}
     for arrived, name in window:
@@ -468,24 +468,24 @@ def restore_phase_one_shape(probe_name: str) -> None:
     """Every connection but the probe enabled on its 5..60 s interval again, as create_connections left it."""
     from django_celery_beat.models import PeriodicTask
 
-    from brokers import schedules
+    from brokers import periodic_tasks
     from brokers.models import BrokerConnection
 
     probe = int(probe_name.split(":")[1])
-    intervals = {n: schedules.interval_schedule(n) for n in range(5, 61)}
+    intervals = {n: periodic_tasks.interval_schedule(n) for n in range(5, 61)}
     connections = list(BrokerConnection.objects.exclude(pk=probe).order_by("pk").only("pk"))
     for i, connection in enumerate(connections):
         connection.sync_enabled, connection.sync_interval_min = True, 5 + i % 56
     BrokerConnection.objects.bulk_update(connections, ["sync_enabled", "sync_interval_min"], batch_size=2000)
     tasks = {t.name: t for t in sync_tasks(probe_name).only("pk", "name")}
     for connection in connections:
-        task = tasks[schedules.task_name(connection.pk)]
+        task = tasks[periodic_tasks.task_name(connection.pk)]
         task.interval, task.enabled = intervals[connection.sync_interval_min], True
         task.expire_seconds, task.date_changed = connection.sync_interval_min, LONG_AGO
     PeriodicTask.objects.bulk_update(
         tasks.values(), ["interval", "enabled", "expire_seconds", "date_changed"], batch_size=2000
     )
-    schedules.sync_schedule(BrokerConnection.objects.get(pk=probe))
+    periodic_tasks.sync_schedule(BrokerConnection.objects.get(pk=probe))
     check_rows_match_helpers()
 
 

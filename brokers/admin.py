@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django_celery_beat.models import PeriodicTask
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.models import BrokerAccount, BrokerConnection, SnapTradeUser, SyncLog
 from brokers.providers.registry import provider_choices
 
@@ -92,7 +92,7 @@ class BrokerConnectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Schedule")
     def periodic_task_link(self, obj):
-        task = PeriodicTask.objects.filter(name=schedules.task_name(obj.pk)).first()
+        task = PeriodicTask.objects.filter(name=periodic_tasks.task_name(obj.pk)).first()
         if task is None:
             return "missing (run manage.py reconcile_schedules)"
         url = reverse("admin:django_celery_beat_periodictask_change", args=[task.pk])
@@ -131,7 +131,7 @@ class BrokerConnectionAdmin(admin.ModelAdmin):
     @admin.action(description="Sync now")
     def sync_now(self, request, queryset):
         for pk in queryset.values_list("pk", flat=True):
-            schedules.request_sync_now(pk, trigger="manual")
+            periodic_tasks.request_sync_now(pk, trigger="manual")
         self.message_user(request, f"Queued a sync of {queryset.count()} connection(s).", messages.SUCCESS)
 
     @admin.action(description="Enable auto-sync")

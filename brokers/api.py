@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from brokers import schedules, selectors, services, throttle
+from brokers import periodic_tasks, selectors, services, throttle
 from brokers.models import INTERVAL_RULE, BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class, provider_classes
@@ -361,7 +361,7 @@ class ConnectionSyncView(APIView):
         wait = throttle.sync_now_wait(request, connection.pk)
         if wait is not None:
             return _rate_limited(f"Too many syncs requested for this connection; try again in {wait} seconds.", wait)
-        task_id = schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL.value)
+        task_id = periodic_tasks.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL.value)
         logs_url = request.build_absolute_uri(reverse("api:connection-logs", args=[connection.pk]))
         return Response(
             {"task_id": task_id, "logs_url": f"{logs_url}?task_id={task_id}"}, status=status.HTTP_202_ACCEPTED

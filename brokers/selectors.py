@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from brokers import schedules
+from brokers import periodic_tasks
 from brokers.models import BrokerConnection
 
 # The badges a trader sees, beyond the stored CONNECTED / SYNCING / ERROR.
@@ -45,22 +45,22 @@ def connection_display_status(connection: BrokerConnection) -> str:
 
 def periodic_tasks_for(connections) -> dict[str, PeriodicTask]:
     """The connections' PeriodicTasks by task name, in one query (pages, API and sync_status list many)."""
-    return PeriodicTask.objects.in_bulk([schedules.task_name(c.pk) for c in connections], field_name="name")
+    return PeriodicTask.objects.in_bulk([periodic_tasks.task_name(c.pk) for c in connections], field_name="name")
 
 
 def periodic_task_of(connection: BrokerConnection, tasks: dict[str, PeriodicTask]) -> PeriodicTask | None:
-    return tasks.get(schedules.task_name(connection.pk))
+    return tasks.get(periodic_tasks.task_name(connection.pk))
 
 
 def next_sync_at(connection: BrokerConnection, task: PeriodicTask | None = None) -> datetime | None:
     """When beat will next send this connection's sync (None when it will not)."""
     if not connection.schedule_active:
         return None
-    task = task or PeriodicTask.objects.filter(name=schedules.task_name(connection.pk)).first()
+    task = task or PeriodicTask.objects.filter(name=periodic_tasks.task_name(connection.pk)).first()
     if task is None or not task.enabled:
         return None
     last = task.last_run_at or task.date_changed or timezone.now()
-    return max(last + timedelta(seconds=schedules.interval_seconds(connection)), timezone.now())
+    return max(last + timedelta(seconds=periodic_tasks.interval_seconds(connection)), timezone.now())
 
 
 def link_days_left(connection: BrokerConnection) -> int | None:

@@ -8,18 +8,21 @@ only translate that error into their own shape.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.views.decorators.debug import sensitive_variables
 
-from brokers import schedules
+from brokers import periodic_tasks
 from brokers.crypto import CredentialsUnreadable
-from brokers.models import INTERVAL_RULE, BrokerConnection
-from brokers.providers.errors import BrokerConfigurationError
+from brokers.models import INTERVAL_RULE, BrokerConnection, SnapTradeUser
+from brokers.providers import snaptrade
+from brokers.providers.errors import BrokerConfigurationError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider, get_provider_class
+from brokers.providers.snaptrade import SnapTradeKey
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredentials
 
 
@@ -96,9 +99,9 @@ def connection_create(
     connection.credentials = stripped
     connection.auth = auth
     connection.save()
-    schedules.sync_schedule(connection)
+    periodic_tasks.sync_schedule(connection)
     if connection.sync_enabled:
-        schedules.request_sync_now(connection.pk, trigger="manual")
+        periodic_tasks.request_sync_now(connection.pk, trigger="manual")
     return connection
 
 
@@ -167,9 +170,9 @@ def connection_update(
         connection.credentials = stripped
         resume = _reauthorised(connection, None)
     connection.save()
-    schedules.sync_schedule(connection)
+    periodic_tasks.sync_schedule(connection)
     if connection.schedule_active and (turned_on or resume):
-        schedules.request_sync_now(connection.pk, trigger="manual")
+        periodic_tasks.request_sync_now(connection.pk, trigger="manual")
     return connection
 
 
@@ -192,9 +195,9 @@ def connection_reconnect(connection_id: int, auth: AuthResult) -> BrokerConnecti
     connection = _locked(connection_id)
     _reauthorised(connection, auth)
     connection.save()
-    schedules.sync_schedule(connection)
+    periodic_tasks.sync_schedule(connection)
     if connection.schedule_active:
-        schedules.request_sync_now(connection.pk, trigger="manual")
+        periodic_tasks.request_sync_now(connection.pk, trigger="manual")
     return connection
 
 
@@ -208,7 +211,7 @@ def _saved_credentials(connection: BrokerConnection) -> dict[str, str] | None:
 @transaction.atomic
 def connection_delete(connection_id: int) -> None:
     """Delete a connection with its accounts, trades, logs and schedule."""
-    schedules.delete_schedule(connection_id)
+    periodic_tasks.delete_schedule(connection_id)
     BrokerConnection.objects.filter(pk=connection_id).delete()
 
 
@@ -222,3 +225,59 @@ def verify_credentials(
     provider = get_broker_provider(broker_type, environment)
     auth = provider.authenticate(BrokerCredentials(values=dict(_stripped(credentials)), environment=environment))
     return provider.get_accounts(auth)
+
+
+# --- SnapTrade registrations: one SnapTrade user per trader, under the key that signs their requests ---
+
+
+def snaptrade_key_of(user: SnapTradeUser) -> SnapTradeKey:
+    if user.personal_key:
+        return SnapTradeKey(user.client_id, user.secrets["consumer_key"], personal=True)
+    return snaptrade.operator_key()
+
+
+def snaptrade_key_for(owner) -> SnapTradeKey | None:
+    """The key the trader's requests are (or will be) signed with; None when neither they nor the operator has one."""
+    user = SnapTradeUser.objects.filter(owner=owner).first()
+    return snaptrade_key_of(user) if user is not None else snaptrade.operator_key()
+
+
+def snaptrade_user_for(owner) -> SnapTradeUser | None:
+    """The trader's SnapTrade user, registered now with the operator's key if there is none yet.
+
+    None when neither the trader nor the operator has a key. A registration made under an
+    operator key that has since changed cannot be used and is reported as a setup error.
+    """
+    user = SnapTradeUser.objects.filter(owner=owner).first()
+    key = snaptrade.operator_key()
+    if user is not None:
+        if not user.personal_key and (key is None or key.client_id != user.client_id):
+            raise BrokerSetupError(
+                "Your SnapTrade registration was made with an API key this installation no longer has; "
+                "ask the operator.",
+                provider=snaptrade.SnapTradeProvider.key,
+            )
+        return user
+    if key is None:
+        return None
+    return snaptrade_user_register(owner, key)
+
+
+@sensitive_variables()
+def snaptrade_user_register(owner, key: SnapTradeKey) -> SnapTradeUser:
+    """Register the trader at SnapTrade under `key` (which checks the key) and keep the user secret encrypted."""
+    # A random id: unique across installations, and it tells SnapTrade nothing about the trader.
+    user_id = f"journal-{uuid.uuid4()}"
+    secret = get_broker_provider(snaptrade.SnapTradeProvider.key).register_user(key, user_id)
+    user = SnapTradeUser(owner=owner, client_id=key.client_id, user_id=user_id, personal_key=key.personal)
+    secrets = {"user_secret": secret}
+    if key.personal:
+        secrets["consumer_key"] = key.consumer_key
+    user.secrets = secrets
+    try:
+        with transaction.atomic():  # a savepoint: PostgreSQL refuses the next query after a failed one
+            user.save()
+    except IntegrityError:
+        # Another tab registered the trader a moment ago: theirs is kept, ours stays unused.
+        return SnapTradeUser.objects.get(owner=owner)
+    return user

@@ -1,19 +1,21 @@
 from django.urls import path
 
-from brokers import oauth_views, snaptrade_views, views
+from brokers import views
+from brokers.connect import credentials, oauth, portal
+from brokers.connect import views as connect
 
 app_name = "brokers"
 urlpatterns = [
     path("", views.connection_list, name="list"),
-    path("add/", views.connection_add, name="add"),
+    path("add/", connect.add, name="add"),
     path("<int:pk>/status/", views.connection_status, name="status"),
-    path("<int:pk>/edit/", views.connection_edit, name="edit"),
+    path("<int:pk>/edit/", credentials.edit, name="edit"),
     path("<int:pk>/settings/", views.connection_settings, name="settings"),
     path("<int:pk>/sync/", views.connection_sync_now, name="sync_now"),
     path("<int:pk>/delete/", views.connection_delete, name="delete"),
-    path("<int:pk>/reconnect/", oauth_views.reconnect, name="reconnect"),
-    path("oauth/<str:broker_type>/connect/", oauth_views.connect, name="oauth_connect"),
-    path("oauth/callback/", oauth_views.callback, name="oauth_callback"),
-    path("snaptrade/connect/", snaptrade_views.connect, name="snaptrade_connect"),
-    path("snaptrade/key/", snaptrade_views.save_key, name="snaptrade_key"),
+    path("<int:pk>/reconnect/", connect.reconnect, name="reconnect"),
+    path("oauth/<str:broker_type>/connect/", oauth.connect, name="oauth_connect"),
+    path("oauth/callback/", connect.callback, name="oauth_callback"),
+    path("snaptrade/connect/", portal.connect, name="snaptrade_connect"),
+    path("snaptrade/key/", portal.save_key, name="snaptrade_key"),
 ]

@@ -3,29 +3,20 @@
 Every write goes through brokers.services; times are shown in the trader's zone (journal.middleware).
 """
 
-import json
-
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, Q, Subquery
-from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils.crypto import salted_hmac
-from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
-from brokers import oauth_views, schedules, selectors, services, snaptrade_views, throttle
+from brokers import periodic_tasks, selectors, services, throttle
 from brokers.decorators import trader_page
 from brokers.forms import (
-    ConnectionForm,
-    EditConnectionForm,
     SyncSettingsForm,
     interval_choices,
 )
 from brokers.models import BrokerConnection, SyncLog
-from brokers.providers.errors import BrokerConfigurationError, BrokerError
-from brokers.providers.registry import get_provider_class
 
 # The badge polls faster while a sync runs, so the trader sees it finish within seconds.
 POLL_SECONDS = {"SYNCING": 2, "RETRYING": 5}
@@ -36,13 +27,6 @@ TRANSIENT_ERROR_KINDS = {"timeout", "unavailable", "rate_limit"}
 
 def _own_connection(request, pk) -> BrokerConnection:
     return get_object_or_404(BrokerConnection, pk=pk, owner=request.user)
-
-
-def _provider_class(broker_type: str):
-    try:
-        return get_provider_class(broker_type)
-    except BrokerConfigurationError:
-        raise Http404("Unknown broker") from None
 
 
 def what_to_do(connection: BrokerConnection) -> str:
@@ -113,146 +97,6 @@ def connection_status(request, pk):
     return render(request, "brokers/_status.html", {"c": connection})
 
 
-def _copy_errors(form, exc: ValidationError) -> None:
-    for field, errors in exc.message_dict.items():
-        target = field if field in form.fields else (f"cred_{field}" if f"cred_{field}" in form.fields else None)
-        for error in errors:
-            form.add_error(target, error)
-
-
-# The last "Test connection" of this session: a keyed digest of what was tested (never the
-# credentials themselves) and whether the login worked, so saving can say whether it is verified.
-LAST_TEST_SESSION_KEY = "brokers:last-connection-test"
-
-
-def _credentials_digest(broker_type: str, environment: str, credentials: dict) -> str:
-    tested = json.dumps([broker_type, environment, sorted(credentials.items())])
-    return salted_hmac(LAST_TEST_SESSION_KEY, tested).hexdigest()
-
-
-def _last_test_outcome(request, broker_type: str, environment: str, credentials: dict) -> bool | None:
-    """True / False if exactly these credentials were tested in this session and worked / failed; None if not."""
-    last = request.session.get(LAST_TEST_SESSION_KEY) or {}
-    if last.get("digest") != _credentials_digest(broker_type, environment, credentials):
-        return None
-    return bool(last.get("ok"))
-
-
-def _saved_message(label: str, tested: bool | None) -> str:
-    if tested:
-        return f"{label} is connected; the first sync has started."
-    why = "the connection test failed" if tested is False else "the connection was not tested"
-    return (
-        f"Saved {label}, not verified yet: {why}. The first sync is trying these credentials now; "
-        "the card shows what the broker answered."
-    )
-
-
-@sensitive_variables()
-def _test_login(request, *, broker_type: str, credentials: dict, environment: str, form, template: str, context):
-    """Log in with what the trader typed, without saving; htmx gets just the result, else the whole page."""
-    wait = throttle.test_login_wait(request)
-    if wait is not None:
-        result = {"ok": False, "errors": [f"You tested logins several times just now. Try again in {wait} s."]}
-        status = 429
-    else:
-        status = 200
-        try:
-            accounts = services.verify_credentials(
-                broker_type=broker_type, credentials=credentials, environment=environment
-            )
-        except ValidationError as exc:
-            result = {"ok": False, "errors": exc.messages}
-        except BrokerError as exc:
-            result = {"ok": False, "errors": [exc.message]}
-        else:
-            result = {"ok": True, "accounts": accounts}
-        request.session[LAST_TEST_SESSION_KEY] = {
-            "digest": _credentials_digest(broker_type, environment, credentials),
-            "ok": result["ok"],
-        }
-    if request.htmx:
-        return render(request, "brokers/_test_result.html", {"result": result}, status=status)
-    return render(request, template, context | {"form": form, "result": result}, status=status)
-
-
-# The credentials typed on these pages never reach an error report, even with DEBUG on
-# (config/error_reports.py keeps Django's filter active then too).
-@sensitive_post_parameters()
-@sensitive_variables()
-@trader_page
-def connection_add(request):
-    broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
-    provider_class = _provider_class(broker_type)
-    if provider_class.portal:
-        return snaptrade_views.connect_page(request, provider_class)
-    if provider_class.oauth is not None:
-        # Nothing to type: the trader signs in at the broker (a posted form saves nothing).
-        return oauth_views.connect_page(request, provider_class)
-    form = ConnectionForm(request.POST or None, provider_class=provider_class)
-    context = {"provider": provider_class}
-    if request.method == "POST" and request.POST.get("action") == "test":
-        return _test_login(
-            request,
-            broker_type=provider_class.key,
-            credentials=form.credential_values(),
-            environment=request.POST.get("environment", ""),
-            form=form,
-            template="brokers/connection_form.html",
-            context=context,
-        )
-    if request.method == "POST" and form.is_valid():
-        try:
-            connection = services.connection_create(
-                owner=request.user,
-                broker_type=provider_class.key,
-                label=form.cleaned_data["label"],
-                environment=form.cleaned_data.get("environment", ""),
-                credentials=form.credentials(),
-                sync_interval_min=form.cleaned_data["sync_interval_min"],
-            )
-        except ValidationError as exc:
-            _copy_errors(form, exc)
-        else:
-            tested = _last_test_outcome(
-                request, provider_class.key, form.cleaned_data.get("environment", ""), form.credentials()
-            )
-            (messages.success if tested else messages.warning)(request, _saved_message(connection.label, tested))
-            return redirect("brokers:list")
-    return render(request, "brokers/connection_form.html", context | {"form": form})
-
-
-@sensitive_post_parameters()
-@sensitive_variables()
-@trader_page
-def connection_edit(request, pk):
-    connection = _own_connection(request, pk)
-    provider_class = _provider_class(connection.broker_type)
-    form = EditConnectionForm(request.POST or None, connection=connection, provider_class=provider_class)
-    context = {"provider": provider_class, "connection": connection}
-    if request.method == "POST" and request.POST.get("action") == "test":
-        return _test_login(
-            request,
-            broker_type=connection.broker_type,
-            credentials=form.merged(form.credential_values()),
-            environment=connection.environment,
-            form=form,
-            template="brokers/connection_edit.html",
-            context=context,
-        )
-    if request.method == "POST" and form.is_valid():
-        try:
-            # A link made on the broker's pages has nothing typed to change here, only the label.
-            typed = None if provider_class.signs_in_at_broker() else form.merged(form.credentials())
-            services.connection_update(connection.pk, label=form.cleaned_data["label"], credentials=typed)
-        except ValidationError as exc:
-            _copy_errors(form, exc)
-        else:
-            messages.success(request, f"Saved {form.cleaned_data['label']}.")
-            return redirect("brokers:list")
-    return render(request, "brokers/connection_edit.html", context | {"form": form})
-
-
 def _throttled(request, connection: BrokerConnection, message: str):
     """Back to the brokers page at the card (not left on the POST's URL), where the message shows the wait."""
     messages.error(request, message)
@@ -302,7 +146,7 @@ def connection_sync_now(request, pk):
         return _throttled(
             request, connection, f"You asked to sync {connection.label} several times just now. Try again in {wait} s."
         )
-    schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+    periodic_tasks.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     messages.info(request, f"Sync of {connection.label} started.")
     return redirect("brokers:list")
 

@@ -29,9 +29,9 @@ def use_django_logging(**kwargs):
 def mark_beat_process(sender=None, **kwargs):
     """Beat's start counts as its first sign of life: its first due message may be a minute away.
 
-    After that sync.scheduler refreshes the heartbeat once per batch it sends (a Redis write per
+    After that sync.beat.scheduler refreshes the heartbeat once per batch it sends (a Redis write per
     message would cost more than the rest of a send).
     """
-    from config import beat
+    from telemetry import heartbeat
 
-    beat.record_dispatch()
+    heartbeat.record_dispatch()

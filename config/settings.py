@@ -118,7 +118,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # /healthz answers before host checks and HTTPS redirects: probes use plain http://127.0.0.1.
-    "config.health.liveness_middleware",
+    "sync.health.liveness_middleware",
     "django.middleware.security.SecurityMiddleware",
     # gunicorn serves no files: the admin's, the pages' and the API page's static files come from here.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -253,7 +253,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 # Ours: django-celery-beat's tables read incrementally, and a Redis lease so that of two beats
 # only one dispatches (docs/operations.md, "Beat").
-CELERY_BEAT_SCHEDULER = "sync.scheduler:IncrementalScheduler"
+CELERY_BEAT_SCHEDULER = "sync.beat.scheduler:IncrementalScheduler"
 # The standby beat takes over at most this long (plus a second and its load of the table)
 # after the active one dies.
 SYNC_BEAT_LEASE_TTL_S = env_int("SYNC_BEAT_LEASE_TTL_S", 10)
@@ -327,18 +327,16 @@ BROKER_HTTP_RETRIES = env_int("BROKER_HTTP_RETRIES", 2)
 BROKER_HTTP_RETRY_BACKOFF_S = float(env("BROKER_HTTP_RETRY_BACKOFF_S", "1"))
 # The pause between polls of an IBKR Flex report being generated.
 IBKR_FLEX_POLL_PAUSE_S = float(env("IBKR_FLEX_POLL_PAUSE_S", "10"))
-# The provider modules installed, comma-separated: each registers one broker or a family of
-# them (ccxt_family: one provider per crypto exchange). The demo broker is what `make run`
+# The brokers this installation offers, comma-separated provider keys; a family key stands for
+# all its members ("ccxt": one provider per crypto exchange). The demo broker is what `make run`
 # syncs out of the box.
 BROKER_PROVIDERS = [
-    m.strip()
-    for m in env(
+    key.strip()
+    for key in env(
         "BROKER_PROVIDERS",
-        "brokers.providers.demo,brokers.providers.tradovate,brokers.providers.ibkr_flex,"
-        "brokers.providers.alpaca,brokers.providers.ccxt_family,brokers.providers.schwab,"
-        "brokers.providers.alpaca_connect,brokers.providers.tradovate_signin,brokers.providers.snaptrade",
+        "demo,tradovate,tradovate_signin,ibkr_flex,alpaca,alpaca_connect,schwab,snaptrade,ccxt",
     ).split(",")
-    if m.strip()
+    if key.strip()
 ]
 # Base URL overrides per provider: <KEY>_BASE_URL (TRADOVATE_BASE_URL, IBKR_FLEX_BASE_URL,
 # ALPACA_BASE_URL, ...) points a broker at its sandbox or a local simulator.

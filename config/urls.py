@@ -5,8 +5,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from config.health import readiness_view
-from config.metrics import metrics_view
+from sync.health import readiness_view
+from sync.metrics import metrics_view
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="brokers:list"), name="home"),
@@ -17,7 +17,7 @@ urlpatterns = [
     path("sync/", include("sync.urls")),
     path("api/", include("config.api_urls")),
     path("admin/", admin.site.urls),
-    # /healthz is answered by config.health.liveness_middleware, ahead of every other middleware.
+    # /healthz is answered by sync.health.liveness_middleware, ahead of every other middleware.
     path("readyz", readiness_view, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import datetime
 
 from django.utils import timezone
 
@@ -12,17 +12,14 @@ from brokers.providers.types import AuthResult, BrokerAccountInfo
 from journal.importing import ImportResult, import_trades
 from journal.models import Trade
 
-if TYPE_CHECKING:
-    from sync.runs import RunPlan
-
 
 def import_account(
     provider: BrokerProvider,
     auth: AuthResult,
     row: BrokerAccount,
     info: BrokerAccountInfo,
-    plan: RunPlan,
-    run_started,
+    until: datetime,
+    run_started: datetime,
 ) -> ImportResult:
     """Import the account's trades in (cursor - overlap, run start]; the cursor moves once all committed.
 
@@ -30,7 +27,6 @@ def import_account(
     broker returned within max_history, and the journal's unique constraint drops the ones
     it already has.
     """
-    until = plan.until
     since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
     attempt_started = timezone.now()
     progress = None
@@ -67,7 +63,7 @@ def _whole_run_counts(row: BrokerAccount, result: ImportResult, run_started, att
     return ImportResult(imported=result.imported + imported_before, skipped=max(0, result.skipped - refetched))
 
 
-def imported_by_run(row: BrokerAccount, plan: RunPlan) -> int:
+def imported_by_run(row: BrokerAccount, sync_log_id: int) -> int:
     """Trades of this account a run imported before it gave up on the account."""
-    started = SyncLog.objects.values_list("started_at", flat=True).get(pk=plan.sync_log_id)
+    started = SyncLog.objects.values_list("started_at", flat=True).get(pk=sync_log_id)
     return Trade.objects.filter(account_id=row.pk, imported_at__gte=started).count()

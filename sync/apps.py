@@ -8,6 +8,6 @@ class SyncConfig(AppConfig):
     verbose_name = "Sync"
 
     def ready(self):
-        # Register the tasks in every process (web included), so brokers.schedules can
+        # Register the tasks in every process (web included), so brokers.periodic_tasks can
         # queue sync_connection by name without importing this app.
         from sync import tasks  # noqa: F401

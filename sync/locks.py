@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from functools import cache
 
 import redis
 import structlog
 from django.conf import settings
+
+from telemetry.redis_client import redis_client
 
 log = structlog.get_logger("sync.locks")
 
@@ -29,32 +30,27 @@ return 1
 """
 
 
-@cache
-def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
-
-
 def lock_key(connection_id: int) -> str:
     return f"sync-lock:{connection_id}"
 
 
-def acquire(connection_id: int, owner: str) -> bool:
+def acquire(connection_id: int, run_id: str) -> bool:
     """Take the connection's lock, or re-enter it when this same run holds it.
 
     Re-entry lets a message redelivered after its worker was killed finish the run it started.
     """
-    if redis_client().set(lock_key(connection_id), owner, nx=True, ex=settings.SYNC_LOCK_TTL_S):
+    if redis_client().set(lock_key(connection_id), run_id, nx=True, ex=settings.SYNC_LOCK_TTL_S):
         return True
-    return hold(connection_id, owner, settings.SYNC_LOCK_TTL_S)
+    return hold(connection_id, run_id, settings.SYNC_LOCK_TTL_S)
 
 
-def hold(connection_id: int, owner: str, seconds: float) -> bool:
+def hold(connection_id: int, run_id: str, seconds: float) -> bool:
     """Keep the run's lock for at least `seconds` more; False when the lock is not this run's."""
-    return bool(redis_client().eval(_HOLD, 1, lock_key(connection_id), owner, int(seconds * 1000)))
+    return bool(redis_client().eval(_HOLD, 1, lock_key(connection_id), run_id, int(seconds * 1000)))
 
 
-def release(connection_id: int, owner: str) -> None:
-    if not redis_client().eval(_RELEASE, 1, lock_key(connection_id), owner):
+def release(connection_id: int, run_id: str) -> None:
+    if not redis_client().eval(_RELEASE, 1, lock_key(connection_id), run_id):
         log.warning("sync_lock_lost_before_release", connection_id=connection_id)
 
 
@@ -64,7 +60,7 @@ def holder(connection_id: int) -> str | None:
 
 
 @contextlib.contextmanager
-def kept_alive(connection_id: int, owner: str):
+def kept_alive(connection_id: int, run_id: str):
     """Renew the run's lock every quarter TTL while the block runs (slow calls, polls, sleeps).
 
     A thread rather than renewals between trades: a provider may wait minutes before its
@@ -76,7 +72,7 @@ def kept_alive(connection_id: int, owner: str):
     def renew():
         while not stop.wait(period):
             try:
-                hold(connection_id, owner, settings.SYNC_LOCK_TTL_S)
+                hold(connection_id, run_id, settings.SYNC_LOCK_TTL_S)
             except redis.RedisError:
                 # Redis is away for a moment: try again next period; the TTL covers three misses.
                 log.warning("sync_lock_renewal_failed", connection_id=connection_id)

@@ -19,36 +19,36 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from brokers import schedules
+from brokers import periodic_tasks
 from brokers.models import BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerAuthError, BrokerError
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import BrokerAccountInfo
-from config import metrics
 from sync import accounts, locks, notifications, outcomes, policy, sessions
 from sync.outcomes import DATABASE_ERRORS, RunSuperseded
+from telemetry import counters
 
 log = structlog.get_logger("sync")
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A run ready for its accounts: its log, the lock's owner, and the moment to sync up to."""
+    """A run ready for its accounts: its log, its id (which holds the lock), and the moment to sync up to."""
 
     sync_log_id: int
     connection_id: int
-    owner: str
+    run_id: str
     account_ids: tuple[int, ...]
     until: datetime
 
 
-def new_owner() -> str:
-    """The lock owner of a run with no Celery task id (inline)."""
+def new_run_id() -> str:
+    """The id of a run with no Celery task id (inline); a run's id is what holds its lock."""
     return f"inline-{uuid.uuid4()}"
 
 
 # --- the connection step -----------------------------------------------------------------
-def start_run(connection_id: int, *, owner: str, trigger: str, attempt: int = 1) -> RunPlan | SyncLog | None:
+def start_run(connection_id: int, *, run_id: str, trigger: str, attempt: int = 1) -> RunPlan | SyncLog | None:
     """Lock, open the log, get a session and the accounts. Returns the plan, or the run's end.
 
     With a plan (or on a raised error) the lock stays held: the caller retries, pauses or
@@ -58,33 +58,33 @@ def start_run(connection_id: int, *, owner: str, trigger: str, attempt: int = 1)
     if connection is None:
         log.info("sync_connection_gone", connection_id=connection_id)
         return None
-    if not locks.acquire(connection.pk, owner):
-        return _record_skipped(connection, trigger, owner, attempt)
-    sync_log = _open_log(connection, trigger, owner, attempt)
+    if not locks.acquire(connection.pk, run_id):
+        return _record_skipped(connection, trigger, run_id, attempt)
+    sync_log = _open_log(connection, trigger, run_id, attempt)
     BrokerConnection.objects.filter(pk=connection.pk).update(
         status=BrokerConnection.Status.SYNCING, next_attempt_at=None, next_attempt_reason=""
     )
     _bound(connection, sync_log).info("sync_started", trigger=trigger)
-    provider = get_broker_provider(connection.broker_type, connection.environment, run_id=owner)
+    provider = get_broker_provider(connection.broker_type, connection.environment, run_id=run_id)
     try:
-        with locks.kept_alive(connection.pk, owner):
+        with locks.kept_alive(connection.pk, run_id):
             infos = sessions.with_session(connection, provider, provider.get_accounts)
     finally:
         _count_request_retries(sync_log.pk, provider.request_retries)
     rows = _refresh_accounts(connection, infos)
     if not rows:
-        locks.release(connection.pk, owner)
+        locks.release(connection.pk, run_id)
         return _finish_ok(connection, sync_log, {})
     return RunPlan(
         sync_log_id=sync_log.pk,
         connection_id=connection.pk,
-        owner=owner,
+        run_id=run_id,
         account_ids=tuple(row.pk for row in rows.values()),
         until=timezone.now(),
     )
 
 
-def _record_skipped(connection: BrokerConnection, trigger: str, owner: str, attempt: int) -> SyncLog:
+def _record_skipped(connection: BrokerConnection, trigger: str, run_id: str, attempt: int) -> SyncLog:
     now = timezone.now()
     log.info("sync_skipped_already_running", connection_id=connection.pk)
     skipped = SyncLog.objects.create(
@@ -94,30 +94,30 @@ def _record_skipped(connection: BrokerConnection, trigger: str, owner: str, atte
         started_at=now,
         finished_at=now,
         duration_ms=0,
-        task_id=owner,
+        task_id=run_id,
         attempt=attempt,
         error_message="Another sync of this connection was already running.",
     )
-    metrics.run_finished(skipped)
+    _count_finished(skipped)
     return skipped
 
 
-def _open_log(connection: BrokerConnection, trigger: str, owner: str, attempt: int) -> SyncLog:
-    existing = _running_log(connection.pk, owner)
+def _open_log(connection: BrokerConnection, trigger: str, run_id: str, attempt: int) -> SyncLog:
+    existing = _running_log(connection.pk, run_id)
     if existing:
         if attempt > existing.attempt:
             existing.attempt = attempt
             existing.save(update_fields=["attempt"])
         return existing
     return SyncLog.objects.create(
-        connection=connection, trigger=trigger, started_at=timezone.now(), task_id=owner, attempt=attempt
+        connection=connection, trigger=trigger, started_at=timezone.now(), task_id=run_id, attempt=attempt
     )
 
 
-def _running_log(connection_id: int, owner: str) -> SyncLog | None:
+def _running_log(connection_id: int, run_id: str) -> SyncLog | None:
     return (
         SyncLog.objects.select_related("connection")
-        .filter(connection_id=connection_id, task_id=owner, status=SyncLog.Status.RUNNING)
+        .filter(connection_id=connection_id, task_id=run_id, status=SyncLog.Status.RUNNING)
         .first()
     )
 
@@ -154,16 +154,18 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
     """Fetch and import one account's trades since its cursor; raises what went wrong."""
     row = BrokerAccount.objects.select_related("connection").get(pk=account_id)
     connection = row.connection
-    if not locks.acquire(connection.pk, plan.owner):
+    if not locks.acquire(connection.pk, plan.run_id):
         # This run's lock lapsed and a newer run owns the connection: it fetches this account.
         raise RunSuperseded()
     run_started = SyncLog.objects.values_list("started_at", flat=True).get(pk=plan.sync_log_id)
-    provider = get_broker_provider(connection.broker_type, connection.environment, run_id=plan.owner)
+    provider = get_broker_provider(connection.broker_type, connection.environment, run_id=plan.run_id)
     info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
     try:
-        with locks.kept_alive(connection.pk, plan.owner):
+        with locks.kept_alive(connection.pk, plan.run_id):
             result = sessions.with_session(
-                connection, provider, lambda auth: accounts.import_account(provider, auth, row, info, plan, run_started)
+                connection,
+                provider,
+                lambda auth: accounts.import_account(provider, auth, row, info, plan.until, run_started),
             )
     finally:
         _count_request_retries(plan.sync_log_id, provider.request_retries)
@@ -196,7 +198,7 @@ def account_gave_up(plan: RunPlan, account_id: int, exc: BaseException, attempts
     """
     try:
         row = BrokerAccount.objects.filter(pk=account_id).first()
-        imported = accounts.imported_by_run(row, plan) if row else 0
+        imported = accounts.imported_by_run(row, plan.sync_log_id) if row else 0
     except DATABASE_ERRORS:
         row, imported = None, 0
     if not isinstance(exc, (BrokerError, RunSuperseded, *DATABASE_ERRORS)):
@@ -209,7 +211,7 @@ def account_gave_up(plan: RunPlan, account_id: int, exc: BaseException, attempts
 
 
 # --- between attempts --------------------------------------------------------------------
-def record_wait(connection_id: int, owner: str, message: str, kind: str, wait_s: float, *, attempt: int = 0) -> None:
+def record_wait(connection_id: int, run_id: str, message: str, kind: str, wait_s: float, *, attempt: int = 0) -> None:
     """A step waits (a retry, or a broker's limit): the log stays open and the connection says so.
 
     The connection stays SYNCING, with next_attempt_at telling when the run goes on.
@@ -218,7 +220,7 @@ def record_wait(connection_id: int, owner: str, message: str, kind: str, wait_s:
         updates = {"error_message": message, "error_kind": kind}
         if attempt:
             updates["attempt"] = Greatest(F("attempt"), attempt)
-        SyncLog.objects.filter(connection_id=connection_id, task_id=owner, status=SyncLog.Status.RUNNING).update(
+        SyncLog.objects.filter(connection_id=connection_id, task_id=run_id, status=SyncLog.Status.RUNNING).update(
             **updates
         )
         BrokerConnection.objects.filter(pk=connection_id).update(
@@ -232,13 +234,13 @@ def record_wait(connection_id: int, owner: str, message: str, kind: str, wait_s:
 
 
 # --- the end -----------------------------------------------------------------------------
-def give_up(connection_id: int, owner: str, trigger: str, exc: BaseException, attempts: int) -> SyncLog | None:
+def give_up(connection_id: int, run_id: str, trigger: str, exc: BaseException, attempts: int) -> SyncLog | None:
     """The connection step failed for good: close the run as FAILED and free the connection."""
     try:
         connection = BrokerConnection.objects.filter(pk=connection_id).first()
         if connection is None:
             return None
-        sync_log = _running_log(connection_id, owner) or _open_log(connection, trigger, owner, attempts)
+        sync_log = _running_log(connection_id, run_id) or _open_log(connection, trigger, run_id, attempts)
         if not isinstance(exc, (BrokerError, *DATABASE_ERRORS)):
             _bound(connection, sync_log).exception("sync_crashed", exc_info=exc)
         return _finish_failed(
@@ -250,7 +252,7 @@ def give_up(connection_id: int, owner: str, trigger: str, exc: BaseException, at
             credentials_rejected=isinstance(exc, BrokerAuthError),
         )
     finally:
-        locks.release(connection_id, owner)
+        locks.release(connection_id, run_id)
 
 
 def finish_run(plan: RunPlan, results: list[dict]) -> SyncLog:
@@ -275,7 +277,17 @@ def finish_run(plan: RunPlan, results: list[dict]) -> SyncLog:
             )
         return _finish_ok(connection, sync_log, detail)
     finally:
-        locks.release(connection.pk, plan.owner)
+        locks.release(connection.pk, plan.run_id)
+
+
+def _count_finished(sync_log: SyncLog) -> None:
+    counters.run_finished(
+        broker=sync_log.connection.broker_type,
+        outcome=sync_log.status,
+        imported=sync_log.trades_imported,
+        skipped=sync_log.trades_skipped,
+        duration_s=(sync_log.duration_ms or 0) / 1000,
+    )
 
 
 def close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = "", kind: str = "") -> None:
@@ -302,7 +314,7 @@ def close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = 
             "error_kind",
         ]
     )
-    metrics.run_finished(sync_log)
+    _count_finished(sync_log)
 
 
 @transaction.atomic
@@ -362,7 +374,7 @@ def _finish_failed(
     BrokerConnection.objects.filter(pk=connection.pk).update(**fields)
     connection.refresh_from_db()
     if credentials_rejected:
-        schedules.sync_schedule(connection)
+        periodic_tasks.sync_schedule(connection)
         if not was_rejected:
             notifications.credentials_refused(connection, message)
     notifications.run_failed(connection, connection.consecutive_failures, message)
@@ -371,25 +383,25 @@ def _finish_failed(
 
 
 # --- inline (manage.py sync_connection) --------------------------------------------------
-def run_inline(connection_id: int, *, trigger: str = SyncLog.Trigger.MANUAL, owner: str = "") -> SyncLog | None:
+def run_inline(connection_id: int, *, trigger: str = SyncLog.Trigger.MANUAL, run_id: str = "") -> SyncLog | None:
     """Run one sync in this process, accounts one after another; returns its SyncLog.
 
     The same policy as the tasks, with no scheduler to come back later: a rate-limit pause
     is waited out here (holding the lock), a failure is final for its step.
     """
-    owner = owner or new_owner()
+    run_id = run_id or new_run_id()
     started = _inline_step(
         connection_id,
-        owner,
-        lambda: start_run(connection_id, owner=owner, trigger=trigger),
-        lambda exc: give_up(connection_id, owner, trigger, exc, attempts=1),
+        run_id,
+        lambda: start_run(connection_id, run_id=run_id, trigger=trigger),
+        lambda exc: give_up(connection_id, run_id, trigger, exc, attempts=1),
     )
     if not isinstance(started, RunPlan):
         return started
     results = [
         _inline_step(
             connection_id,
-            owner,
+            run_id,
             lambda pk=pk: sync_account(started, pk),
             lambda exc, pk=pk: account_gave_up(started, pk, exc, attempts=1),
         )
@@ -398,7 +410,7 @@ def run_inline(connection_id: int, *, trigger: str = SyncLog.Trigger.MANUAL, own
     return finish_run(started, results)
 
 
-def _inline_step(connection_id: int, owner: str, step, on_give_up):
+def _inline_step(connection_id: int, run_id: str, step, on_give_up):
     pauses = 0
     while True:
         try:
@@ -408,8 +420,8 @@ def _inline_step(connection_id: int, owner: str, step, on_give_up):
             if not isinstance(decision, policy.Pause):
                 return on_give_up(exc)
             record_wait(
-                connection_id, owner, outcomes.pausing(exc, decision.countdown), "rate_limit", decision.countdown
+                connection_id, run_id, outcomes.pausing(exc, decision.countdown), "rate_limit", decision.countdown
             )
-            with locks.kept_alive(connection_id, owner):
+            with locks.kept_alive(connection_id, run_id):
                 time.sleep(decision.countdown)
             pauses += 1

@@ -13,7 +13,7 @@ import structlog
 from celery import Task, chord, shared_task
 from django.conf import settings
 
-from brokers import schedules
+from brokers import periodic_tasks
 from brokers.models import SyncLog
 from sync import housekeeping, locks, outcomes, policy, runs
 from sync.runs import RunPlan
@@ -24,11 +24,11 @@ log = structlog.get_logger("sync.tasks")
 class StepWaits(Exception):
     """A step goes on later (a retry after a failure, or a pause for a rate limit)."""
 
-    def __init__(self, *, countdown: float, connection_id: int, owner: str, failures: int, pauses: int):
+    def __init__(self, *, countdown: float, connection_id: int, run_id: str, failures: int, pauses: int):
         super().__init__(f"continues in {countdown:.1f} s")
         self.countdown = countdown
         self.connection_id = connection_id
-        self.owner = owner
+        self.run_id = run_id
         self.failures = failures
         self.pauses = pauses
 
@@ -45,7 +45,7 @@ class SyncTask(Task):
         self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None, **options
     ):
         if isinstance(exc, StepWaits):
-            locks.hold(exc.connection_id, exc.owner, exc.countdown + settings.SYNC_LOCK_TTL_S)
+            locks.hold(exc.connection_id, exc.run_id, exc.countdown + settings.SYNC_LOCK_TTL_S)
             countdown = exc.countdown
             kwargs = {**(kwargs or self.request.kwargs or {}), "failures": exc.failures, "pauses": exc.pauses}
             log.info(
@@ -67,7 +67,7 @@ class SyncTask(Task):
         )
 
 
-def _wait_or_give_up(exc: Exception, *, connection_id: int, owner: str, failures: int, pauses: int, account: str = ""):
+def _wait_or_give_up(exc: Exception, *, connection_id: int, run_id: str, failures: int, pauses: int, account: str = ""):
     """Carry out the policy for a failed step: raise StepWaits (after recording why), or return to give up.
 
     account names the account of an account step; the connection step's retries also count
@@ -78,15 +78,15 @@ def _wait_or_give_up(exc: Exception, *, connection_id: int, owner: str, failures
     if isinstance(step, policy.Retry):
         message = outcomes.retrying(exc, failures + 1, policy.attempts_allowed(), where)
         kind = outcomes.what_happened(exc)[1]
-        runs.record_wait(connection_id, owner, message, kind, step.countdown, attempt=0 if account else failures + 2)
+        runs.record_wait(connection_id, run_id, message, kind, step.countdown, attempt=0 if account else failures + 2)
         raise StepWaits(
-            countdown=step.countdown, connection_id=connection_id, owner=owner, failures=failures + 1, pauses=pauses
+            countdown=step.countdown, connection_id=connection_id, run_id=run_id, failures=failures + 1, pauses=pauses
         ) from exc
     if isinstance(step, policy.Pause):
         message = outcomes.pausing(exc, step.countdown, where)
-        runs.record_wait(connection_id, owner, message, "rate_limit", step.countdown)
+        runs.record_wait(connection_id, run_id, message, "rate_limit", step.countdown)
         raise StepWaits(
-            countdown=step.countdown, connection_id=connection_id, owner=owner, failures=failures, pauses=pauses + 1
+            countdown=step.countdown, connection_id=connection_id, run_id=run_id, failures=failures, pauses=pauses + 1
         ) from exc
 
 
@@ -112,13 +112,13 @@ def sync_connection(
     Transient failures are retried up to 3 times (about 1, 5 and 15 minutes apart); rate-limit
     pauses wait without counting as a failure.
     """
-    owner = self.request.id or runs.new_owner()
-    structlog.contextvars.bind_contextvars(connection_id=connection_id, task_id=owner, attempt=failures + 1)
+    run_id = self.request.id or runs.new_run_id()
+    structlog.contextvars.bind_contextvars(connection_id=connection_id, task_id=run_id, attempt=failures + 1)
     try:
-        started = runs.start_run(connection_id, owner=owner, trigger=trigger, attempt=failures + 1)
+        started = runs.start_run(connection_id, run_id=run_id, trigger=trigger, attempt=failures + 1)
     except Exception as exc:
-        _wait_or_give_up(exc, connection_id=connection_id, owner=owner, failures=failures, pauses=pauses)
-        started = runs.give_up(connection_id, owner, trigger, exc, attempts=failures + 1)
+        _wait_or_give_up(exc, connection_id=connection_id, run_id=run_id, failures=failures, pauses=pauses)
+        started = runs.give_up(connection_id, run_id, trigger, exc, attempts=failures + 1)
     finally:
         structlog.contextvars.unbind_contextvars("connection_id", "task_id", "attempt")
     if started is None:
@@ -127,7 +127,7 @@ def sync_connection(
         run = {
             "sync_log_id": started.sync_log_id,
             "connection_id": started.connection_id,
-            "owner": started.owner,
+            "run_id": started.run_id,
             "until": started.until.isoformat(),
         }
         chord(sync_account.s(account_id=pk, **run) for pk in started.account_ids)(finish_sync.s(**run))
@@ -141,13 +141,13 @@ def sync_account(
     account_id: int,
     sync_log_id: int,
     connection_id: int,
-    owner: str,
+    run_id: str,
     until: str,
     failures: int = 0,
     pauses: int = 0,
 ) -> dict:
     """Import one account's trades for a run. Always returns a result, so the run can finish."""
-    plan = RunPlan(sync_log_id, connection_id, owner, (), datetime.fromisoformat(until))
+    plan = RunPlan(sync_log_id, connection_id, run_id, (), datetime.fromisoformat(until))
     structlog.contextvars.bind_contextvars(
         connection_id=connection_id,
         account_id=account_id,
@@ -161,7 +161,7 @@ def sync_account(
         _wait_or_give_up(
             exc,
             connection_id=connection_id,
-            owner=owner,
+            run_id=run_id,
             failures=failures,
             pauses=pauses,
             account=runs.account_label(account_id),
@@ -172,9 +172,9 @@ def sync_account(
 
 
 @shared_task(name="sync.tasks.finish_sync", **RELIABLE)
-def finish_sync(results: list[dict], sync_log_id: int, connection_id: int, owner: str, until: str) -> dict:
+def finish_sync(results: list[dict], sync_log_id: int, connection_id: int, run_id: str, until: str) -> dict:
     """Close the run once every account reported: one SyncLog, the connection's status, the lock."""
-    plan = RunPlan(sync_log_id, connection_id, owner, (), datetime.fromisoformat(until))
+    plan = RunPlan(sync_log_id, connection_id, run_id, (), datetime.fromisoformat(until))
     sync_log = runs.finish_run(plan, results)
     return {"sync_log_id": sync_log.pk, "status": sync_log.status}
 
@@ -188,7 +188,7 @@ def close_interrupted_runs():
 @shared_task(name="sync.tasks.reconcile_schedules")
 def reconcile_schedules():
     """Periodic: repair drift between connections and their beat schedules."""
-    changes = schedules.reconcile()
+    changes = periodic_tasks.reconcile()
     if any(changes.values()):
         log.warning("schedules_reconciled", **changes)
     return changes

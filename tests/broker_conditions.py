@@ -227,10 +227,10 @@ def ccxt_two_market_types_in_parallel(trader, tmp_path: Path, timings: Timings) 
 
 def snaptrade_link(trader, sim: SnapTradeSim) -> BrokerConnection:
     """A SnapTrade connection made as the portal makes it, with auto-sync off."""
-    from brokers import snaptrade_views
+    from brokers import services
     from brokers.providers.registry import get_broker_provider
 
-    user = snaptrade_views.registration(trader)
+    user = services.snaptrade_user_for(trader)
     key = snaptrade.operator_key()
     provider = get_broker_provider("snaptrade")
     portal = provider.portal_url(key, user.user_id, user.secrets["user_secret"], redirect="http://127.0.0.1:9/back")

@@ -285,7 +285,7 @@ def json_lines_only(processes: list[Process]) -> None:
 
 
 def beat_dispatched(beat: Process) -> bool:
-    # sync.scheduler logs one line per batch it sends.
+    # sync.beat.scheduler logs one line per batch it sends.
     return any('"beat: sent ' in line for line in beat.lines)
 
 

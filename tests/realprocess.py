@@ -15,7 +15,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
-from brokers import schedules
+from brokers import periodic_tasks
 from brokers.models import SyncLog
 from config.celery_app import app as celery_app
 
@@ -147,7 +147,7 @@ class BeatDispatches:
 
 def send_sync(connection, trigger: str = "scheduled"):
     """Queue a sync through Redis, as beat or "Sync now" does."""
-    return celery_app.tasks[schedules.SYNC_TASK].apply_async(
+    return celery_app.tasks[periodic_tasks.SYNC_TASK].apply_async(
         kwargs={"connection_id": connection.pk, "trigger": trigger}
     )
 

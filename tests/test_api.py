@@ -14,7 +14,7 @@ from django_celery_beat.models import PeriodicTask
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.models import BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.registry import provider_classes
 from journal.models import Trade
@@ -105,7 +105,7 @@ def quiet_connection(trader):
 
 
 def periodic_task(connection_id: int) -> PeriodicTask:
-    return PeriodicTask.objects.get(name=schedules.task_name(connection_id))
+    return PeriodicTask.objects.get(name=periodic_tasks.task_name(connection_id))
 
 
 def task_state(connection_id: int) -> tuple:
@@ -224,7 +224,7 @@ def test_patch_changes_label_interval_and_auto_sync_with_the_periodic_task_in_st
     assert periodic_task(connection.pk).enabled
     # Switching auto-sync back on syncs at once, as the services promise.
     assert connection.sync_logs.count() == runs_before + 1
-    assert PeriodicTask.objects.filter(name__startswith=schedules.TASK_NAME_PREFIX).count() == 1
+    assert PeriodicTask.objects.filter(name__startswith=periodic_tasks.TASK_NAME_PREFIX).count() == 1
 
 
 @pytest.mark.parametrize("bad", [3, 61, 0, "abc", 15.5, "15", True])
@@ -323,7 +323,7 @@ def test_create_refusals_are_400_naming_field_and_rule_and_save_nothing(api, pay
     assert response.status_code == 400
     assert response.json() == errors
     assert not BrokerConnection.objects.exists()
-    assert not PeriodicTask.objects.filter(name__startswith=schedules.TASK_NAME_PREFIX).exists()
+    assert not PeriodicTask.objects.filter(name__startswith=periodic_tasks.TASK_NAME_PREFIX).exists()
 
 
 def test_delete_goes_through_the_service(api, connection):
@@ -331,7 +331,7 @@ def test_delete_goes_through_the_service(api, connection):
     response = api.delete(f"/api/connections/{connection.pk}/")
     assert response.status_code == 204
     assert not BrokerConnection.objects.filter(pk=connection.pk).exists()
-    assert not PeriodicTask.objects.filter(name=schedules.task_name(connection.pk)).exists()
+    assert not PeriodicTask.objects.filter(name=periodic_tasks.task_name(connection.pk)).exists()
     assert not Trade.objects.filter(account__connection_id=connection.pk).exists()
     assert api.get(f"/api/connections/{connection.pk}/").status_code == 404
 

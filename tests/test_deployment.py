@@ -8,7 +8,7 @@ what exists, and that every variable the operator is told about is one the code 
 import re
 from pathlib import Path
 
-from config.health import LIVENESS_PATH
+from sync.health import LIVENESS_PATH
 from tests import production_check
 
 ROOT = Path(__file__).resolve().parent.parent

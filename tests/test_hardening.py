@@ -23,7 +23,7 @@ from django.http import HttpRequest
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.crypto import UNREADABLE_MESSAGE
 from brokers.models import BrokerConnection, SyncLog
 from brokers.providers import ratelimit
@@ -478,7 +478,7 @@ def test_a_failure_notice_is_mailed_even_for_a_label_saved_before_line_breaks_we
         sync_enabled=False,
     )
     BrokerConnection.objects.filter(pk=connection.pk).update(label="Old\r\nlabel")
-    schedules.request_sync_now(connection.pk, trigger="manual")  # eager: the broker refuses the login
+    periodic_tasks.request_sync_now(connection.pk, trigger="manual")  # eager: the broker refuses the login
     assert mailoutbox, "the refused-credentials notice was mailed"
     assert "\n" not in mailoutbox[-1].subject and "Old label" in mailoutbox[-1].subject
 

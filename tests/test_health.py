@@ -9,8 +9,8 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from brokers import services
-from config import beat
 from config.celery_app import app as celery_app
+from telemetry import heartbeat
 from tests.realprocess import celery_processes, kill9, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,9 +44,9 @@ def test_readyz_names_what_is_missing_without_worker_and_beat(client):
 def test_beat_check_follows_the_heartbeat():
     with pytest.raises(CommandError, match="Beat has not dispatched anything yet"):
         call_command("check_beat")
-    beat.record_dispatch(time.time() - 10)
+    heartbeat.record_dispatch(time.time() - 10)
     call_command("check_beat")
-    beat.record_dispatch(time.time() - 61)
+    heartbeat.record_dispatch(time.time() - 61)
     with pytest.raises(CommandError, match=r"Beat's last dispatch was 6\d s ago"):
         call_command("check_beat")
 
@@ -67,8 +67,8 @@ def test_readyz_is_green_with_a_worker_and_a_dispatching_beat_and_red_when_beat_
             owner=trader, broker_type="demo", label="Demo", credentials={"api_key": "k"}, sync_interval_min=5
         )
         wait_for(lambda: readiness(client)[0] == 200, 60, message="/readyz green")
-        started = beat.last_dispatch_at()
-        wait_for(lambda: beat.last_dispatch_at() > started, 30, message="a dispatch refreshing the heartbeat")
+        started = heartbeat.last_dispatch_at()
+        wait_for(lambda: heartbeat.last_dispatch_at() > started, 30, message="a dispatch refreshing the heartbeat")
         kill9(processes["beat"])
         settings.BEAT_MAX_SILENCE_S = 2
         time.sleep(3)

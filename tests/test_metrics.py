@@ -12,8 +12,8 @@ from brokers import services
 from brokers.models import SyncLog
 from brokers.providers.ratelimit import RateLimiter
 from brokers.providers.types import RateLimit
-from config import beat, metrics
 from config.celery_app import app as celery_app
+from telemetry import counters, heartbeat
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -78,8 +78,8 @@ def test_rate_limit_waits_count_by_bucket(client):
 
 
 def test_request_retries_count_by_broker(client):
-    metrics.request_retried(broker="alpaca")
-    metrics.request_retried(broker="alpaca")
+    counters.request_retried(broker="alpaca")
+    counters.request_retried(broker="alpaca")
     assert sample(scrape(client), "tj_broker_request_retries_total", broker="alpaca") == 2
 
 
@@ -87,7 +87,7 @@ def test_beat_lag_and_queue_depth_are_read_at_scrape_time(client, monkeypatch):
     text = scrape(client)
     assert sample(text, "tj_beat_lag_seconds") is None  # beat never dispatched
     assert sample(text, "tj_queue_depth", queue="celery") == 0
-    beat.record_dispatch(time.time() - 42)
+    heartbeat.record_dispatch(time.time() - 42)
     # No worker runs here, so a message sent through Redis waits in its queue.
     monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
     celery_app.send_task("sync.tasks.close_interrupted_runs")
@@ -98,7 +98,7 @@ def test_beat_lag_and_queue_depth_are_read_at_scrape_time(client, monkeypatch):
 
 
 def test_a_metrics_write_never_fails_the_caller(monkeypatch, caplog):
-    monkeypatch.setattr(metrics, "_redis", lambda: redis.Redis(port=1, socket_connect_timeout=0.2))
-    metrics.request_retried(broker="demo")
-    metrics.rate_limit_waited(bucket="demo", seconds=1.0)
+    monkeypatch.setattr(counters, "redis_client", lambda: redis.Redis(port=1, socket_connect_timeout=0.2))
+    counters.request_retried(broker="demo")
+    counters.rate_limit_waited(bucket="demo", seconds=1.0)
     assert "metrics_write_failed" in caplog.text

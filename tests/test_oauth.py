@@ -16,7 +16,7 @@ from django.test import Client
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.models import BrokerAccount, BrokerConnection
 from journal.models import Trade
 from sync import runs
@@ -196,7 +196,7 @@ def hold_after_failed_run(connection):
     log = runs.run_inline(connection.pk)
     connection.refresh_from_db()
     assert log.status == "FAILED" and connection.status == "ERROR" and connection.credentials_rejected
-    assert not PeriodicTask.objects.get(name=schedules.task_name(connection.pk)).enabled, "auto-sync holds"
+    assert not PeriodicTask.objects.get(name=periodic_tasks.task_name(connection.pk)).enabled, "auto-sync holds"
     notice = Notice.objects.get(connection=connection, kind=Notice.Kind.CREDENTIALS)
     assert "press Reconnect" in notice.message
 
@@ -223,7 +223,7 @@ def test_past_the_hard_end_the_connection_errors_asks_to_reconnect_and_reconnect
     connection.refresh_from_db()
     assert BrokerConnection.objects.count() == 1
     assert connection.status == "CONNECTED" and not connection.credentials_rejected
-    assert PeriodicTask.objects.get(name=schedules.task_name(connection.pk)).enabled
+    assert PeriodicTask.objects.get(name=periodic_tasks.task_name(connection.pk)).enabled
     kept = dict(BrokerAccount.objects.filter(connection=connection).values_list("external_id", "sync_cursor"))
     assert kept.keys() == accounts.keys() and all(kept[k] >= accounts[k] for k in accounts)
     assert trade_ids <= set(Trade.objects.filter(account__connection=connection).values_list("pk", flat=True))

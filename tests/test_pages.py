@@ -12,7 +12,7 @@ from django.test import Client
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.models import BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.types import AuthResult
 from journal.models import Trade, TraderProfile
@@ -381,7 +381,7 @@ def test_editing_credentials_clears_the_auth_error_and_resumes_sync(client, trad
     )
     broken.refresh_from_db()
     assert broken.status == "ERROR" and broken.credentials_rejected
-    assert not PeriodicTask.objects.get(name=schedules.task_name(broken.pk)).enabled
+    assert not PeriodicTask.objects.get(name=periodic_tasks.task_name(broken.pk)).enabled
     client.force_login(trader)
     url = f"/brokers/{broken.pk}/edit/"
     assert "saved-SECRET" not in client.get(url).content.decode()
@@ -396,7 +396,7 @@ def test_editing_credentials_clears_the_auth_error_and_resumes_sync(client, trad
     assert broken.label == "Fixed" and broken.status == "CONNECTED" and broken.last_sync_error == ""
     assert not broken.credentials_rejected
     assert broken.credentials == {"api_key": "saved-SECRET", "scenario": "normal"}
-    assert PeriodicTask.objects.get(name=schedules.task_name(broken.pk)).enabled
+    assert PeriodicTask.objects.get(name=periodic_tasks.task_name(broken.pk)).enabled
     # Resumed at once (eager tasks): the trades are there.
     assert Trade.objects.filter(account__connection=broken).exists()
     assert 'data-status="CONNECTED"' in client.get("/brokers/").content.decode()
@@ -418,7 +418,7 @@ def test_delete_asks_first(client, trader, synced_connection):
     assert "Delete My demo?" in page and BrokerConnection.objects.exists()
     assert client.post(f"/brokers/{synced_connection.pk}/delete/").status_code == 302
     assert not BrokerConnection.objects.exists()
-    assert not PeriodicTask.objects.filter(name=schedules.task_name(synced_connection.pk)).exists()
+    assert not PeriodicTask.objects.filter(name=periodic_tasks.task_name(synced_connection.pk)).exists()
 
 
 # --- Trades: filters and time zone ------------------------------------------------------------
@@ -576,7 +576,7 @@ def test_a_poll_after_the_session_ended_reloads_the_page(client, trader):
 def test_unreadable_credentials_are_explained_not_called_our_error(client, trader):
     connection = quiet_connection(trader)
     BrokerConnection.objects.filter(pk=connection.pk).update(credentials_ciphertext="not-a-fernet-token")
-    schedules.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+    periodic_tasks.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     connection.refresh_from_db()
     assert connection.last_sync_error.startswith("The saved credentials cannot be read with this installation's")
     assert "unexpected error on our side" not in connection.last_sync_error

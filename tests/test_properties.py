@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from brokers import services
 from brokers.forms import CREDENTIAL_PREFIX
 from brokers.models import BrokerConnection
-from brokers.validators import has_control_characters
+from brokers.providers.text import has_control_characters
 
 pytestmark = pytest.mark.django_db
 

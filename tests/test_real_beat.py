@@ -10,7 +10,7 @@ from django.test import override_settings
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.models import BrokerConnection
 from config.celery_app import app as celery_app
 from tests.realprocess import BeatDispatches, celery_processes, kill9, start_process, stop, wait_for
@@ -42,7 +42,7 @@ def connection(trader, label: str, interval: int, enabled: bool = True) -> Broke
 
 
 def name(c: BrokerConnection) -> str:
-    return schedules.task_name(c.pk)
+    return periodic_tasks.task_name(c.pk)
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -147,7 +147,7 @@ def test_after_a_churn_of_random_changes_beat_sends_exactly_what_reconcile_says(
                 services.update_sync_interval(c.pk, rng.choice((5, 6)))
             time.sleep(0.1)
         # The database is the truth beat must follow: reconcile finds nothing to repair in it...
-        assert schedules.reconcile() == {"created": [], "updated": [], "deleted": []}
+        assert periodic_tasks.reconcile() == {"created": [], "updated": [], "deleted": []}
         settled = time.time() + SLACK_S
         time.sleep(SLACK_S + 6 + SLACK_S)
         # ...and beat sends every enabled schedule on its interval, and nothing else.

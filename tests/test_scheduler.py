@@ -11,11 +11,11 @@ from django.db import OperationalError
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from brokers import schedules
-from config import beat
+from brokers import periodic_tasks
 from config.celery_app import app as celery_app
-from sync.beat_lease import LEASE_KEY
-from sync.scheduler import IncrementalScheduler
+from sync.beat.lease import LEASE_KEY
+from sync.beat.scheduler import IncrementalScheduler
+from telemetry import heartbeat
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,7 +51,11 @@ def every(seconds: int) -> IntervalSchedule:
 
 def task(name: str, *, seconds: int = 60, last_run_at=LONG_AGO, **fields) -> PeriodicTask:
     row = PeriodicTask.objects.create(
-        name=name, task=schedules.SYNC_TASK, interval=every(seconds), kwargs=json.dumps({"connection_id": 1}), **fields
+        name=name,
+        task=periodic_tasks.SYNC_TASK,
+        interval=every(seconds),
+        kwargs=json.dumps({"connection_id": 1}),
+        **fields,
     )
     # create() cannot set last_run_at on a disabled row (save() clears it); an update can.
     PeriodicTask.objects.filter(pk=row.pk).update(last_run_at=last_run_at)
@@ -80,7 +84,7 @@ def test_due_entries_are_sent_once_and_their_last_run_written_without_touching_d
     read_changes_now(scheduler)
     scheduler.tick()
     assert queue() == []
-    assert beat.seconds_since_dispatch() < 5
+    assert heartbeat.seconds_since_dispatch() < 5
 
 
 def test_a_row_changed_while_beat_runs_is_read_once_even_when_the_overlap_reads_it_again(queue):
@@ -194,7 +198,7 @@ def test_a_database_error_sends_nothing_and_the_entry_is_sent_once_afterwards(qu
 def test_a_send_that_fails_undoes_the_written_run_and_is_retried(queue, monkeypatch):
     row = task("due")
     scheduler = new_scheduler()
-    sync_task = celery_app.tasks[schedules.SYNC_TASK]
+    sync_task = celery_app.tasks[periodic_tasks.SYNC_TASK]
 
     def redis_gone(*args, **kwargs):
         raise redis.ConnectionError("Connection refused")
@@ -251,7 +255,7 @@ def test_mark_schedules_changed_makes_a_bulk_update_visible_at_the_next_read(que
     scheduler.tick()
     changed = PeriodicTask.objects.filter(pk=row.pk)
     changed.update(enabled=True, last_run_at=LONG_AGO, date_changed=LONG_AGO)
-    schedules.mark_schedules_changed(changed)
+    periodic_tasks.mark_schedules_changed(changed)
     read_changes_now(scheduler)
     scheduler.tick()
     assert queue() == ["bulk-enabled"]

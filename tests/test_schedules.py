@@ -6,7 +6,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.models import BrokerConnection
 
 pytestmark = pytest.mark.django_db
@@ -20,7 +20,7 @@ def connection(trader, django_capture_on_commit_callbacks):
 
 
 def only_task(connection) -> PeriodicTask:
-    tasks = PeriodicTask.objects.filter(name__startswith=schedules.TASK_NAME_PREFIX)
+    tasks = PeriodicTask.objects.filter(name__startswith=periodic_tasks.TASK_NAME_PREFIX)
     assert tasks.count() == 1
     task = tasks.get()
     assert task.name == f"broker-sync:{connection.pk}"
@@ -97,12 +97,12 @@ def test_unknown_broker_and_missing_credential_are_refused_and_nothing_is_saved(
         )
     assert "sync_interval_min" in info.value.message_dict
     assert not BrokerConnection.objects.exists()
-    assert not PeriodicTask.objects.filter(name__startswith=schedules.TASK_NAME_PREFIX).exists()
+    assert not PeriodicTask.objects.filter(name__startswith=periodic_tasks.TASK_NAME_PREFIX).exists()
 
 
 def test_delete_removes_the_task(connection):
     services.connection_delete(connection.pk)
-    assert not PeriodicTask.objects.filter(name__startswith=schedules.TASK_NAME_PREFIX).exists()
+    assert not PeriodicTask.objects.filter(name__startswith=periodic_tasks.TASK_NAME_PREFIX).exists()
     assert not BrokerConnection.objects.exists()
 
 
@@ -149,4 +149,4 @@ def test_admin_bulk_actions_keep_tasks_in_step(admin_client, connection):
 
 def test_admin_delete_removes_the_task(admin_client, connection):
     admin_client.post(f"/admin/brokers/brokerconnection/{connection.pk}/delete/", {"post": "yes"})
-    assert not PeriodicTask.objects.filter(name__startswith=schedules.TASK_NAME_PREFIX).exists()
+    assert not PeriodicTask.objects.filter(name__startswith=periodic_tasks.TASK_NAME_PREFIX).exists()

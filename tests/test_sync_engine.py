@@ -11,7 +11,7 @@ from django.db import OperationalError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.models import BrokerConnection, SyncLog
 from brokers.providers.demo import DemoProvider
 from brokers.providers.errors import BrokerRateLimitError
@@ -129,7 +129,7 @@ def test_auth_failure_stops_at_once_holds_the_schedule_and_notifies_once(alpaca,
     assert len(responses.calls) == 1  # no retries
     alpaca.refresh_from_db()
     assert alpaca.status == "ERROR" and alpaca.credentials_rejected
-    assert not PeriodicTask.objects.get(name=schedules.task_name(alpaca.pk)).enabled
+    assert not PeriodicTask.objects.get(name=periodic_tasks.task_name(alpaca.pk)).enabled
     assert Notice.objects.filter(connection=alpaca, kind="credentials").count() == 1
     assert len(mail.outbox) == 1 and "refused your credentials" in mail.outbox[0].subject
     assert "SECRET-alpaca-value" not in mail.outbox[0].body + alpaca.last_sync_error
@@ -139,7 +139,7 @@ def test_auth_failure_stops_at_once_holds_the_schedule_and_notifies_once(alpaca,
         services.connection_update(alpaca.pk, credentials={"key_id": "AKNEW", "secret_key": "new-secret"})
     alpaca.refresh_from_db()
     assert not alpaca.credentials_rejected and alpaca.status == "CONNECTED" and alpaca.last_sync_error == ""
-    assert PeriodicTask.objects.get(name=schedules.task_name(alpaca.pk)).enabled
+    assert PeriodicTask.objects.get(name=periodic_tasks.task_name(alpaca.pk)).enabled
     assert len(callbacks) == 1  # a sync is queued right away
 
 
@@ -173,10 +173,10 @@ def test_a_run_while_another_holds_the_lock_is_skipped(trader):
     connection = services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"})
     before = Trade.objects.count()
     assert locks.acquire(connection.pk, "someone-else")
-    log = runs.run_inline(connection.pk, owner="mine")
+    log = runs.run_inline(connection.pk, run_id="mine")
     assert log.status == SyncLog.Status.SKIPPED and Trade.objects.count() == before
     # A redelivered message (same task id) re-enters its own lock and finishes the run.
-    log = runs.run_inline(connection.pk, owner="someone-else")
+    log = runs.run_inline(connection.pk, run_id="someone-else")
     assert log.status == SyncLog.Status.SUCCESS
 
 
@@ -209,19 +209,19 @@ def test_a_deleted_trade_does_not_come_back(trader):
 def test_reconcile_repairs_missing_wrong_and_orphaned_tasks(trader, capsys):
     a = services.connection_create(owner=trader, broker_type="demo", label="A", credentials={"api_key": "k"})
     b = services.connection_create(owner=trader, broker_type="demo", label="B", credentials={"api_key": "k"})
-    PeriodicTask.objects.filter(name=schedules.task_name(a.pk)).delete()
-    PeriodicTask.objects.filter(name=schedules.task_name(b.pk)).update(
-        enabled=False, interval=schedules.interval_schedule(60)
+    PeriodicTask.objects.filter(name=periodic_tasks.task_name(a.pk)).delete()
+    PeriodicTask.objects.filter(name=periodic_tasks.task_name(b.pk)).update(
+        enabled=False, interval=periodic_tasks.interval_schedule(60)
     )
     orphan = PeriodicTask.objects.create(
-        name="broker-sync:99999", task=schedules.SYNC_TASK, interval=schedules.interval_schedule(5)
+        name="broker-sync:99999", task=periodic_tasks.SYNC_TASK, interval=periodic_tasks.interval_schedule(5)
     )
     call_command("reconcile_schedules")
     out = capsys.readouterr().out
     assert f"created: broker-sync:{a.pk}" in out and f"updated: broker-sync:{b.pk}" in out
     assert "deleted: broker-sync:99999" in out and "3 schedule(s) repaired." in out
     assert not PeriodicTask.objects.filter(pk=orphan.pk).exists()
-    task = PeriodicTask.objects.get(name=schedules.task_name(b.pk))
+    task = PeriodicTask.objects.get(name=periodic_tasks.task_name(b.pk))
     assert task.enabled and task.interval.every == 15
     call_command("reconcile_schedules")
     assert "All schedules in step." in capsys.readouterr().out
@@ -278,8 +278,7 @@ def test_an_interrupted_backfill_keeps_every_trade_it_read_and_resumes_after_the
     info = BrokerAccountInfo(external_id="DEMO-FUT-1", name="f")
     until = timezone.now()
     with pytest.raises(BrokerRateLimitError):
-        plan = runs.RunPlan(sync_log_id=0, connection_id=connection.pk, owner="run", account_ids=(), until=until)
-        accounts.import_account(PausedAfter120(), AuthResult(token="t"), row, info, plan, until)
+        accounts.import_account(PausedAfter120(), AuthResult(token="t"), row, info, until, until)
     row.refresh_from_db()
     committed = Trade.objects.filter(account=row).order_by("executed_at")
     assert committed.count() == 120  # two full batches and the 20 read before the pause

@@ -13,7 +13,6 @@ import requests
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError
 from brokers.providers.ratelimit import scope_for
-from brokers.providers.registry import register
 from brokers.providers.types import (
     BUY,
     SELL,
@@ -207,4 +206,4 @@ class AlpacaProvider(BrokerProvider):
             ) from None
 
 
-register(AlpacaProvider)
+PROVIDERS = (AlpacaProvider,)

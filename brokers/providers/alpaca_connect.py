@@ -5,7 +5,6 @@ from __future__ import annotations
 from brokers.providers.alpaca import AlpacaProvider
 from brokers.providers.oauth import OAuthProvider, reconnect_message
 from brokers.providers.ratelimit import scope_for
-from brokers.providers.registry import register
 from brokers.providers.types import AuthResult, OAuthSpec
 
 
@@ -37,4 +36,4 @@ class AlpacaConnectProvider(OAuthProvider, AlpacaProvider):
         return reconnect_message(self.display_name, f"Alpaca refused the link (HTTP {status}).")
 
 
-register(AlpacaConnectProvider)
+PROVIDERS = (AlpacaConnectProvider,)

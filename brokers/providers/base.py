@@ -11,6 +11,7 @@ from django.conf import settings
 
 from brokers.providers.http import BrokerHTTP
 from brokers.providers.runcache import RunCache
+from brokers.providers.text import credential_problem, printable
 from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
@@ -19,10 +20,6 @@ from brokers.providers.types import (
     CredentialField,
     OAuthSpec,
 )
-from brokers.validators import has_control_characters, printable
-
-# Longer than any broker's key or token; a longer value is a paste gone wrong (or an attack).
-MAX_CREDENTIAL_LENGTH = 2000
 
 
 class BrokerProvider(ABC):
@@ -130,12 +127,9 @@ class BrokerProvider(ABC):
                 problems[f.name] = f"{f.label} must be text."
                 continue
             value = (raw or "").strip()
-            if f.required and not value:
-                problems[f.name] = f"{f.label} is required."
-            elif has_control_characters(value):
-                problems[f.name] = f"{f.label} must not contain control characters (line breaks, tabs or escape codes)."
-            elif len(value) > MAX_CREDENTIAL_LENGTH:
-                problems[f.name] = f"{f.label} is too long (at most {MAX_CREDENTIAL_LENGTH} characters)."
+            problem = credential_problem(f.label, value, required=f.required)
+            if problem:
+                problems[f.name] = problem
             elif f.choices and value and value not in {c for c, _ in f.choices}:
                 allowed = ", ".join(c for c, _ in f.choices)
                 problems[f.name] = f"{f.label} must be one of: {allowed}."

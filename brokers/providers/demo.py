@@ -20,7 +20,6 @@ from django.conf import settings
 
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAuthError, BrokerUnavailableError
-from brokers.providers.registry import register
 from brokers.providers.types import (
     BUY,
     SELL,
@@ -188,4 +187,4 @@ class DemoProvider(BrokerProvider):
         return fills
 
 
-register(DemoProvider)
+PROVIDERS = (DemoProvider,)

@@ -21,7 +21,7 @@ from brokers.providers.errors import (
     BrokerUnavailableError,
 )
 from brokers.providers.ratelimit import Scope, capped_wait, get_limiter
-from config import metrics
+from telemetry import counters
 
 log = structlog.get_logger("brokers.http")
 
@@ -167,7 +167,7 @@ class BrokerHTTP:
 
     def _pause_before_resend(self, attempt: int, method: str, url: str, reason: str) -> None:
         self.retries += 1
-        metrics.request_retried(broker=self.provider_key)
+        counters.request_retried(broker=self.provider_key)
         pause = settings.BROKER_HTTP_RETRY_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
         log.info(
             "broker_http_retry",

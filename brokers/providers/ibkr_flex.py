@@ -27,7 +27,6 @@ from brokers.providers.errors import (
     BrokerRateLimitError,
 )
 from brokers.providers.ratelimit import get_limiter, scope_for
-from brokers.providers.registry import register
 from brokers.providers.runcache import RunCache
 from brokers.providers.types import (
     BUY,
@@ -571,4 +570,4 @@ def _child_text(root: Element, tag: str) -> str:
     return (root.findtext(tag) or "").strip()
 
 
-register(IbkrFlexProvider)
+PROVIDERS = (IbkrFlexProvider,)

@@ -24,7 +24,8 @@ from django.conf import settings
 
 from brokers.providers.errors import BrokerConfigurationError, BrokerRateLimitError
 from brokers.providers.types import RateLimit
-from config import metrics
+from telemetry import counters
+from telemetry.redis_client import redis_client
 
 LIMITS_FILE = Path(__file__).resolve().parent.parent / "rate_limits.toml"
 log = structlog.get_logger("brokers.ratelimit")
@@ -213,7 +214,7 @@ class RateLimiter:
             wait = self.try_acquire(broker, scope=scope, buckets=buckets, weight=weight)
             if wait == 0:
                 return
-            metrics.rate_limit_waited(bucket=broker, seconds=wait)
+            counters.rate_limit_waited(bucket=broker, seconds=wait)
             if waited + wait > self.max_sleep_s:
                 log.info("rate_limit_wait_requeue", broker=broker, retry_after_s=round(wait, 3))
                 reason = self._block_reason(broker, scope) or (
@@ -245,7 +246,7 @@ class RateLimiter:
 @cache
 def get_limiter() -> RateLimiter:
     return RateLimiter(
-        redis.Redis.from_url(settings.REDIS_URL),
+        redis_client(),
         load_limits(overrides=settings.BROKER_RATE_LIMITS),
         settings.BROKER_RATE_LIMIT_MAX_SLEEP_S,
     )

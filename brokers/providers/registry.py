@@ -1,9 +1,10 @@
 """The registry of broker providers, keyed by broker_type, and the factory that builds one.
 
-What is installed is explicit: settings.BROKER_PROVIDERS names the provider modules (a
-module may hold one provider or a whole family, such as ccxt_family), and each module
-calls `register()` for every provider it offers. Adding a broker adds its module to that
-setting's default (plus its tests, doc page and limits entry, which a test checks).
+Each provider module declares the classes it offers in `PROVIDERS`; a family module (ccxt's
+exchanges) also names its family in `FAMILY_KEY`. MODULES lists the modules we ship. What an
+installation offers is explicit: settings.BROKER_PROVIDERS names provider keys, or a family
+key for all of its members ("ccxt"). Adding a broker adds its module to MODULES and its key
+to that setting's default (plus its tests, doc page and limits entry, which a test checks).
 """
 
 from __future__ import annotations
@@ -16,40 +17,57 @@ from django.conf import settings
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerConfigurationError
 
-_providers: dict[str, type[BrokerProvider]] = {}
-
-
-def register(provider_class: type[BrokerProvider]) -> type[BrokerProvider]:
-    key = provider_class.key
-    existing = _providers.get(key)
-    if existing is not None and existing is not provider_class:
-        raise BrokerConfigurationError(f"Two providers claim the key {key!r}: {existing} and {provider_class}.")
-    _providers[key] = provider_class
-    return provider_class
+# The provider modules we ship, relative to this package.
+MODULES = (
+    "demo",
+    "tradovate",
+    "tradovate_signin",
+    "ibkr_flex",
+    "alpaca",
+    "alpaca_connect",
+    "schwab",
+    "snaptrade",
+    "ccxt.family",
+)
 
 
 @cache
-def _load_provider_modules(modules: tuple[str, ...]) -> None:
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+def shipped_providers() -> dict[str, tuple[str, type[BrokerProvider]]]:
+    """Every provider we ship, by key, with its family key ("" for a provider of its own)."""
+    found: dict[str, tuple[str, type[BrokerProvider]]] = {}
+    for name in MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        family = getattr(module, "FAMILY_KEY", "")
+        for provider_class in module.PROVIDERS:
+            existing = found.get(provider_class.key)
+            if existing is not None and existing[1] is not provider_class:
+                raise BrokerConfigurationError(
+                    f"Two providers claim the key {provider_class.key!r}: {existing[1]} and {provider_class}."
+                )
+            found[provider_class.key] = (family, provider_class)
+    return found
+
+
+@cache
+def _installed(wanted: tuple[str, ...]) -> dict[str, type[BrokerProvider]]:
+    shipped = shipped_providers()
+    known = set(shipped) | {family for family, _ in shipped.values() if family}
+    for name in wanted:
+        if name not in known:
             raise BrokerConfigurationError(
-                f"BROKER_PROVIDERS names {name!r}, which is not a module. Fix the BROKER_PROVIDERS setting."
-            ) from None
+                f"BROKER_PROVIDERS names {name!r}, which is no provider key or family. Fix the BROKER_PROVIDERS "
+                "setting (comma-separated keys such as demo,alpaca,ccxt)."
+            )
+    return dict(sorted((key, cls) for key, (family, cls) in shipped.items() if key in wanted or family in wanted))
 
 
 def provider_classes() -> dict[str, type[BrokerProvider]]:
-    """Every installed provider by key. Modules outside BROKER_PROVIDERS are left out even if imported."""
-    modules = tuple(settings.BROKER_PROVIDERS)
-    _load_provider_modules(modules)
-    return dict(sorted((key, cls) for key, cls in _providers.items() if cls.__module__ in modules))
+    """Every installed provider by key: those BROKER_PROVIDERS names, one by one or by family."""
+    return dict(_installed(tuple(settings.BROKER_PROVIDERS)))
 
 
 def get_provider_class(broker_type: str) -> type[BrokerProvider]:
-    classes = provider_classes()
+    classes = _installed(tuple(settings.BROKER_PROVIDERS))
     try:
         return classes[broker_type]
     except KeyError:

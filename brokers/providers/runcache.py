@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import cache
 
-import redis
 from django.conf import settings
+
+from telemetry.redis_client import redis_client
 
 # How often a step waiting for another step's value looks again.
 WAIT_POLL_S = 0.1
 
 
-@cache
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
-
-
 class RunCache:
     def __init__(self, run_id: str):
         self.key = f"run-cache:{run_id}"
-        self.client = _client()
+        self.client = redis_client()
 
     def get(self, field: str) -> bytes | None:
         return self.client.hget(self.key, field)

@@ -9,7 +9,6 @@ from typing import Any
 
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError
 from brokers.providers.oauth import OAuthProvider, reconnect_message
-from brokers.providers.registry import register
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerTrade, OAuthSpec
 
 # Schwab documents a maximum range per transactions call that we could not confirm (clients
@@ -154,4 +153,4 @@ class SchwabProvider(OAuthProvider):
         return self.http.json(response)
 
 
-register(SchwabProvider)
+PROVIDERS = (SchwabProvider,)

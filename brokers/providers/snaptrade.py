@@ -34,7 +34,6 @@ from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, BrokerSetupError
 from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S
 from brokers.providers.ratelimit import Scope, capped_wait, get_limiter, scope_for
-from brokers.providers.registry import register
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials, BrokerTrade
 
 log = structlog.get_logger("brokers.snaptrade")
@@ -445,4 +444,4 @@ def _seconds(value: str) -> float | None:
     return float(value) if value.isascii() and value.isdigit() and len(value) <= 6 else None
 
 
-register(SnapTradeProvider)
+PROVIDERS = (SnapTradeProvider,)

@@ -19,7 +19,6 @@ from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError
 from brokers.providers.http import parse_retry_after
 from brokers.providers.ratelimit import capped_wait, get_limiter, scope_for
-from brokers.providers.registry import register
 from brokers.providers.types import (
     BUY,
     SELL,
@@ -386,4 +385,4 @@ class TradovateProvider(BrokerProvider):
         return BrokerRateLimitError(reason, provider=self.key, status_code=response.status_code, retry_after=wait)
 
 
-register(TradovateProvider)
+PROVIDERS = (TradovateProvider,)

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 from brokers.providers.errors import BrokerAuthError
 from brokers.providers.oauth import OAuthProvider, reconnect_message
-from brokers.providers.registry import register
 from brokers.providers.tradovate import TradovateProvider
 from brokers.providers.types import AuthResult, OAuthSpec
 
@@ -47,4 +46,4 @@ class TradovateSigninProvider(OAuthProvider, TradovateProvider):
             ) from None
 
 
-register(TradovateSigninProvider)
+PROVIDERS = (TradovateSigninProvider,)

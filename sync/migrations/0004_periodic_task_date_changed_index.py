@@ -1,4 +1,4 @@
-"""An index on django-celery-beat's PeriodicTask.date_changed, which sync.scheduler reads every second.
+"""An index on django-celery-beat's PeriodicTask.date_changed, which sync.beat.scheduler reads every second.
 
 django-celery-beat's own migrations have none; the table belongs to that app, so the index is
 created by SQL here rather than by a model Meta it does not have.

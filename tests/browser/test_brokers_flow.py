@@ -12,7 +12,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from playwright.sync_api import expect
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.models import BrokerAccount, BrokerConnection
 from journal.models import Trade
 
@@ -58,7 +58,7 @@ def test_trader_connects_controls_and_watches_a_broker(page, live_server, log_in
     expect(badge).to_have_attribute("data-status", "CONNECTED")
     expect(card.locator(".trade-count")).not_to_have_text("0")
     expect(card.locator(".accounts")).to_contain_text("DEMO-FUT-1")
-    task_name = schedules.task_name(connection.pk)
+    task_name = periodic_tasks.task_name(connection.pk)
 
     # Auto-sync off and on again; the PeriodicTask follows.
     save = card.get_by_role("button", name="Save sync settings of Demo")

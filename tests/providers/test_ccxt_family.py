@@ -319,7 +319,7 @@ def test_ccxt_s_request_log_stays_silent_after_logging_is_configured_again(caplo
     """A dictConfig (Django's set-up, a worker's) re-enables registered loggers; ccxt's is not one."""
     import logging.config
 
-    from brokers.providers.ccxt_transport import SILENT_LOGGER
+    from brokers.providers.ccxt.transport import SILENT_LOGGER
 
     logging.config.dictConfig(settings.LOGGING)
     with caplog.at_level("DEBUG"):

@@ -12,7 +12,9 @@ import pytest
 import redis
 from django.conf import settings
 
-from brokers.providers import ccxt_catalog, ccxt_family, ratelimit
+from brokers.providers import ratelimit
+from brokers.providers.ccxt import catalog as ccxt_catalog
+from brokers.providers.ccxt import family as ccxt_family
 from brokers.providers.errors import BrokerConfigurationError, BrokerError, BrokerRateLimitError
 from brokers.providers.ratelimit import RateLimiter, load_limits, scope_for
 from brokers.providers.types import RateLimit

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from brokers.providers import ccxt_catalog
+from brokers.providers.ccxt import catalog as ccxt_catalog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.ratelimit import load_limits
 from brokers.providers.registry import get_provider_class, provider_classes
@@ -69,14 +69,21 @@ def test_the_ccxt_catalog_limits_and_doc_rows_match_the_installed_ccxt():
     assert ccxt_catalog.DOC_FILE.read_text() == ccxt_catalog.rendered_doc()
 
 
-def test_only_the_modules_in_the_setting_are_installed(settings):
-    settings.BROKER_PROVIDERS = ["brokers.providers.alpaca", "brokers.providers.demo"]
+def test_only_the_providers_in_the_setting_are_installed(settings):
+    settings.BROKER_PROVIDERS = ["alpaca", "demo"]
     assert set(provider_classes()) == {"alpaca", "demo"}
     with pytest.raises(BrokerConfigurationError, match="ccxt_kraken"):
         get_provider_class("ccxt_kraken")
 
 
-def test_a_module_that_does_not_exist_names_the_setting(settings):
-    settings.BROKER_PROVIDERS = ["brokers.providers.nosuchbroker"]
-    with pytest.raises(BrokerConfigurationError, match="BROKER_PROVIDERS names 'brokers.providers.nosuchbroker'"):
+def test_a_family_key_installs_every_member(settings):
+    settings.BROKER_PROVIDERS = ["demo", "ccxt"]
+    installed = provider_classes()
+    assert "demo" in installed and "ccxt_kraken" in installed and len(installed) > 50
+    assert "alpaca" not in installed
+
+
+def test_a_key_that_does_not_exist_names_the_setting(settings):
+    settings.BROKER_PROVIDERS = ["nosuchbroker"]
+    with pytest.raises(BrokerConfigurationError, match="BROKER_PROVIDERS names 'nosuchbroker'"):
         provider_classes()

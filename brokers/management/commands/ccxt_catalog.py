@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from brokers.providers import ccxt_catalog
+from brokers.providers.ccxt import catalog as ccxt_catalog
 
 
 class Command(BaseCommand):

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from brokers import services
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class
-from brokers.validators import printable
+from brokers.providers.text import printable
 
 SECRET_ENV_PREFIX = "TJ_CRED_"
 

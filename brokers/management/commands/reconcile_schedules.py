@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from brokers import schedules
+from brokers import periodic_tasks
 
 
 class Command(BaseCommand):
@@ -11,7 +11,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         with transaction.atomic():
-            changes = schedules.reconcile()
+            changes = periodic_tasks.reconcile()
         total = sum(len(names) for names in changes.values())
         for kind, names in changes.items():
             for name in names:

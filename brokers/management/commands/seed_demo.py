@@ -3,7 +3,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from brokers import schedules, services
+from brokers import periodic_tasks, services
 from brokers.models import BrokerConnection
 
 DEMO_USERNAME = "demo"
@@ -14,7 +14,7 @@ class Command(BaseCommand):
     help = "Create the demo trader (demo / demo-trader) and a demo broker connection that syncs every 5 minutes."
 
     def handle(self, *args, **options):
-        schedules.ensure_interval_schedules()
+        periodic_tasks.ensure_interval_schedules()
         user, created = get_user_model().objects.get_or_create(username=DEMO_USERNAME)
         if created:
             user.set_password(DEMO_PASSWORD)

@@ -7,7 +7,7 @@ from brokers import crypto, services
 from brokers.management.commands.create_connection import validation_message
 from brokers.models import BrokerConnection
 from brokers.providers.errors import BrokerConfigurationError, BrokerError
-from brokers.validators import printable
+from brokers.providers.text import printable
 
 
 class Command(BaseCommand):

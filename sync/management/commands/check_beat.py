@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from redis import RedisError
 
-from config import beat
+from telemetry import heartbeat
 
 
 class Command(BaseCommand):
@@ -12,9 +12,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            silence = beat.seconds_since_dispatch()
+            silence = heartbeat.seconds_since_dispatch()
         except RedisError as exc:
-            raise CommandError(f"Cannot read beat's heartbeat ({beat.LAST_DISPATCH_KEY}) from Redis: {exc}") from None
+            key = heartbeat.LAST_DISPATCH_KEY
+            raise CommandError(f"Cannot read beat's heartbeat ({key}) from Redis: {exc}") from None
         if silence is None:
             raise CommandError("Beat has not dispatched anything yet (is it running against this Redis?).")
         if silence > settings.BEAT_MAX_SILENCE_S:

@@ -6,8 +6,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from brokers.models import BrokerConnection
+from brokers.providers.text import printable
 from brokers.selectors import connection_display_status, next_sync_at, periodic_task_of, periodic_tasks_for
-from brokers.validators import printable
 
 COLUMNS = ("ID", "OWNER", "BROKER", "LABEL", "STATUS", "LAST SYNC", "NEXT SYNC", "LAST ERROR")
 

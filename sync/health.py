@@ -19,9 +19,9 @@ from health_check.contrib.redis import Redis
 from health_check.exceptions import ServiceUnavailable
 from health_check.views import HealthCheckView
 from redis import RedisError
-from redis.asyncio import Redis as AsyncRedis
 
-from config import beat
+from telemetry import heartbeat
+from telemetry.redis_client import async_redis_client
 
 LIVENESS_PATH = "/healthz"
 
@@ -43,7 +43,7 @@ class BeatDispatching(HealthCheck):
 
     def run(self):
         try:
-            silence = beat.seconds_since_dispatch()
+            silence = heartbeat.seconds_since_dispatch()
         except RedisError as exc:
             raise ServiceUnavailable("Cannot read beat's heartbeat from Redis") from exc
         if silence is None:
@@ -52,14 +52,10 @@ class BeatDispatching(HealthCheck):
             raise ServiceUnavailable(f"Beat's last dispatch was {silence:.0f} s ago")
 
 
-def redis_client():
-    return AsyncRedis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-
-
 readiness_view = HealthCheckView.as_view(
     checks=(
         Database,
-        (Redis, {"client_factory": redis_client}),
+        (Redis, {"client_factory": async_redis_client}),
         # A worker answers a ping and between them they consume every queue (celery, sync-accounts).
         (Ping, {"timeout": datetime.timedelta(seconds=2)}),
         BeatDispatching,

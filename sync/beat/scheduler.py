@@ -19,7 +19,7 @@ truth and does work in proportion to what changed:
   a crash after the write and before the send loses that tick's batch instead of sending it twice;
 - a slow sweep walks the table a page at a time (a full pass per SYNC_BEAT_SWEEP_PASS_S) to catch
   what bypassed `date_changed`: bulk updates, rows deleted while nothing fell due;
-- only the holder of the Redis beat lease (sync/beat_lease.py) reads or sends anything.
+- only the holder of the Redis beat lease (sync/beat/lease.py) reads or sends anything.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ from django_celery_beat.models import (
 )
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
-from config import beat
-from sync.beat_lease import BeatLease, redis_client
+from sync.beat.lease import BeatLease
+from telemetry import heartbeat
+from telemetry.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -489,9 +490,9 @@ class IncrementalScheduler(DatabaseScheduler):
         if time.monotonic() - self._heartbeat_at >= HEARTBEAT_EVERY_S:
             self._heartbeat_at = time.monotonic()
             try:
-                beat.record_dispatch()
+                heartbeat.record_dispatch()
             except redis.RedisError:
-                logger.warning("beat: could not write the heartbeat (%s)", beat.LAST_DISPATCH_KEY)
+                logger.warning("beat: could not write the heartbeat (%s)", heartbeat.LAST_DISPATCH_KEY)
         logger.info("beat: sent %d due tasks (%s%s)", sent, entries[0].name, ", ..." if sent > 1 else "")
 
     def _undo_runs(self, entries: list[Entry]) -> None:

@@ -7,7 +7,7 @@ Requests go through our HTTP layer and limiter (ccxt_transport). Markets are pub
 large, so they are cached in Redis per exchange for every worker, not fetched per sync.
 One BrokerAccount per market type (spot, swap, future) the exchange lists.
 
-The declarations come from ccxt_exchanges.json, which `manage.py ccxt_catalog --write`
+The declarations come from exchanges.json, which `manage.py ccxt_catalog --write`
 generates from the installed ccxt (a test checks they agree): importing ccxt and building
 95 clients costs every process about a second, so ccxt is imported only when a ccxt
 connection syncs.
@@ -28,10 +28,9 @@ from django.conf import settings
 from django.core.cache import cache
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.ccxt_transport import SILENT_LOGGER, SessionThroughBrokerHTTP, call, lists_per_market_only
+from brokers.providers.ccxt.transport import SILENT_LOGGER, SessionThroughBrokerHTTP, call, lists_per_market_only
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError
 from brokers.providers.ratelimit import scope_for
-from brokers.providers.registry import register
 from brokers.providers.types import (
     BUY,
     SELL,
@@ -49,7 +48,7 @@ MARKETS_TTL_S = 6 * 3600
 ACCOUNT_TYPES = ("spot", "swap", "future")
 ACCOUNT_LABELS = {"spot": "spot", "swap": "perpetuals", "future": "futures"}
 ASSET_CLASSES = {"spot": "CRYPTO", "margin": "CRYPTO", "swap": "PERP", "future": "FUT"}
-CATALOG_FILE = Path(__file__).with_name("ccxt_exchanges.json")
+CATALOG_FILE = Path(__file__).with_name("exchanges.json")
 log = structlog.get_logger("brokers.ccxt")
 
 
@@ -331,4 +330,6 @@ def provider_for(exchange_id: str, entry: Mapping[str, Any]) -> type[CcxtProvide
 
 
 CATALOG: dict[str, dict[str, Any]] = json.loads(CATALOG_FILE.read_text())
-FAMILY = {eid: register(provider_for(eid, entry)) for eid, entry in CATALOG.items()}
+FAMILY = {eid: provider_for(eid, entry) for eid, entry in CATALOG.items()}
+FAMILY_KEY = "ccxt"
+PROVIDERS = tuple(FAMILY.values())

@@ -83,7 +83,7 @@ def delete_schedule(connection_id: int) -> None:
 def mark_schedules_changed(tasks=None) -> None:
     """Tell beat about bulk writes that bypass PeriodicTask.save(): pass the rows they touched.
 
-    Beat (sync.scheduler) reads rows by date_changed, which only save() moves; stamping it here
+    Beat (sync.beat.scheduler) reads rows by date_changed, which only save() moves; stamping it here
     makes a bulk write visible within a second instead of at the next sweep.
     """
     if tasks is not None:

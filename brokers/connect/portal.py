@@ -1,31 +1,29 @@
-"""Connect brokerages through SnapTrade's connection portal, and reconnect a broken link.
+"""Connect brokerages through an aggregator's connection portal (SnapTrade), and reconnect a broken link.
 
-The trip to the portal uses the OAuth pages' flows (oauth_views.remember_flow): the state is
+The trip to the portal is a flow like an OAuth sign-in (brokers.connect.state): the state is
 single use, short-lived and bound to the trader's session and to the connection it mends.
+The trader's SnapTrade registration is a service (services.snaptrade_user_for).
 The portal handles the brokerage's own login and MFA; on the way back we ask SnapTrade which
 brokerage authorisations the trader now has, and each new one becomes a journal connection.
 """
 
 from __future__ import annotations
 
-import uuid
-
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
-from brokers import oauth_views, services
+from brokers import services
+from brokers.connect.state import remember_flow
 from brokers.decorators import trader_page
 from brokers.models import BrokerConnection, SnapTradeUser
-from brokers.providers.base import MAX_CREDENTIAL_LENGTH
 from brokers.providers.errors import BrokerError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider, provider_choices
-from brokers.providers.snaptrade import SnapTradeKey, brokerage_name, operator_key, session
-from brokers.validators import has_control_characters
+from brokers.providers.snaptrade import SnapTradeKey, brokerage_name, session
+from brokers.providers.text import credential_problem
 
 KEY = "snaptrade"
 PERSONAL_KEY_FIELDS = (("client_id", "Client ID"), ("consumer_key", "Consumer key"))
@@ -35,63 +33,11 @@ def _provider():
     return get_broker_provider(KEY)
 
 
-def _key_of(user: SnapTradeUser) -> SnapTradeKey:
-    if user.personal_key:
-        return SnapTradeKey(user.client_id, user.secrets["consumer_key"], personal=True)
-    return operator_key()
-
-
-def _key_for(owner) -> SnapTradeKey | None:
-    """The key the trader's requests are (or will be) signed with."""
-    user = SnapTradeUser.objects.filter(owner=owner).first()
-    return _key_of(user) if user is not None else operator_key()
-
-
-def registration(owner) -> SnapTradeUser | None:
-    """The trader's SnapTrade user, registered now with the operator's key if there is none yet.
-
-    None when neither the trader nor the operator has a key. A registration made under an
-    operator key that has since changed cannot be used and is reported as a setup error.
-    """
-    user = SnapTradeUser.objects.filter(owner=owner).first()
-    key = operator_key()
-    if user is not None:
-        if not user.personal_key and (key is None or key.client_id != user.client_id):
-            raise BrokerSetupError(
-                "Your SnapTrade registration was made with an API key this installation no longer has; "
-                "ask the operator.",
-                provider=KEY,
-            )
-        return user
-    if key is None:
-        return None
-    return _register(owner, key)
-
-
-@sensitive_variables()
-def _register(owner, key: SnapTradeKey) -> SnapTradeUser:
-    # A random id: unique across installations, and it tells SnapTrade nothing about the trader.
-    user_id = f"journal-{uuid.uuid4()}"
-    secret = _provider().register_user(key, user_id)
-    user = SnapTradeUser(owner=owner, client_id=key.client_id, user_id=user_id, personal_key=key.personal)
-    secrets = {"user_secret": secret}
-    if key.personal:
-        secrets["consumer_key"] = key.consumer_key
-    user.secrets = secrets
-    try:
-        with transaction.atomic():  # a savepoint: PostgreSQL refuses the next query after a failed one
-            user.save()
-    except IntegrityError:
-        # Another tab registered the trader a moment ago: theirs is kept, ours stays unused.
-        return SnapTradeUser.objects.get(owner=owner)
-    return user
-
-
-def connect_page(request, provider_class):
+def add_page(request, provider_class):
     """The add page for SnapTrade: the operator's or the trader's key, then the brokerages."""
     context = {"provider": provider_class, "choices": provider_choices(), "brokerages": [], "problem": ""}
     user = SnapTradeUser.objects.filter(owner=request.user).first()
-    key = _key_for(request.user)
+    key = services.snaptrade_key_for(request.user)
     context["has_key"] = key is not None
     context["personal"] = user is not None and user.personal_key
     if key is not None:
@@ -119,12 +65,9 @@ def save_key(request):
     values, problems = {}, []
     for name, label in PERSONAL_KEY_FIELDS:
         value = request.POST.get(name, "").strip()
-        if not value:
-            problems.append(f"{label} is required.")
-        elif has_control_characters(value):
-            problems.append(f"{label} must not contain control characters (line breaks, tabs or escape codes).")
-        elif len(value) > MAX_CREDENTIAL_LENGTH:
-            problems.append(f"{label} is too long (at most {MAX_CREDENTIAL_LENGTH} characters).")
+        problem = credential_problem(label, value)
+        if problem:
+            problems.append(problem)
         values[name] = value
     if problems:
         for problem in problems:
@@ -132,7 +75,7 @@ def save_key(request):
         return _back_to_add()
     key = SnapTradeKey(values["client_id"], values["consumer_key"], personal=True)
     try:
-        _register(request.user, key)
+        services.snaptrade_user_register(request.user, key)
     except BrokerSetupError:
         messages.error(
             request, "SnapTrade refused this Client ID and consumer key. Check them in your SnapTrade dashboard."
@@ -148,26 +91,31 @@ def save_key(request):
 @trader_page
 @require_GET
 def connect(request):
-    return start(request, brokerage=request.GET.get("brokerage", ""))
+    return _start(request, brokerage=request.GET.get("brokerage", ""))
+
+
+def reconnect(request, connection: BrokerConnection):
+    """Mend a broken link in the portal: the same connection, its accounts and history kept."""
+    return _start(request, connection=connection)
 
 
 @sensitive_variables()
-def start(request, *, connection: BrokerConnection | None = None, brokerage: str = ""):
+def _start(request, *, connection: BrokerConnection | None = None, brokerage: str = ""):
     """Send the trader to SnapTrade's portal: a new link, or the reconnect of `connection`'s."""
     try:
-        if brokerage and brokerage not in dict(_provider().brokerages(_key_for(request.user))):
+        if brokerage and brokerage not in dict(_provider().brokerages(services.snaptrade_key_for(request.user))):
             # Checked before registering: a bad link must not make a (billed) SnapTrade user.
             messages.error(request, "That brokerage is not one SnapTrade offers; choose one from the list.")
             return _back_to_add()
-        user = registration(request.user)
+        user = services.snaptrade_user_for(request.user)
         if user is None:
             messages.error(request, "Enter your SnapTrade Personal key first: this installation has no SnapTrade key.")
             return _back_to_add()
         reconnect = connection.credentials.get("authorization_id", "") if connection is not None else ""
-        state = oauth_views.remember_flow(request, KEY, connection)
+        state = remember_flow(request, KEY, connection)
         back = request.build_absolute_uri(reverse("brokers:oauth_callback")) + f"?state={state}"
         url = _provider().portal_url(
-            _key_of(user),
+            services.snaptrade_key_of(user),
             user.user_id,
             user.secrets["user_secret"],
             redirect=back,
@@ -185,11 +133,11 @@ def finish(request, flow: dict):
     """Back from the portal (the flow already checked): save what the trader linked."""
     provider = _provider()
     try:
-        user = registration(request.user)
+        user = services.snaptrade_user_for(request.user)
         if user is None:
             messages.error(request, "This installation has no SnapTrade key any more, so nothing was saved.")
             return redirect("brokers:list")
-        key = _key_of(user)
+        key = services.snaptrade_key_of(user)
         secret = user.secrets["user_secret"]
         authorizations = provider.authorizations(key, user.user_id, secret)
         if flow["connection"] is not None:

@@ -15,7 +15,6 @@ import time
 import uuid
 
 import redis
-from django.conf import settings
 
 LEASE_KEY = "beat:lease"
 RENEW_EVERY_S = 1.0
@@ -41,10 +40,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
 class BeatLease:

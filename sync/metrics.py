@@ -1,0 +1,85 @@
+"""Prometheus metrics at /metrics: the deployment's counters (telemetry.counters) and gauges read at scrape time."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from functools import cache
+
+import redis
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpResponse, HttpResponseForbidden
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from brokers.models import BrokerConnection
+from telemetry import counters, heartbeat
+from telemetry.redis_client import redis_client
+
+# The Celery queues (settings.CELERY_TASK_QUEUES); kombu keeps each priority level in its own list.
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def _gauges(client: redis.Redis):
+    connections = GaugeMetricFamily(
+        "tj_connections",
+        "Broker connections by broker and status (PAUSED: auto-sync off).",
+        labels=["broker", "status"],
+    )
+    counts: dict[tuple[str, str], int] = {}
+    rows = BrokerConnection.objects.values("broker_type", "status", "sync_enabled").annotate(n=Count("id"))
+    for row in rows:
+        key = (row["broker_type"], row["status"] if row["sync_enabled"] else "PAUSED")
+        counts[key] = counts.get(key, 0) + row["n"]
+    for (broker, status), n in sorted(counts.items()):
+        connections.add_metric([broker, status], n)
+    yield connections
+
+    depth = GaugeMetricFamily("tj_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"])
+    for queue in settings.CELERY_TASK_QUEUES:
+        depth.add_metric([queue.name], sum(client.llen(queue.name + suffix) for suffix in PRIORITY_SUFFIXES))
+    yield depth
+
+    lag = GaugeMetricFamily("tj_beat_lag_seconds", "Seconds since beat's last dispatch (absent: never dispatched).")
+    silence = heartbeat.seconds_since_dispatch()
+    if silence is not None:
+        lag.add_metric([], silence)
+    yield lag
+
+
+class SyncCollector:
+    def collect(self):
+        client = redis_client()
+        yield from counters.counter_families(client)
+        yield from _gauges(client)
+
+
+@cache
+def registry() -> CollectorRegistry:
+    # Our collector only: process metrics of whichever web process answered would mislead.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SyncCollector())
+    return registry
+
+
+def scrape_allowed(request) -> bool:
+    token = settings.METRICS_TOKEN
+    if token and hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+        return True
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(address in network for network in settings.METRICS_ALLOWED_NETWORKS)
+
+
+@require_GET
+def metrics_view(request):
+    if not scrape_allowed(request):
+        return HttpResponseForbidden(
+            "Metrics need Authorization: Bearer <METRICS_TOKEN>, or a scraper in METRICS_ALLOWED_NETWORKS.\n",
+            content_type="text/plain",
+        )
+    return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
