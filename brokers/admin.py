@@ -131,7 +131,7 @@ class BrokerConnectionAdmin(admin.ModelAdmin):
     @admin.action(description="Sync now")
     def sync_now(self, request, queryset):
         for pk in queryset.values_list("pk", flat=True):
-            periodic_tasks.request_sync_now(pk, trigger="manual")
+            periodic_tasks.request_sync_now(pk, trigger=SyncLog.Trigger.MANUAL)
         self.message_user(request, f"Queued a sync of {queryset.count()} connection(s).", messages.SUCCESS)
 
     @admin.action(description="Enable auto-sync")

@@ -26,6 +26,7 @@ from brokers import periodic_tasks, selectors, services, throttle
 from brokers.models import INTERVAL_RULE, BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class, provider_classes
+from brokers.vocabulary import DisplayStatus, display_status
 
 
 def drf_validation_error(exc: DjangoValidationError, credential_names: Iterable[str] = ()) -> ValidationError:
@@ -150,7 +151,7 @@ class ConnectionSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(
         serializers.ChoiceField(
-            choices=list(selectors.DISPLAY_STATUSES),
+            choices=DisplayStatus.values,
             help_text="NEW: never synced yet. SYNCING: a run is on, or waits out a broker's limit "
             "(next_attempt_at says until when). RETRYING: an attempt failed; last_sync_error says which and "
             "why, next_attempt_at when the next one runs. CONNECTED: the last run succeeded. PARTIAL: it "
@@ -159,7 +160,7 @@ class ConnectionSerializer(serializers.ModelSerializer):
         )
     )
     def get_display_status(self, connection: BrokerConnection) -> str:
-        return selectors.connection_display_status(connection)
+        return display_status(connection)
 
     @extend_schema_field(OpenApiTypes.DATETIME)
     def get_next_sync_at(self, connection: BrokerConnection) -> str | None:

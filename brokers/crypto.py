@@ -7,7 +7,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from brokers.providers.errors import BrokerAuthError
+from brokers.providers.errors import BrokerAuthError, ErrorKind
 
 # Typically the encryption key changed (e.g. new keys made instead of reusing var/local.env's).
 UNREADABLE_MESSAGE = (
@@ -24,7 +24,7 @@ class CredentialsUnreadable(BrokerAuthError):
     sync, a test and a command all report this one message rather than "unexpected error".
     """
 
-    kind = "credentials_unreadable"
+    kind = ErrorKind.CREDENTIALS_UNREADABLE
 
     def __init__(self, message: str = UNREADABLE_MESSAGE):
         super().__init__(message)

@@ -52,9 +52,15 @@ class WholeMinutesField(models.PositiveSmallIntegerField):
 
 class BrokerConnection(models.Model):
     class Status(models.TextChoices):
+        """What is stored; the badge a trader sees is brokers.vocabulary.display_status."""
+
         CONNECTED = "CONNECTED", "Connected"
         SYNCING = "SYNCING", "Syncing"
         ERROR = "ERROR", "Error"
+
+    class NextAttempt(models.TextChoices):
+        RETRY = "retry", "retry after a failure"
+        RATE_LIMIT = "rate_limit", "a broker's limit"
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="broker_connections")
     broker_type = models.CharField(max_length=40, validators=[validate_broker_type])
@@ -80,9 +86,7 @@ class BrokerConnection(models.Model):
     last_sync_error = models.TextField(blank=True)
     # While a run waits: when it goes on, and why it waits. None and "" otherwise.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
-    next_attempt_reason = models.CharField(
-        max_length=10, blank=True, choices=[("retry", "retry after a failure"), ("rate_limit", "a broker's limit")]
-    )
+    next_attempt_reason = models.CharField(max_length=10, blank=True, choices=NextAttempt.choices)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

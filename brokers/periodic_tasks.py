@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
-from brokers.models import BrokerConnection
+from brokers.models import BrokerConnection, SyncLog
 
 SYNC_TASK = "sync.tasks.sync_connection"
 TASK_NAME_PREFIX = "broker-sync:"
@@ -91,7 +91,7 @@ def mark_schedules_changed(tasks=None) -> None:
     PeriodicTasks.update_changed()
 
 
-def request_sync_now(connection_id: int, trigger: str = "manual", task_id: str | None = None) -> str:
+def request_sync_now(connection_id: int, trigger: str = SyncLog.Trigger.MANUAL, task_id: str | None = None) -> str:
     """Queue a sync once the current transaction commits; returns the run's task id.
 
     By task name: brokers does not import sync.

@@ -10,38 +10,6 @@ from django_celery_beat.models import PeriodicTask
 from brokers import periodic_tasks
 from brokers.models import BrokerConnection
 
-# The badges a trader sees, beyond the stored CONNECTED / SYNCING / ERROR.
-NEW, RETRYING, PARTIAL, PAUSED = "NEW", "RETRYING", "PARTIAL", "PAUSED"
-DISPLAY_STATUSES = (
-    NEW,
-    BrokerConnection.Status.SYNCING,
-    RETRYING,
-    BrokerConnection.Status.CONNECTED,
-    PARTIAL,
-    BrokerConnection.Status.ERROR,
-    PAUSED,
-)
-
-
-def connection_display_status(connection: BrokerConnection) -> str:
-    """The badge a trader sees, telling at a glance where the connection stands.
-
-    NEW never synced yet; SYNCING a run is on (or waits out a broker's limit, which is no
-    failure); RETRYING an attempt failed and the next is due at next_attempt_at; CONNECTED the
-    last run succeeded; PARTIAL it succeeded but an account failed; ERROR it failed after
-    its last attempt (or the credentials were refused); PAUSED auto-sync is off.
-    """
-    status = connection.status
-    if status == BrokerConnection.Status.SYNCING:
-        return RETRYING if connection.next_attempt_reason == "retry" else status
-    if not connection.sync_enabled:
-        return PAUSED
-    if status == BrokerConnection.Status.ERROR:
-        return status
-    if connection.last_sync_at is None:
-        return NEW
-    return PARTIAL if connection.last_sync_error else status
-
 
 def periodic_tasks_for(connections) -> dict[str, PeriodicTask]:
     """The connections' PeriodicTasks by task name, in one query (pages, API and sync_status list many)."""

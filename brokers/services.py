@@ -18,7 +18,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from brokers import periodic_tasks
 from brokers.crypto import CredentialsUnreadable
-from brokers.models import INTERVAL_RULE, BrokerConnection, SnapTradeUser
+from brokers.models import INTERVAL_RULE, BrokerConnection, SnapTradeUser, SyncLog
 from brokers.providers import snaptrade
 from brokers.providers.errors import BrokerConfigurationError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider, get_provider_class
@@ -101,7 +101,7 @@ def connection_create(
     connection.save()
     periodic_tasks.sync_schedule(connection)
     if connection.sync_enabled:
-        periodic_tasks.request_sync_now(connection.pk, trigger="manual")
+        periodic_tasks.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     return connection
 
 
@@ -172,7 +172,7 @@ def connection_update(
     connection.save()
     periodic_tasks.sync_schedule(connection)
     if connection.schedule_active and (turned_on or resume):
-        periodic_tasks.request_sync_now(connection.pk, trigger="manual")
+        periodic_tasks.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     return connection
 
 
@@ -197,7 +197,7 @@ def connection_reconnect(connection_id: int, auth: AuthResult) -> BrokerConnecti
     connection.save()
     periodic_tasks.sync_schedule(connection)
     if connection.schedule_active:
-        periodic_tasks.request_sync_now(connection.pk, trigger="manual")
+        periodic_tasks.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     return connection
 
 

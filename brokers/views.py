@@ -17,37 +17,16 @@ from brokers.forms import (
     interval_choices,
 )
 from brokers.models import BrokerConnection, SyncLog
+from brokers.vocabulary import DisplayStatus, advice, display_status
 
 # The badge polls faster while a sync runs, so the trader sees it finish within seconds.
-POLL_SECONDS = {"SYNCING": 2, "RETRYING": 5}
+POLL_SECONDS = {DisplayStatus.SYNCING: 2, DisplayStatus.RETRYING: 5}
 POLL_SECONDS_DEFAULT = 5
 FINISHED_RUNS = [SyncLog.Status.SUCCESS, SyncLog.Status.PARTIAL, SyncLog.Status.FAILED, SyncLog.Status.INTERRUPTED]
-TRANSIENT_ERROR_KINDS = {"timeout", "unavailable", "rate_limit"}
 
 
 def _own_connection(request, pk) -> BrokerConnection:
     return get_object_or_404(BrokerConnection, pk=pk, owner=request.user)
-
-
-def what_to_do(connection: BrokerConnection) -> str:
-    """Advice under the last error, from what kind of failure it was."""
-    if connection.credentials_rejected and connection.signs_in_at_broker:
-        return (
-            f"The link to {connection.provider_name} has ended, so automatic sync is on hold. Press Reconnect "
-            f"and sign in at {connection.provider_name} again: sync resumes at once, with the same history."
-        )
-    if connection.credentials_rejected:
-        return (
-            "The broker refused the saved credentials, so automatic sync is on hold. "
-            "Edit the connection and save working credentials: sync resumes by itself."
-        )
-    if connection.last_error_kind in TRANSIENT_ERROR_KINDS:
-        return "This is usually temporary on the broker's side and the sync retries by itself."
-    if connection.last_error_kind == "setup":
-        return "Sync tries again at each scheduled time, but it cannot work until the API key above is fixed."
-    if connection.last_error_kind == "account":
-        return "Check this account's API permissions at the broker; the other accounts keep syncing."
-    return "Check the connection at the broker (API access, permissions), then press Sync now."
 
 
 def _with_status(connections) -> list[BrokerConnection]:
@@ -66,9 +45,9 @@ def _with_status(connections) -> list[BrokerConnection]:
     )
     tasks = selectors.periodic_tasks_for(rows)
     for c in rows:
-        c.display_status = selectors.connection_display_status(c)
+        c.display_status = display_status(c)
         c.next_sync = selectors.next_sync_at(c, selectors.periodic_task_of(c, tasks))
-        c.advice = what_to_do(c) if c.last_sync_error else ""
+        c.advice = advice(c, c.last_error_kind) if c.last_sync_error else ""
         c.poll_seconds = POLL_SECONDS.get(c.display_status, POLL_SECONDS_DEFAULT)
         c.interval_choices = interval_choices(c.sync_interval_min)
         c.link_days_left = selectors.link_days_left(c)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from functools import cache
+from types import SimpleNamespace
 
 import redis
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpResponse, HttpResponseForbidden
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from brokers.models import BrokerConnection
+from brokers.vocabulary import display_status
 from telemetry import counters, heartbeat
 from telemetry.redis_client import redis_client
 
@@ -25,13 +27,27 @@ PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 def _gauges(client: redis.Redis):
     connections = GaugeMetricFamily(
         "tj_connections",
-        "Broker connections by broker and status (PAUSED: auto-sync off).",
+        "Broker connections by broker and the badge their cards show (brokers.vocabulary.DisplayStatus).",
         labels=["broker", "status"],
     )
     counts: dict[tuple[str, str], int] = {}
-    rows = BrokerConnection.objects.values("broker_type", "status", "sync_enabled").annotate(n=Count("id"))
+    # Grouped by every field the badge reads, so each group's badge is the one its cards show.
+    rows = (
+        BrokerConnection.objects.annotate(never_synced=Q(last_sync_at__isnull=True), failed=~Q(last_sync_error=""))
+        .values("broker_type", "status", "sync_enabled", "next_attempt_reason", "never_synced", "failed")
+        .annotate(n=Count("id"))
+    )
     for row in rows:
-        key = (row["broker_type"], row["status"] if row["sync_enabled"] else "PAUSED")
+        badge = display_status(
+            SimpleNamespace(
+                status=row["status"],
+                sync_enabled=row["sync_enabled"],
+                next_attempt_reason=row["next_attempt_reason"],
+                last_sync_at=None if row["never_synced"] else True,
+                last_sync_error=row["failed"],
+            )
+        )
+        key = (row["broker_type"], str(badge))
         counts[key] = counts.get(key, 0) + row["n"]
     for (broker, status), n in sorted(counts.items()):
         connections.add_metric([broker, status], n)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.db import InterfaceError, OperationalError
 
-from brokers.providers.errors import BrokerError, BrokerRateLimitError
+from brokers.providers.errors import BrokerError, BrokerRateLimitError, ErrorKind
 
 UNEXPECTED_ERROR = (
     "The sync stopped on an unexpected error on our side. It will run again at the next "
@@ -35,15 +35,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DATABASE_ERRORS) or (isinstance(exc, BrokerError) and exc.transient)
 
 
-def what_happened(exc: BaseException) -> tuple[str, str]:
+def what_happened(exc: BaseException) -> tuple[str, ErrorKind]:
     """The message and kind of a failure, as a trader reads it."""
     if isinstance(exc, BrokerError):
         return exc.message, exc.kind
     if isinstance(exc, RunSuperseded):
-        return str(exc), "superseded"
+        return str(exc), ErrorKind.SUPERSEDED
     if isinstance(exc, DATABASE_ERRORS):
-        return DATABASE_ERROR, "database"
-    return UNEXPECTED_ERROR, "internal"
+        return DATABASE_ERROR, ErrorKind.DATABASE
+    return UNEXPECTED_ERROR, ErrorKind.INTERNAL
 
 
 def about(seconds: float) -> str:

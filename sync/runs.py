@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from brokers import periodic_tasks
 from brokers.models import BrokerAccount, BrokerConnection, SyncLog
-from brokers.providers.errors import BrokerAuthError, BrokerError
+from brokers.providers.errors import BrokerAuthError, BrokerError, ErrorKind
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import BrokerAccountInfo
 from sync import accounts, locks, notifications, outcomes, policy, sessions
@@ -227,7 +227,11 @@ def record_wait(connection_id: int, run_id: str, message: str, kind: str, wait_s
             status=BrokerConnection.Status.SYNCING,
             last_sync_error=message,
             next_attempt_at=timezone.now() + timedelta(seconds=wait_s),
-            next_attempt_reason="rate_limit" if kind == "rate_limit" else "retry",
+            next_attempt_reason=(
+                BrokerConnection.NextAttempt.RATE_LIMIT
+                if kind == ErrorKind.RATE_LIMIT
+                else BrokerConnection.NextAttempt.RETRY
+            ),
         )
     except DATABASE_ERRORS:
         log.warning("sync_wait_not_recorded", connection_id=connection_id)
@@ -273,7 +277,7 @@ def finish_run(plan: RunPlan, results: list[dict]) -> SyncLog:
                 detail=detail,
                 message=failed[0]["error"],
                 kind=failed[0]["kind"],
-                credentials_rejected=any(r["kind"] == "auth" for r in failed),
+                credentials_rejected=any(r["kind"] == ErrorKind.AUTH for r in failed),
             )
         return _finish_ok(connection, sync_log, detail)
     finally:
@@ -322,7 +326,7 @@ def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict) ->
     failed = [k for k, v in detail.items() if v.get("error")]
     status = SyncLog.Status.PARTIAL if failed else SyncLog.Status.SUCCESS
     error = "; ".join(f"{k}: {detail[k]['error']}" for k in failed)
-    close_log(sync_log, status, detail, error, "account" if failed else "")
+    close_log(sync_log, status, detail, error, ErrorKind.ACCOUNT if failed else "")
     now = sync_log.finished_at
     failures_before = BrokerConnection.objects.values_list("consecutive_failures", flat=True).get(pk=connection.pk)
     BrokerConnection.objects.filter(pk=connection.pk).update(
@@ -420,7 +424,11 @@ def _inline_step(connection_id: int, run_id: str, step, on_give_up):
             if not isinstance(decision, policy.Pause):
                 return on_give_up(exc)
             record_wait(
-                connection_id, run_id, outcomes.pausing(exc, decision.countdown), "rate_limit", decision.countdown
+                connection_id,
+                run_id,
+                outcomes.pausing(exc, decision.countdown),
+                ErrorKind.RATE_LIMIT,
+                decision.countdown,
             )
             with locks.kept_alive(connection_id, run_id):
                 time.sleep(decision.countdown)

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from brokers import periodic_tasks
 from brokers.models import SyncLog
+from brokers.providers.errors import ErrorKind
 from sync import housekeeping, locks, outcomes, policy, runs
 from sync.runs import RunPlan
 
@@ -84,7 +85,7 @@ def _wait_or_give_up(exc: Exception, *, connection_id: int, run_id: str, failure
         ) from exc
     if isinstance(step, policy.Pause):
         message = outcomes.pausing(exc, step.countdown, where)
-        runs.record_wait(connection_id, run_id, message, "rate_limit", step.countdown)
+        runs.record_wait(connection_id, run_id, message, ErrorKind.RATE_LIMIT, step.countdown)
         raise StepWaits(
             countdown=step.countdown, connection_id=connection_id, run_id=run_id, failures=failures, pauses=pauses + 1
         ) from exc

@@ -12,12 +12,32 @@ BrokerConfigurationError      our own mistake (unknown broker type, missing sett
                               the tree so that no retry of BrokerError ever swallows it.
 
 Messages are shown to traders: they say what happened and what to do, and never hold a secret.
+Each error has a kind (ErrorKind), the one vocabulary a run records in SyncLog.error_kind;
+brokers/vocabulary.py gives each kind its advice on the page.
 """
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    """Why a run or a step failed: the broker errors' kinds below, then the run's own."""
+
+    AUTH = "auth"  # the broker refused the trader's credentials or link
+    SETUP = "setup"  # the broker refused the API key itself (an aggregator's key)
+    RATE_LIMIT = "rate_limit"  # the broker (or our limiter) said wait
+    TIMEOUT = "timeout"  # no answer in time
+    UNAVAILABLE = "unavailable"  # could not connect, or the broker failed in a way a retry can cure
+    API = "api"  # a refused request or an answer we could not read; a retry does not help
+    CREDENTIALS_UNREADABLE = "credentials_unreadable"  # our encryption key cannot read what is stored
+    ACCOUNT = "account"  # a run in which some accounts failed and the others synced
+    SUPERSEDED = "superseded"  # a newer run of the connection took over
+    DATABASE = "database"  # the journal's own database did not answer
+    INTERNAL = "internal"  # a bug on our side
 
 
 class BrokerError(Exception):
     transient = False
-    kind = "broker_error"
+    kind = ErrorKind.API
 
     def __init__(
         self,
@@ -39,39 +59,43 @@ class BrokerError(Exception):
 
 
 class BrokerAuthError(BrokerError):
-    kind = "auth"
+    kind = ErrorKind.AUTH
 
 
 class BrokerSetupError(BrokerError):
-    kind = "setup"
+    kind = ErrorKind.SETUP
 
 
 class BrokerRateLimitError(BrokerError):
     transient = True
-    kind = "rate_limit"
+    kind = ErrorKind.RATE_LIMIT
 
     def __init__(self, message: str, *, retry_after: float, **kwargs):
         super().__init__(message, retry_after=retry_after, **kwargs)
 
 
 class BrokerAPIError(BrokerError):
-    kind = "api"
-
     def __init__(self, message: str, *, transient: bool = False, **kwargs):
         super().__init__(message, **kwargs)
         self.transient = transient
 
+    @property
+    def kind(self) -> ErrorKind:
+        # A failure a retry can cure (an HTTP 500 on a read) is the broker failing for a
+        # moment, and the trader is told so, not asked to check their API permissions.
+        return ErrorKind.UNAVAILABLE if self.transient else ErrorKind.API
+
 
 class BrokerTimeoutError(BrokerError):
     transient = True
-    kind = "timeout"
+    kind = ErrorKind.TIMEOUT
     # False when the request never reached the broker (a connect timeout): any method may be resent.
     request_sent = True
 
 
 class BrokerUnavailableError(BrokerError):
     transient = True
-    kind = "unavailable"
+    kind = ErrorKind.UNAVAILABLE
     request_sent = True
 
 

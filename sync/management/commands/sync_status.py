@@ -7,7 +7,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from brokers.models import BrokerConnection
 from brokers.providers.text import printable
-from brokers.selectors import connection_display_status, next_sync_at, periodic_task_of, periodic_tasks_for
+from brokers.selectors import next_sync_at, periodic_task_of, periodic_tasks_for
+from brokers.vocabulary import display_status
 
 COLUMNS = ("ID", "OWNER", "BROKER", "LABEL", "STATUS", "LAST SYNC", "NEXT SYNC", "LAST ERROR")
 
@@ -46,7 +47,7 @@ class Command(BaseCommand):
                 printable(c.owner.get_username()),
                 c.broker_type,
                 printable(c.label),
-                connection_display_status(c),
+                display_status(c),
                 utc_iso(c.last_sync_at),
                 utc_iso(next_sync_at(c, periodic_task_of(c, tasks))),
                 # Broker messages may span lines; a table row must not, nor carry escape codes.
