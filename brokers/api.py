@@ -65,7 +65,9 @@ class IntervalField(serializers.IntegerField):
 
     def __init__(self, **kwargs):
         # The bounds only document the range in the schema; the model enforces it.
-        super().__init__(min_value=settings.SYNC_INTERVAL_MIN, max_value=settings.SYNC_INTERVAL_MAX, **kwargs)
+        super().__init__(
+            min_value=settings.SYNC_INTERVAL_SHORTEST_MIN, max_value=settings.SYNC_INTERVAL_LONGEST_MIN, **kwargs
+        )
         self.validators = []
 
     def to_internal_value(self, data):

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from brokers.crypto import CredentialsUnreadable
-from brokers.models import INTERVAL_RULE, BrokerConnection
+from brokers.models import INTERVAL_RANGE, INTERVAL_RULE, BrokerConnection
 from brokers.providers.registry import provider_choices
 from brokers.providers.types import CredentialField
 
@@ -25,7 +25,9 @@ def interval_field(**kwargs) -> forms.IntegerField:
         # Shown as a message on the brokers page too, where the field is not beside it: name it.
         error_messages={"invalid": INTERVAL_RULE, "required": INTERVAL_RULE},
         validators=model_rules("sync_interval_min"),
-        widget=forms.NumberInput(attrs={"min": settings.SYNC_INTERVAL_MIN, "max": settings.SYNC_INTERVAL_MAX}),
+        widget=forms.NumberInput(
+            attrs={"min": settings.SYNC_INTERVAL_SHORTEST_MIN, "max": settings.SYNC_INTERVAL_LONGEST_MIN}
+        ),
         **kwargs,
     )
 
@@ -104,9 +106,7 @@ class ConnectionForm(CredentialFieldsMixin, forms.Form):
     label = label_field(help_text="A name you will recognise, e.g. 'Prop account'.")
     sync_interval_min = interval_field(
         initial=settings.SYNC_INTERVAL_DEFAULT_MIN,
-        help_text=(
-            f"How often your trades are fetched: {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} minutes."
-        ),
+        help_text=(f"How often your trades are fetched: {INTERVAL_RANGE} minutes."),
     )
 
     def __init__(self, *args, provider_class, **kwargs):

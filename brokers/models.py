@@ -17,10 +17,8 @@ from brokers.providers.types import AuthResult, BrokerCredentials
 from brokers.validators import refuse_control_characters
 
 # The one wording of the interval rule: pages, API, admin and commands all show this.
-INTERVAL_RULE = (
-    f"Sync interval must be a whole number of minutes from {settings.SYNC_INTERVAL_MIN} "
-    f"to {settings.SYNC_INTERVAL_MAX}."
-)
+INTERVAL_RANGE = f"{settings.SYNC_INTERVAL_SHORTEST_MIN} to {settings.SYNC_INTERVAL_LONGEST_MIN}"
+INTERVAL_RULE = f"Sync interval must be a whole number of minutes from {INTERVAL_RANGE}."
 
 
 def validate_broker_type(value: str) -> None:
@@ -31,7 +29,7 @@ def validate_broker_type(value: str) -> None:
 
 
 def validate_sync_interval(value: int) -> None:
-    if not settings.SYNC_INTERVAL_MIN <= value <= settings.SYNC_INTERVAL_MAX:
+    if not settings.SYNC_INTERVAL_SHORTEST_MIN <= value <= settings.SYNC_INTERVAL_LONGEST_MIN:
         raise ValidationError(INTERVAL_RULE, code="out_of_range")
 
 
@@ -76,7 +74,7 @@ class BrokerConnection(models.Model):
     sync_interval_min = WholeMinutesField(
         default=settings.SYNC_INTERVAL_DEFAULT_MIN,
         validators=[validate_sync_interval],
-        help_text=f"Minutes between automatic syncs ({settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX}).",
+        help_text=f"Minutes between automatic syncs ({INTERVAL_RANGE}).",
     )
     # Set when the broker refused the credentials: automatic sync waits until they are fixed.
     credentials_rejected = models.BooleanField(default=False)
@@ -94,8 +92,8 @@ class BrokerConnection(models.Model):
         ordering = ["label", "id"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(sync_interval_min__gte=settings.SYNC_INTERVAL_MIN)
-                & Q(sync_interval_min__lte=settings.SYNC_INTERVAL_MAX),
+                condition=Q(sync_interval_min__gte=settings.SYNC_INTERVAL_SHORTEST_MIN)
+                & Q(sync_interval_min__lte=settings.SYNC_INTERVAL_LONGEST_MIN),
                 name="sync_interval_min_in_range",
                 violation_error_message=INTERVAL_RULE,
             ),

@@ -44,7 +44,7 @@ def ensure_interval_schedules() -> None:
     existing = set(IntervalSchedule.objects.filter(period=period).values_list("every", flat=True))
     IntervalSchedule.objects.bulk_create(
         IntervalSchedule(every=n, period=period)
-        for n in range(settings.SYNC_INTERVAL_MIN, settings.SYNC_INTERVAL_MAX + 1)
+        for n in range(settings.SYNC_INTERVAL_SHORTEST_MIN, settings.SYNC_INTERVAL_LONGEST_MIN + 1)
         if n not in existing
     )
 

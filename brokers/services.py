@@ -120,10 +120,9 @@ def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> 
 
 def _default_environment(broker_type: str) -> str:
     try:
-        envs = get_provider_class(broker_type).environments
+        return get_provider_class(broker_type).default_environment()
     except BrokerConfigurationError:
         return ""
-    return envs[0][0] if envs else ""
 
 
 def update_sync_enabled(connection_id: int, enabled: bool) -> BrokerConnection:

@@ -295,8 +295,8 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Sync ---------------------------------------------------------------------------------
 SYNC_INTERVAL_DEFAULT_MIN = 15
-SYNC_INTERVAL_MIN = 5
-SYNC_INTERVAL_MAX = 60
+SYNC_INTERVAL_SHORTEST_MIN = 5
+SYNC_INTERVAL_LONGEST_MIN = 60
 # "minutes" in real use; the real-process tests set "seconds" to see beat work in seconds.
 SYNC_INTERVAL_UNIT = env("SYNC_INTERVAL_UNIT", "minutes")
 if SYNC_INTERVAL_UNIT not in {"minutes", "seconds"}:

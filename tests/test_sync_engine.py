@@ -110,7 +110,7 @@ def test_a_broker_down_longer_than_request_retries_gives_one_success_log_after_r
 def test_after_the_last_retry_the_connection_is_in_error_with_a_readable_message(alpaca):
     fails(responses, 500, 4)
     log = run(alpaca)
-    assert log.status == SyncLog.Status.FAILED and log.attempt == 4 and log.error_kind == "api"
+    assert log.status == SyncLog.Status.FAILED and log.attempt == 4 and log.error_kind == "unavailable"
     alpaca.refresh_from_db()
     assert alpaca.status == "ERROR"
     assert alpaca.last_sync_error == (

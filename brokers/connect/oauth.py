@@ -62,7 +62,7 @@ def connect(request, broker_type):
         messages.error(request, "This broker does not connect by signing in; fill in its form instead.")
         return redirect("brokers:add")
     environments = [e for e, _ in provider_class.environments]
-    environment = request.GET.get("environment") or (environments[0] if environments else "")
+    environment = request.GET.get("environment") or provider_class.default_environment()
     if environments and environment not in environments:
         messages.error(request, f"Environment must be one of: {', '.join(environments)}.")
         return redirect(f"{reverse('brokers:add')}?broker={provider_class.key}")

@@ -67,10 +67,15 @@ class BrokerProvider(ABC):
     link_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, environment: str = ""):
-        self.environment = environment or (self.environments[0][0] if self.environments else "")
+        self.environment = environment or self.default_environment()
         self._http: BrokerHTTP | None = None
         # The sync run this instance works for (set by the registry); "" outside a run.
         self.run_id = ""
+
+    @classmethod
+    def default_environment(cls) -> str:
+        """The environment a connection gets when none is named: the first declared, "" when there are none."""
+        return cls.environments[0][0] if cls.environments else ""
 
     @classmethod
     def signs_in_at_broker(cls) -> bool:
@@ -81,7 +86,8 @@ class BrokerProvider(ABC):
     def http(self) -> BrokerHTTP:
         if self._http is None:
             self._http = BrokerHTTP(
-                provider_key=self.limits_name,
+                provider_key=self.key,
+                limits_key=self.limits_name,
                 display_name=self.display_name,
                 base_url=self.base_url(),
                 transient_statuses=self.transient_statuses,

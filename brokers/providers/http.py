@@ -76,9 +76,13 @@ class BrokerHTTP:
         provider_key: str,
         display_name: str,
         base_url: str,
+        limits_key: str = "",
         transient_statuses: frozenset[int] = frozenset({502, 503, 504}),
     ):
+        # Whom the requests are for (logs, counters, errors), and which rate_limits.toml table
+        # they book: a second way to connect a broker books the broker's own table.
         self.provider_key = provider_key
+        self.limits_key = limits_key or provider_key
         self.display_name = display_name
         self.base_url = base_url.rstrip("/")
         self.transient_statuses = transient_statuses
@@ -114,7 +118,7 @@ class BrokerHTTP:
         while True:
             attempt += 1
             get_limiter().acquire(
-                self.provider_key, scope=scope, buckets=buckets, display_name=self.display_name, weight=weight
+                self.limits_key, scope=scope, buckets=buckets, display_name=self.display_name, weight=weight
             )
             try:
                 response = self._send(method, url, **kwargs)
@@ -202,7 +206,7 @@ class BrokerHTTP:
         if status == 429:
             wait = retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_WAIT_S
             reason = f"{name} asked us to slow down (HTTP 429)."
-            get_limiter().block(self.provider_key, wait, scope=scope, reason=reason)
+            get_limiter().block(self.limits_key, wait, scope=scope, reason=reason)
             return BrokerRateLimitError(
                 reason,
                 provider=self.provider_key,
@@ -213,7 +217,7 @@ class BrokerHTTP:
             reason = f"{name} is temporarily unavailable (HTTP 503)."
             if retry_after is not None:
                 # Scoped like a 429: one credential's answer does not stop every trader.
-                get_limiter().block(self.provider_key, retry_after, scope=scope, reason=reason)
+                get_limiter().block(self.limits_key, retry_after, scope=scope, reason=reason)
             return BrokerUnavailableError(
                 reason,
                 provider=self.provider_key,

@@ -103,7 +103,7 @@ def test_broker_storm_retries_to_success_and_fails_truthfully(trader, tmp_path, 
     assert connections["AK401"].credentials_rejected and ALPACA_REFUSED in connections["AK401"].last_sync_error
 
     exhausted = run_of("AK500EVER")
-    assert exhausted.status == SyncLog.Status.FAILED and exhausted.error_kind == "api"
+    assert exhausted.status == SyncLog.Status.FAILED and exhausted.error_kind == "unavailable"
     assert "HTTP 500" in exhausted.error_message
     assert broker.count("AK500EVER", "fills") == 4  # the first try and three retries
     assert_trades_exactly(connections["AK500EVER"], ())

@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from brokers import services
+from brokers.models import INTERVAL_RANGE
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class
 from brokers.providers.text import printable
@@ -59,10 +60,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--interval",
             metavar="MINUTES",
-            help=(
-                f"Minutes between automatic syncs, {settings.SYNC_INTERVAL_MIN} to {settings.SYNC_INTERVAL_MAX} "
-                f"(default {settings.SYNC_INTERVAL_DEFAULT_MIN})."
-            ),
+            help=(f"Minutes between automatic syncs, {INTERVAL_RANGE} (default {settings.SYNC_INTERVAL_DEFAULT_MIN})."),
         )
         parser.add_argument("--disabled", action="store_true", help="Create it with automatic sync off.")
         parser.add_argument(
@@ -147,7 +145,7 @@ class Command(BaseCommand):
 
     def _check_without_secrets(self, provider_class, credentials: dict[str, str], environment: str) -> None:
         secret_names = {f.name for f in provider_class.credential_fields if f.secret}
-        environment = environment or (provider_class.environments[0][0] if provider_class.environments else "")
+        environment = environment or provider_class.default_environment()
         problems = {
             name: message
             for name, message in provider_class.validate_credentials(credentials, environment).items()
