@@ -67,8 +67,8 @@ class BrokerConnection(models.Model):
     environment = models.CharField(max_length=20, blank=True)
     # Fernet ciphertext of the credentials dict; read through .credentials only.
     credentials_ciphertext = models.TextField(editable=False)
-    # Fernet ciphertext of the broker session (token, expiry, extra), so syncs reuse it.
-    token_ciphertext = models.TextField(blank=True, editable=False)
+    # Fernet ciphertext of the broker session (token, expiry, refresh token, extra), so syncs reuse it.
+    session_ciphertext = models.TextField(blank=True, editable=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.CONNECTED)
     sync_enabled = models.BooleanField(default=True)
     sync_interval_min = WholeMinutesField(
@@ -124,9 +124,9 @@ class BrokerConnection(models.Model):
 
     @property
     def auth(self) -> AuthResult | None:
-        if not self.token_ciphertext:
+        if not self.session_ciphertext:
             return None
-        data = crypto.decrypt_json(self.token_ciphertext)
+        data = crypto.decrypt_json(self.session_ciphertext)
         expires = datetime.fromisoformat(data["expires_at"]) if data.get("expires_at") else None
         issued = datetime.fromisoformat(data["issued_at"]) if data.get("issued_at") else None
         refresh_ends = datetime.fromisoformat(data["refresh_expires_at"]) if data.get("refresh_expires_at") else None
@@ -142,9 +142,9 @@ class BrokerConnection(models.Model):
     @auth.setter
     def auth(self, value: AuthResult | None) -> None:
         if value is None:
-            self.token_ciphertext = ""
+            self.session_ciphertext = ""
             return
-        self.token_ciphertext = crypto.encrypt_json(
+        self.session_ciphertext = crypto.encrypt_json(
             {
                 "token": value.token,
                 "expires_at": value.expires_at.isoformat() if value.expires_at else None,

@@ -373,7 +373,7 @@ def _finish_failed(
     if credentials_rejected:
         # Hold automatic sync until the trader saves new credentials (services resume it).
         fields["credentials_rejected"] = True
-        fields["token_ciphertext"] = ""
+        fields["session_ciphertext"] = ""
     was_rejected = connection.credentials_rejected
     BrokerConnection.objects.filter(pk=connection.pk).update(**fields)
     connection.refresh_from_db()

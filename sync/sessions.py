@@ -59,7 +59,7 @@ def _stamped(new: AuthResult, old: AuthResult | None) -> AuthResult:
 
 def store(connection: BrokerConnection, auth: AuthResult | None) -> None:
     connection.auth = auth
-    BrokerConnection.objects.filter(pk=connection.pk).update(token_ciphertext=connection.token_ciphertext)
+    BrokerConnection.objects.filter(pk=connection.pk).update(session_ciphertext=connection.session_ciphertext)
 
 
 def with_session(connection: BrokerConnection, provider: BrokerProvider, call: Callable[[AuthResult], T]) -> T:

@@ -81,7 +81,7 @@ def test_connect_stores_tokens_encrypted_lists_accounts_and_syncs(browser, sim):
     assert Trade.objects.filter(account__connection=connection).count() == 3
     auth = connection.auth
     assert auth.refresh_token and auth.token in sim.access
-    assert auth.token not in connection.token_ciphertext and auth.refresh_token not in connection.token_ciphertext
+    assert auth.token not in connection.session_ciphertext and auth.refresh_token not in connection.session_ciphertext
     assert timedelta(days=6, hours=23) < auth.refresh_expires_at - timezone.now() <= timedelta(days=7)
     page = browser.get("/brokers/").content.decode()
     # The card names accounts by their last four digits; the full number is nowhere.

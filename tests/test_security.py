@@ -102,7 +102,7 @@ def test_a_full_sync_leaks_no_secret_anywhere(synced, client, admin_client, trad
     for body in published:
         assert_no_secret(body, "a task message")
         assert f'"connection_id": {synced.pk}' in body
-    raw = BrokerConnection.objects.filter(pk=synced.pk).values("credentials_ciphertext", "token_ciphertext").get()
+    raw = BrokerConnection.objects.filter(pk=synced.pk).values("credentials_ciphertext", "session_ciphertext").get()
     assert_no_secret(json.dumps(raw), "the database columns")
 
     client.force_login(trader)

@@ -87,7 +87,7 @@ def test_connect_registers_once_lists_accounts_and_imports_only_trades(browser, 
     assert len(sim.registrations) == 1
     user = SnapTradeUser.objects.get(owner=trader)
     secret = user.secrets["user_secret"]
-    assert secret not in user.secrets_ciphertext and secret not in connection.token_ciphertext
+    assert secret not in user.secrets_ciphertext and secret not in connection.session_ciphertext
     login = sim.logins[-1]
     assert login["connectionType"] == "read" and login["customRedirect"].startswith("http://testserver/")
     expected = fill_accounts(sim, connection)

@@ -17,18 +17,18 @@ class Command(BaseCommand):
         rotated = 0
         with transaction.atomic():
             for connection in BrokerConnection.objects.select_for_update().only(
-                "pk", "credentials_ciphertext", "token_ciphertext"
+                "pk", "credentials_ciphertext", "session_ciphertext"
             ):
                 try:
                     connection.credentials_ciphertext = crypto.rotate(connection.credentials_ciphertext)
-                    if connection.token_ciphertext:
-                        connection.token_ciphertext = crypto.rotate(connection.token_ciphertext)
+                    if connection.session_ciphertext:
+                        connection.session_ciphertext = crypto.rotate(connection.session_ciphertext)
                 except crypto.CredentialsUnreadable:
                     raise CommandError(
                         f"Connection {connection.pk} cannot be decrypted with any configured key; "
                         "nothing was changed. Add the key that wrote it to FIELD_ENCRYPTION_KEYS."
                     ) from None
-                connection.save(update_fields=["credentials_ciphertext", "token_ciphertext"])
+                connection.save(update_fields=["credentials_ciphertext", "session_ciphertext"])
                 rotated += 1
             registrations = 0
             for user in SnapTradeUser.objects.select_for_update().only("pk", "secrets_ciphertext"):
