@@ -115,11 +115,7 @@ class AlpacaProvider(BrokerProvider):
             response = self._request("v2/account/activities/FILL", headers, scope, params=params)
             page = self.http.json(response)
             if not isinstance(page, list):
-                raise BrokerAPIError(
-                    "Alpaca sent an answer we could not read.",
-                    provider=self.key,
-                    transient=True,
-                )
+                raise self.unreadable()
             # Every item is an execution: "fill" completes an order, "partial_fill" is part of one.
             for item in page:
                 yield self._trade(item, account)
@@ -155,11 +151,7 @@ class AlpacaProvider(BrokerProvider):
     def _get_account(self, headers: dict[str, str], scope: str) -> dict[str, Any]:
         account = self.http.json(self._request("v2/account", headers, scope))
         if not isinstance(account, dict):
-            raise BrokerAPIError(
-                "Alpaca sent an answer we could not read.",
-                provider=self.key,
-                transient=True,
-            )
+            raise self.unreadable()
         return account
 
     def _request(self, path: str, headers: dict[str, str], scope: str, **kwargs) -> requests.Response:

@@ -9,7 +9,9 @@ from typing import ClassVar
 
 from django.conf import settings
 
+from brokers.providers.errors import BrokerAPIError, BrokerRateLimitError, unreadable
 from brokers.providers.http import BrokerHTTP
+from brokers.providers.ratelimit import Scope, blocked
 from brokers.providers.runcache import RunCache
 from brokers.providers.text import credential_problem, printable
 from brokers.providers.types import (
@@ -98,6 +100,16 @@ class BrokerProvider(ABC):
     def limits_name(self) -> str:
         """The rate_limits.toml table (and limiter key) this provider's calls book."""
         return self.limits_key or self.key
+
+    def unreadable(self, what: str = "an answer") -> BrokerAPIError:
+        """The error for an answer of this broker we cannot read (a retry may get a whole one)."""
+        return unreadable(self.display_name, provider=self.key, what=what)
+
+    def blocked(
+        self, reason: str, wait: float, *, scope: Scope = "", status_code: int | None = None
+    ) -> BrokerRateLimitError:
+        """Back every worker off this broker's limits for `wait`, and the error the step pauses on."""
+        return blocked(self.limits_name, reason, wait, provider=self.key, scope=scope, status_code=status_code)
 
     @property
     def request_retries(self) -> int:

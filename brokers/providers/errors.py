@@ -101,3 +101,13 @@ class BrokerUnavailableError(BrokerError):
 
 class BrokerConfigurationError(Exception):
     """A mistake in our configuration, not a broker failure: fix the setting it names."""
+
+
+def unreadable(name: str, *, provider: str, what: str = "an answer", status_code: int | None = None) -> BrokerAPIError:
+    """The broker answered in a shape we cannot read (truncated, garbled, not the documented one).
+
+    Transient: a half answer is usually whole on the next try.
+    """
+    return BrokerAPIError(
+        f"{name} sent {what} we could not read.", provider=provider, status_code=status_code, transient=True
+    )

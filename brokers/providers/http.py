@@ -19,6 +19,7 @@ from brokers.providers.errors import (
     BrokerRateLimitError,
     BrokerTimeoutError,
     BrokerUnavailableError,
+    unreadable,
 )
 from brokers.providers.ratelimit import Scope, capped_wait, get_limiter
 from telemetry import counters
@@ -244,12 +245,7 @@ class BrokerHTTP:
         try:
             return response.json()
         except ValueError:
-            raise BrokerAPIError(
-                f"{self.display_name} sent an answer we could not read.",
-                provider=self.provider_key,
-                status_code=response.status_code,
-                transient=True,
-            ) from None
+            raise unreadable(self.display_name, provider=self.provider_key, status_code=response.status_code) from None
 
     def _log(self, method, path, status, started):
         log.info(

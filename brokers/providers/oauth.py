@@ -17,7 +17,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from django.conf import settings
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError
+from brokers.providers.errors import BrokerAuthError
 from brokers.providers.types import AuthResult, BrokerCredentials
 
 # The limiter bucket token requests book (each OAuth provider has it in rate_limits.toml).
@@ -142,7 +142,7 @@ def _token_request(provider: BrokerProvider, app: OAuthApp, data: dict, *, refus
     if response.status_code == 400:
         raise BrokerAuthError(reconnect_message(provider.display_name, refused), provider=provider.key, status_code=400)
     if not isinstance(body, dict) or not body.get("access_token"):
-        raise BrokerAPIError(f"{provider.display_name} sent a token answer we could not read.", provider=provider.key)
+        raise provider.unreadable("a token answer")
     return OAuth2Token.from_dict(body)
 
 

@@ -243,6 +243,14 @@ class RateLimiter:
         log.warning("rate_limit_block", broker=broker, seconds=round(seconds, 3), per_credential=bool(_scopes(scope)))
 
 
+def blocked(
+    limits_key: str, reason: str, wait: float, *, provider: str, scope: Scope = "", status_code: int | None = None
+) -> BrokerRateLimitError:
+    """The broker said wait: every worker backs off for `wait` (with its reason), and the step pauses on the error."""
+    get_limiter().block(limits_key, wait, scope=scope, reason=reason)
+    return BrokerRateLimitError(reason, provider=provider, status_code=status_code, retry_after=wait)
+
+
 @cache
 def get_limiter() -> RateLimiter:
     return RateLimiter(

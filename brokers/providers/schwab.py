@@ -56,7 +56,7 @@ class SchwabProvider(OAuthProvider):
     def get_accounts(self, auth: AuthResult) -> list[BrokerAccountInfo]:
         rows = self._get(auth, "accounts/accountNumbers")
         if not isinstance(rows, list):
-            raise BrokerAPIError("Charles Schwab sent an answer we could not read.", provider=self.key, transient=True)
+            raise self.unreadable()
         accounts = []
         for row in rows:
             number, hash_value = str(row.get("accountNumber") or ""), row.get("hashValue")
@@ -82,7 +82,7 @@ class SchwabProvider(OAuthProvider):
         params = {"types": "TRADE", "startDate": _iso(start), "endDate": _iso(end)}
         rows = self._get(auth, f"accounts/{account.external_id}/transactions", params=params)
         if not isinstance(rows, list):
-            raise BrokerAPIError("Charles Schwab sent an answer we could not read.", provider=self.key, transient=True)
+            raise self.unreadable()
         if len(rows) >= MAX_TRANSACTIONS_PER_ANSWER and end - start > SMALLEST_WINDOW:
             middle = start + (end - start) / 2
             yield from self._window(auth, account, start, middle)

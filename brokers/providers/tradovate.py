@@ -361,8 +361,7 @@ class TradovateProvider(BrokerProvider):
                 "Tradovate asked for a captcha because our server sent too many requests; an automatic sync "
                 "cannot solve one, so all Tradovate syncs wait about an hour. Nothing to do on your side."
             )
-            limiter.block(self.limits_name, CAPTCHA_WAIT_S, reason=reason)
-            raise BrokerRateLimitError(reason, provider=self.key, retry_after=CAPTCHA_WAIT_S)
+            raise self.blocked(reason, CAPTCHA_WAIT_S)
         wait = capped_wait(float(data.get("p-time") or 0))
         log.warning("tradovate_penalty_ticket", p_time=wait)
         reason = f"Tradovate asked us to pause for {max(1, round(wait))} s (too many requests from our server)."
@@ -381,8 +380,7 @@ class TradovateProvider(BrokerProvider):
             "meanwhile keep other API tools on this login quiet."
         )
         # The lockout is per Tradovate user: block that user's calls, not every trader's.
-        get_limiter().block(self.limits_name, wait, scope=scope, reason=reason)
-        return BrokerRateLimitError(reason, provider=self.key, status_code=response.status_code, retry_after=wait)
+        return self.blocked(reason, wait, scope=scope, status_code=response.status_code)
 
 
 PROVIDERS = (TradovateProvider,)

@@ -21,12 +21,12 @@ from brokers.providers.errors import (
     BrokerAPIError,
     BrokerAuthError,
     BrokerError,
-    BrokerRateLimitError,
     BrokerTimeoutError,
     BrokerUnavailableError,
+    unreadable,
 )
 from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S, BrokerHTTP
-from brokers.providers.ratelimit import get_limiter
+from brokers.providers.ratelimit import blocked
 
 # Limiter slots per unit of ccxt endpoint cost: costs come in fractions (OKX 1.67, Kraken 0.5),
 # so a slot is a tenth of a cost unit rather than rounding every call up to a whole one.
@@ -122,8 +122,7 @@ def call(provider_key: str, name: str, scope: str, fn: Callable[..., T], *args: 
         ) from None
     except (ccxt.RateLimitExceeded, ccxt.DDoSProtection):
         reason = f"{name} asked us to slow down."
-        get_limiter().block(provider_key, DEFAULT_RATE_LIMIT_WAIT_S, scope=scope, reason=reason)
-        raise BrokerRateLimitError(reason, provider=provider_key, retry_after=DEFAULT_RATE_LIMIT_WAIT_S) from None
+        raise blocked(provider_key, reason, DEFAULT_RATE_LIMIT_WAIT_S, provider=provider_key, scope=scope) from None
     except ccxt.RequestTimeout:
         raise BrokerTimeoutError(f"{name} did not answer in time.", provider=provider_key) from None
     except ccxt.OnMaintenance:
@@ -136,9 +135,7 @@ def call(provider_key: str, name: str, scope: str, fn: Callable[..., T], *args: 
             provider=provider_key,
         ) from None
     except ccxt.BadResponse:
-        raise BrokerAPIError(
-            f"{name} sent an answer we could not read.", provider=provider_key, transient=True
-        ) from None
+        raise unreadable(name, provider=provider_key) from None
     except ccxt.BaseError as exc:
         raise BrokerAPIError(
             f"{name} rejected a request ({type(exc).__name__}). Retrying will not help — please report it.",
@@ -146,6 +143,4 @@ def call(provider_key: str, name: str, scope: str, fn: Callable[..., T], *args: 
         ) from None
     except (KeyError, IndexError, TypeError, ValueError):
         # ccxt's parsers meeting a body that is not the documented shape (a half answer, HTML).
-        raise BrokerAPIError(
-            f"{name} sent an answer we could not read.", provider=provider_key, transient=True
-        ) from None
+        raise unreadable(name, provider=provider_key) from None
