@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from journal.models import Trade
+from journal.models import REPORTED_FIELDS, Trade
 
 
 @admin.register(Trade)
@@ -11,6 +11,7 @@ class TradeAdmin(admin.ModelAdmin):
     list_filter = ["side", "asset_class", "currency", "account__connection__broker_type"]
     search_fields = ["symbol", "broker_trade_id", "account__external_id"]
     date_hierarchy = "executed_at"
+    fields = ["account", *REPORTED_FIELDS, "imported_at", "deleted_at"]
 
     def has_add_permission(self, request):
         return False

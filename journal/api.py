@@ -10,7 +10,7 @@ from rest_framework import generics, serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 
-from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE, TRADE_DATE_RULE, Trade
+from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE, REPORTED_FIELDS, TRADE_DATE_RULE, Trade
 from journal.selectors import trades_visible_to
 
 # Ids are 64-bit: a larger one cannot exist, and the database would refuse it with an error.
@@ -47,23 +47,13 @@ class TradeSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Trade
+        # The broker's own record (raw) stays in the admin: it may hold fields no trader needs.
         fields = [
             "id",
             "connection",
             "account",
             "account_external_id",
-            "broker_trade_id",
-            "order_id",
-            "symbol",
-            "asset_class",
-            "side",
-            "quantity",
-            "price",
-            "fees",
-            "fee_currency",
-            "currency",
-            "multiplier",
-            "executed_at",
+            *(name for name in REPORTED_FIELDS if name != "raw"),
             "imported_at",
         ]
         read_only_fields = fields

@@ -13,37 +13,17 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from functools import cache
 from itertools import islice
-from typing import Any, Protocol
+from operator import attrgetter
+from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
-from journal.models import Trade
-
-
-class NormalizedTrade(Protocol):
-    """What the journal needs of one execution (brokers' BrokerTrade has this shape)."""
-
-    broker_trade_id: str
-    order_id: str
-    symbol: str
-    asset_class: str
-    side: str
-    quantity: Decimal
-    price: Decimal
-    fees: Decimal
-    fee_currency: str
-    currency: str
-    multiplier: Decimal
-    expiry: date | None
-    strike: Decimal | None
-    option_right: str
-    fx_rate_to_base: Decimal | None
-    executed_at: datetime
-    raw: Any
+from brokers.providers.types import BrokerTrade
+from journal.models import REPORTED_FIELDS, Trade
 
 
 @dataclass
@@ -57,53 +37,70 @@ class ImportResult:
         return self
 
 
-_COLUMNS = (
-    "account_id",
-    "broker_trade_id",
-    "order_id",
-    "symbol",
-    "asset_class",
-    "side",
-    "quantity",
-    "price",
-    "fees",
-    "fee_currency",
-    "currency",
-    "multiplier",
-    "expiry",
-    "strike",
-    "option_right",
-    "fx_rate_to_base",
-    "executed_at",
-    "raw",
-    "imported_at",
-)
-
-
-# Column types for PostgreSQL's unnest(), in _COLUMNS order.
-_POSTGRES_TYPES = (
-    "bigint",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "numeric",
-    "numeric",
-    "numeric",
-    "text",
-    "text",
-    "numeric",
-    "date",
-    "numeric",
-    "text",
-    "numeric",
-    "timestamptz",
-    "jsonb",
-    "timestamptz",
-)
+# The columns each row writes: the account, what the broker reported (the one description of a
+# trade's fields, journal.models.REPORTED_FIELDS), and when it was imported.
+_COLUMN_FIELDS = ("account", *REPORTED_FIELDS, "imported_at")
+_COLUMNS = tuple(Trade._meta.get_field(name).column for name in _COLUMN_FIELDS)
+_reported = attrgetter(*REPORTED_FIELDS)
 # One encoder for every row: json.dumps with options builds a new encoder on each call.
 _RAW_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
+def _as_json(value) -> str:
+    return _RAW_JSON.encode(dict(value))
+
+
+def _as_sqlite_date(value: date | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _as_sqlite_moment(value: datetime) -> str:
+    # As Django stores a datetime on SQLite: naive UTC text.
+    return str(value.astimezone(UTC).replace(tzinfo=None))
+
+
+def _converters(sqlite: bool) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    """(position, conversion) for the reported fields whose Python value the driver cannot take as is."""
+    found = []
+    for position, name in enumerate(REPORTED_FIELDS):
+        field = Trade._meta.get_field(name)
+        if isinstance(field, models.JSONField):
+            found.append((position, _as_json))
+        elif sqlite and isinstance(field, models.DateTimeField):
+            found.append((position, _as_sqlite_moment))
+        elif sqlite and isinstance(field, models.DateField):
+            found.append((position, _as_sqlite_date))
+    return tuple(found)
+
+
+_SQLITE_CONVERTERS = _converters(sqlite=True)
+_POSTGRES_CONVERTERS = _converters(sqlite=False)
+
+
+def _postgres_type(field: models.Field) -> str:
+    # Bare text and numeric: an explicit cast to varchar(n) would cut a longer value silently,
+    # where the column itself refuses it; the column keeps its own scale for numbers.
+    if isinstance(field, models.CharField):
+        return "text"
+    if isinstance(field, models.DecimalField):
+        return "numeric"
+    return field.db_type(connection)
+
+
+@cache
+def _postgres_types() -> tuple[str, ...]:
+    """Each column's type for unnest(), read off the model, so a new trade field needs no edit here."""
+    return tuple(_postgres_type(Trade._meta.get_field(name)) for name in _COLUMN_FIELDS)
+
+
+def _rows(account_id: int, batch: list[BrokerTrade], converters, stamped) -> list[list]:
+    rows = []
+    for t in batch:
+        row = [account_id, *_reported(t), stamped]
+        for position, convert in converters:
+            row[position + 1] = convert(row[position + 1])
+        rows.append(row)
+    return rows
 
 
 def _conflict_clause() -> str:
@@ -115,50 +112,22 @@ def _target() -> str:
     return f"INSERT INTO {table} ({', '.join(connection.ops.quote_name(c) for c in _COLUMNS)})"
 
 
-def _postgres_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: datetime) -> int:
+def _postgres_batch(cursor, account_id: int, batch: list[BrokerTrade], now: datetime) -> int:
     """One short, constant statement with a column of values per parameter.
 
     A multi-row VALUES list of 28,000 placeholders is re-parsed by the driver on every batch
     (psycopg caches only short statements); arrays through unnest() keep the SQL constant
     and measured about twice as fast (bench/RESULTS.md).
     """
-    columns = [
-        [account_id] * len(batch),
-        *([getattr(t, name) for t in batch] for name in _COLUMNS[1:-2]),
-        [_RAW_JSON.encode(dict(t.raw)) for t in batch],
-        [now] * len(batch),
-    ]
-    arrays = ", ".join(f"%s::{kind}[]" for kind in _POSTGRES_TYPES)
+    columns = [list(column) for column in zip(*_rows(account_id, batch, _POSTGRES_CONVERTERS, now), strict=True)]
+    arrays = ", ".join(f"%s::{kind}[]" for kind in _postgres_types())
     cursor.execute(f"{_target()} SELECT * FROM unnest({arrays}) {_conflict_clause()}", columns)
     return cursor.rowcount
 
 
-def _sqlite_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: datetime) -> int:
+def _sqlite_batch(cursor, account_id: int, batch: list[BrokerTrade], now: datetime) -> int:
     """One multi-row VALUES statement; datetimes written as Django stores them (naive UTC text)."""
-    stored_now = str(now.astimezone(UTC).replace(tzinfo=None))
-    params = []
-    for t in batch:
-        params += (
-            account_id,
-            t.broker_trade_id,
-            t.order_id,
-            t.symbol,
-            t.asset_class,
-            t.side,
-            t.quantity,
-            t.price,
-            t.fees,
-            t.fee_currency,
-            t.currency,
-            t.multiplier,
-            t.expiry.isoformat() if t.expiry else None,
-            t.strike,
-            t.option_right,
-            t.fx_rate_to_base,
-            str(t.executed_at.astimezone(UTC).replace(tzinfo=None)),
-            _RAW_JSON.encode(dict(t.raw)),
-            stored_now,
-        )
+    params = [value for row in _rows(account_id, batch, _SQLITE_CONVERTERS, _as_sqlite_moment(now)) for value in row]
     one_row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
     cursor.execute(f"{_target()} VALUES {', '.join([one_row] * len(batch))} {_conflict_clause()}", params)
     return cursor.rowcount
@@ -171,8 +140,8 @@ def _batch_size() -> int:
 
 def import_trades(
     account_id: int,
-    trades: Iterable[NormalizedTrade],
-    on_batch_committed: Callable[[list[NormalizedTrade]], None] | None = None,
+    trades: Iterable[BrokerTrade],
+    on_batch_committed: Callable[[list[BrokerTrade]], None] | None = None,
 ) -> ImportResult:
     """Insert the trades of one account; duplicates are skipped and counted. Batches commit one by one.
 
@@ -197,13 +166,13 @@ def import_trades(
             return result
 
 
-def _next_batch(iterator, size: int) -> tuple[list[NormalizedTrade], Exception | None]:
+def _next_batch(iterator, size: int) -> tuple[list[BrokerTrade], Exception | None]:
     """Up to `size` trades, and what stopped the source early (a broker's pause or failure).
 
     The trades read before the source stopped are still committed: a run paused halfway
     through a backfill resumes after them instead of fetching them again.
     """
-    batch: list[NormalizedTrade] = []
+    batch: list[BrokerTrade] = []
     try:
         batch.extend(islice(iterator, size))
     except Exception as exc:  # the source raised after yielding some trades; islice kept them

@@ -60,6 +60,29 @@ class Trade(models.Model):
         return f"{self.side} {self.quantity} {self.symbol} @ {self.price}"
 
 
+# What a broker reports of one execution (brokers.providers.types.BrokerTrade has each): the one
+# description of a trade's fields that the import writes, the API shows and the admin lists.
+REPORTED_FIELDS = (
+    "broker_trade_id",
+    "order_id",
+    "symbol",
+    "asset_class",
+    "side",
+    "quantity",
+    "price",
+    "fees",
+    "fee_currency",
+    "currency",
+    "multiplier",
+    "expiry",
+    "strike",
+    "option_right",
+    "fx_rate_to_base",
+    "executed_at",
+    "raw",
+)
+
+
 @cache
 def _known_time_zones() -> frozenset[str]:
     # Scanning the tz database is slow and it does not change while the process runs.
