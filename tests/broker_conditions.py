@@ -17,9 +17,10 @@ from pathlib import Path
 
 import requests
 
-from brokers import selectors, services
+from brokers import services
 from brokers.models import BrokerConnection, SyncLog
 from brokers.providers import snaptrade
+from brokers.vocabulary import display_status
 from journal.models import Trade
 from sync.models import Notice
 from tests.realprocess import celery_processes, finished_logs, send_sync, wait_for
@@ -109,7 +110,7 @@ def retry_waits_longer_than_the_lock(trader, tmp_path: Path, timings: Timings) -
 
             def finished():
                 connection.refresh_from_db()
-                seen.add(selectors.connection_display_status(connection))
+                seen.add(display_status(connection))
                 return finished_logs(connection).first()
 
             log = wait_for(finished, timings.retry_wait_s * 3 + 60, interval=0.1, message="the run to give up")
