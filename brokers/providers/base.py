@@ -51,6 +51,12 @@ class BrokerProvider(ABC):
       transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
                          layer retries them a few times before the run's own retries); add 500
                          only where the broker's docs call it transient
+      provisions         authenticate() creates something at the broker (MetaApi's MT account): the
+                         connection is saved only once it worked, so its refusal is a form error and
+                         the session it made is kept; forget() removes it when the connection goes
+
+    notes: what a run should tell the trader beyond its counts (e.g. history the broker cut short);
+    the run keeps them in the SyncLog's detail.
     """
 
     key: ClassVar[str]
@@ -68,12 +74,14 @@ class BrokerProvider(ABC):
     oauth: ClassVar[OAuthSpec | None] = None
     portal: ClassVar[bool] = False
     link_fields: ClassVar[tuple[str, ...]] = ()
+    provisions: ClassVar[bool] = False
 
     def __init__(self, environment: str = ""):
         self.environment = environment or (self.environments[0][0] if self.environments else "")
         self._http: BrokerHTTP | None = None
         # The sync run this instance works for (set by the registry); "" outside a run.
         self.run_id = ""
+        self.notes: list[str] = []
 
     @classmethod
     def signs_in_at_broker(cls) -> bool:
@@ -168,3 +176,7 @@ class BrokerProvider(ABC):
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
         """Executions of one account in [since, until], fetched page by page as they are consumed."""
+
+    def forget(self, credentials: BrokerCredentials, auth: AuthResult | None) -> None:
+        """Remove what authenticate() provisioned at the broker, as the connection is deleted; most have nothing."""
+        return
