@@ -1,6 +1,6 @@
 from django.urls import path
 
-from brokers import oauth_views, snaptrade_views, views
+from brokers import oauth_views, snaptrade_views, suggest_views, views
 
 app_name = "brokers"
 urlpatterns = [
@@ -16,4 +16,5 @@ urlpatterns = [
     path("oauth/callback/", oauth_views.callback, name="oauth_callback"),
     path("snaptrade/connect/", snaptrade_views.connect, name="snaptrade_connect"),
     path("snaptrade/key/", snaptrade_views.save_key, name="snaptrade_key"),
+    path("<str:broker_type>/suggest/<str:field>/", suggest_views.suggest, name="suggest"),
 ]

@@ -177,6 +177,10 @@ class BrokerProvider(ABC):
     ) -> Iterator[BrokerTrade]:
         """Executions of one account in [since, until], fetched page by page as they are consumed."""
 
+    def suggestions(self, field: str, query: str, values: Mapping[str, str]) -> list[tuple[str, str]]:
+        """(value, label) pairs for a field declared with suggest=True, from what the trader typed so far."""
+        return []
+
     def forget(self, credentials: BrokerCredentials, auth: AuthResult | None) -> None:
         """Remove what authenticate() provisioned at the broker, as the connection is deleted; most have nothing."""
         return

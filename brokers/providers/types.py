@@ -23,6 +23,8 @@ class CredentialField:
     required: bool = True
     help_text: str = ""
     choices: tuple[tuple[str, str], ...] = ()
+    # The form offers the provider's suggestions (BrokerProvider.suggestions) as the trader types.
+    suggest: bool = False
 
 
 @dataclass(frozen=True)
