@@ -27,6 +27,7 @@ from urllib.parse import quote
 import requests
 import structlog
 from django.conf import settings
+from django.utils.crypto import salted_hmac
 
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import (
@@ -699,7 +700,8 @@ def _not_ready(response: requests.Response) -> bool:
 
 
 def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    # Keyed: an investor password is short, and a plain hash of it in a Redis key could be guessed back.
+    return salted_hmac("brokers.metaapi", "\x1f".join(parts), algorithm="sha256").hexdigest()
 
 
 register(MetaTraderProvider)

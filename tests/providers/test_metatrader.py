@@ -12,8 +12,8 @@ import pytest
 import responses
 from django.core.exceptions import ValidationError
 
-from brokers import services
-from brokers.models import BrokerAccount, BrokerConnection
+from brokers import governance, services
+from brokers.models import BrokerAccount, BrokerConnection, KnownProvider
 from brokers.providers import ratelimit
 from brokers.providers.errors import BrokerAuthError, BrokerRateLimitError, BrokerSetupError
 from brokers.providers.metaapi import PROVISIONING_URL
@@ -21,6 +21,7 @@ from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredentials
 from journal.importing import import_trades
 from journal.models import Trade
+from sync import runs
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
 from tests.sim_metaapi import OPERATOR_TOKEN, MetaApiSim, configure, stamp
 
@@ -445,3 +446,40 @@ def test_the_add_page_shows_provisioning_errors_on_their_fields_and_offers_serve
     assert {"value": "ICMarketsSC-MT5", "label": "Raw Trading Ltd"} in found.json()["suggestions"]
     options = client.get("/brokers/metatrader/suggest/server/", {"cred_server": "pepper"}, HTTP_HX_REQUEST="true")
     assert b'<option value="Pepperstone-Demo">Pepperstone Group Limited</option>' in options.content
+
+
+@pytest.mark.django_db
+def test_a_new_investor_password_goes_to_the_same_metaapi_account(sim, trader):
+    typed = dict(credentials().values)
+    connection = services.connection_create(
+        owner=trader, broker_type="metatrader", label="MT5", credentials=typed, sync_enabled=False
+    )
+    sim.brokers[("mt5", SERVER, LOGIN)] = "new-investor-pw"
+    services.connection_update(connection.pk, credentials={**typed, "investor_password": "new-investor-pw"})
+    [account] = sim.provisioned()
+    assert account["password"] == "new-investor-pw"
+    assert BrokerConnection.objects.get(pk=connection.pk).auth.extra["account_id"] == account["_id"]
+
+
+@pytest.mark.django_db
+def test_a_first_mt5_import_cut_at_5000_deals_says_so_on_the_card_after_later_syncs(sim, trader, client, settings):
+    settings.METAAPI_CONNECT_POLL_S = 0.05
+    for n in range(5000):
+        sim.add_deal(MT_ACCOUNT, at=datetime.now(UTC) - timedelta(days=5, minutes=n))
+    connection = services.connection_create(
+        owner=trader, broker_type="metatrader", label="MT5", credentials=dict(credentials().values), sync_enabled=False
+    )
+    first = runs.run_inline(connection.pk)
+    runs.run_inline(connection.pk)
+    client.force_login(trader)
+    card = client.get("/brokers/").content.decode()
+    assert first.trades_imported == 5000 and "note" in first.detail[MT_ACCOUNT]
+    assert "First import:" in card and "older trades are missing" in card
+
+
+@pytest.mark.django_db
+def test_the_product_manager_is_told_of_metatrader(mailoutbox, settings):
+    settings.MANAGERS = [("PM", "pm@example.com")]
+    KnownProvider.objects.filter(key="metatrader").delete()  # as on the deploy that brings it
+    assert governance.announce_new_providers() == ["MetaTrader 4/5 (any broker, through MetaApi) (metatrader)"]
+    assert "MetaTrader 4/5 (any broker, through MetaApi) (metatrader)" in mailoutbox[0].body
