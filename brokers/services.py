@@ -8,6 +8,7 @@ only translate that error into their own shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import structlog
@@ -19,7 +20,7 @@ from django.views.decorators.debug import sensitive_variables
 from brokers import schedules
 from brokers.crypto import CredentialsUnreadable
 from brokers.models import INTERVAL_RULE, BrokerConnection
-from brokers.providers.errors import BrokerConfigurationError, BrokerError
+from brokers.providers.errors import BrokerConfigurationError, BrokerError, BrokerRateLimitError
 from brokers.providers.registry import get_broker_provider, get_provider_class
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredentials
 
@@ -114,7 +115,10 @@ def _provisioned(connection: BrokerConnection, credentials: Mapping[str, str]) -
     try:
         return provider.authenticate(BrokerCredentials(values=dict(credentials), environment=connection.environment))
     except BrokerError as exc:
-        raise ValidationError({exc.field or NON_FIELD_ERRORS: exc.message}, code=exc.kind) from None
+        message = exc.message
+        if isinstance(exc, BrokerRateLimitError):
+            message += f" Try again in {math.ceil(exc.retry_after or 1)} s."
+        raise ValidationError({exc.field or NON_FIELD_ERRORS: message}, code=exc.kind) from None
 
 
 def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:

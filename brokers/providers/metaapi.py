@@ -78,6 +78,8 @@ GONE = {"DELETING", "DELETE_FAILED", "DRAFT"}
 NOT_READY_ERRORS = {"NotSynchronizedError", "NotAuthenticatedError"}
 PROVISIONING_BUCKETS = ("requests", "provisioning")
 REQUEST_BUCKETS = ("requests",)
+# The server search runs as traders type: its own bucket, so typing never starves a sync.
+SEARCH_BUCKETS = ("search",)
 SPEC_CACHE_S = 24 * 3600
 SERVERS_CACHE_S = 24 * 3600
 # MetaApi's SDK keeps the client API's domain about this long.
@@ -271,7 +273,8 @@ class MetaTraderProvider(BrokerProvider):
         cached = client.get(cache_key)
         if cached:
             return [tuple(pair) for pair in json.loads(cached)]
-        response = self._call(token, False, "GET", f"/known-mt-servers/{version}/search", params={"query": words})
+        path = f"/known-mt-servers/{version}/search"
+        response = self._call(token, False, "GET", path, params={"query": words}, buckets=SEARCH_BUCKETS)
         body = self.http.json(response)
         pairs = sorted(
             (str(server), str(broker))
@@ -347,7 +350,7 @@ class MetaTraderProvider(BrokerProvider):
             json=body,
             headers=headers,
             allow=(202, 400),
-            provisioning=True,
+            buckets=PROVISIONING_BUCKETS,
         )
         if response.status_code == 202:
             client.expire(pending, TRANSACTION_LIFE_S)
@@ -630,7 +633,7 @@ class MetaTraderProvider(BrokerProvider):
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         allow: tuple[int, ...] = (),
-        provisioning: bool = False,
+        buckets: tuple[str, ...] = REQUEST_BUCKETS,
         idempotent: bool | None = None,
     ) -> requests.Response:
         scope = scope_for(token)
@@ -638,7 +641,7 @@ class MetaTraderProvider(BrokerProvider):
             method,
             path_or_url,
             scope=scope,
-            buckets=PROVISIONING_BUCKETS if provisioning else REQUEST_BUCKETS,
+            buckets=buckets,
             allow_statuses=(401, 403, 429, *allow),
             idempotent=idempotent,
             params=params,

@@ -483,3 +483,13 @@ def test_the_product_manager_is_told_of_metatrader(mailoutbox, settings):
     KnownProvider.objects.filter(key="metatrader").delete()  # as on the deploy that brings it
     assert governance.announce_new_providers() == ["MetaTrader 4/5 (any broker, through MetaApi) (metatrader)"]
     assert "MetaTrader 4/5 (any broker, through MetaApi) (metatrader)" in mailoutbox[0].body
+
+
+@pytest.mark.django_db
+def test_saving_while_metaapi_detects_the_server_says_when_to_try_again_and_saves_nothing(sim, trader):
+    sim.detection_202 = 1
+    with pytest.raises(ValidationError) as info:
+        services.connection_create(
+            owner=trader, broker_type="metatrader", label="MT5", credentials=dict(credentials().values)
+        )
+    assert "Try again in 1 s." in " ".join(info.value.messages) and not BrokerConnection.objects.exists()
