@@ -239,10 +239,11 @@ def _delete(connection_id: int) -> None:
 @sensitive_variables()
 def _forget_at_broker(connection_id: int) -> None:
     connection = BrokerConnection.objects.filter(pk=connection_id).first()
-    if connection is None:
-        return
-    provider = get_broker_provider(connection.broker_type, connection.environment)
-    if not provider.provisions:
+    try:
+        provider = get_broker_provider(connection.broker_type, connection.environment) if connection else None
+    except BrokerConfigurationError:
+        return  # a broker no longer installed: nothing of ours can reach it
+    if provider is None or not provider.provisions:
         return
     try:
         provider.forget(connection.broker_credentials(), connection.auth)

@@ -493,3 +493,15 @@ def test_saving_while_metaapi_detects_the_server_says_when_to_try_again_and_save
             owner=trader, broker_type="metatrader", label="MT5", credentials=dict(credentials().values)
         )
     assert "Try again in 1 s." in " ".join(info.value.messages) and not BrokerConnection.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_connection_is_deleted_even_when_metaapi_cannot_remove_its_account(sim, trader, caplog):
+    connection = services.connection_create(
+        owner=trader, broker_type="metatrader", label="MT5", credentials=dict(credentials().values), sync_enabled=False
+    )
+    sim.fail_every(1, 500)
+    with caplog.at_level("WARNING"):
+        services.connection_delete(connection.pk)
+    assert not BrokerConnection.objects.exists() and len(sim.provisioned()) == 1
+    assert "broker_provision_not_removed" in caplog.text and SECRET_MARK not in caplog.text
