@@ -243,7 +243,7 @@ class MetaTraderProvider(BrokerProvider):
     def forget(self, credentials: BrokerCredentials, auth: AuthResult | None) -> None:
         """Remove the MetaApi account this journal provisioned for the connection, if there is one."""
         if auth is not None and auth.extra.get("account_id"):
-            token, own, account_id = auth.token, bool(auth.extra.get("own_token")), auth.extra["account_id"]
+            (token, own), account_id = self._caller(auth), auth.extra["account_id"]
         else:
             token, own = self._token(credentials)
             found = self._find(token, own, credentials["platform"], credentials["server"], credentials["login"])
@@ -436,7 +436,7 @@ class MetaTraderProvider(BrokerProvider):
     # --- deployment --------------------------------------------------------------------------
     def _account(self, auth: AuthResult) -> dict:
         path = f"/users/current/accounts/{auth.extra['account_id']}"
-        response = self._call(auth.token, bool(auth.extra.get("own_token")), "GET", path, allow=(404,))
+        response = self._call(*self._caller(auth), "GET", path, allow=(404,))
         account = self.http.json(response) if response.status_code != 404 else None
         if not isinstance(account, dict) or account.get("state") in GONE:
             raise BrokerAuthError(
@@ -451,15 +451,16 @@ class MetaTraderProvider(BrokerProvider):
         """The account once its terminal is deployed and connected; until then a wait with the run paused."""
         account = self._account(auth)
         state, status = account.get("state"), account.get("connectionStatus")
-        if (state, status) == READY:
-            return account
         account_id = auth.extra["account_id"]
         marker = f"metatrader:deploying:{scope_for(account_id)}"
-        marker_life = max(60, int(settings.METAAPI_CONNECT_TIMEOUT_S * 2))
         client = get_limiter().client
+        if (state, status) == READY:
+            client.delete(marker)  # the next wait for this terminal is timed afresh
+            return account
+        marker_life = max(60, int(settings.METAAPI_CONNECT_TIMEOUT_S * 2))
         if state in DEPLOYABLE:
             path = f"/users/current/accounts/{account_id}/deploy"
-            self._call(auth.token, bool(auth.extra.get("own_token")), "POST", path, idempotent=True)
+            self._call(*self._caller(auth), "POST", path, idempotent=True)
             client.set(marker, datetime.now(UTC).isoformat(), ex=marker_life)
             reason = "Starting your MetaTrader terminal at MetaApi: the first connection can take a few minutes."
         else:
@@ -487,7 +488,7 @@ class MetaTraderProvider(BrokerProvider):
             return
         path = f"/users/current/accounts/{auth.extra['account_id']}/undeploy"
         try:
-            self._call(auth.token, bool(auth.extra.get("own_token")), "POST", path, idempotent=True)
+            self._call(*self._caller(auth), "POST", path, idempotent=True)
         except BrokerError as exc:
             if not quietly:
                 raise
@@ -501,8 +502,7 @@ class MetaTraderProvider(BrokerProvider):
         client = get_limiter().client
         domain = client.get("metatrader:client-domain")
         if domain is None:
-            own = bool(auth.extra.get("own_token"))
-            answer = self.http.json(self._call(auth.token, own, "GET", "/users/current/servers/mt-client-api"))
+            answer = self.http.json(self._call(*self._caller(auth), "GET", "/users/current/servers/mt-client-api"))
             domain = str((answer or {}).get("domain") or "agiliumtrade.ai").encode()
             client.set("metatrader:client-domain", domain, ex=DOMAIN_CACHE_S)
         region = str(account.get("region") or "new-york")
@@ -611,8 +611,16 @@ class MetaTraderProvider(BrokerProvider):
             ) from None
 
     # --- requests ----------------------------------------------------------------------------
+    @staticmethod
+    def _caller(auth: AuthResult) -> tuple[str, bool]:
+        """The token a session's calls send, and whether it is the trader's own."""
+        own = bool(auth.extra.get("own_token"))
+        # An operator's session follows the installation's current token: replacing METAAPI_TOKEN
+        # needs no reconnect (MetaApi's accounts belong to the user, not to one token).
+        return (auth.token if own else operator_token() or auth.token), own
+
     def _client_call(self, auth: AuthResult, url: str, *, params=None, allow: tuple[int, ...] = ()):
-        response = self._call(auth.token, bool(auth.extra.get("own_token")), "GET", url, params=params, allow=(404,))
+        response = self._call(*self._caller(auth), "GET", url, params=params, allow=(404,))
         if (response.status_code == 404 and 404 not in allow) or _not_ready(response):
             # The terminal is not connected or not synchronised yet: MetaApi's answer is "try after a while".
             raise BrokerRateLimitError(

@@ -505,3 +505,10 @@ def test_a_connection_is_deleted_even_when_metaapi_cannot_remove_its_account(sim
         services.connection_delete(connection.pk)
     assert not BrokerConnection.objects.exists() and len(sim.provisioned()) == 1
     assert "broker_provision_not_removed" in caplog.text and SECRET_MARK not in caplog.text
+
+
+def test_an_operator_s_session_follows_a_replaced_metaapi_token(sim, provider, settings):
+    auth = provider.authenticate(credentials(metaapi_token=""))
+    sim.tokens = {TOKEN, "the-new-operator-token"}
+    settings.METAAPI_TOKEN = "the-new-operator-token"
+    assert [a.external_id for a in provider.get_accounts(auth)] == [MT_ACCOUNT]
