@@ -115,11 +115,11 @@ def measure(sim, fills: set[str]) -> dict:
         "deployed_s": sum(sim.deployed_s.values()),
         "state": account["state"],
         "account_id": account["_id"],
-        "deals_per_window": _deals_per_window(sim, account),
+        "deals_per_window": _deals_per_window(sim),
     }
 
 
-def _deals_per_window(sim, account) -> list[int]:
+def _deals_per_window(sim) -> list[int]:
     from brokers.providers.metaapi import WINDOW, MetaTraderProvider
 
     until = datetime.now(UTC)

@@ -88,7 +88,6 @@ class MetaApiSim(LoopbackServer):
         self._transactions: dict[str, str] = {}
         self._next_deal = 100000
         self._patterns = [
-            ("GET", r"/users/current/servers/mt-client-api", self._domain),
             ("GET", r"/known-mt-servers/([45])/search", self._search),
             ("GET", r"/users/current/accounts", self._list),
             ("POST", r"/users/current/accounts", self._create),
@@ -193,9 +192,6 @@ class MetaApiSim(LoopbackServer):
         )
 
     # --- provisioning ------------------------------------------------------------------------
-    def _domain(self, request):
-        return 200, {"domain": "agiliumtrade.ai", "hostname": "mt-client-api-v1"}
-
     def _search(self, request, version):
         words = request.query.get("query", "").lower().split()
         found = {
