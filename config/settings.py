@@ -381,8 +381,10 @@ METAAPI_REGION = env("METAAPI_REGION", "")
 METAAPI_CLIENT_URL = env("METAAPI_CLIENT_URL", "")
 # While a terminal starts or loads history the run pauses this long between looks (lock held)...
 METAAPI_CONNECT_POLL_S = float(env("METAAPI_CONNECT_POLL_S", "30"))
-# ... and gives up (a retried failure) when it has not connected within this long.
-METAAPI_CONNECT_TIMEOUT_S = float(env("METAAPI_CONNECT_TIMEOUT_S", "600"))
+# ... and gives up (a retried failure that undeploys it) when it has not connected within this long.
+# Keep it under the run's 20 pauses x the poll (sync/policy.py), or the run gives up first and the
+# terminal stays deployed until the next sync.
+METAAPI_CONNECT_TIMEOUT_S = float(env("METAAPI_CONNECT_TIMEOUT_S", "480"))
 # The public address of /brokers/oauth/callback/, exactly as registered with each broker's app.
 OAUTH_CALLBACK_URL = env("OAUTH_CALLBACK_URL", "")
 # A sign-in must come back within this long; its state is single use and bound to the session.
