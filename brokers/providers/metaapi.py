@@ -7,7 +7,7 @@ field: the trader pays and sees the account in their MetaApi dashboard). MetaApi
 used: its licence allows it only inside MetaApi's own service (docs/brokers/metatrader.md).
 
 Who is who: one journal connection is one MT account (platform, server, login); authenticate()
-finds the MetaApi account this journal provisioned for it (tagged TAG) or creates it, and the
+finds the MetaApi account this journal provisioned for it (tagged, see metaapi_accounts.py) or adds it, and the
 session carries the token and MetaApi's account id. A sync deploys the terminal (billed by the
 hour), waits with the run paused until it is connected, reads the deals, and undeploys again
 unless METAAPI_KEEP_DEPLOYED. Deleting the connection removes the MetaApi account (forget()).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -27,7 +26,6 @@ from urllib.parse import quote
 import requests
 import structlog
 from django.conf import settings
-from django.utils.crypto import salted_hmac
 
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import (
@@ -37,8 +35,16 @@ from brokers.providers.errors import (
     BrokerRateLimitError,
     BrokerSetupError,
 )
-from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S, parse_retry_after
-from brokers.providers.ratelimit import capped_wait, get_limiter, scope_for
+from brokers.providers.metaapi_accounts import (
+    GONE,
+    MetaApiAccounts,
+    body_of,
+    digest,
+    metaapi_id,
+    operator_token,
+    parse_time,
+)
+from brokers.providers.ratelimit import get_limiter, scope_for
 from brokers.providers.registry import register
 from brokers.providers.types import (
     BUY,
@@ -54,9 +60,6 @@ from brokers.validators import printable
 log = structlog.get_logger("brokers.metaapi")
 
 PROVISIONING_URL = "https://mt-provisioning-api-v1.agiliumtrade.agiliumtrade.ai"
-# Marks the MetaApi accounts this journal made: only those are reused and removed, never an
-# account the trader added to their own MetaApi dashboard by hand.
-TAG = "trading-journal"
 PLATFORMS = (("mt5", "MetaTrader 5"), ("mt4", "MetaTrader 4"))
 # Only buys and sells are fills; a cancelled one is a bust of the deal with the same ticket
 # (MetaTrader changes the deal's type in place). Balance, credit, commission, interest,
@@ -73,65 +76,19 @@ G2_DEAL_LIMIT = 5000
 READY = ("DEPLOYED", "CONNECTED")
 # States from which a deploy starts the terminal; the others are on their way somewhere.
 DEPLOYABLE = {"CREATED", "UNDEPLOYED", "DEPLOY_FAILED", "REDEPLOY_FAILED", "UNDEPLOY_FAILED"}
-GONE = {"DELETING", "DELETE_FAILED", "DRAFT"}
 # Client errors that mean "the terminal is not ready yet", not a failure.
 NOT_READY_ERRORS = {"NotSynchronizedError", "NotAuthenticatedError"}
-PROVISIONING_BUCKETS = ("requests", "provisioning")
-REQUEST_BUCKETS = ("requests",)
-# The server search runs as traders type: its own bucket, so typing never starves a sync.
-SEARCH_BUCKETS = ("search",)
 SPEC_CACHE_S = 24 * 3600
-SERVERS_CACHE_S = 24 * 3600
 # MetaApi's SDK keeps the client API's domain about this long.
 DOMAIN_CACHE_S = 600
-# MetaApi bills refused adds and advises against repeating them: the same login and password
-# are not sent again for a day after the broker refused them.
-REFUSAL_MEMORY_S = 24 * 3600
-# How long an add answered 202 (settings detection, about a minute) may be repeated as the same add.
-TRANSACTION_LIFE_S = 15 * 60
-
-
-def operator_token() -> str:
-    return settings.METAAPI_TOKEN
 
 
 def _decimal(value: Any) -> Decimal:
     return Decimal(str(value if value is not None else 0))
 
 
-def _time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-
-
 def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _account_id(account: Mapping[str, Any]) -> str:
-    return str(account.get("_id") or account.get("id") or "")
-
-
-def _error_code(body: Any) -> str:
-    """The validation code: older answers put it in `details`, newer ones in `details.code`."""
-    if not isinstance(body, dict):
-        return ""
-    details = body.get("details")
-    if isinstance(details, str):
-        return details
-    if isinstance(details, dict):
-        return str(details.get("code") or "")
-    if isinstance(details, list) and details and isinstance(details[0], dict):
-        return str(details[0].get("code") or "")
-    return ""
-
-
-def _suggested_servers(body: Any) -> list[str]:
-    found = body.get("serversByBrokers") if isinstance(body, dict) else None
-    if not isinstance(found, dict) and isinstance(body, dict) and isinstance(body.get("details"), dict):
-        found = body["details"].get("serversByBrokers")
-    if not isinstance(found, dict):
-        return []
-    return [printable(str(s)) for servers in found.values() if isinstance(servers, list) for s in servers][:5]
 
 
 class MetaTraderProvider(BrokerProvider):
@@ -174,6 +131,10 @@ class MetaTraderProvider(BrokerProvider):
     trades_ascending = True
     provisions = True
 
+    @property
+    def api(self) -> MetaApiAccounts:
+        return MetaApiAccounts(self.http, key=self.key, limits_name=self.limits_name)
+
     @classmethod
     def validate_credentials(cls, values: Mapping[str, str], environment: str = "") -> dict[str, str]:
         problems = super().validate_credentials(values, environment)
@@ -193,18 +154,18 @@ class MetaTraderProvider(BrokerProvider):
         token, own = self._token(credentials)
         platform, server, login = credentials["platform"], credentials["server"], credentials["login"].strip()
         password = credentials["investor_password"]
-        refusal = f"metatrader:refused:{_digest(platform, server, login, password)}"
+        refusal = f"metatrader:refused:{digest(platform, server, login, password)}"
         if get_limiter().client.exists(refusal):
-            raise self._refused_login(remembered=True)
-        account = self._find(token, own, platform, server, login)
+            raise self.api.refused_login(remembered=True)
+        account = self.api.find(token, own, platform, server, login)
         if account is None:
-            account = self._create(token, own, platform, server, login, password, refusal)
+            account = self.api.create(token, own, platform, server, login, password, refusal)
         else:
-            self._update(token, own, account, password)
+            self.api.update(token, own, account, password)
         return AuthResult(
             token=token,
             extra={
-                "account_id": _account_id(account),
+                "account_id": metaapi_id(account),
                 "own_token": own,
                 "platform": platform,
                 "type": str(account.get("type") or "cloud-g2"),
@@ -246,44 +207,17 @@ class MetaTraderProvider(BrokerProvider):
             (token, own), account_id = self._caller(auth), auth.extra["account_id"]
         else:
             token, own = self._token(credentials)
-            found = self._find(token, own, credentials["platform"], credentials["server"], credentials["login"])
+            found = self.api.find(token, own, credentials["platform"], credentials["server"], credentials["login"])
             if found is None:
                 return
-            account_id = _account_id(found)
+            account_id = metaapi_id(found)
         path = f"/users/current/accounts/{account_id}"
-        response = self._call(token, own, "DELETE", path, allow=(404,))
+        response = self.api.call(token, own, "DELETE", path, allow=(404,))
         log.info("metaapi_account_removed", account_id=account_id, status=response.status_code)
 
     # --- what the connection form calls ------------------------------------------------------
     def suggestions(self, field: str, query: str, values: Mapping[str, str]) -> list[tuple[str, str]]:
-        return self.known_servers(query, values.get("platform") or "mt5") if field == "server" else []
-
-    def known_servers(self, query: str, platform: str) -> list[tuple[str, str]]:
-        """(server, broker company) pairs MetaApi knows for what the trader typed; cached for a day.
-
-        Uses the operator's token: without one the trader types the server name as the terminal shows it.
-        """
-        token = operator_token()
-        words = " ".join(query.split()).lower()[:64]
-        version = "4" if platform == "mt4" else "5"
-        if not token or len(words) < 2:
-            return []
-        client = get_limiter().client
-        cache_key = f"metatrader:servers:{version}:{hashlib.sha256(words.encode()).hexdigest()[:24]}"
-        cached = client.get(cache_key)
-        if cached:
-            return [tuple(pair) for pair in json.loads(cached)]
-        path = f"/known-mt-servers/{version}/search"
-        response = self._call(token, False, "GET", path, params={"query": words}, buckets=SEARCH_BUCKETS)
-        body = self.http.json(response)
-        pairs = sorted(
-            (str(server), str(broker))
-            for broker, servers in (body.items() if isinstance(body, dict) else [])
-            if isinstance(servers, list)
-            for server in servers
-        )
-        client.set(cache_key, json.dumps(pairs), ex=SERVERS_CACHE_S)
-        return pairs
+        return self.api.known_servers(query, values.get("platform") or "mt5") if field == "server" else []
 
     # --- provisioning ------------------------------------------------------------------------
     def _token(self, credentials: BrokerCredentials) -> tuple[str, bool]:
@@ -299,144 +233,10 @@ class MetaTraderProvider(BrokerProvider):
             field="metaapi_token",
         )
 
-    def _find(self, token: str, own: bool, platform: str, server: str, login: str) -> dict | None:
-        params = {"query": login, "platform": platform, "limit": 1000}
-        response = self._call(token, own, "GET", "/users/current/accounts", params=params)
-        body = self.http.json(response)
-        rows = body.get("items") if isinstance(body, dict) else body
-        for row in rows if isinstance(rows, list) else []:
-            if (
-                str(row.get("login")) == login
-                and row.get("server") == server
-                and TAG in (row.get("tags") or [])
-                and row.get("state") not in GONE
-            ):
-                return row
-        return None
-
-    def _create(
-        self, token: str, own: bool, platform: str, server: str, login: str, password: str, refusal: str
-    ) -> dict:
-        body = {
-            "name": f"{platform.upper()} {login} ({server})",
-            "login": login,
-            "password": password,
-            "server": server,
-            "platform": platform,
-            "type": "cloud-g2",
-            "magic": 0,
-            "manualTrades": True,
-            # High reliability bills two slots for a terminal that only reads history.
-            "reliability": "regular",
-            "tags": [TAG],
-            "metastatsApiEnabled": False,
-            "riskManagementApiEnabled": False,
-        }
-        if settings.METAAPI_REGION:
-            body["region"] = settings.METAAPI_REGION
-        # The same add sent again after a 202 (in a later attempt, maybe another worker) carries
-        # the same id, as MetaApi's SDK does; a new add later gets a new one.
-        client = get_limiter().client
-        pending = f"metatrader:adding:{_digest(token, platform, server, login, password)}"
-        transaction = client.get(pending)
-        transaction = transaction.decode() if transaction else uuid.uuid4().hex
-        client.set(pending, transaction, ex=TRANSACTION_LIFE_S)
-        headers = {"transaction-id": transaction}
-        response = self._call(
-            token,
-            own,
-            "POST",
-            "/users/current/accounts",
-            json=body,
-            headers=headers,
-            allow=(202, 400),
-            buckets=PROVISIONING_BUCKETS,
-        )
-        if response.status_code == 202:
-            client.expire(pending, TRANSACTION_LIFE_S)
-            wait = max(1.0, parse_retry_after(response) or DEFAULT_RATE_LIMIT_WAIT_S)
-            raise BrokerRateLimitError(
-                "MetaApi is still detecting your broker's server settings (it takes about a minute the first time).",
-                provider=self.key,
-                retry_after=wait,
-            )
-        client.delete(pending)
-        if response.status_code == 400:
-            raise self._provisioning_error(response, server, refusal)
-        created = self.http.json(response)
-        if not isinstance(created, dict) or not _account_id(created):
-            raise BrokerAPIError("MetaApi sent an answer we could not read.", provider=self.key, transient=True)
-        log.info("metaapi_account_provisioned", account_id=_account_id(created), platform=platform)
-        return {**created, "type": body["type"]}
-
-    def _update(self, token: str, own: bool, account: dict, password: str) -> None:
-        """Send the password again: the trader may have saved a new investor password."""
-        body = {"name": account.get("name") or "", "password": password, "server": account.get("server")}
-        response = self._call(
-            token, own, "PUT", f"/users/current/accounts/{_account_id(account)}", json=body, allow=(400,)
-        )
-        if response.status_code == 400:
-            raise self._provisioning_error(response, str(account.get("server")), "")
-
-    def _provisioning_error(self, response: requests.Response, server: str, refusal: str) -> BrokerError:
-        body = _body(response)
-        code = _error_code(body)
-        shown = printable(server)
-        if code == "E_SRV_NOT_FOUND":
-            suggestions = _suggested_servers(body)
-            hint = f" Did you mean {', '.join(suggestions)}?" if suggestions else ""
-            return BrokerAuthError(
-                f"MetaApi does not know the server {shown!r}. Choose your broker's server from the list as you type "
-                f"(the name your MetaTrader terminal shows when you log in).{hint}",
-                provider=self.key,
-                status_code=400,
-                field="server",
-            )
-        if code == "E_AUTH":
-            if refusal:
-                get_limiter().client.set(refusal, "1", ex=REFUSAL_MEMORY_S)
-            return self._refused_login(remembered=False)
-        if code == "E_SERVER_TIMEZONE":
-            return BrokerSetupError(
-                f"MetaApi could not detect the settings of the server {shown!r} by itself. Trying again will not "
-                "help: MetaApi needs a provisioning profile for this server (ask MetaApi support or the operator).",
-                provider=self.key,
-                status_code=400,
-                field="server",
-            )
-        if code == "E_RESOURCE_SLOTS":
-            return BrokerSetupError(
-                "MetaApi says this MetaTrader account needs more resource slots than it can give it. The owner of "
-                "the MetaApi token must allow more slots (a paid option) in the MetaApi dashboard.",
-                provider=self.key,
-                status_code=400,
-            )
-        return BrokerAPIError(
-            f"MetaApi refused to add the account (HTTP 400, {printable(code) or 'no code'}). Retrying will not "
-            "help — please report it.",
-            provider=self.key,
-            status_code=400,
-        )
-
-    def _refused_login(self, *, remembered: bool) -> BrokerAuthError:
-        again = (
-            " The same login and password were refused earlier today, and MetaApi charges for each refused "
-            "attempt, so they were not sent again."
-            if remembered
-            else ""
-        )
-        return BrokerAuthError(
-            "Your broker's server refused this login and password. Enter the investor (read-only) password of "
-            f"this account, and check the login number and the server.{again}",
-            provider=self.key,
-            status_code=400,
-            field="investor_password",
-        )
-
     # --- deployment --------------------------------------------------------------------------
     def _account(self, auth: AuthResult) -> dict:
         path = f"/users/current/accounts/{auth.extra['account_id']}"
-        response = self._call(*self._caller(auth), "GET", path, allow=(404,))
+        response = self.api.call(*self._caller(auth), "GET", path, allow=(404,))
         account = self.http.json(response) if response.status_code != 404 else None
         if not isinstance(account, dict) or account.get("state") in GONE:
             raise BrokerAuthError(
@@ -460,7 +260,7 @@ class MetaTraderProvider(BrokerProvider):
         marker_life = max(60, int(settings.METAAPI_CONNECT_TIMEOUT_S * 2))
         if state in DEPLOYABLE:
             path = f"/users/current/accounts/{account_id}/deploy"
-            self._call(*self._caller(auth), "POST", path, idempotent=True)
+            self.api.call(*self._caller(auth), "POST", path, idempotent=True)
             client.set(marker, datetime.now(UTC).isoformat(), ex=marker_life)
             reason = "Starting your MetaTrader terminal at MetaApi: the first connection can take a few minutes."
         else:
@@ -488,7 +288,7 @@ class MetaTraderProvider(BrokerProvider):
             return
         path = f"/users/current/accounts/{auth.extra['account_id']}/undeploy"
         try:
-            self._call(*self._caller(auth), "POST", path, idempotent=True)
+            self.api.call(*self._caller(auth), "POST", path, idempotent=True)
         except BrokerError as exc:
             if not quietly:
                 raise
@@ -502,7 +302,7 @@ class MetaTraderProvider(BrokerProvider):
         client = get_limiter().client
         domain = client.get("metatrader:client-domain")
         if domain is None:
-            answer = self.http.json(self._call(*self._caller(auth), "GET", "/users/current/servers/mt-client-api"))
+            answer = self.http.json(self.api.call(*self._caller(auth), "GET", "/users/current/servers/mt-client-api"))
             domain = str((answer or {}).get("domain") or "agiliumtrade.ai").encode()
             client.set("metatrader:client-domain", domain, ex=DOMAIN_CACHE_S)
         region = str(account.get("region") or "new-york")
@@ -594,7 +394,7 @@ class MetaTraderProvider(BrokerProvider):
                 # Only a bust's ticket matters, and a cancelled deal may carry no volume.
                 quantity=Decimal("1") if busted and lots <= 0 else lots * contract,
                 price=_decimal(deal["price"]),
-                executed_at=_time(str(deal["time"])),
+                executed_at=parse_time(str(deal["time"])),
                 fees=max(cost, Decimal("0")),
                 currency=str(spec.get("profitCurrency") or account.currency),
                 asset_class="CFD",
@@ -620,7 +420,7 @@ class MetaTraderProvider(BrokerProvider):
         return (auth.token if own else operator_token() or auth.token), own
 
     def _client_call(self, auth: AuthResult, url: str, *, params=None, allow: tuple[int, ...] = ()):
-        response = self._call(*self._caller(auth), "GET", url, params=params, allow=(404,))
+        response = self.api.call(*self._caller(auth), "GET", url, params=params, allow=(404,))
         if (response.status_code == 404 and 404 not in allow) or _not_ready(response):
             # The terminal is not connected or not synchronised yet: MetaApi's answer is "try after a while".
             raise BrokerRateLimitError(
@@ -630,89 +430,10 @@ class MetaTraderProvider(BrokerProvider):
             )
         return response
 
-    def _call(
-        self,
-        token: str,
-        own: bool,
-        method: str,
-        path_or_url: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        allow: tuple[int, ...] = (),
-        buckets: tuple[str, ...] = REQUEST_BUCKETS,
-        idempotent: bool | None = None,
-    ) -> requests.Response:
-        scope = scope_for(token)
-        response = self.http.request(
-            method,
-            path_or_url,
-            scope=scope,
-            buckets=buckets,
-            allow_statuses=(401, 403, 429, *allow),
-            idempotent=idempotent,
-            params=params,
-            json=json,
-            headers={"auth-token": token, **(headers or {})},
-        )
-        status = response.status_code
-        if status == 429:
-            raise self._rate_limited(response, scope)
-        if status in (401, 403):
-            raise self._token_refused(status, own)
-        return response
-
-    def _token_refused(self, status: int, own: bool) -> BrokerError:
-        what = "refused" if status == 401 else "does not allow this request with"
-        if own:
-            return BrokerAuthError(
-                f"MetaApi {what} your token (HTTP {status}). Create a token with access to the MetaApi and "
-                "provisioning APIs at app.metaapi.cloud/token and save it on this connection.",
-                provider=self.key,
-                status_code=status,
-                field="metaapi_token",
-            )
-        return BrokerSetupError(
-            f"MetaApi {what} this installation's token (HTTP {status}); the operator must replace METAAPI_TOKEN.",
-            provider=self.key,
-            status_code=status,
-        )
-
-    def _rate_limited(self, response: requests.Response, scope: str) -> BrokerRateLimitError:
-        """Wait until MetaApi's recommendedRetryTime (or Retry-After), and make every worker wait."""
-        body = _body(response)
-        metadata = body.get("metadata") if isinstance(body, dict) else None
-        wait = None
-        recommended = metadata.get("recommendedRetryTime") if isinstance(metadata, dict) else None
-        if isinstance(recommended, str):
-            try:
-                wait = (_time(recommended) - datetime.now(UTC)).total_seconds()
-            except ValueError:
-                wait = None
-        if wait is None:
-            wait = parse_retry_after(response)
-        wait = max(1.0, capped_wait(wait if wait is not None else DEFAULT_RATE_LIMIT_WAIT_S))
-        reason = "MetaApi asked us to slow down (HTTP 429): its CPU credits for this token are used up for now."
-        get_limiter().block(self.limits_name, wait, scope=scope, reason=reason)
-        return BrokerRateLimitError(reason, provider=self.key, status_code=429, retry_after=wait)
-
-
-def _body(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
 
 def _not_ready(response: requests.Response) -> bool:
-    body = _body(response) if response.status_code >= 400 else None
+    body = body_of(response) if response.status_code >= 400 else None
     return isinstance(body, dict) and body.get("error") in NOT_READY_ERRORS
-
-
-def _digest(*parts: str) -> str:
-    # Keyed: an investor password is short, and a plain hash of it in a Redis key could be guessed back.
-    return salted_hmac("brokers.metaapi", "\x1f".join(parts), algorithm="sha256").hexdigest()
 
 
 register(MetaTraderProvider)

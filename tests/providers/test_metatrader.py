@@ -510,3 +510,13 @@ def test_an_operator_s_session_follows_a_replaced_metaapi_token(sim, provider, s
     sim.tokens = {TOKEN, "the-new-operator-token"}
     settings.METAAPI_TOKEN = "the-new-operator-token"
     assert [a.external_id for a in provider.get_accounts(auth)] == [MT_ACCOUNT]
+
+
+@pytest.mark.django_db
+def test_deleting_a_connection_whose_session_was_dropped_still_finds_and_removes_its_account(sim, trader):
+    connection = services.connection_create(
+        owner=trader, broker_type="metatrader", label="MT5", credentials=dict(credentials().values), sync_enabled=False
+    )
+    BrokerConnection.objects.filter(pk=connection.pk).update(token_ciphertext="")  # as after a refused login
+    services.connection_delete(connection.pk)
+    assert sim.provisioned() == []
