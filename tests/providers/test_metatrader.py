@@ -520,3 +520,25 @@ def test_deleting_a_connection_whose_session_was_dropped_still_finds_and_removes
     BrokerConnection.objects.filter(pk=connection.pk).update(token_ciphertext="")  # as after a refused login
     services.connection_delete(connection.pk)
     assert sim.provisioned() == []
+
+
+@pytest.mark.django_db
+def test_test_connection_adds_the_account_and_lists_it_without_secrets(sim, client, trader):
+    client.force_login(trader)
+    form = {"broker_type": "metatrader", "label": "MT5", "sync_interval_min": 15, "action": "test"}
+    form |= {f"cred_{k}": v for k, v in credentials().values.items()}
+    answer = client.post("/brokers/add/", form, HTTP_HX_REQUEST="true")
+    assert f"MT5 {LOGIN} · {SERVER}" in answer.content.decode() and SECRET_MARK not in answer.content.decode()
+    assert len(sim.provisioned()) == 1 and not BrokerConnection.objects.exists()
+
+
+def test_an_mt4_account_searches_mt4_servers_and_never_gets_the_mt5_history_note(sim, provider):
+    sim.add_mt_account("mt4", "Pepperstone-Demo", "700111", PASSWORD)
+    mt4 = provider.authenticate(credentials(platform="mt4", server="Pepperstone-Demo", login="700111"))
+    for n in range(5000):
+        sim.add_deal("700111@Pepperstone-Demo", at=datetime.now(UTC) - timedelta(days=3, minutes=n), platform="mt4")
+    until = datetime.now(UTC)
+    read_when_ready(provider, mt4, since=until - provider.max_history, until=until)
+    assert provider.notes == []
+    provider.suggestions("server", "pepper", {"platform": "mt4"})
+    assert sim.count("/known-mt-servers/4/search") == 1
