@@ -8,11 +8,13 @@ only translate that error into their own shape.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 
+import structlog
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import IntegrityError, transaction
 from django.views.decorators.debug import sensitive_variables
 
@@ -20,10 +22,12 @@ from brokers import periodic_tasks
 from brokers.crypto import CredentialsUnreadable
 from brokers.models import INTERVAL_RULE, BrokerConnection, SnapTradeUser, SyncLog
 from brokers.providers import snaptrade
-from brokers.providers.errors import BrokerConfigurationError, BrokerSetupError
+from brokers.providers.errors import BrokerConfigurationError, BrokerError, BrokerRateLimitError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider, get_provider_class
 from brokers.providers.snaptrade import SnapTradeKey
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredentials
+
+log = structlog.get_logger("brokers.services")
 
 
 def validate_credentials(broker_type: str, credentials: Mapping[str, str], environment: str) -> None:
@@ -97,12 +101,27 @@ def connection_create(
     stripped = _stripped(credentials)
     _full_clean(connection, stripped)
     connection.credentials = stripped
-    connection.auth = auth
+    connection.auth = auth or _provisioned(connection, stripped)
     connection.save()
     periodic_tasks.sync_schedule(connection)
     if connection.sync_enabled:
         periodic_tasks.request_sync_now(connection.pk, trigger=SyncLog.Trigger.MANUAL)
     return connection
+
+
+@sensitive_variables()
+def _provisioned(connection: BrokerConnection, credentials: Mapping[str, str]) -> AuthResult | None:
+    """For a broker that provisions at login (MetaApi), log in now: a refusal is the form's error, nothing saved."""
+    provider = get_broker_provider(connection.broker_type, connection.environment)
+    if not provider.provisions:
+        return None
+    try:
+        return provider.authenticate(BrokerCredentials(values=dict(credentials), environment=connection.environment))
+    except BrokerError as exc:
+        message = exc.message
+        if isinstance(exc, BrokerRateLimitError):
+            message += f" Try again in {math.ceil(exc.retry_after or 1)} s."
+        raise ValidationError({exc.field or NON_FIELD_ERRORS: message}, code=exc.kind) from None
 
 
 def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:
@@ -167,7 +186,7 @@ def connection_update(
     resume = False
     if stripped is not None and (connection.credentials_rejected or stripped != _saved_credentials(connection)):
         connection.credentials = stripped
-        resume = _reauthorised(connection, None)
+        resume = _reauthorised(connection, _provisioned(connection, stripped))
     connection.save()
     periodic_tasks.sync_schedule(connection)
     if connection.schedule_active and (turned_on or resume):
@@ -207,11 +226,34 @@ def _saved_credentials(connection: BrokerConnection) -> dict[str, str] | None:
         return None  # no key opens them: whatever was typed replaces them
 
 
-@transaction.atomic
 def connection_delete(connection_id: int) -> None:
-    """Delete a connection with its accounts, trades, logs and schedule."""
+    """Delete a connection with its accounts, trades, logs and schedule, and what it provisioned at the broker."""
+    _forget_at_broker(connection_id)
+    _delete(connection_id)
+
+
+@transaction.atomic
+def _delete(connection_id: int) -> None:
     periodic_tasks.delete_schedule(connection_id)
     BrokerConnection.objects.filter(pk=connection_id).delete()
+
+
+@sensitive_variables()
+def _forget_at_broker(connection_id: int) -> None:
+    connection = BrokerConnection.objects.filter(pk=connection_id).first()
+    try:
+        provider = get_broker_provider(connection.broker_type, connection.environment) if connection else None
+    except BrokerConfigurationError:
+        return  # a broker no longer installed: nothing of ours can reach it
+    if provider is None or not provider.provisions:
+        return
+    try:
+        provider.forget(connection.broker_credentials(), connection.auth)
+    except (BrokerError, CredentialsUnreadable) as exc:
+        # The trader asked for the connection to go: it goes, and the operator learns what stayed behind.
+        log.warning(
+            "broker_provision_not_removed", connection_id=connection_id, broker=connection.broker_type, error=str(exc)
+        )
 
 
 @sensitive_variables()

@@ -5,7 +5,7 @@ Every write goes through brokers.services; times are shown in the trader's zone 
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models import Count, JSONField, OuterRef, Q, Subquery
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -33,6 +33,8 @@ def _with_status(connections) -> list[BrokerConnection]:
     """Connections with everything their status block shows, in a fixed number of queries."""
     runs = SyncLog.objects.filter(connection=OuterRef("pk"))
     last_run = runs.filter(status__in=FINISHED_RUNS).order_by("-started_at", "-id")
+    # What the broker said about the first import (MT5 on MetaApi: only the last 5,000 deals) stays on the card.
+    first_run = runs.filter(status__in=FINISHED_RUNS).order_by("started_at", "id")
     last_error = runs.exclude(error_kind="").exclude(status=SyncLog.Status.SKIPPED).order_by("-started_at", "-id")
     rows = list(
         connections.annotate(
@@ -41,6 +43,7 @@ def _with_status(connections) -> list[BrokerConnection]:
             last_run_imported=Subquery(last_run.values("trades_imported")[:1]),
             last_run_skipped=Subquery(last_run.values("trades_skipped")[:1]),
             last_error_kind=Subquery(last_error.values("error_kind")[:1]),
+            first_run_detail=Subquery(first_run.values("detail")[:1], output_field=JSONField()),
         ).prefetch_related("accounts")
     )
     tasks = selectors.periodic_tasks_for(rows)
@@ -51,6 +54,7 @@ def _with_status(connections) -> list[BrokerConnection]:
         c.poll_seconds = POLL_SECONDS.get(c.display_status, POLL_SECONDS_DEFAULT)
         c.interval_choices = interval_choices(c.sync_interval_min)
         c.link_days_left = selectors.link_days_left(c)
+        c.first_import_notes = [r["note"] for r in (c.first_run_detail or {}).values() if r.get("note")]
     return rows
 
 

@@ -334,7 +334,7 @@ BROKER_PROVIDERS = [
     key.strip()
     for key in env(
         "BROKER_PROVIDERS",
-        "demo,tradovate,tradovate_signin,ibkr_flex,alpaca,alpaca_connect,schwab,snaptrade,ccxt",
+        "demo,tradovate,tradovate_signin,ibkr_flex,alpaca,alpaca_connect,schwab,snaptrade,metatrader,ccxt",
     ).split(",")
     if key.strip()
 ]
@@ -365,6 +365,23 @@ SNAPTRADE_CONSUMER_KEY = env("SNAPTRADE_CONSUMER_KEY", "")
 # Ask SnapTrade for fresh brokerage data at most this often per connection (each refresh is
 # billed; SnapTrade refuses it for real-time connections). 0: never, data is SnapTrade's daily copy.
 SNAPTRADE_MANUAL_REFRESH_HOURS = env_int("SNAPTRADE_MANUAL_REFRESH_HOURS", 0)
+# MetaTrader 4/5 through MetaApi (docs/brokers/metatrader.md). The operator's MetaApi token pays for
+# every trader's terminal; without it each trader enters their own token on the connection. Either
+# token can create and delete MetaApi accounts, so the trader's is stored encrypted like a password.
+METAAPI_TOKEN = env("METAAPI_TOKEN", "")
+# MetaApi bills deployed terminals by the hour: a sync deploys, reads and undeploys. True keeps
+# them deployed (faster syncs, no minutes-long connect per sync, a bill for every hour).
+METAAPI_KEEP_DEPLOYED = env_bool("METAAPI_KEEP_DEPLOYED", False)
+# Where new MetaApi accounts run ("" lets MetaApi choose); reads always go to the account's own region.
+METAAPI_REGION = env("METAAPI_REGION", "")
+# The client (data) API's address for every region, for a simulator; "" builds it from the region.
+METAAPI_CLIENT_URL = env("METAAPI_CLIENT_URL", "")
+# While a terminal starts or loads history the run pauses this long between looks (lock held)...
+METAAPI_CONNECT_POLL_S = float(env("METAAPI_CONNECT_POLL_S", "30"))
+# ... and gives up (a retried failure that undeploys it) when it has not connected within this long.
+# Keep it under the run's 20 pauses x the poll (sync/policy.py), or the run gives up first and the
+# terminal stays deployed until the next sync.
+METAAPI_CONNECT_TIMEOUT_S = float(env("METAAPI_CONNECT_TIMEOUT_S", "480"))
 # The public address of /brokers/oauth/callback/, exactly as registered with each broker's app.
 OAUTH_CALLBACK_URL = env("OAUTH_CALLBACK_URL", "")
 # A sign-in must come back within this long; its state is single use and bound to the session.

@@ -5,6 +5,10 @@ batch (multi-row VALUES on SQLite, unnest() of column arrays on PostgreSQL): the
 unique constraint decides what is a duplicate, so the counts are exact even when two runs
 import the same fills at once, and a tombstoned (deleted) trade is never inserted again.
 The statement's row count is the number imported; the rest of the batch was skipped.
+
+A busted fill (the broker cancelled it after the fact) is not inserted: the row it arrived as
+before, if any, becomes a tombstone (deleted_at) in the same transaction, so it leaves the journal
+and no later sync brings it back.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ from journal.models import REPORTED_FIELDS, Trade
 class ImportResult:
     imported: int = 0
     skipped: int = 0
+    # Fills the journal held that the broker has since cancelled: now tombstones.
+    busted: int = 0
 
     def __iadd__(self, other: ImportResult) -> ImportResult:
         self.imported += other.imported
         self.skipped += other.skipped
+        self.busted += other.busted
         return self
 
 
@@ -155,15 +162,23 @@ def import_trades(
     while True:
         batch, stopped = _next_batch(iterator, size)
         if batch:
+            fills = [t for t in batch if not t.busted]
+            busted_ids = [t.broker_trade_id for t in batch if t.busted]
             with transaction.atomic(), connection.cursor() as cursor:
-                inserted = insert(cursor, account_id, batch, now)
-            result += ImportResult(imported=inserted, skipped=len(batch) - inserted)
+                inserted = insert(cursor, account_id, fills, now) if fills else 0
+                busted = _bust(account_id, busted_ids, now) if busted_ids else 0
+            result += ImportResult(imported=inserted, skipped=len(fills) - inserted, busted=busted)
             if on_batch_committed is not None:
                 on_batch_committed(batch)
         if stopped is not None:
             raise stopped
         if len(batch) < size:
             return result
+
+
+def _bust(account_id: int, broker_trade_ids: list[str], now: datetime) -> int:
+    live = Trade.objects.filter(account_id=account_id, broker_trade_id__in=broker_trade_ids, deleted_at__isnull=True)
+    return live.update(deleted_at=now)
 
 
 def _next_batch(iterator, size: int) -> tuple[list[BrokerTrade], Exception | None]:

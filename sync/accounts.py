@@ -60,7 +60,9 @@ def _whole_run_counts(row: BrokerAccount, result: ImportResult, run_started, att
     if not imported_before:
         return result
     refetched = earlier.filter(executed_at__gte=since).count()
-    return ImportResult(imported=result.imported + imported_before, skipped=max(0, result.skipped - refetched))
+    return ImportResult(
+        imported=result.imported + imported_before, skipped=max(0, result.skipped - refetched), busted=result.busted
+    )
 
 
 def imported_by_run(row: BrokerAccount, sync_log_id: int) -> int:

@@ -179,7 +179,12 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
         skipped=result.skipped,
         request_retries=provider.request_retries,
     )
-    return {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    outcome = {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    if result.busted:
+        outcome["busted"] = result.busted
+    if provider.notes:
+        outcome["note"] = " ".join(provider.notes)
+    return outcome
 
 
 def account_label(account_id: int) -> str:

@@ -100,6 +100,10 @@ class LoopbackServer:
     def route(self, method: str, path: str, handler: Handler) -> None:
         self._routes[(method, path)] = handler
 
+    def handler_for(self, method: str, path: str) -> Handler | None:
+        """The route's handler; a simulator whose paths carry ids or times overrides it to match them."""
+        return self._routes.get((method, path))
+
     def fail_every(self, n: int, status: int = 500, path: str | None = None) -> None:
         """From now on the n-th, 2n-th, ... request (to `path`, or to any path) answers `status`."""
         with self.lock:
@@ -138,7 +142,7 @@ class LoopbackServer:
             self._served(str(failing.status))
             reply = Reply(failing.status, b"Injected server error", {"Content-Type": "text/plain"})
         else:
-            handler = self._routes.get((request.method, request.path))
+            handler = self.handler_for(request.method, request.path)
             reply = Reply(*handler(request)) if handler else Reply(404, {"message": f"no route {request.path}"})
         if cut is not None or reply.cut:
             self._served("cut")
@@ -169,6 +173,12 @@ class LoopbackServer:
                 self._serve()
 
             def do_POST(self):
+                self._serve()
+
+            def do_PUT(self):
+                self._serve()
+
+            def do_DELETE(self):
                 self._serve()
 
             def _serve(self):

@@ -50,6 +50,12 @@ class BrokerProvider(ABC):
       transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
                          layer retries them a few times before the run's own retries); add 500
                          only where the broker's docs call it transient
+      provisions         authenticate() creates something at the broker (MetaApi's MT account): the
+                         connection is saved only once it worked, so its refusal is a form error and
+                         the session it made is kept; forget() removes it when the connection goes
+
+    notes: what a run should tell the trader beyond its counts (e.g. history the broker cut short);
+    the run keeps them in the SyncLog's detail.
     """
 
     key: ClassVar[str]
@@ -67,12 +73,14 @@ class BrokerProvider(ABC):
     oauth: ClassVar[OAuthSpec | None] = None
     portal: ClassVar[bool] = False
     link_fields: ClassVar[tuple[str, ...]] = ()
+    provisions: ClassVar[bool] = False
 
     def __init__(self, environment: str = ""):
         self.environment = environment or self.default_environment()
         self._http: BrokerHTTP | None = None
         # The sync run this instance works for (set by the registry); "" outside a run.
         self.run_id = ""
+        self.notes: list[str] = []
 
     @classmethod
     def default_environment(cls) -> str:
@@ -180,3 +188,11 @@ class BrokerProvider(ABC):
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
         """Executions of one account in [since, until], fetched page by page as they are consumed."""
+
+    def suggestions(self, field: str, query: str, values: Mapping[str, str]) -> list[tuple[str, str]]:
+        """(value, label) pairs for a field declared with suggest=True, from what the trader typed so far."""
+        return []
+
+    def forget(self, credentials: BrokerCredentials, auth: AuthResult | None) -> None:
+        """Remove what authenticate() provisioned at the broker, as the connection is deleted; most have nothing."""
+        return

@@ -46,11 +46,14 @@ class BrokerError(Exception):
         provider: str = "",
         status_code: int | None = None,
         retry_after: float | None = None,
+        field: str = "",
     ):
         super().__init__(message)
         self.message = message
         self.provider = provider
         self.status_code = status_code
+        # The credential field the broker refused, when it says which (a form puts the message there).
+        self.field = field
         # Seconds the broker asked us to wait (Retry-After), when it said so.
         self.retry_after = None if retry_after is None else max(0.0, float(retry_after))
 

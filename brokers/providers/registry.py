@@ -27,6 +27,7 @@ MODULES = (
     "alpaca_connect",
     "schwab",
     "snaptrade",
+    "metaapi",
     "ccxt.family",
 )
 

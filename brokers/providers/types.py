@@ -23,6 +23,8 @@ class CredentialField:
     required: bool = True
     help_text: str = ""
     choices: tuple[tuple[str, str], ...] = ()
+    # The form offers the provider's suggestions (BrokerProvider.suggestions) as the trader types.
+    suggest: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class BrokerTrade:
 
     fees is a cost (>= 0) in fee_currency, or in `currency` when that is empty; executed_at is
     aware and in UTC; raw is the broker's own record, kept for audits and for fields we do not
-    read yet.
+    read yet. busted: the broker cancelled this fill after the fact (it never happened); the journal
+    keeps it only as a tombstone (journal.importing).
     """
 
     broker_trade_id: str
@@ -122,6 +125,7 @@ class BrokerTrade:
     option_right: str = ""
     # Units of the account's base currency per unit of `currency`, where the broker says.
     fx_rate_to_base: Decimal | None = None
+    busted: bool = False
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def __post_init__(self):
