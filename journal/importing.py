@@ -5,6 +5,7 @@ batch (multi-row VALUES on SQLite, unnest() of column arrays on PostgreSQL): the
 unique constraint decides what is a duplicate, so the counts are exact even when two runs
 import the same fills at once, and a tombstoned (deleted) trade is never inserted again.
 The statement's row count is the number imported; the rest of the batch was skipped.
+A bust (a fill the broker voided, `BrokerBust`) in the stream tombstones the stored fill instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from brokers.providers.types import BrokerBust
 from journal.models import Trade
 
 
@@ -50,10 +52,13 @@ class NormalizedTrade(Protocol):
 class ImportResult:
     imported: int = 0
     skipped: int = 0
+    # Stored fills the broker has since voided, tombstoned by this import.
+    voided: int = 0
 
     def __iadd__(self, other: ImportResult) -> ImportResult:
         self.imported += other.imported
         self.skipped += other.skipped
+        self.voided += other.voided
         return self
 
 
@@ -186,15 +191,34 @@ def import_trades(
     while True:
         batch, stopped = _next_batch(iterator, size)
         if batch:
-            with transaction.atomic(), connection.cursor() as cursor:
-                inserted = insert(cursor, account_id, batch, now)
-            result += ImportResult(imported=inserted, skipped=len(batch) - inserted)
+            busts = [t for t in batch if isinstance(t, BrokerBust)]
+            fills = [t for t in batch if not isinstance(t, BrokerBust)]
+            with transaction.atomic():
+                inserted = 0
+                if fills:
+                    with connection.cursor() as cursor:
+                        inserted = insert(cursor, account_id, fills, now)
+                voided = _tombstone_busts(account_id, busts, now)
+            result += ImportResult(imported=inserted, skipped=len(fills) - inserted, voided=voided)
             if on_batch_committed is not None:
                 on_batch_committed(batch)
         if stopped is not None:
             raise stopped
         if len(batch) < size:
             return result
+
+
+def _tombstone_busts(account_id: int, busts: list[BrokerBust], now: datetime) -> int:
+    """Mark the stored fills the broker voided as deleted; returns how many were still in the journal.
+
+    A voided fill never stored is not inserted at all: there is nothing to keep of it.
+    """
+    voided = 0
+    for bust in busts:
+        voided += Trade.objects.filter(
+            account_id=account_id, broker_trade_id=bust.broker_trade_id, deleted_at__isnull=True
+        ).update(deleted_at=now, raw=dict(bust.raw))
+    return voided
 
 
 def _next_batch(iterator, size: int) -> tuple[list[NormalizedTrade], Exception | None]:

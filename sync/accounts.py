@@ -64,7 +64,11 @@ def _whole_run_counts(row: BrokerAccount, result: ImportResult, run_started, att
     if not imported_before:
         return result
     refetched = earlier.filter(executed_at__gte=since).count()
-    return ImportResult(imported=result.imported + imported_before, skipped=max(0, result.skipped - refetched))
+    return ImportResult(
+        imported=result.imported + imported_before,
+        skipped=max(0, result.skipped - refetched),
+        voided=result.voided,
+    )
 
 
 def imported_by_run(row: BrokerAccount, plan: RunPlan) -> int:

@@ -175,9 +175,14 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
         sync_log_id=plan.sync_log_id,
         imported=result.imported,
         skipped=result.skipped,
+        voided=result.voided,
         request_retries=provider.request_retries,
     )
-    return {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    outcome = {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    if result.voided:
+        # Only brokers that report busts (ProjectX) ever have any: the others' detail stays as it was.
+        outcome["voided"] = result.voided
+    return outcome
 
 
 def account_label(account_id: int) -> str:

@@ -139,6 +139,21 @@ class BrokerTrade:
 
 
 @dataclass(frozen=True)
+class BrokerBust:
+    """A fill the broker has since voided (busted): it never happened, so the journal must not keep it.
+
+    A provider yields it among its trades, in the same time order; the import turns a stored
+    fill of that id into a tombstone (as a trader's deletion, so no later sync brings it back)
+    and counts it as voided. raw is the broker's voided record, which replaces the stored one.
+    """
+
+    broker_trade_id: str
+    account_external_id: str
+    executed_at: datetime
+    raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+
+
+@dataclass(frozen=True)
 class RateLimit:
     """At most `limit` calls in any `window_s` seconds, per broker or per credential."""
 
