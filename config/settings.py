@@ -336,7 +336,8 @@ BROKER_PROVIDERS = [
         "BROKER_PROVIDERS",
         "brokers.providers.demo,brokers.providers.tradovate,brokers.providers.ibkr_flex,"
         "brokers.providers.alpaca,brokers.providers.ccxt_family,brokers.providers.schwab,"
-        "brokers.providers.alpaca_connect,brokers.providers.tradovate_signin,brokers.providers.snaptrade",
+        "brokers.providers.alpaca_connect,brokers.providers.tradovate_signin,brokers.providers.snaptrade,"
+        "brokers.providers.projectx",
     ).split(",")
     if m.strip()
 ]
@@ -367,6 +368,9 @@ SNAPTRADE_CONSUMER_KEY = env("SNAPTRADE_CONSUMER_KEY", "")
 # Ask SnapTrade for fresh brokerage data at most this often per connection (each refresh is
 # billed; SnapTrade refuses it for real-time connections). 0: never, data is SnapTrade's daily copy.
 SNAPTRADE_MANUAL_REFRESH_HOURS = env_int("SNAPTRADE_MANUAL_REFRESH_HOURS", 0)
+# ProjectX (docs/brokers/projectx.md): a TOML file of prop firms added to the shipped table
+# (brokers/providers/projectx_firms.toml), for a firm that joins ProjectX or moves its host.
+PROJECTX_FIRMS_FILE = env("PROJECTX_FIRMS_FILE", "")
 # The public address of /brokers/oauth/callback/, exactly as registered with each broker's app.
 OAUTH_CALLBACK_URL = env("OAUTH_CALLBACK_URL", "")
 # A sign-in must come back within this long; its state is single use and bound to the session.

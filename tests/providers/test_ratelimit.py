@@ -60,6 +60,7 @@ PUBLISHED = {
     ("tradovate", "hourly"): (5000, 3600),
     ("alpaca", "requests"): (200, 60),
     ("alpaca_connect", "requests"): (200, 60),
+    ("projectx", "requests"): (200, 60),
     # ccxt paces each exchange at one cost unit per rateLimit ms: in limiter slots per window.
     **{
         (provider.key, "requests"): (ccxt_catalog.published_slots(provider), ccxt_catalog.window_s(provider))
