@@ -230,7 +230,8 @@ class SyncLog(models.Model):
     task_id = models.CharField(max_length=64, blank=True)
     error_kind = models.CharField(max_length=30, blank=True)
     error_message = models.TextField(blank=True)
-    # Per account: {"<external id>": {"imported": n, "skipped": n, "error": "..."}}.
+    # Per account: {"<external id>": {"imported": n, "skipped": n, "error": "..."}}, plus
+    # "busted": n when the broker voided (busted) n fills the journal held, now tombstones.
     detail = models.JSONField(default=dict, blank=True)
 
     class Meta:

@@ -334,7 +334,7 @@ BROKER_PROVIDERS = [
     key.strip()
     for key in env(
         "BROKER_PROVIDERS",
-        "demo,tradovate,tradovate_signin,ibkr_flex,alpaca,alpaca_connect,schwab,snaptrade,metatrader,ccxt",
+        "demo,tradovate,tradovate_signin,ibkr_flex,alpaca,alpaca_connect,schwab,snaptrade,metatrader,projectx,ccxt",
     ).split(",")
     if key.strip()
 ]
@@ -382,6 +382,9 @@ METAAPI_CONNECT_POLL_S = float(env("METAAPI_CONNECT_POLL_S", "30"))
 # Keep it under the run's 20 pauses x the poll (sync/policy.py), or the run gives up first and the
 # terminal stays deployed until the next sync.
 METAAPI_CONNECT_TIMEOUT_S = float(env("METAAPI_CONNECT_TIMEOUT_S", "480"))
+# ProjectX (docs/brokers/projectx.md): a TOML file of prop firms added to the shipped table
+# (brokers/providers/projectx_firms.toml), for a firm that joins ProjectX or moves its host.
+PROJECTX_FIRMS_FILE = env("PROJECTX_FIRMS_FILE", "")
 # The public address of /brokers/oauth/callback/, exactly as registered with each broker's app.
 OAUTH_CALLBACK_URL = env("OAUTH_CALLBACK_URL", "")
 # A sign-in must come back within this long; its state is single use and bound to the session.

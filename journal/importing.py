@@ -163,10 +163,10 @@ def import_trades(
         batch, stopped = _next_batch(iterator, size)
         if batch:
             fills = [t for t in batch if not t.busted]
-            busted_ids = [t.broker_trade_id for t in batch if t.busted]
+            busts = [t for t in batch if t.busted]
             with transaction.atomic(), connection.cursor() as cursor:
                 inserted = insert(cursor, account_id, fills, now) if fills else 0
-                busted = _bust(account_id, busted_ids, now) if busted_ids else 0
+                busted = _bust(account_id, busts, now)
             result += ImportResult(imported=inserted, skipped=len(fills) - inserted, busted=busted)
             if on_batch_committed is not None:
                 on_batch_committed(batch)
@@ -176,9 +176,18 @@ def import_trades(
             return result
 
 
-def _bust(account_id: int, broker_trade_ids: list[str], now: datetime) -> int:
-    live = Trade.objects.filter(account_id=account_id, broker_trade_id__in=broker_trade_ids, deleted_at__isnull=True)
-    return live.update(deleted_at=now)
+def _bust(account_id: int, busts: list[BrokerTrade], now: datetime) -> int:
+    """Tombstone the stored fills the broker voided, keeping its record of the bust; returns how many.
+
+    A tombstone, as a trader's deletion: no later sync brings the fill back. Busts are rare, so
+    one update each keeps the broker's own voided record with the fill it voided.
+    """
+    busted = 0
+    for bust in busts:
+        busted += Trade.objects.filter(
+            account_id=account_id, broker_trade_id=bust.broker_trade_id, deleted_at__isnull=True
+        ).update(deleted_at=now, raw=dict(bust.raw))
+    return busted
 
 
 def _next_batch(iterator, size: int) -> tuple[list[BrokerTrade], Exception | None]:

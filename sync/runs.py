@@ -177,6 +177,7 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
         sync_log_id=plan.sync_log_id,
         imported=result.imported,
         skipped=result.skipped,
+        busted=result.busted,
         request_retries=provider.request_retries,
     )
     outcome = {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}

@@ -28,6 +28,7 @@ MODULES = (
     "schwab",
     "snaptrade",
     "metaapi",
+    "projectx",
     "ccxt.family",
 )
 
