@@ -49,8 +49,9 @@ class BrokerProvider(ABC):
       link_fields        names of the values the connect pages store with a portal's link (e.g.
                          which authorisation it is): accepted in the credentials, never on a form
       transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
-                         layer retries them a few times before the run's own retries); add 500
-                         only where the broker's docs call it transient
+                         layer retries them a few times before the run's own retries); leave
+                         500 out only where the broker documents a 500 as deterministic (the
+                         same request would fail the same way)
     """
 
     key: ClassVar[str]
@@ -63,7 +64,10 @@ class BrokerProvider(ABC):
     token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
     trades_ascending: ClassVar[bool] = False
     credentials_expire: ClassVar[bool] = False
-    transient_statuses: ClassVar[frozenset[int]] = frozenset({502, 503, 504})
+    # A 500 is usually one overloaded or restarting backend behind a balancer: the major cloud
+    # SDKs resend idempotent reads after it, and a broker failing one read in three must not
+    # fail every run.
+    transient_statuses: ClassVar[frozenset[int]] = frozenset({500, 502, 503, 504})
     limits_key: ClassVar[str] = ""
     oauth: ClassVar[OAuthSpec | None] = None
     portal: ClassVar[bool] = False

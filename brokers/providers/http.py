@@ -76,7 +76,7 @@ class BrokerHTTP:
         provider_key: str,
         display_name: str,
         base_url: str,
-        transient_statuses: frozenset[int] = frozenset({502, 503, 504}),
+        transient_statuses: frozenset[int] = frozenset({500, 502, 503, 504}),
     ):
         self.provider_key = provider_key
         self.display_name = display_name

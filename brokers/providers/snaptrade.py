@@ -123,9 +123,6 @@ class SnapTradeProvider(BrokerProvider):
     # three days again catch trades that appear a day or two late.
     sync_overlap = timedelta(days=3)
     max_history = timedelta(days=3 * 365)
-    # SnapTrade's documented answer to an unexpected failure is a 500; the rule (and
-    # SnapTrade's own SDKs) treat it as worth one more try of the same read.
-    transient_statuses = frozenset({500, 502, 503, 504})
     trades_ascending = True
 
     # --- the contract ------------------------------------------------------------------------
