@@ -120,6 +120,18 @@ def test_trades_page_lists_the_latest_trades(client, trader, synced_connection):
     assert latest.symbol in page and "Page 1 of" in page
 
 
+def test_trades_page_shows_every_digit_of_an_amount_and_no_padding(client, trader):
+    account = quiet_connection(trader).accounts.create(external_id="spot", name="Spot")
+    trade = add_trade(account, "t-1", "PEPE/USDT", timezone.now())
+    Trade.objects.filter(pk=trade.pk).update(
+        quantity=Decimal("100"), price=Decimal("0.000000012345678901"), fees=Decimal("0.000732004")
+    )
+    client.force_login(trader)
+    row = client.get("/trades/").content.decode().split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    assert cells == ["100", "0.000000012345678901", "0.000732004"]
+
+
 def test_a_trader_never_sees_another_traders_data(client, other_trader, synced_connection):
     client.force_login(other_trader)
     assert "My demo" not in client.get("/brokers/").content.decode()
