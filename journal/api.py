@@ -74,6 +74,7 @@ class TradeSerializer(serializers.ModelSerializer):
             "price",
             "fees",
             "fee_currency",
+            "other_fees",
             "currency",
             "multiplier",
             "executed_at",

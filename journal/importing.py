@@ -10,7 +10,7 @@ The statement's row count is the number imported; the rest of the batch was skip
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -42,6 +42,7 @@ class NormalizedTrade(Protocol):
     strike: Decimal | None
     option_right: str
     fx_rate_to_base: Decimal | None
+    other_fees: Sequence[Any]
     executed_at: datetime
     raw: Any
 
@@ -75,6 +76,7 @@ _COLUMNS = (
     "option_right",
     "fx_rate_to_base",
     "executed_at",
+    "other_fees",
     "raw",
     "imported_at",
 )
@@ -100,10 +102,15 @@ _POSTGRES_TYPES = (
     "numeric",
     "timestamptz",
     "jsonb",
+    "jsonb",
     "timestamptz",
 )
 # One encoder for every row: json.dumps with options builds a new encoder on each call.
 _RAW_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
+def _fees_json(t: NormalizedTrade) -> str:
+    return _RAW_JSON.encode([{"currency": f.currency, "cost": str(f.cost)} for f in t.other_fees])
 
 
 def _conflict_clause() -> str:
@@ -124,7 +131,8 @@ def _postgres_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: 
     """
     columns = [
         [account_id] * len(batch),
-        *([getattr(t, name) for t in batch] for name in _COLUMNS[1:-2]),
+        *([getattr(t, name) for t in batch] for name in _COLUMNS[1:-3]),
+        [_fees_json(t) for t in batch],
         [_RAW_JSON.encode(dict(t.raw)) for t in batch],
         [now] * len(batch),
     ]
@@ -156,6 +164,7 @@ def _sqlite_batch(cursor, account_id: int, batch: list[NormalizedTrade], now: da
             t.option_right,
             t.fx_rate_to_base,
             str(t.executed_at.astimezone(UTC).replace(tzinfo=None)),
+            _fees_json(t),
             _RAW_JSON.encode(dict(t.raw)),
             stored_now,
         )

@@ -39,6 +39,9 @@ class Trade(models.Model):
     # The currency the fee was charged in when it is not `currency` (crypto exchanges often
     # charge in the bought coin or their own token); empty means `currency`.
     fee_currency = models.CharField(max_length=16, blank=True)
+    # Further charges of the same fill, each in its own currency: [{"currency": "GT", "cost": "2.2"}]
+    # (costs as exact text). Never summed into `fees`: the currencies differ.
+    other_fees = models.JSONField(default=list, blank=True)
     # ISO codes for brokers; crypto quote currencies are longer (USDT, FDUSD).
     currency = models.CharField(max_length=16, default="USD")
     # Point value: price × quantity × multiplier is the money that changed hands.

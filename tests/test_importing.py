@@ -162,7 +162,8 @@ def test_the_18_decimal_migration_keeps_existing_trades(account):
     )
     executor = MigrationExecutor(db_connection)
     executor.migrate(after)
-    stored = Trade.objects.get(broker_trade_id="old-1")
+    new = executor.loader.project_state(after).apps.get_model("journal", "Trade")
+    stored = new.objects.get(broker_trade_id="old-1")
     assert (stored.quantity, stored.price, stored.fees, stored.multiplier, stored.strike) == (
         Decimal("1234567.12345678"),
         Decimal("5901.25"),
@@ -170,3 +171,6 @@ def test_the_18_decimal_migration_keeps_existing_trades(account):
         Decimal("5"),
         Decimal("6000.5"),
     )
+    executor = MigrationExecutor(db_connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    assert Trade.objects.get(broker_trade_id="old-1").other_fees == []

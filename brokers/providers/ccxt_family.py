@@ -40,6 +40,7 @@ from brokers.providers.types import (
     BrokerCredentials,
     BrokerTrade,
     CredentialField,
+    Fee,
 )
 
 # Market lists change when an exchange lists a coin; a few hours old is fine for reading trades.
@@ -174,9 +175,8 @@ class CcxtProvider(BrokerProvider):
         try:
             symbol = item["symbol"]
             market = exchange.markets.get(symbol) or {}
-            fee = item.get("fee") or next(iter(item.get("fees") or []), None) or {}
-            fee_cost = Decimal(fee["cost"]) if fee.get("cost") not in (None, "") else Decimal("0")
             currency = market.get("quote") or symbol.split("/")[1].split(":")[0]
+            main, others = _fees(item, currency)
             return BrokerTrade(
                 broker_trade_id=_trade_key(item),
                 account_external_id=account.external_id,
@@ -187,8 +187,9 @@ class CcxtProvider(BrokerProvider):
                 executed_at=datetime.fromtimestamp(item["timestamp"] / 1000, UTC),
                 # A maker rebate comes as a negative fee: the journal records fees as costs, so
                 # it is 0 here and the rebate stays in raw.
-                fees=max(fee_cost, Decimal("0")),
-                fee_currency=fee.get("currency") or "",
+                fees=max(main.cost, Decimal("0")),
+                fee_currency=main.currency,
+                other_fees=others,
                 currency=currency,
                 asset_class=ASSET_CLASSES.get(market.get("type"), "CRYPTO"),
                 multiplier=Decimal(str(market.get("contractSize") or 1)),
@@ -232,20 +233,44 @@ class CcxtProvider(BrokerProvider):
         override = settings.BROKER_BASE_URLS.get(self.key)
         if override:
             exchange.urls["api"] = _pointed_at(exchange.urls["api"], override.rstrip("/"))
-        exchange.set_markets(self._markets(exchange))
+        loaded = cache.get(self._markets_key)
+        if loaded is None:
+            loaded = self._load_markets(exchange)
+            cache.set(self._markets_key, loaded, MARKETS_TTL_S)
+        # A fresh load is applied from the same record as a cached one, so both give a fill
+        # the same symbol, currency and trade id.
+        exchange.set_markets(loaded["markets"], loaded["currencies"])
+        exchange.options.update(loaded["helpers"])
         return exchange
 
-    def _markets(self, exchange) -> list[dict]:
-        key = f"ccxt-markets:{self.exchange_id}:{self.environment}"
-        markets = cache.get(key)
-        if markets is None:
-            wanted = exchange.options.get("fetchMarkets")
-            if isinstance(wanted, dict) and "types" in wanted:
-                # Option markets run to thousands per exchange and hold no account of ours.
-                wanted["types"] = [t for t in wanted["types"] if t != "option"]
-            markets = self._call(exchange, exchange.fetch_markets)
-            cache.set(key, markets, MARKETS_TTL_S)
-        return markets
+    @property
+    def _markets_key(self) -> str:
+        return f"ccxt-markets:v2:{self.exchange_id}:{self.environment}"
+
+    def _load_markets(self, exchange) -> dict[str, Any]:
+        """The markets, and what ccxt sets beside them while loading that its parsers read later.
+
+        An exchange names that helper data in its `marketHelperProps` option (Hyperliquid: which
+        collateral each HIP-3 market settles in; Kraken: markets by their old names); ccxt copies
+        it with the markets when it shares them between clients, and so do we through the cache.
+        Such an exchange is loaded the whole way ccxt does it (currencies first), because its
+        helpers are built from them; elsewhere the market list alone is enough and is all we fetch.
+        """
+        wanted = exchange.options.get("fetchMarkets")
+        if isinstance(wanted, dict) and "types" in wanted:
+            # Option markets run to thousands per exchange and hold no account of ours.
+            wanted["types"] = [t for t in wanted["types"] if t != "option"]
+        helpers = exchange.options.get("marketHelperProps") or []
+        if helpers:
+            self._call(exchange, exchange.load_markets)
+            markets, currencies = list(exchange.markets.values()), exchange.currencies
+        else:
+            markets, currencies = self._call(exchange, exchange.fetch_markets), None
+        return {
+            "markets": markets,
+            "currencies": currencies,
+            "helpers": {name: exchange.options[name] for name in helpers if exchange.options.get(name) is not None},
+        }
 
     def _account_types(self, exchange) -> list[str]:
         present = {m.get("type") for m in exchange.markets.values()}
@@ -287,6 +312,20 @@ def _trade_key(item: Mapping[str, Any]) -> str:
     if trade_id in (None, ""):
         trade_id = ":".join(str(item.get(k)) for k in ("order", "timestamp", "side", "amount", "price"))
     return f"{item.get('symbol')}|{trade_id}"
+
+
+def _fees(item: Mapping[str, Any], currency: str) -> tuple[Fee, tuple[Fee, ...]]:
+    """The fee in the trade's currency (else the first one reported), and every other, each in its currency.
+
+    ccxt lists a trade's fees in `fees`, one per currency; where there are several, its single
+    `fee` is an empty placeholder, so `fee` is read only when the list is missing.
+    """
+    listed = [f for f in (item.get("fees") or [item.get("fee") or {}]) if f and f.get("cost") not in (None, "")]
+    fees = [Fee(currency=f.get("currency") or "", cost=Decimal(f["cost"])) for f in listed]
+    if not fees:
+        return Fee(currency="", cost=Decimal("0")), ()
+    main = next((f for f in fees if f.currency == currency), fees[0])
+    return main, tuple(f for f in fees if f is not main)
 
 
 def _nonzero(amount) -> bool:
