@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import redis
@@ -29,6 +30,8 @@ from tests.providers.ccxt_exchanges import (
     spread,
 )
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
+
+FIXTURES = Path(__file__).with_name("peer_fixtures")
 
 
 @pytest.fixture(autouse=True)
@@ -325,3 +328,62 @@ def test_ccxt_s_request_log_stays_silent_after_logging_is_configured_again(caplo
     with caplog.at_level("DEBUG"):
         SILENT_LOGGER.debug("POST https://api.kraken.com Request: {'API-Key': 'key-S3CRET-MARK'}")
     assert "S3CRET" not in caplog.text
+
+
+class Hyperliquid:
+    """Hyperliquid's /info answers for loading markets (a HIP-3 dex settling in USDH) and the recorded fills."""
+
+    url = "https://api.hyperliquid.xyz/info"
+    tokens = [
+        {"name": "USDC", "index": 0, "szDecimals": 8, "weiDecimals": 8},
+        {"name": "USDH", "index": 360, "szDecimals": 2, "weiDecimals": 8},
+    ]
+
+    def __init__(self):
+        recorded = json.loads((FIXTURES / "ccxt" / "hyperliquid.json").read_text())
+        self.fills = recorded["entries"][0]["httpResponse"]
+        self.asked: list[str] = []
+
+    def answer(self, request):
+        body = json.loads(request.body)
+        self.asked.append(body["type"])
+        answers = {
+            "spotMeta": {"universe": [], "tokens": self.tokens},
+            "spotMetaAndAssetCtxs": [{"universe": [], "tokens": self.tokens}, []],
+            "perpDexs": [None, {"name": "flx"}],
+            "userFills": self.fills,
+            "userFillsByTime": self.fills,
+        }
+        if body["type"] == "metaAndAssetCtxs" and body.get("dex") == "flx":
+            universe = [{"name": "flx:CRCL", "szDecimals": 2, "maxLeverage": 10}]
+            return 200, {}, json.dumps([{"universe": universe, "collateralToken": 360}, [{"midPx": "55.9"}]])
+        if body["type"] == "metaAndAssetCtxs":
+            universe = [{"name": "HYPE", "szDecimals": 2, "maxLeverage": 10}]
+            return 200, {}, json.dumps([{"universe": universe}, [{"midPx": "33.2"}]])
+        return 200, {}, json.dumps(answers[body["type"]])
+
+
+def test_hyperliquid_fills_read_the_same_from_cached_markets_as_from_a_fresh_load(rsps):
+    """Loading Hyperliquid's markets records which collateral each HIP-3 market settles in; a
+    cache that kept only the market list would name a flx:CRCL fill FLX-CRCL/USDC:USDC, in
+    USDC, under another trade id."""
+    fake = Hyperliquid()
+    rsps.add_callback("POST", fake.url, callback=fake.answer)
+    auth = AuthResult(token=json.dumps({"privateKey": "0x" + "11" * 32, "walletAddress": "0x" + "ab" * 20}))
+    account = BrokerAccountInfo("swap", "perpetuals")
+    since, until = SINCE.replace(year=2026, month=1, day=1), UNTIL.replace(year=2026, month=3, day=1)
+
+    def read():
+        trades = get_broker_provider("ccxt_hyperliquid").get_trades(auth, account, since, until)
+        return sorted((t.broker_trade_id, t.symbol, t.currency, t.fee_currency) for t in trades)
+
+    fresh = read()
+    loads = fake.asked.count("spotMeta")
+    cached = read()
+    assert loads == 1 and fake.asked.count("spotMeta") == 1, "the second read must come from the cache"
+    assert cached == fresh
+    crcl = [t for t in fresh if "CRCL" in t[1]]
+    assert crcl == [
+        ("FLX-CRCL/USDH:USDH|1019408913364172", "FLX-CRCL/USDH:USDH", "USDH", "USDH"),
+        ("FLX-CRCL/USDH:USDH|202031760494687", "FLX-CRCL/USDH:USDH", "USDH", "USDH"),
+    ]
