@@ -5,11 +5,11 @@ CcxtProvider with the exchange's own name, credential fields (from ccxt's
 requiredCredentials), environments (a sandbox where ccxt knows a test URL) and limits entry.
 Requests go through our HTTP layer and limiter (ccxt_transport). Markets are public and
 large, so they are cached in Redis per exchange for every worker, not fetched per sync.
-One BrokerAccount per market type (spot, swap, future) the exchange lists.
+One BrokerAccount per market type (spot, swap, future) the exchange lists and ccxt can read.
 
 The declarations come from ccxt_exchanges.json, which `manage.py ccxt_catalog --write`
 generates from the installed ccxt (a test checks they agree): importing ccxt and building
-95 clients costs every process about a second, so ccxt is imported only when a ccxt
+93 clients costs every process about a second, so ccxt is imported only when a ccxt
 connection syncs.
 """
 
@@ -28,7 +28,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.ccxt_transport import SILENT_LOGGER, SessionThroughBrokerHTTP, call, lists_per_market_only
+from brokers.providers.ccxt_transport import SILENT_LOGGER, ArgumentsMissing, SessionThroughBrokerHTTP, call
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.registry import register
@@ -91,6 +91,8 @@ class CcxtProvider(BrokerProvider):
     rate_limit_ms: ClassVar[float]
     # Whether ccxt's fetchMyTrades for this exchange takes an `until` (end time) to page back by.
     pages_by_until: ClassVar[bool]
+    # The market types whose trades ccxt can list for this exchange (in ACCOUNT_TYPES order).
+    account_types: ClassVar[tuple[str, ...]]
     sync_overlap = timedelta(hours=1)
     # The first sync asks for a year; exchanges that keep less answer with what they keep.
     max_history = timedelta(days=365)
@@ -129,7 +131,7 @@ class CcxtProvider(BrokerProvider):
         since_ms, until_ms = _ms(since), _ms(until)
         try:
             yield from self._pages(exchange, account, None, since_ms, until_ms, params)
-        except lists_per_market_only():
+        except ArgumentsMissing:
             # The exchange lists trades per market only (Binance): ask per market the account holds.
             for symbol in self._held_markets(exchange, market_type, params):
                 yield from self._pages(exchange, account, symbol, since_ms, until_ms, params)
@@ -274,7 +276,7 @@ class CcxtProvider(BrokerProvider):
 
     def _account_types(self, exchange) -> list[str]:
         present = {m.get("type") for m in exchange.markets.values()}
-        return [t for t in ACCOUNT_TYPES if t in present] or ["spot"]
+        return [t for t in self.account_types if t in present] or list(self.account_types[:1])
 
     def _type_of(self, exchange, symbol) -> str:
         market = exchange.markets.get(symbol)
@@ -360,6 +362,7 @@ def provider_for(exchange_id: str, entry: Mapping[str, Any]) -> type[CcxtProvide
         "exchange_id": exchange_id,
         "rate_limit_ms": float(entry["rate_limit_ms"]),
         "pages_by_until": entry["pages_by_until"],
+        "account_types": tuple(entry["account_types"]),
         # Oldest first across the whole account only when one listing covers every market: the
         # engine then saves progress batch by batch and a paused backfill resumes where it stopped.
         "trades_ascending": not entry["pages_by_until"] and not entry["lists_per_market"],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -13,7 +15,8 @@ import responses
 from django.conf import settings
 
 from brokers.providers import ratelimit
-from brokers.providers.errors import BrokerAuthError, BrokerRateLimitError, BrokerUnavailableError
+from brokers.providers.ccxt_transport import call
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, BrokerUnavailableError
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.registry import get_broker_provider, provider_classes
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
@@ -265,7 +268,8 @@ def test_the_family_declares_each_exchange_in_the_trader_s_words():
     assert "not your login password" in okx.credential_fields[2].help_text
     assert kraken.display_name == "Kraken" and kraken.environments == ()
     assert dict(binance.environments) == {"live": "Live", "sandbox": "Sandbox"}
-    assert sum(key.startswith("ccxt_") for key in classes) == 95
+    assert sum(key.startswith("ccxt_") for key in classes) == 93
+    assert "ccxt_derive" not in classes and "ccxt_pacifica" not in classes  # see ccxt_catalog.NOT_OFFERED
 
 
 def test_pacing_follows_the_endpoint_cost(monkeypatch, rsps):
@@ -387,3 +391,31 @@ def test_hyperliquid_fills_read_the_same_from_cached_markets_as_from_a_fresh_loa
         ("FLX-CRCL/USDH:USDH|1019408913364172", "FLX-CRCL/USDH:USDH", "USDH", "USDH"),
         ("FLX-CRCL/USDH:USDH|202031760494687", "FLX-CRCL/USDH:USDH", "USDH", "USDH"),
     ]
+
+
+def test_an_account_type_whose_trades_ccxt_cannot_read_is_not_created():
+    zebpay = get_broker_provider("ccxt_zebpay")
+    assert "spot" not in zebpay.account_types  # ccxt raises NotSupported for ZebPay spot trades
+    listed = SimpleNamespace(markets={"BTC/INR": {"type": "spot"}, "BTC/INR:INR": {"type": "swap"}})
+    assert zebpay._account_types(listed) == ["swap"]
+
+
+@pytest.mark.parametrize(
+    ("raised", "transient", "words"),
+    [
+        ("ArgumentsRequired", False, "needs a value the journal's connection form does not ask for"),
+        ("NotSupported", False, "does not let its API read the trades of this account type"),
+        ("InvalidNonce", True, "refused the request's timestamp"),
+        ("BadSymbol", True, "no longer lists a market we asked about"),
+    ],
+)
+def test_ccxt_errors_become_ours_with_words_a_trader_can_act_on(raised, transient, words):
+    ccxt = importlib.import_module("ccxt")
+
+    def fails():
+        raise getattr(ccxt, raised)(f"kraken GET https://api.kraken.com/0?key={SECRET_MARK}")
+
+    with pytest.raises(BrokerAPIError) as info:
+        call("ccxt_kraken", "Kraken", "", fails)
+    assert info.value.transient is transient
+    assert str(info.value).startswith(f"Kraken {words}") and SECRET_MARK not in str(info.value)
