@@ -176,8 +176,12 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
         imported=result.imported,
         skipped=result.skipped,
         request_retries=provider.request_retries,
+        unreadable=len(provider.unreadable_rows),
     )
-    return {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    outcome = {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    if provider.unreadable_rows:
+        outcome["unreadable"] = list(provider.unreadable_rows)
+    return outcome
 
 
 def account_label(account_id: int) -> str:
@@ -309,7 +313,10 @@ def close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = 
 def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict) -> SyncLog:
     failed = [k for k, v in detail.items() if v.get("error")]
     status = SyncLog.Status.PARTIAL if failed else SyncLog.Status.SUCCESS
-    error = "; ".join(f"{k}: {detail[k]['error']}" for k in failed)
+    # Rows left out are said next to the errors: the run succeeded, but not with every row.
+    notes = [f"{k}: {detail[k]['error']}" for k in failed]
+    notes += [f"{k}: {outcomes.unreadable(v['unreadable'])}" for k, v in detail.items() if v.get("unreadable")]
+    error = "; ".join(notes)
     close_log(sync_log, status, detail, error, "account" if failed else "")
     now = sync_log.finished_at
     failures_before = BrokerConnection.objects.values_list("consecutive_failures", flat=True).get(pk=connection.pk)

@@ -481,3 +481,36 @@ def test_a_broker_answering_every_third_read_with_500_loses_no_fill_and_needs_no
     assert imported_ids(connection) == expected
     assert log.trades_imported == Trade.objects.count() == 80
     assert served > 0 and log.request_retries == served
+
+
+def test_rows_a_provider_could_not_read_are_counted_in_the_run_with_their_reasons(trader, monkeypatch):
+    class TwoBadRows(DemoProvider):
+        def get_trades(self, auth, account, since, until):
+            yield from super().get_trades(auth, account, since, until)
+            if account.external_id == "DEMO-FUT-1":
+                for row_id in ("r1", "r2"):
+                    self.skip_unreadable("no symbol", row=row_id)
+                self.skip_unreadable("dateTime 'yesterday' is in no known format")
+
+    real = runs.get_broker_provider
+    monkeypatch.setattr(
+        runs,
+        "get_broker_provider",
+        lambda key, environment="", run_id="": TwoBadRows(environment) if key == "demo" else real(key, environment),
+    )
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
+    )
+    log = run(connection)
+    assert log.status == SyncLog.Status.SUCCESS and log.trades_imported > 0
+    assert log.detail["DEMO-FUT-1"]["unreadable"] == [
+        "no symbol",
+        "no symbol",
+        "dateTime 'yesterday' is in no known format",
+    ]
+    assert "unreadable" not in log.detail["DEMO-STK-1"]
+    assert log.error_message == (
+        "DEMO-FUT-1: skipped 3 rows we could not read: no symbol (2); dateTime 'yesterday' is in no known format"
+    )
+    connection.refresh_from_db()
+    assert connection.last_sync_error == log.error_message

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
+import structlog
 from django.conf import settings
 
+from brokers.providers.errors import UnreadableRow
 from brokers.providers.http import BrokerHTTP
 from brokers.providers.runcache import RunCache
 from brokers.providers.types import (
@@ -20,6 +22,9 @@ from brokers.providers.types import (
     OAuthSpec,
 )
 from brokers.validators import has_control_characters, printable
+
+log = structlog.get_logger("brokers.providers")
+Row = TypeVar("Row")
 
 # Longer than any broker's key or token; a longer value is a paste gone wrong (or an attack).
 MAX_CREDENTIAL_LENGTH = 2000
@@ -78,6 +83,8 @@ class BrokerProvider(ABC):
         self._http: BrokerHTTP | None = None
         # The sync run this instance works for (set by the registry); "" outside a run.
         self.run_id = ""
+        # Why each row of the broker's answers that could not become a trade was left out.
+        self.unreadable_rows: list[str] = []
 
     @classmethod
     def signs_in_at_broker(cls) -> bool:
@@ -94,6 +101,24 @@ class BrokerProvider(ABC):
                 transient_statuses=self.transient_statuses,
             )
         return self._http
+
+    def skip_unreadable(self, reason: str, **context: str) -> None:
+        """Leave out a row of the broker's answer that cannot become a trade, and say so.
+
+        One bad row must not stop every other fill of the account, nor vanish: the run writes
+        the count and the reasons into the account's SyncLog detail and the run's message
+        ("skipped N rows we could not read: …"). `reason` names the field, never a secret.
+        """
+        log.warning("broker_row_skipped", broker=self.key, reason=reason, **context)
+        self.unreadable_rows.append(reason)
+
+    def readable(self, rows: Iterable[Row], parse: Callable[[Row], BrokerTrade]) -> Iterator[BrokerTrade]:
+        """parse(row) for every row; a row it refuses with UnreadableRow is left out and counted."""
+        for row in rows:
+            try:
+                yield parse(row)
+            except UnreadableRow as exc:
+                self.skip_unreadable(str(exc))
 
     @property
     def limits_name(self) -> str:

@@ -23,13 +23,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, ClassVar
 
-import structlog
 from django.conf import settings
 from django.core.cache import cache
 
 from brokers.providers.base import BrokerProvider
 from brokers.providers.ccxt_transport import SILENT_LOGGER, ArgumentsMissing, SessionThroughBrokerHTTP, call
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError
+from brokers.providers.errors import BrokerAuthError, UnreadableRow
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.registry import register
 from brokers.providers.types import (
@@ -51,7 +50,6 @@ ACCOUNT_TYPES = ("spot", "swap", "future")
 ACCOUNT_LABELS = {"spot": "spot", "swap": "perpetuals", "future": "futures"}
 ASSET_CLASSES = {"spot": "CRYPTO", "margin": "CRYPTO", "swap": "PERP", "future": "FUT"}
 CATALOG_FILE = Path(__file__).with_name("ccxt_exchanges.json")
-log = structlog.get_logger("brokers.ccxt")
 
 
 def _field(name: str, exchange: str) -> CredentialField:
@@ -162,12 +160,18 @@ class CcxtProvider(BrokerProvider):
                     # ccxt names a market it does not list (delisted, or of a type whose markets
                     # we do not load) by the exchange's raw id: its type and currencies are
                     # unknown, so it is left out and said so rather than stopping every sync.
-                    log.warning("ccxt_trade_of_unknown_market", broker=self.key, market=item.get("symbol"))
+                    self.skip_unreadable(
+                        f"trade {item.get('id') or 'without id'} of market {item.get('symbol')}, "
+                        f"which {self.display_name} no longer lists"
+                    )
                     continue
                 if since_ms <= (item.get("timestamp") or 0) <= until_ms and (
                     self._type_of(exchange, item.get("symbol")) == account.external_id
                 ):
-                    yield self._trade(exchange, item, account)
+                    try:
+                        yield self._trade(exchange, item, account)
+                    except UnreadableRow as exc:
+                        self.skip_unreadable(str(exc))
             times = [t.get("timestamp") or 0 for t in page]
             if backward and min(times) <= since_ms or not backward and max(times) >= until_ms:
                 return
@@ -199,10 +203,8 @@ class CcxtProvider(BrokerProvider):
                 raw={k: item.get(k) for k in ("info", "takerOrMaker", "cost", "type", "fee", "fees")},
             )
         except (KeyError, IndexError, TypeError, ValueError, InvalidOperation):
-            raise BrokerAPIError(
-                f"{self.display_name} sent a trade we could not read (trade {item.get('id', 'without id')}). "
-                "Retrying will not help — please report it.",
-                provider=self.key,
+            raise UnreadableRow(
+                f"trade {item.get('id') or 'without id'}: no side, amount, price, time or fee we can read"
             ) from None
 
     def _held_markets(self, exchange, market_type: str, params) -> list[str]:

@@ -31,7 +31,13 @@ import structlog
 from django.conf import settings
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, BrokerSetupError
+from brokers.providers.errors import (
+    BrokerAPIError,
+    BrokerAuthError,
+    BrokerRateLimitError,
+    BrokerSetupError,
+    UnreadableRow,
+)
 from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S
 from brokers.providers.ratelimit import Scope, capped_wait, get_limiter, scope_for
 from brokers.providers.registry import register
@@ -272,9 +278,8 @@ class SnapTradeProvider(BrokerProvider):
             rows = page.get("data") if isinstance(page, dict) else None
             if not isinstance(rows, list):
                 raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
-            for row in rows:
-                if row.get("type") in TRADE_TYPES:
-                    yield self._trade(row, account)
+            trades = (r for r in rows if r.get("type") in TRADE_TYPES)
+            yield from self.readable(trades, lambda r: self._trade(r, account))
             total = (page.get("pagination") or {}).get("total")
             offset += len(rows)
             if not rows or len(rows) < PAGE_SIZE or (isinstance(total, int) and offset >= total):
@@ -430,10 +435,8 @@ class SnapTradeProvider(BrokerProvider):
                 raw=dict(row),
             )
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
-            raise BrokerAPIError(
-                f"SnapTrade sent a trade we could not read (activity {row.get('id', 'without id')}). "
-                "Retrying will not help — please report it.",
-                provider=self.key,
+            raise UnreadableRow(
+                f"activity {row.get('id') or 'without id'}: no symbol, units, price or date we can read"
             ) from None
 
 

@@ -287,17 +287,30 @@ def test_pacing_follows_the_endpoint_cost(monkeypatch, rsps):
     assert 9 < info.value.retry_after <= 10
 
 
-def test_a_fill_of_a_market_ccxt_does_not_list_is_left_out_and_logged_not_fatal(rsps, caplog):
+def test_a_fill_of_a_market_ccxt_does_not_list_is_left_out_and_counted_not_fatal(rsps):
     fake = Okx(spread(2))
     fake.fills[0] = {**fake.fills[0], "instId": "ETH-USDT-SWAP", "instType": "SWAP"}
     fake.stub_markets(rsps)
     fake.stub_trades(rsps)
     provider = get_broker_provider("ccxt_okx", "live")
     auth = AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET, "password": PASSPHRASE}))
-    with caplog.at_level("WARNING"):
-        spot = list(provider.get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL))
+    spot = list(provider.get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL))
     assert [t.symbol for t in spot] == ["BTC/USDT"]
-    assert "ccxt_trade_of_unknown_market" in caplog.text and "ETH-USDT-SWAP" in caplog.text
+    (reason,) = provider.unreadable_rows
+    assert reason.endswith("of market ETH-USDT-SWAP, which OKX no longer lists")
+
+
+def test_a_fill_we_cannot_read_is_left_out_and_counted_and_the_others_kept(rsps):
+    fake = Okx(spread(3))
+    fake.fills[1] = {**fake.fills[1], "side": ""}
+    fake.stub_markets(rsps)
+    fake.stub_trades(rsps)
+    provider = get_broker_provider("ccxt_okx", "live")
+    auth = AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET, "password": PASSPHRASE}))
+    spot = list(provider.get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL))
+    assert len(spot) == 2
+    trade_id = fake.fills[1]["tradeId"]
+    assert provider.unreadable_rows == [f"trade {trade_id}: no side, amount, price, time or fee we can read"]
 
 
 def test_an_exchange_without_until_is_paged_oldest_first_from_since(monkeypatch, rsps):

@@ -391,11 +391,11 @@ def test_dividends_transfers_and_fees_are_not_trades(provider, rsps):
     assert [t.broker_trade_id for t in provider.get_trades(make_auth(), make_account(), SINCE, UNTIL)] == ["act-1"]
 
 
-def test_an_unreadable_trade_names_the_activity_and_is_not_retried(provider, rsps):
-    rsps.get(f"{API}/accounts/{ACCOUNT_ID}/activities", json=page([activity(7, units=0)]))
-    with pytest.raises(BrokerAPIError) as info:
-        list(provider.get_trades(make_auth(), make_account(), SINCE, UNTIL))
-    assert "act-7" in info.value.message and not info.value.transient
+def test_an_unreadable_trade_is_left_out_and_counted_naming_the_activity(provider, rsps):
+    rsps.get(f"{API}/accounts/{ACCOUNT_ID}/activities", json=page([activity(7, units=0), activity(8)]))
+    trades = list(provider.get_trades(make_auth(), make_account(), SINCE, UNTIL))
+    assert [t.broker_trade_id for t in trades] == ["act-8"]
+    assert provider.unreadable_rows == ["activity act-7: no symbol, units, price or date we can read"]
 
 
 # --- the two budgets -----------------------------------------------------------------------------
