@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import structlog
 from django.db import transaction
@@ -138,10 +138,23 @@ def _refresh_accounts(connection: BrokerConnection, infos: list[BrokerAccountInf
         row, _ = BrokerAccount.objects.update_or_create(
             connection=connection,
             external_id=info.external_id,
-            defaults={"name": info.name, "currency": info.currency, "is_active": True},
+            defaults={
+                "name": info.name,
+                "currency": info.currency,
+                "is_active": True,
+                "broker_refreshed_on": _day(info.extra.get("refreshed_on")),
+            },
         )
         rows[info.external_id] = row
     return rows
+
+
+def _day(text: str | None) -> date | None:
+    """A date the broker gave as YYYY-MM-DD (or a timestamp starting with one); None otherwise."""
+    try:
+        return date.fromisoformat(text[:10]) if text else None
+    except ValueError:
+        return None
 
 
 def _count_request_retries(sync_log_id: int, retries: int) -> None:
@@ -157,8 +170,9 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
     if not locks.acquire(connection.pk, plan.owner):
         # This run's lock lapsed and a newer run owns the connection: it fetches this account.
         raise RunSuperseded()
-    run_started = SyncLog.objects.values_list("started_at", flat=True).get(pk=plan.sync_log_id)
+    run_started, trigger = SyncLog.objects.values_list("started_at", "trigger").get(pk=plan.sync_log_id)
     provider = get_broker_provider(connection.broker_type, connection.environment, run_id=plan.owner)
+    provider.trader_asked = trigger == SyncLog.Trigger.MANUAL
     info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
     try:
         with locks.kept_alive(connection.pk, plan.owner):

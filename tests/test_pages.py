@@ -3,7 +3,7 @@
 import re
 import time
 import zlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -130,6 +130,15 @@ def test_trades_page_shows_every_digit_of_an_amount_and_no_padding(client, trade
     row = client.get("/trades/").content.decode().split("<tbody>", 1)[1].split("</tr>", 1)[0]
     cells = re.findall(r'<td class="num">([^<]*)</td>', row)
     assert cells == ["100", "0.000000012345678901", "0.000732004"]
+
+
+def test_the_card_says_how_fresh_an_aggregator_s_copy_of_an_account_is(client, trader):
+    connection = quiet_connection(trader)
+    connection.accounts.create(external_id="acc-1", name="Robinhood ····8443", broker_refreshed_on=date(2026, 11, 20))
+    connection.accounts.create(external_id="acc-2", name="Direct")
+    client.force_login(trader)
+    page = client.get("/brokers/").content.decode()
+    assert page.count("data as of") == 1 and '<time datetime="2026-11-20">2026-11-20</time>' in page
 
 
 def test_a_trader_never_sees_another_traders_data(client, other_trader, synced_connection):

@@ -83,6 +83,9 @@ class BrokerProvider(ABC):
         self._http: BrokerHTTP | None = None
         # The sync run this instance works for (set by the registry); "" outside a run.
         self.run_id = ""
+        # The trader pressed Sync now (set by the run): a provider that rations its reads to what
+        # the broker asks (SnapTrade) reads anyway.
+        self.trader_asked = False
         # Why each row of the broker's answers that could not become a trade was left out.
         self.unreadable_rows: list[str] = []
 
