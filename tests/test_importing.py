@@ -1,6 +1,7 @@
 """The journal's import: exact counts, even when two runs import the same fills at the same moment."""
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -174,3 +175,13 @@ def test_the_18_decimal_migration_keeps_existing_trades(account):
     executor = MigrationExecutor(db_connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
     assert Trade.objects.get(broker_trade_id="old-1").other_fees == []
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(db_connection.vendor != "postgresql", reason="SQLite keeps 15 significant digits (its REAL)")
+def test_postgresql_keeps_twenty_integer_digits_and_eighteen_decimals(account):
+    huge = Decimal("12345678901234567890.123456789012345678")
+    (trade,) = trades(1)
+    import_trades(account.pk, [replace(trade, broker_trade_id="huge", quantity=huge, price=huge)])
+    stored = Trade.objects.get(broker_trade_id="huge")
+    assert (stored.quantity, stored.price) == (huge, huge)
