@@ -189,6 +189,9 @@ class BrokerAccount(models.Model):
     currency = models.CharField(max_length=3, default="USD")
     # Executions up to this moment are in the journal; the next sync starts here less the overlap.
     sync_cursor = models.DateTimeField(null=True, blank=True)
+    # The day an aggregator last refreshed its copy of the account's history (SnapTrade's sync
+    # status): its trades are as fresh as this, whatever our own last sync.
+    broker_refreshed_on = models.DateField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -225,7 +228,7 @@ class SyncLog(models.Model):
     trades_imported = models.PositiveIntegerField(default=0)
     trades_skipped = models.PositiveIntegerField(default=0)
     attempt = models.PositiveSmallIntegerField(default=1)
-    # Requests sent again after a transient failure (timeouts, 502/503/504), every step together.
+    # Requests sent again after a transient failure (timeouts, 500/502/503/504), every step together.
     request_retries = models.PositiveIntegerField(default=0)
     task_id = models.CharField(max_length=64, blank=True)
     error_kind = models.CharField(max_length=30, blank=True)

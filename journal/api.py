@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time
 
+from django.db import models
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
@@ -11,6 +12,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 
 from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE, REPORTED_FIELDS, TRADE_DATE_RULE, Trade
+from journal.numbers import plain
 from journal.selectors import trades_visible_to
 
 # Ids are 64-bit: a larger one cannot exist, and the database would refuse it with an error.
@@ -41,7 +43,18 @@ class TradeFilterSerializer(serializers.Serializer):
     )
 
 
+class PlainDecimalField(serializers.DecimalField):
+    """Every digit the broker sent and no padding: "0.000732004", not "0.000732004000000000"."""
+
+    def to_representation(self, value):
+        return plain(value)
+
+
 class TradeSerializer(serializers.ModelSerializer):
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.DecimalField: PlainDecimalField,
+    }
     account_external_id = serializers.CharField(source="account.external_id", read_only=True)
     connection = serializers.IntegerField(source="account.connection_id", read_only=True)
 

@@ -13,8 +13,9 @@ and no later sync brings it back.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cache
@@ -54,7 +55,9 @@ _RAW_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
 
 
 def _as_json(value) -> str:
-    return _RAW_JSON.encode(dict(value))
+    # A mapping (the broker's record), or a list of frozen values (other_fees: a Fee per currency).
+    plain = dict(value) if isinstance(value, Mapping) else [dataclasses.asdict(item) for item in value]
+    return _RAW_JSON.encode(plain)
 
 
 def _as_sqlite_date(value: date | None) -> str | None:

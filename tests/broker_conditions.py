@@ -266,7 +266,7 @@ def snaptrade_accounts_inside_their_budget(trader, tmp_path: Path, timings: Timi
                 sim.add_activity(account["id"], type="BUY", units=1, price=10 + n, trade_date=days_ago(30 + 365 * n))
                 for n in range(3)
             ]
-            expected[account["id"]] = {r["id"] for r in rows}
+            expected[account["id"]] = {snaptrade.content_key(r) for r in rows}
         limits = {"snaptrade": {"account": {"limit": 2, "window_s": window}}}
         env = timings.env(
             SNAPTRADE_BASE_URL=sim.api_url,

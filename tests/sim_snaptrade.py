@@ -110,6 +110,11 @@ class SnapTradeSim(LoopbackServer):
             row = self.authorizations[authorization_id]
             row["disabled"], row["disabled_date"] = True, _stamp(datetime.now(UTC))
 
+    def refresh_transactions(self, account_id: str, day: date) -> None:
+        """SnapTrade's daily refresh of one account's transactions has run: its sync status says `day`."""
+        with self.lock:
+            self.accounts[account_id]["sync_status"]["transactions"]["last_successful_sync"] = day.isoformat()
+
     def accounts_of(self, authorization_id: str) -> list[dict]:
         with self.lock:
             return [a for a in self.accounts.values() if a["brokerage_authorization"] == authorization_id]
@@ -355,6 +360,15 @@ class SnapTradeSim(LoopbackServer):
                 "balance": {"total": {"amount": 1000.0, "currency": "USD"}},
                 "meta": {},
                 "is_paper": False,
+                # SnapTrade's daily copy: transactions as of a day, holdings as of a moment.
+                "sync_status": {
+                    "transactions": {
+                        "initial_sync_completed": True,
+                        "last_successful_sync": datetime.now(UTC).date().isoformat(),
+                        "first_transaction_date": None,
+                    },
+                    "holdings": {"initial_sync_completed": True, "last_successful_sync": now},
+                },
             }
             self.route(
                 "GET",

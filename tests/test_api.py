@@ -462,7 +462,8 @@ def test_trades_newest_first_without_tombstones_and_decimals_as_strings(api, jou
     response = api.get("/api/trades/")
     assert trade_ids(response) == ["es-1", "msft-1", "aapl-2", "aapl-1"]
     oldest = response.json()["results"][-1]
-    assert oldest["price"] == "230.01000000" and oldest["quantity"] == "2.00000000" and oldest["fees"] == "1.00500000"
+    # Every digit stored, no padding to the column's 18 places.
+    assert (oldest["price"], oldest["quantity"], oldest["fees"], oldest["multiplier"]) == ("230.01", "2", "1.005", "1")
     assert oldest["executed_at"] == "2026-03-02T14:30:00Z"
     assert oldest["account"] == journal["stocks"].pk and oldest["account_external_id"] == "STK-1"
     assert oldest["connection"] == journal["stocks"].connection_id

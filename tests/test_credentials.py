@@ -92,9 +92,9 @@ def test_a_family_arriving_is_one_mail_listing_every_member_and_a_dropped_one_is
     KnownProvider.objects.filter(key__startswith="ccxt_").delete()
     KnownProvider.objects.create(key="ccxt_gone_exchange")
     new = announce_new_providers()
-    assert len(new) == 95 and "Kraken (ccxt_kraken)" in new
+    assert len(new) == 93 and "Kraken (ccxt_kraken)" in new
     (notice,) = mail.outbox
-    assert notice.subject.endswith("95 new brokers available; 1 broker no longer offered")
+    assert notice.subject.endswith("93 new brokers available; 1 broker no longer offered")
     assert "- Kraken (ccxt_kraken)" in notice.body and "- ccxt_gone_exchange" in notice.body
     assert not KnownProvider.objects.filter(key="ccxt_gone_exchange").exists()
     assert announce_new_providers() == [] and len(mail.outbox) == 1

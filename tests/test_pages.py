@@ -3,7 +3,7 @@
 import re
 import time
 import zlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -118,6 +118,27 @@ def test_trades_page_lists_the_latest_trades(client, trader, synced_connection):
     page = client.get("/trades/").content.decode()
     latest = synced_connection.accounts.first().trades.order_by("-executed_at").first()
     assert latest.symbol in page and "Page 1 of" in page
+
+
+def test_trades_page_shows_every_digit_of_an_amount_and_no_padding(client, trader):
+    account = quiet_connection(trader).accounts.create(external_id="spot", name="Spot")
+    trade = add_trade(account, "t-1", "PEPE/USDT", timezone.now())
+    Trade.objects.filter(pk=trade.pk).update(
+        quantity=Decimal("100"), price=Decimal("0.000000012345678901"), fees=Decimal("0.000732004")
+    )
+    client.force_login(trader)
+    row = client.get("/trades/").content.decode().split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    assert cells == ["100", "0.000000012345678901", "0.000732004"]
+
+
+def test_the_card_says_how_fresh_an_aggregator_s_copy_of_an_account_is(client, trader):
+    connection = quiet_connection(trader)
+    connection.accounts.create(external_id="acc-1", name="Robinhood ····8443", broker_refreshed_on=date(2026, 11, 20))
+    connection.accounts.create(external_id="acc-2", name="Direct")
+    client.force_login(trader)
+    page = client.get("/brokers/").content.decode()
+    assert page.count("data as of") == 1 and '<time datetime="2026-11-20">2026-11-20</time>' in page
 
 
 def test_a_trader_never_sees_another_traders_data(client, other_trader, synced_connection):

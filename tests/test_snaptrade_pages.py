@@ -93,7 +93,7 @@ def test_connect_registers_once_lists_accounts_and_imports_only_trades(browser, 
     expected = fill_accounts(sim, connection)
     log = runs.run_inline(connection.pk)
     assert log.status == "SUCCESS", log.error_message
-    imported = set(Trade.objects.filter(account__connection=connection).values_list("broker_trade_id", flat=True))
+    imported = set(Trade.objects.filter(account__connection=connection).values_list("raw__id", flat=True))
     assert imported == set(expected), "every BUY and SELL once, no dividend"
     assert runs.run_inline(connection.pk).trades_imported == 0, "nothing doubled on the next sync"
     page = browser.get("/brokers/").content.decode()
@@ -153,7 +153,7 @@ def test_a_broken_link_errors_with_reconnect_and_reconnect_keeps_the_connection(
     connection.refresh_from_db()
     assert connection.status == "CONNECTED" and not connection.credentials_rejected
     assert BrokerConnection.objects.count() == 1
-    trades = set(Trade.objects.filter(account__connection=connection).values_list("broker_trade_id", flat=True))
+    trades = set(Trade.objects.filter(account__connection=connection).values_list("raw__id", flat=True))
     assert trades == set(first) | {late}, "history kept, the late fill imported by the sync Reconnect started"
 
 

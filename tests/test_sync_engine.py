@@ -22,6 +22,8 @@ from sync.models import Notice
 from sync.outcomes import RunSuperseded
 from sync.policy import retry_delay
 from sync.tasks import sync_connection
+from tests.broker_conditions import imported_ids, tradovate_connection
+from tests.sim_tradovate import FakeTradovate
 
 pytestmark = pytest.mark.django_db
 
@@ -117,7 +119,7 @@ def test_after_the_last_retry_the_connection_is_in_error_with_a_readable_message
         "Alpaca had an internal error (HTTP 500). All 4 attempts failed; the next scheduled sync will try again."
     )
     assert alpaca.consecutive_failures == 1
-    assert len(responses.calls) == 4  # first attempt + 3 retries, no more
+    assert len(responses.calls) == 4 * 3  # first attempt + 3 retries, each read sent three times
 
 
 @responses.activate
@@ -322,7 +324,8 @@ def test_counts_cover_the_whole_run_when_a_retry_refetches_committed_batches(alp
     responses.get(ACCOUNT_URL, json=healthy_account)
     responses.get(ACCOUNT_URL, json=healthy_account)
     responses.get(FILLS_URL, json=fills[:100])
-    responses.get(FILLS_URL, status=500, json={"message": "boom"})  # page 2 fails after page 1 committed
+    for _ in range(1 + settings.BROKER_HTTP_RETRIES):  # page 2 fails after page 1 committed, resends too
+        responses.get(FILLS_URL, status=500, json={"message": "boom"})
     responses.get(FILLS_URL, json=fills[:100])  # the retry reads again from the saved cursor
     responses.get(FILLS_URL, json=fills[100:])
     log = run(alpaca)
@@ -463,3 +466,50 @@ def test_a_short_lived_token_is_renewed_at_half_its_life_not_at_every_use():
     assert token.expires_within(margin, issued + timedelta(minutes=4, seconds=1))
     long_lived = AuthResult(token="t", issued_at=issued, expires_at=issued + timedelta(minutes=90))
     assert long_lived.renew_margin(timedelta(minutes=15)) == timedelta(minutes=15)
+
+
+def test_a_broker_answering_every_third_read_with_500_loses_no_fill_and_needs_no_second_attempt(trader, settings):
+    with FakeTradovate({"alice": 2}, fills_per_account=40) as broker:
+        settings.BROKER_BASE_URLS = {"tradovate": broker.url}
+        broker.fail_every(3, 500)
+        connection = tradovate_connection(trader, broker)
+        log = run(connection)
+        expected = broker.expected_ids("alice")
+        served = broker.faults_served["500"]
+    assert log.status == SyncLog.Status.SUCCESS and log.attempt == 1, log.error_message
+    assert imported_ids(connection) == expected
+    assert log.trades_imported == Trade.objects.count() == 80
+    assert served > 0 and log.request_retries == served
+
+
+def test_rows_a_provider_could_not_read_are_counted_in_the_run_with_their_reasons(trader, monkeypatch):
+    class TwoBadRows(DemoProvider):
+        def get_trades(self, auth, account, since, until):
+            yield from super().get_trades(auth, account, since, until)
+            if account.external_id == "DEMO-FUT-1":
+                for row_id in ("r1", "r2"):
+                    self.skip_unreadable("no symbol", row=row_id)
+                self.skip_unreadable("dateTime 'yesterday' is in no known format")
+
+    real = runs.get_broker_provider
+    monkeypatch.setattr(
+        runs,
+        "get_broker_provider",
+        lambda key, environment="", run_id="": TwoBadRows(environment) if key == "demo" else real(key, environment),
+    )
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
+    )
+    log = run(connection)
+    assert log.status == SyncLog.Status.SUCCESS and log.trades_imported > 0
+    assert log.detail["DEMO-FUT-1"]["unreadable"] == [
+        "no symbol",
+        "no symbol",
+        "dateTime 'yesterday' is in no known format",
+    ]
+    assert "unreadable" not in log.detail["DEMO-STK-1"]
+    assert log.error_message == (
+        "DEMO-FUT-1: skipped 3 rows we could not read: no symbol (2); dateTime 'yesterday' is in no known format"
+    )
+    connection.refresh_from_db()
+    assert connection.last_sync_error == log.error_message

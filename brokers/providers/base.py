@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
+import structlog
 from django.conf import settings
 
-from brokers.providers.errors import BrokerAPIError, BrokerRateLimitError, unreadable
+from brokers.providers.errors import BrokerAPIError, BrokerRateLimitError, UnreadableRow, unreadable
 from brokers.providers.http import BrokerHTTP
 from brokers.providers.ratelimit import Scope, blocked
 from brokers.providers.runcache import RunCache
@@ -22,6 +23,9 @@ from brokers.providers.types import (
     CredentialField,
     OAuthSpec,
 )
+
+log = structlog.get_logger("brokers.providers")
+Row = TypeVar("Row")
 
 
 class BrokerProvider(ABC):
@@ -48,8 +52,9 @@ class BrokerProvider(ABC):
       link_fields        names of the values the connect pages store with a portal's link (e.g.
                          which authorisation it is): accepted in the credentials, never on a form
       transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
-                         layer retries them a few times before the run's own retries); add 500
-                         only where the broker's docs call it transient
+                         layer retries them a few times before the run's own retries); leave
+                         500 out only where the broker documents a 500 as deterministic (the
+                         same request would fail the same way)
       provisions         authenticate() creates something at the broker (MetaApi's MT account): the
                          connection is saved only once it worked, so its refusal is a form error and
                          the session it made is kept; forget() removes it when the connection goes
@@ -68,7 +73,10 @@ class BrokerProvider(ABC):
     token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
     trades_ascending: ClassVar[bool] = False
     credentials_expire: ClassVar[bool] = False
-    transient_statuses: ClassVar[frozenset[int]] = frozenset({502, 503, 504})
+    # A 500 is usually one overloaded or restarting backend behind a balancer: the major cloud
+    # SDKs resend idempotent reads after it, and a broker failing one read in three must not
+    # fail every run.
+    transient_statuses: ClassVar[frozenset[int]] = frozenset({500, 502, 503, 504})
     limits_key: ClassVar[str] = ""
     oauth: ClassVar[OAuthSpec | None] = None
     portal: ClassVar[bool] = False
@@ -81,6 +89,11 @@ class BrokerProvider(ABC):
         # The sync run this instance works for (set by the registry); "" outside a run.
         self.run_id = ""
         self.notes: list[str] = []
+        # The trader pressed Sync now (set by the run): a provider that rations its reads to what
+        # the broker asks (SnapTrade) reads anyway.
+        self.trader_asked = False
+        # Why each row of the broker's answers that could not become a trade was left out.
+        self.unreadable_rows: list[str] = []
 
     @classmethod
     def default_environment(cls) -> str:
@@ -103,6 +116,24 @@ class BrokerProvider(ABC):
                 transient_statuses=self.transient_statuses,
             )
         return self._http
+
+    def skip_unreadable(self, reason: str, **context: str) -> None:
+        """Leave out a row of the broker's answer that cannot become a trade, and say so.
+
+        One bad row must not stop every other fill of the account, nor vanish: the run writes
+        the count and the reasons into the account's SyncLog detail and the run's message
+        ("skipped N rows we could not read: …"). `reason` names the field, never a secret.
+        """
+        log.warning("broker_row_skipped", broker=self.key, reason=reason, **context)
+        self.unreadable_rows.append(reason)
+
+    def readable(self, rows: Iterable[Row], parse: Callable[[Row], BrokerTrade]) -> Iterator[BrokerTrade]:
+        """parse(row) for every row; a row it refuses with UnreadableRow is left out and counted."""
+        for row in rows:
+            try:
+                yield parse(row)
+            except UnreadableRow as exc:
+                self.skip_unreadable(str(exc))
 
     @property
     def limits_name(self) -> str:

@@ -78,7 +78,7 @@ class BrokerHTTP:
         display_name: str,
         base_url: str,
         limits_key: str = "",
-        transient_statuses: frozenset[int] = frozenset({502, 503, 504}),
+        transient_statuses: frozenset[int] = frozenset({500, 502, 503, 504}),
     ):
         # Whom the requests are for (logs, counters, errors), and which rate_limits.toml table
         # they book: a second way to connect a broker books the broker's own table.

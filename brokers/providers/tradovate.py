@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import requests
@@ -16,7 +16,7 @@ import structlog
 from django.conf import settings
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, UnreadableRow
 from brokers.providers.http import parse_retry_after
 from brokers.providers.ratelimit import capped_wait, get_limiter, scope_for
 from brokers.providers.types import (
@@ -224,23 +224,30 @@ class TradovateProvider(BrokerProvider):
         for mine in _batches(fills, BATCH_SIZE):
             fees = self._fill_fees(auth, [f["id"] for f in mine])
             self._resolve_instruments(auth, {f["contractId"] for f in mine}, instruments)
-            for fill in mine:
-                symbol, multiplier = instruments[fill["contractId"]]
-                yield BrokerTrade(
-                    broker_trade_id=str(fill["id"]),
-                    account_external_id=account.external_id,
-                    symbol=symbol,
-                    side=SIDES[fill["action"]],
-                    quantity=_decimal(fill["qty"]),
-                    price=_decimal(fill["price"]),
-                    executed_at=_utc(fill["timestamp"]),
-                    fees=fees.get(fill["id"], Decimal(0)),
-                    currency="USD",
-                    asset_class="FUT",
-                    multiplier=multiplier,
-                    order_id=str(fill["orderId"]),
-                    raw=fill,
-                )
+            yield from self.readable(mine, lambda fill, fees=fees: self._trade(fill, account, instruments, fees))
+
+    def _trade(self, fill: dict, account: BrokerAccountInfo, instruments: dict, fees: dict) -> BrokerTrade:
+        try:
+            symbol, multiplier = instruments[fill["contractId"]]
+            return BrokerTrade(
+                broker_trade_id=str(fill["id"]),
+                account_external_id=account.external_id,
+                symbol=symbol,
+                side=SIDES[fill["action"]],
+                quantity=_decimal(fill["qty"]),
+                price=_decimal(fill["price"]),
+                executed_at=_utc(fill["timestamp"]),
+                fees=fees.get(fill["id"], Decimal(0)),
+                currency="USD",
+                asset_class="FUT",
+                multiplier=multiplier,
+                order_id=str(fill["orderId"]),
+                raw=fill,
+            )
+        except (KeyError, TypeError, ValueError, InvalidOperation):
+            raise UnreadableRow(
+                f"fill {fill.get('id', 'without id')}: no action, qty, price or time we can read"
+            ) from None
 
     def _listing(self, auth: AuthResult) -> tuple[list[dict], dict[str, int]]:
         """The active fills and each one's account (its order's): read once per run for every account.

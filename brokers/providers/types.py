@@ -98,13 +98,23 @@ class BrokerAccountInfo:
 
 
 @dataclass(frozen=True)
+class Fee:
+    """One charge of a fill in one currency, as the broker reported it (a rebate is negative)."""
+
+    currency: str
+    cost: Decimal
+
+
+@dataclass(frozen=True)
 class BrokerTrade:
     """One execution (fill). Quantity is always positive; side says the direction.
 
-    fees is a cost (>= 0) in fee_currency, or in `currency` when that is empty; executed_at is
-    aware and in UTC; raw is the broker's own record, kept for audits and for fields we do not
-    read yet. busted: the broker cancelled this fill after the fact (it never happened); the journal
-    keeps it only as a tombstone (journal.importing).
+    fees is a cost (>= 0) in fee_currency, or in `currency` when that is empty; other_fees are
+    the fill's further charges, each in its own currency (a crypto exchange may charge the
+    trade's currency, its own token and points at once): never summed across currencies.
+    executed_at is aware and in UTC; raw is the broker's own record, kept for audits and for
+    fields we do not read yet. busted: the broker cancelled this fill after the fact (it never
+    happened); the journal keeps it only as a tombstone (journal.importing).
     """
 
     broker_trade_id: str
@@ -126,6 +136,7 @@ class BrokerTrade:
     # Units of the account's base currency per unit of `currency`, where the broker says.
     fx_rate_to_base: Decimal | None = None
     busted: bool = False
+    other_fees: tuple[Fee, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def __post_init__(self):

@@ -13,7 +13,7 @@ from django.test import override_settings
 from responses import matchers
 
 from brokers.providers import ratelimit
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError
+from brokers.providers.errors import BrokerAuthError, BrokerRateLimitError
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
@@ -225,11 +225,11 @@ def test_fill_fields_become_decimal_sides_and_utc(paper, rsps):
     assert third.executed_at == datetime(2026, 11, 3, 14, 32, tzinfo=UTC)
 
 
-def test_an_unreadable_fill_is_a_permanent_api_error(paper, rsps):
-    stub_fill_pages(rsps, [[{**fill(1), "side": "exercise"}]])
-    with pytest.raises(BrokerAPIError) as info:
-        list(paper.get_trades(make_auth(), make_account(), SINCE, UNTIL))
-    assert not info.value.transient and fill(1)["id"] in str(info.value)
+def test_an_unreadable_fill_is_left_out_and_counted_and_the_others_kept(paper, rsps):
+    stub_fill_pages(rsps, [[{**fill(1), "side": "exercise"}, fill(2)]])
+    trades = list(paper.get_trades(make_auth(), make_account(), SINCE, UNTIL))
+    assert [t.broker_trade_id for t in trades] == [fill(2)["id"]]
+    assert paper.unreadable_rows == [f"fill {fill(1)['id']}: no side, quantity, price or time we can read"]
 
 
 def test_429_waits_until_x_ratelimit_reset_for_this_key_only(paper, rsps):
