@@ -24,10 +24,9 @@ from brokers.providers.errors import (
     BrokerAPIError,
     BrokerAuthError,
     BrokerError,
-    BrokerRateLimitError,
     UnreadableRow,
 )
-from brokers.providers.ratelimit import get_limiter, scope_for
+from brokers.providers.ratelimit import scope_for
 from brokers.providers.runcache import RunCache
 from brokers.providers.types import (
     BUY,
@@ -340,8 +339,7 @@ class IbkrFlexProvider(BrokerProvider):
                 f"{self.display_name} says this token made too many requests (IBKR error 1018). Other "
                 "software using the same token shares its limit of 10 requests a minute."
             )
-            get_limiter().block(self.key, RATE_LIMIT_WAIT_S, scope=scope, reason=reason)
-            return BrokerRateLimitError(reason, provider=self.key, retry_after=RATE_LIMIT_WAIT_S)
+            return self.blocked(reason, RATE_LIMIT_WAIT_S, scope=scope)
         if code in _USER_ACTION:
             return BrokerAuthError(f"{_USER_ACTION[code]} (IBKR error {code})", provider=self.key)
         if code in _TRANSIENT_CODES:
@@ -360,11 +358,7 @@ class IbkrFlexProvider(BrokerProvider):
         )
 
     def _unreadable(self) -> BrokerAPIError:
-        return BrokerAPIError(
-            f"{self.display_name} sent an answer we could not read.",
-            provider=self.key,
-            transient=True,
-        )
+        return self.unreadable()
 
     def _expired(self, expiry: date) -> BrokerAuthError:
         return BrokerAuthError(

@@ -338,7 +338,7 @@ class MetaTraderProvider(BrokerProvider):
             page = self.http.json(response)
             rows = page.get("deals") if isinstance(page, dict) else page
             if not isinstance(rows, list):
-                raise BrokerAPIError("MetaApi sent an answer we could not read.", provider=self.key, transient=True)
+                raise self.unreadable()
             if isinstance(page, dict) and page.get("synchronizing"):
                 raise BrokerRateLimitError(
                     "MetaApi is still loading this account's history from the broker.",

@@ -25,9 +25,10 @@ from brokers.providers.errors import (
     BrokerError,
     BrokerRateLimitError,
     BrokerSetupError,
+    unreadable,
 )
 from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S, BrokerHTTP, parse_retry_after
-from brokers.providers.ratelimit import capped_wait, get_limiter, scope_for
+from brokers.providers.ratelimit import blocked, capped_wait, get_limiter, scope_for
 from brokers.providers.text import printable
 
 log = structlog.get_logger("brokers.metaapi")
@@ -120,8 +121,7 @@ class MetaApiAccounts:
             wait = parse_retry_after(response)
         wait = max(1.0, capped_wait(wait if wait is not None else DEFAULT_RATE_LIMIT_WAIT_S))
         reason = "MetaApi asked us to slow down (HTTP 429): its CPU credits for this token are used up for now."
-        get_limiter().block(self.limits_name, wait, scope=scope, reason=reason)
-        return BrokerRateLimitError(reason, provider=self.key, status_code=429, retry_after=wait)
+        return blocked(self.limits_name, reason, wait, provider=self.key, scope=scope, status_code=429)
 
     def find(self, token: str, own: bool, platform: str, server: str, login: str) -> dict | None:
         params = {"query": login, "platform": platform, "limit": 1000}
@@ -189,7 +189,7 @@ class MetaApiAccounts:
             raise self.provisioning_error(response, server, refusal)
         created = self.http.json(response)
         if not isinstance(created, dict) or not metaapi_id(created):
-            raise BrokerAPIError("MetaApi sent an answer we could not read.", provider=self.key, transient=True)
+            raise unreadable("MetaApi", provider=self.key)
         log.info("metaapi_account_provisioned", account_id=metaapi_id(created), platform=platform)
         return {**created, "type": body["type"]}
 

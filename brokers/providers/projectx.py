@@ -361,7 +361,7 @@ class ProjectXProvider(BrokerProvider):
         )
         data = self.http.json(response)
         if not isinstance(data, dict):
-            raise BrokerAPIError("ProjectX sent an answer we could not read.", provider=self.key, transient=True)
+            raise self.unreadable()
         return data
 
     def _envelope(self, data: Mapping[str, Any], what: str) -> None:

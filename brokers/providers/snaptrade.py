@@ -166,7 +166,7 @@ class SnapTradeProvider(BrokerProvider):
         authorization_id = auth.extra["authorization_id"]
         authorization = self._user_call(auth, "GET", f"/authorizations/{authorization_id}")
         if not isinstance(authorization, dict):
-            raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+            raise self.unreadable()
         brokerage = brokerage_name(authorization)
         if authorization.get("disabled"):
             raise BrokerAuthError(
@@ -176,7 +176,7 @@ class SnapTradeProvider(BrokerProvider):
         self._refresh_if_allowed(auth, authorization)
         rows = self._user_call(auth, "GET", f"/authorizations/{authorization_id}/accounts")
         if not isinstance(rows, list):
-            raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+            raise self.unreadable()
         accounts, statuses = [], {}
         for row in rows:
             if str(row.get("status") or "").lower() in CLOSED_ACCOUNT_STATUSES:
@@ -297,7 +297,7 @@ class SnapTradeProvider(BrokerProvider):
     def authorizations(self, key: SnapTradeKey, user_id: str, user_secret: str) -> list[dict]:
         rows = self._call(key, "GET", "/authorizations", user=(user_id, user_secret))
         if not isinstance(rows, list):
-            raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+            raise self.unreadable()
         return rows
 
     def brokerages(self, key: SnapTradeKey) -> list[tuple[str, str]]:
@@ -360,7 +360,7 @@ class SnapTradeProvider(BrokerProvider):
             )
             rows = page.get("data") if isinstance(page, dict) else None
             if not isinstance(rows, list):
-                raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+                raise self.unreadable()
             trades = (r for r in rows if r.get("type") in TRADE_TYPES)
             yield from self.readable(trades, parse)
             total = (page.get("pagination") or {}).get("total")
@@ -462,8 +462,7 @@ class SnapTradeProvider(BrokerProvider):
         # A reset of 0 still means "not now": at least a second.
         wait = max(1.0, capped_wait(wait))
         reason = f"SnapTrade asked us to slow down ({which} request budget is used up; HTTP 429)."
-        get_limiter().block(self.limits_name, wait, scope=blocked, reason=reason)
-        return BrokerRateLimitError(reason, provider=self.key, status_code=429, retry_after=wait)
+        return self.blocked(reason, wait, scope=blocked, status_code=429)
 
     def _refresh_if_allowed(self, auth: AuthResult, authorization: Mapping[str, Any]) -> None:
         """Ask SnapTrade to fetch fresh data from the brokerage, where the operator allows it.

@@ -68,7 +68,9 @@ def test_broker_storm_retries_to_success_and_fails_truthfully(trader, tmp_path, 
         "AK429FILLS": ("fills", "ok", "429"),
         "AK401ONCE": ("fills", "401"),
         "AK401": ("fills", "401", "401"),
-        "AK500EVER": ("fills", "500", "500", "500", "500"),
+        # A 500 on a read is resent by the HTTP layer twice before the run's own retry counts it:
+        # failing for good takes three 500s on each of the four attempts.
+        "AK500EVER": ("fills", *["500"] * 12),
     }
     with StormBroker(dict.fromkeys(scripts, FILLS)) as broker:
         connections = {key: alpaca_connection(trader, key) for key in scripts}
@@ -105,7 +107,7 @@ def test_broker_storm_retries_to_success_and_fails_truthfully(trader, tmp_path, 
     exhausted = run_of("AK500EVER")
     assert exhausted.status == SyncLog.Status.FAILED and exhausted.error_kind == "unavailable"
     assert "HTTP 500" in exhausted.error_message
-    assert broker.count("AK500EVER", "fills") == 4  # the first try and three retries
+    assert broker.count("AK500EVER", "fills") == 12  # four attempts of three sends each
     assert_trades_exactly(connections["AK500EVER"], ())
     assert_settled(connections["AK500EVER"], BrokerConnection.Status.ERROR)
 
