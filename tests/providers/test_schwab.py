@@ -12,8 +12,8 @@ from brokers.providers import schwab
 from brokers.providers.errors import BrokerAuthError
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
+from tests.fakes.schwab import equity_trade, option_trade
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
-from tests.sim_schwab import equity_trade, option_trade
 
 API = "https://api.schwabapi.com/trader/v1"
 TOKEN_URL = "https://api.schwabapi.com/v1/oauth/token"
