@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis server for the session, a clean Redis per test, traders."""
+"""Shared fixtures: a real Redis server for the session, a clean Redis per test, traders, their
+signed-in client, demo connections, and the broker HTTP stubbed with responses."""
 
 import os
 import tempfile
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import redis
+import responses
 from django.conf import settings
+from django.test import Client
 
 from config import localredis
 
@@ -33,3 +36,23 @@ def trader(django_user_model):
 @pytest.fixture
 def other_trader(django_user_model):
     return django_user_model.objects.create_user(username="bob", password="bob-password-1")
+
+
+@pytest.fixture
+def trader_client(trader):
+    """A test client signed in as the trader, past the login form (and django-axes)."""
+    client = Client()
+    client.force_login(trader)
+    return client
+
+
+@pytest.fixture
+def rsps(request):
+    """The broker HTTP answered by responses' stubs; nothing reaches the network.
+
+    A stub a test never reaches fails it only where the test's class, or else its module,
+    sets RSPS_ALL_FIRED = True.
+    """
+    all_fired = getattr(request.cls, "RSPS_ALL_FIRED", getattr(request.module, "RSPS_ALL_FIRED", False))
+    with responses.RequestsMock(assert_all_requests_are_fired=all_fired) as mock:
+        yield mock

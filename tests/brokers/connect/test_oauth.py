@@ -40,13 +40,6 @@ def sim(settings):
         yield sim
 
 
-@pytest.fixture
-def browser(trader):
-    client = Client()
-    client.force_login(trader)
-    return client
-
-
 def consent(client, sim, answer="allow", start="/brokers/oauth/schwab/connect/") -> str:
     """Start the sign-in, answer the broker's consent page; returns the callback URL the broker sends back."""
     started = client.get(start)
@@ -75,92 +68,92 @@ def connect(client, sim) -> BrokerConnection:
 
 
 @committing
-def test_connect_stores_tokens_encrypted_lists_accounts_and_syncs(browser, sim):
-    connection = connect(browser, sim)
+def test_connect_stores_tokens_encrypted_lists_accounts_and_syncs(trader_client, sim):
+    connection = connect(trader_client, sim)
     assert set(connection.accounts.values_list("external_id", flat=True)) == {h for _, h in ACCOUNTS}
     assert Trade.objects.filter(account__connection=connection).count() == 3
     auth = connection.auth
     assert auth.refresh_token and auth.token in sim.access
     assert auth.token not in connection.token_ciphertext and auth.refresh_token not in connection.token_ciphertext
     assert timedelta(days=6, hours=23) < auth.refresh_expires_at - timezone.now() <= timedelta(days=7)
-    page = browser.get("/brokers/").content.decode()
+    page = trader_client.get("/brokers/").content.decode()
     # The card names accounts by their last four digits; the full number is nowhere.
     assert "Schwab ····5678" in page and "12345678" not in page
     assert "link expires in 6 days" in page and "Reconnect" in page
 
 
-def test_denied_consent_says_so_and_saves_nothing(browser, sim):
-    answer = browser.get(consent(browser, sim, answer="deny"), follow=True)
+def test_denied_consent_says_so_and_saves_nothing(trader_client, sim):
+    answer = trader_client.get(consent(trader_client, sim, answer="deny"), follow=True)
     assert "You declined access at Charles Schwab" in said(answer)
     assert not BrokerConnection.objects.exists()
 
 
-def test_a_replayed_callback_is_refused(browser, sim):
-    callback = consent(browser, sim)
-    connect_once = browser.get(callback, follow=True)
+def test_a_replayed_callback_is_refused(trader_client, sim):
+    callback = consent(trader_client, sim)
+    connect_once = trader_client.get(callback, follow=True)
     assert "is connected" in said(connect_once)
-    replay = browser.get(callback, follow=True)
+    replay = trader_client.get(callback, follow=True)
     assert "already used" in said(replay)
     assert BrokerConnection.objects.count() == 1
 
 
-def test_a_callback_in_another_traders_browser_saves_nothing(browser, sim, other_trader):
-    callback = consent(browser, sim)
+def test_a_callback_in_another_traders_browser_saves_nothing(trader_client, sim, other_trader):
+    callback = consent(trader_client, sim)
     other = Client()
     other.force_login(other_trader)
     answer = other.get(callback, follow=True)
     assert "does not belong to a sign-in started in this browser session" in said(answer)
     assert not BrokerConnection.objects.exists()
     # The trader who started it can still finish it.
-    assert "is connected" in said(browser.get(callback, follow=True))
+    assert "is connected" in said(trader_client.get(callback, follow=True))
 
 
-def test_a_sign_in_that_took_too_long_is_refused(browser, sim, settings):
-    callback = consent(browser, sim)
-    session = browser.session
+def test_a_sign_in_that_took_too_long_is_refused(trader_client, sim, settings):
+    callback = consent(trader_client, sim)
+    session = trader_client.session
     flows = session["oauth_flows"]
     for flow in flows.values():
         flow["started"] -= settings.OAUTH_STATE_MAX_AGE_S + 1
     session["oauth_flows"] = flows
     session.save()
-    answer = browser.get(callback, follow=True)
+    answer = trader_client.get(callback, follow=True)
     assert "took longer than 10 minutes" in said(answer)
     assert not BrokerConnection.objects.exists()
 
 
-def test_an_expired_code_is_refused(browser, sim):
+def test_an_expired_code_is_refused(trader_client, sim):
     sim.code_lifetime_s = -1
-    answer = browser.get(consent(browser, sim), follow=True)
+    answer = trader_client.get(consent(trader_client, sim), follow=True)
     assert "did not accept the sign-in" in said(answer)
     assert not BrokerConnection.objects.exists()
 
 
-def test_the_token_endpoint_checks_pkce(browser, sim):
-    callback = consent(browser, sim)
-    session = browser.session
+def test_the_token_endpoint_checks_pkce(trader_client, sim):
+    callback = consent(trader_client, sim)
+    session = trader_client.session
     flows = session["oauth_flows"]
     for flow in flows.values():
         flow["verifier"] = "x" * 64
     session["oauth_flows"] = flows
     session.save()
-    answer = browser.get(callback, follow=True)
+    answer = trader_client.get(callback, follow=True)
     assert "did not accept the sign-in" in said(answer)
     assert not BrokerConnection.objects.exists()
 
 
-def test_an_unconfigured_broker_shows_the_operators_steps(browser, settings):
+def test_an_unconfigured_broker_shows_the_operators_steps(trader_client, settings):
     settings.BROKER_OAUTH_APPS = {}
-    page = browser.get("/brokers/add/?broker=schwab")
+    page = trader_client.get("/brokers/add/?broker=schwab")
     assert page.status_code == 200
     text = page.content.decode()
     assert "not set up on this installation" in text
     assert "SCHWAB_CLIENT_ID" in text and "SCHWAB_CLIENT_SECRET" in text and "OAUTH_CALLBACK_URL" in text
-    answer = browser.get("/brokers/oauth/schwab/connect/", follow=True)
+    answer = trader_client.get("/brokers/oauth/schwab/connect/", follow=True)
     assert "not set up on this installation" in said(answer)
 
 
-def test_schwab_cannot_be_added_with_typed_credentials(browser, sim, trader):
-    answer = browser.post("/brokers/add/", {"broker_type": "schwab", "label": "S", "sync_interval_min": 15})
+def test_schwab_cannot_be_added_with_typed_credentials(trader_client, sim, trader):
+    answer = trader_client.post("/brokers/add/", {"broker_type": "schwab", "label": "S", "sync_interval_min": 15})
     assert answer.status_code == 200 and "Connect with Charles Schwab</a>" in answer.content.decode()
     with pytest.raises(ValidationError) as info:
         services.connection_create(owner=trader, broker_type="schwab", label="S", credentials={})
@@ -175,8 +168,8 @@ def set_auth(connection, **changes):
 
 
 @committing
-def test_the_access_token_is_renewed_before_it_expires(browser, sim):
-    connection = connect(browser, sim)
+def test_the_access_token_is_renewed_before_it_expires(trader_client, sim):
+    connection = connect(trader_client, sim)
     old = connection.auth.token
     # 25 of its 30 minutes gone: less than the renewal margin is left.
     set_auth(
@@ -203,11 +196,11 @@ def hold_after_failed_run(connection):
 
 @committing
 def test_past_the_hard_end_the_connection_errors_asks_to_reconnect_and_reconnect_keeps_everything(
-    browser, sim, mailoutbox, trader
+    trader_client, sim, mailoutbox, trader
 ):
     trader.email = "alice@example.com"
     trader.save()
-    connection = connect(browser, sim)
+    connection = connect(trader_client, sim)
     accounts = dict(BrokerAccount.objects.filter(connection=connection).values_list("external_id", "sync_cursor"))
     trade_ids = set(Trade.objects.filter(account__connection=connection).values_list("pk", flat=True))
     set_auth(connection, expires_at=timezone.now() - timedelta(minutes=1), refresh_expires_at=timezone.now())
@@ -215,10 +208,10 @@ def test_past_the_hard_end_the_connection_errors_asks_to_reconnect_and_reconnect
     assert sim.refreshes == 0, "a refresh token past its hard end is not even tried"
     assert "The link ended on" in connection.last_sync_error
     assert any("Reconnect" in m.body for m in mailoutbox)
-    page = browser.get("/brokers/").content.decode()
+    page = trader_client.get("/brokers/").content.decode()
     assert "The link to Charles Schwab has ended" in page
 
-    answer = browser.get(consent(browser, sim, start=f"/brokers/{connection.pk}/reconnect/"), follow=True)
+    answer = trader_client.get(consent(trader_client, sim, start=f"/brokers/{connection.pk}/reconnect/"), follow=True)
     assert "Reconnected Charles Schwab" in said(answer)
     connection.refresh_from_db()
     assert BrokerConnection.objects.count() == 1
@@ -231,8 +224,8 @@ def test_past_the_hard_end_the_connection_errors_asks_to_reconnect_and_reconnect
 
 
 @committing
-def test_a_refused_refresh_token_errors_with_reconnect(browser, sim):
-    connection = connect(browser, sim)
+def test_a_refused_refresh_token_errors_with_reconnect(trader_client, sim):
+    connection = connect(trader_client, sim)
     sim.end_every_link()
     set_auth(connection, expires_at=timezone.now() - timedelta(minutes=1))
     hold_after_failed_run(connection)
@@ -240,20 +233,22 @@ def test_a_refused_refresh_token_errors_with_reconnect(browser, sim):
     assert "Charles Schwab refused to renew the link" in connection.last_sync_error
 
 
-def test_reconnect_of_typed_credentials_goes_to_their_form(browser, trader):
+def test_reconnect_of_typed_credentials_goes_to_their_form(trader_client, trader):
     demo = services.connection_create(
         owner=trader, broker_type="demo", label="D", credentials={"api_key": "k"}, sync_enabled=False
     )
-    answer = browser.get(f"/brokers/{demo.pk}/reconnect/")
+    answer = trader_client.get(f"/brokers/{demo.pk}/reconnect/")
     assert answer.status_code == 302 and answer["Location"] == f"/brokers/{demo.pk}/edit/"
 
 
 @committing
-def test_the_trader_is_warned_days_before_the_hard_end_and_on_the_last_day(browser, sim, settings, mailoutbox, trader):
+def test_the_trader_is_warned_days_before_the_hard_end_and_on_the_last_day(
+    trader_client, sim, settings, mailoutbox, trader
+):
     settings.OAUTH_LINK_EXPIRY_WARNING_DAYS = 2
     trader.email = "alice@example.com"
     trader.save()
-    connection = connect(browser, sim)
+    connection = connect(trader_client, sim)
     warnings = Notice.objects.filter(connection=connection, kind=Notice.Kind.LINK_EXPIRING)
     assert not warnings.exists()
 
@@ -271,4 +266,4 @@ def test_the_trader_is_warned_days_before_the_hard_end_and_on_the_last_day(brows
     runs.run_inline(connection.pk)
     assert warnings.count() == 2, "once more on the last day, and only once"
     assert len(mailoutbox) == 2
-    assert "link expires today" in browser.get("/brokers/").content.decode()
+    assert "link expires today" in trader_client.get("/brokers/").content.decode()

@@ -8,7 +8,6 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import responses
-from django.test import Client
 from responses import matchers
 
 from brokers.models import BrokerConnection
@@ -28,13 +27,6 @@ def app(settings):
 
 
 @pytest.fixture
-def browser(trader):
-    client = Client()
-    client.force_login(trader)
-    return client
-
-
-@pytest.fixture
 def alpaca():
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         bearer = matchers.header_matcher({"Authorization": f"Bearer {TOKEN}"})
@@ -44,8 +36,8 @@ def alpaca():
         yield rsps
 
 
-def sign_in(browser) -> str:
-    started = browser.get("/brokers/oauth/alpaca_connect/connect/?environment=live")
+def sign_in(trader_client) -> str:
+    started = trader_client.get("/brokers/oauth/alpaca_connect/connect/?environment=live")
     assert started.status_code == 302
     url = urlparse(started["Location"])
     query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -54,9 +46,9 @@ def sign_in(browser) -> str:
     return query["state"]
 
 
-def test_alpaca_connect_signs_in_and_syncs_the_live_account_with_a_bearer_token(browser, app, alpaca):
-    state = sign_in(browser)
-    answer = browser.get(f"/brokers/oauth/callback/?code=alpaca-code&state={state}", follow=True)
+def test_alpaca_connect_signs_in_and_syncs_the_live_account_with_a_bearer_token(trader_client, app, alpaca):
+    state = sign_in(trader_client)
+    answer = trader_client.get(f"/brokers/oauth/callback/?code=alpaca-code&state={state}", follow=True)
     assert "is connected (Alpaca Live LIVE123)" in " ".join(str(m) for m in answer.context["messages"])
     connection = BrokerConnection.objects.get(broker_type="alpaca_connect")
     assert connection.environment == "live" and connection.credentials == {}
@@ -76,6 +68,6 @@ def test_alpaca_connect_signs_in_and_syncs_the_live_account_with_a_bearer_token(
     assert "Press Reconnect" in connection.last_sync_error
 
 
-def test_an_unknown_environment_is_refused_before_leaving(browser, app):
-    answer = browser.get("/brokers/oauth/alpaca_connect/connect/?environment=moon", follow=True)
+def test_an_unknown_environment_is_refused_before_leaving(trader_client, app):
+    answer = trader_client.get("/brokers/oauth/alpaca_connect/connect/?environment=moon", follow=True)
     assert "Environment must be one of: paper, live." in " ".join(str(m) for m in answer.context["messages"])

@@ -10,7 +10,6 @@ from urllib.parse import urlparse
 
 import pytest
 import requests
-from django.test import Client
 
 from brokers.models import BrokerConnection, SnapTradeUser
 from journal.models import Trade
@@ -27,13 +26,6 @@ def sim(settings):
     with SnapTradeSim() as sim:
         configure(settings, sim)
         yield sim
-
-
-@pytest.fixture
-def browser(trader):
-    client = Client()
-    client.force_login(trader)
-    return client
 
 
 def said(response) -> str:
@@ -73,16 +65,16 @@ def fill_accounts(sim, connection: BrokerConnection) -> list[str]:
     return ids
 
 
-def test_the_add_page_offers_the_portal_and_the_brokerages(browser, sim):
-    page = browser.get(ADD_PAGE)
+def test_the_add_page_offers_the_portal_and_the_brokerages(trader_client, sim):
+    page = trader_client.get(ADD_PAGE)
     html = page.content.decode()
     assert page.status_code == 200 and "Connect through SnapTrade" in html
     assert "brokerage=SCHWAB" in html and "Fidelity" in html
 
 
 @committing
-def test_connect_registers_once_lists_accounts_and_imports_only_trades(browser, sim, trader):
-    connection = connect(browser, sim)
+def test_connect_registers_once_lists_accounts_and_imports_only_trades(trader_client, sim, trader):
+    connection = connect(trader_client, sim)
     assert connection.accounts.count() == 2
     assert len(sim.registrations) == 1
     user = SnapTradeUser.objects.get(owner=trader)
@@ -96,45 +88,47 @@ def test_connect_registers_once_lists_accounts_and_imports_only_trades(browser, 
     imported = set(Trade.objects.filter(account__connection=connection).values_list("broker_trade_id", flat=True))
     assert imported == set(expected), "every BUY and SELL once, no dividend"
     assert runs.run_inline(connection.pk).trades_imported == 0, "nothing doubled on the next sync"
-    page = browser.get("/brokers/").content.decode()
+    page = trader_client.get("/brokers/").content.decode()
     assert secret not in page and CONSUMER_KEY not in page
 
 
 @committing
-def test_a_second_brokerage_reuses_the_registration_and_adds_one_connection(browser, sim):
-    connect(browser, sim, start="/brokers/snaptrade/connect/?brokerage=SCHWAB")
-    connect(browser, sim, start="/brokers/snaptrade/connect/?brokerage=FIDELITY")
+def test_a_second_brokerage_reuses_the_registration_and_adds_one_connection(trader_client, sim):
+    connect(trader_client, sim, start="/brokers/snaptrade/connect/?brokerage=SCHWAB")
+    connect(trader_client, sim, start="/brokers/snaptrade/connect/?brokerage=FIDELITY")
     assert len(sim.registrations) == 1
     labels = sorted(BrokerConnection.objects.filter(broker_type="snaptrade").values_list("label", flat=True))
     assert len(labels) == 2 and labels[0] != labels[1]
     assert [login.get("broker") for login in sim.logins] == ["SCHWAB", "FIDELITY"]
 
 
-def test_an_unknown_brokerage_is_refused_before_the_portal(browser, sim):
-    answer = browser.get("/brokers/snaptrade/connect/?brokerage=NOPE%0A", follow=True)
+def test_an_unknown_brokerage_is_refused_before_the_portal(trader_client, sim):
+    answer = trader_client.get("/brokers/snaptrade/connect/?brokerage=NOPE%0A", follow=True)
     assert "not one SnapTrade offers" in said(answer)
     assert not sim.logins and not sim.registrations and not BrokerConnection.objects.exists()
 
 
 @committing
-def test_a_cancelled_portal_saves_nothing(browser, sim):
-    answer = browser.get(through_portal(browser, "/brokers/snaptrade/connect/", button="portal-cancel"), follow=True)
+def test_a_cancelled_portal_saves_nothing(trader_client, sim):
+    answer = trader_client.get(
+        through_portal(trader_client, "/brokers/snaptrade/connect/", button="portal-cancel"), follow=True
+    )
     assert "no new brokerage" in said(answer)
     assert not BrokerConnection.objects.exists()
 
 
 @committing
-def test_a_replayed_return_saves_nothing_more(browser, sim):
-    back = through_portal(browser, "/brokers/snaptrade/connect/")
-    browser.get(back)
-    again = browser.get(back, follow=True)
+def test_a_replayed_return_saves_nothing_more(trader_client, sim):
+    back = through_portal(trader_client, "/brokers/snaptrade/connect/")
+    trader_client.get(back)
+    again = trader_client.get(back, follow=True)
     assert "already used" in said(again)
     assert BrokerConnection.objects.count() == 1
 
 
 @committing
-def test_a_broken_link_errors_with_reconnect_and_reconnect_keeps_the_connection(browser, sim):
-    connection = connect(browser, sim)
+def test_a_broken_link_errors_with_reconnect_and_reconnect_keeps_the_connection(trader_client, sim):
+    connection = connect(trader_client, sim)
     first = fill_accounts(sim, connection)
     assert runs.run_inline(connection.pk).status == "SUCCESS"
     authorization_id = connection.credentials["authorization_id"]
@@ -143,11 +137,11 @@ def test_a_broken_link_errors_with_reconnect_and_reconnect_keeps_the_connection(
     connection.refresh_from_db()
     assert log.status == "FAILED" and connection.status == "ERROR" and connection.credentials_rejected
     assert "Reconnect" in connection.last_sync_error
-    assert "Reconnect" in browser.get("/brokers/").content.decode()
+    assert "Reconnect" in trader_client.get("/brokers/").content.decode()
     # The brokerage keeps trading while the link is broken; Reconnect mends the same authorisation.
     account = sim.accounts_of(authorization_id)[0]["id"]
     late = sim.add_activity(account, type="BUY", units=1, price=50, trade_date=recent(0.5))["id"]
-    answer = browser.get(through_portal(browser, f"/brokers/{connection.pk}/reconnect/"), follow=True)
+    answer = trader_client.get(through_portal(trader_client, f"/brokers/{connection.pk}/reconnect/"), follow=True)
     assert "Reconnected" in said(answer), said(answer)
     assert sim.logins[-1]["reconnect"] == authorization_id
     connection.refresh_from_db()
@@ -158,8 +152,8 @@ def test_a_broken_link_errors_with_reconnect_and_reconnect_keeps_the_connection(
 
 
 @committing
-def test_a_refused_operator_key_is_a_setup_error_and_holds_nothing(browser, sim, settings):
-    connection = connect(browser, sim)
+def test_a_refused_operator_key_is_a_setup_error_and_holds_nothing(trader_client, sim, settings):
+    connection = connect(trader_client, sim)
     settings.SNAPTRADE_CONSUMER_KEY = "not-the-key"
     log = runs.run_inline(connection.pk)
     connection.refresh_from_db()
@@ -167,25 +161,25 @@ def test_a_refused_operator_key_is_a_setup_error_and_holds_nothing(browser, sim,
     assert "SNAPTRADE_CONSUMER_KEY" in log.error_message and not connection.credentials_rejected
 
 
-def test_without_an_operator_key_the_trader_enters_a_personal_key(browser, sim, settings, trader):
+def test_without_an_operator_key_the_trader_enters_a_personal_key(trader_client, sim, settings, trader):
     settings.SNAPTRADE_CLIENT_ID = settings.SNAPTRADE_CONSUMER_KEY = ""
-    page = browser.get(ADD_PAGE).content.decode()
+    page = trader_client.get(ADD_PAGE).content.decode()
     assert "Save my SnapTrade key" in page and 'id="snaptrade-connect"' not in page
-    refused = browser.post("/brokers/snaptrade/key/", {"client_id": "MINE", "consumer_key": "wrong"}, follow=True)
+    refused = trader_client.post("/brokers/snaptrade/key/", {"client_id": "MINE", "consumer_key": "wrong"}, follow=True)
     assert "refused" in said(refused) and not SnapTradeUser.objects.exists()
     sim.add_key("MINE", "my-consumer-key")
-    saved = browser.post(
+    saved = trader_client.post(
         "/brokers/snaptrade/key/", {"client_id": "MINE", "consumer_key": "my-consumer-key"}, follow=True
     )
     assert "works" in said(saved)
     user = SnapTradeUser.objects.get(owner=trader)
     assert user.personal_key and user.client_id == "MINE" and "my-consumer-key" not in user.secrets_ciphertext
-    assert "Connect through SnapTrade" in browser.get(ADD_PAGE).content.decode()
+    assert "Connect through SnapTrade" in trader_client.get(ADD_PAGE).content.decode()
 
 
-def test_a_personal_key_form_names_what_is_missing_and_saves_nothing(browser, sim, settings):
+def test_a_personal_key_form_names_what_is_missing_and_saves_nothing(trader_client, sim, settings):
     settings.SNAPTRADE_CLIENT_ID = settings.SNAPTRADE_CONSUMER_KEY = ""
-    answer = browser.post("/brokers/snaptrade/key/", {"client_id": "MINE\n", "consumer_key": ""}, follow=True)
+    answer = trader_client.post("/brokers/snaptrade/key/", {"client_id": "MINE\n", "consumer_key": ""}, follow=True)
     assert "Consumer key is required" in said(answer)
     assert not SnapTradeUser.objects.exists() and not sim.registrations
 
