@@ -12,6 +12,7 @@ from django.conf import settings
 from django.test import Client
 
 from config import localredis
+from tests import factories
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,6 +37,20 @@ def trader(django_user_model):
 @pytest.fixture
 def other_trader(django_user_model):
     return django_user_model.objects.create_user(username="bob", password="bob-password-1")
+
+
+@pytest.fixture
+def make_connection(trader, django_capture_on_commit_callbacks):
+    """Make a connection (the trader's demo one unless told); first_sync=False drops the sync
+    queued on commit, so the test decides when to sync."""
+
+    def make(*, first_sync: bool = True, owner=None, **fields):
+        if first_sync:
+            return factories.connection(owner or trader, **fields)
+        with django_capture_on_commit_callbacks(execute=False):
+            return factories.connection(owner or trader, **fields)
+
+    return make
 
 
 @pytest.fixture

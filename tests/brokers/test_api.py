@@ -91,17 +91,15 @@ def other_api(other_trader):
 
 
 @pytest.fixture
-def connection(trader):
+def connection(make_connection):
     # Eager tasks and a transactional test: the first sync runs on commit, so accounts exist.
-    return services.connection_create(owner=trader, broker_type="demo", label="Demo", credentials={"api_key": SECRET})
+    return make_connection(credentials={"api_key": SECRET})
 
 
 @pytest.fixture
-def quiet_connection(trader):
+def quiet_connection(make_connection):
     """A connection with auto-sync off (no sync runs), for hand-made accounts and trades."""
-    return services.connection_create(
-        owner=trader, broker_type="demo", label="Quiet", credentials={"api_key": SECRET}, sync_enabled=False
-    )
+    return make_connection(label="Quiet", credentials={"api_key": SECRET}, sync_enabled=False)
 
 
 def periodic_task(connection_id: int) -> PeriodicTask:

@@ -13,7 +13,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django_celery_beat.models import PeriodicTask
 
-from brokers import services
 from brokers.management.commands import create_connection
 from brokers.models import BrokerConnection, SyncLog
 from brokers.providers.registry import provider_classes
@@ -70,18 +69,14 @@ def no_prompt(monkeypatch):
 
 
 @pytest.fixture
-def make_connection(trader, django_capture_on_commit_callbacks):
+def make_demo(make_connection):
     """A demo connection whose on-commit first sync is dropped, so each test decides when to sync."""
 
-    def make(owner=trader, label="Demo", scenario="normal", enabled=True):
-        with django_capture_on_commit_callbacks(execute=False):
-            return services.connection_create(
-                owner=owner,
-                broker_type="demo",
-                label=label,
-                credentials={"api_key": SECRET, "scenario": scenario},
-                sync_enabled=enabled,
-            )
+    def make(owner=None, label="Demo", scenario="normal", enabled=True):
+        credentials = {"api_key": SECRET, "scenario": scenario}
+        return make_connection(
+            first_sync=False, owner=owner, label=label, credentials=credentials, sync_enabled=enabled
+        )
 
     return make
 
@@ -292,8 +287,8 @@ def test_the_services_own_checks_apply_after_the_secrets(trader, monkeypatch):
 
 
 @pytest.mark.django_db
-def test_test_connection_lists_the_accounts(make_connection):
-    connection = make_connection()
+def test_test_connection_lists_the_accounts(make_demo):
+    connection = make_demo()
     out, err = run("test_connection", str(connection.pk))
     assert f"Connection {connection.pk} (Demo): logged in to Demo broker (simulated), 2 account(s)." in out
     assert "DEMO-FUT-1  Demo futures  USD" in out and "DEMO-STK-1  Demo stocks  USD" in out
@@ -302,8 +297,8 @@ def test_test_connection_lists_the_accounts(make_connection):
 
 
 @pytest.mark.django_db
-def test_test_connection_fails_with_the_brokers_message(make_connection):
-    connection = make_connection(scenario="auth_error")
+def test_test_connection_fails_with_the_brokers_message(make_demo):
+    connection = make_demo(scenario="auth_error")
     before = BrokerConnection.objects.filter(pk=connection.pk).values().get()
     message = refused("test_connection", str(connection.pk))
     assert message.startswith("Demo broker (simulated): The demo broker refused the login")
@@ -319,8 +314,8 @@ def test_test_connection_of_an_unknown_id():
 
 
 @pytest.mark.django_db
-def test_sync_connection_runs_inline_and_prints_counts_matching_the_database(make_connection):
-    connection = make_connection()
+def test_sync_connection_runs_inline_and_prints_counts_matching_the_database(make_demo):
+    connection = make_demo()
     out, err = run("sync_connection", str(connection.pk))
     sync_log = SyncLog.objects.get(connection=connection)
     assert sync_log.status == SyncLog.Status.SUCCESS and sync_log.trigger == SyncLog.Trigger.MANUAL
@@ -337,8 +332,8 @@ def test_sync_connection_runs_inline_and_prints_counts_matching_the_database(mak
 
 
 @pytest.mark.django_db
-def test_a_failed_inline_sync_prints_the_error_and_exits_non_zero(make_connection):
-    connection = make_connection(scenario="broker_down")
+def test_a_failed_inline_sync_prints_the_error_and_exits_non_zero(make_demo):
+    connection = make_demo(scenario="broker_down")
     with pytest.raises(CommandError) as info:
         call_command("sync_connection", str(connection.pk), stdout=(out := StringIO()))
     assert "The demo broker is down" in str(info.value)
@@ -347,8 +342,8 @@ def test_a_failed_inline_sync_prints_the_error_and_exits_non_zero(make_connectio
 
 
 @pytest.mark.django_db
-def test_sync_connection_async_queues_the_task_and_prints_its_id(make_connection):
-    connection = make_connection()
+def test_sync_connection_async_queues_the_task_and_prints_its_id(make_demo):
+    connection = make_demo()
     out, _ = run("sync_connection", str(connection.pk), "--async")
     task_id = re.search(r"Queued the sync of connection \d+: task id (\S+)", out).group(1)
     # Tasks are eager in the tests: the queued run has already happened under that id.
@@ -356,8 +351,8 @@ def test_sync_connection_async_queues_the_task_and_prints_its_id(make_connection
 
 
 @pytest.mark.django_db
-def test_sync_connection_of_an_unknown_id_changes_nothing(make_connection):
-    make_connection()
+def test_sync_connection_of_an_unknown_id_changes_nothing(make_demo):
+    make_demo()
     before = state()
     assert refused("sync_connection", "42") == "No connection with id 42"
     assert refused("sync_connection", "42", "--async") == "No connection with id 42"
@@ -368,10 +363,10 @@ def test_sync_connection_of_an_unknown_id_changes_nothing(make_connection):
 
 
 @pytest.mark.django_db
-def test_sync_status_shows_each_connection_with_paused_and_error_rows(make_connection, other_trader):
-    healthy = make_connection(label="Healthy")
-    paused = make_connection(label="Paused", enabled=False)
-    broken = make_connection(owner=other_trader, label="Broken", scenario="auth_error")
+def test_sync_status_shows_each_connection_with_paused_and_error_rows(make_demo, other_trader):
+    healthy = make_demo(label="Healthy")
+    paused = make_demo(label="Paused", enabled=False)
+    broken = make_demo(owner=other_trader, label="Broken", scenario="auth_error")
     run("sync_connection", str(healthy.pk))
     with pytest.raises(CommandError):
         run("sync_connection", str(broken.pk))

@@ -7,7 +7,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.test import override_settings
 
-from brokers import crypto, services
+from brokers import crypto
 from brokers.governance import announce_new_providers
 from brokers.models import BrokerConnection, KnownProvider
 
@@ -24,9 +24,8 @@ def fresh_fernet():
 
 
 @pytest.fixture
-def connection(trader, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=False):
-        return services.connection_create(owner=trader, broker_type="demo", label="D", credentials={"api_key": SECRET})
+def connection(make_connection):
+    return make_connection(first_sync=False, label="D", credentials={"api_key": SECRET})
 
 
 def test_the_database_holds_no_plaintext(connection):

@@ -22,11 +22,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def synced_connection(trader):
+def synced_connection(make_connection):
     # Eager tasks: creating the connection runs its first sync at once.
-    return services.connection_create(
-        owner=trader, broker_type="demo", label="My demo", credentials={"api_key": "demo-SECRET-value"}
-    )
+    return make_connection(label="My demo", credentials={"api_key": "demo-SECRET-value"})
 
 
 @pytest.mark.parametrize("url", ["/brokers/", "/trades/", "/brokers/add/"])

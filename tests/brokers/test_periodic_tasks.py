@@ -13,10 +13,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def connection(trader, django_capture_on_commit_callbacks):
-    # Capture (and drop) the on-commit sync so these tests look at schedules only.
-    with django_capture_on_commit_callbacks(execute=False):
-        return services.connection_create(owner=trader, broker_type="demo", label="Demo", credentials={"api_key": "k"})
+def connection(make_connection):
+    # Drop the on-commit sync so these tests look at schedules only.
+    return make_connection(first_sync=False)
 
 
 def only_task(connection) -> PeriodicTask:

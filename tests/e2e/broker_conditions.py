@@ -22,6 +22,7 @@ from brokers.models import BrokerConnection, SyncLog
 from brokers.providers import snaptrade
 from journal.models import Trade
 from sync.models import Notice
+from tests import factories
 from tests.e2e.realprocess import celery_processes, finished_logs, send_sync, wait_for
 from tests.fakes.ibkr_flex import FakeFlex
 from tests.fakes.okx import FakeOkx
@@ -61,8 +62,8 @@ class Timings:
 
 def tradovate_connection(trader, broker: FakeTradovate, user: str = "alice") -> BrokerConnection:
     """A Tradovate connection with auto-sync off, so only the syncs a scenario sends run."""
-    return services.connection_create(
-        owner=trader,
+    return factories.connection(
+        trader,
         broker_type="tradovate",
         label=f"Tradovate {user}",
         environment="demo",

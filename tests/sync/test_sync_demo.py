@@ -2,15 +2,14 @@
 
 import pytest
 
-from brokers import services
 from brokers.models import BrokerConnection, SyncLog
 from journal.models import Trade
 from sync.tasks import sync_connection
 
 
 @pytest.fixture
-def demo_connection(trader):
-    return services.connection_create(owner=trader, broker_type="demo", label="Demo", credentials={"api_key": "k-123"})
+def demo_connection(make_connection):
+    return make_connection(credentials={"api_key": "k-123"})
 
 
 @pytest.mark.django_db(transaction=True)

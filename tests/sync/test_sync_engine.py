@@ -22,6 +22,7 @@ from sync.models import Notice
 from sync.outcomes import RunSuperseded
 from sync.policy import retry_delay
 from sync.tasks import sync_connection
+from tests import factories
 
 pytestmark = pytest.mark.django_db
 
@@ -51,13 +52,7 @@ def alpaca(trader, django_capture_on_commit_callbacks):
     trader.email = "alice@example.com"
     trader.save()
     with django_capture_on_commit_callbacks(execute=False):
-        return services.connection_create(
-            owner=trader,
-            broker_type="alpaca",
-            label="Alpaca paper",
-            environment="paper",
-            credentials={"key_id": "AKTEST", "secret_key": "SECRET-alpaca-value"},
-        )
+        return factories.alpaca_connection(trader, "AKTEST", "SECRET-alpaca-value", label="Alpaca paper")
 
 
 def fails(rsps, status, times, url=ACCOUNT_URL, headers=None):

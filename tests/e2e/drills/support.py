@@ -8,22 +8,15 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from brokers import services
 from brokers.models import BrokerConnection, SyncLog
 from journal.models import Trade
+from tests import factories
 from tests.e2e.realprocess import celery_processes
 
 
 def alpaca_connection(trader, key_id: str) -> BrokerConnection:
     """An Alpaca connection with auto-sync off, so only the syncs a drill sends run."""
-    return services.connection_create(
-        owner=trader,
-        broker_type="alpaca",
-        label=f"Alpaca {key_id}",
-        environment="paper",
-        sync_enabled=False,
-        credentials={"key_id": key_id, "secret_key": f"secret-{key_id}"},
-    )
+    return factories.alpaca_connection(trader, key_id, f"secret-{key_id}", label=f"Alpaca {key_id}", sync_enabled=False)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from brokers import periodic_tasks, services
 from brokers.models import BrokerConnection
 from config.celery_app import app as celery_app
+from tests import factories
 from tests.e2e.realprocess import BeatDispatches, celery_processes, kill9, start_process, stop, wait_for
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.django_db(transaction=True)]
@@ -31,14 +32,7 @@ SLACK_S = 2.5
 
 
 def connection(trader, label: str, interval: int, enabled: bool = True) -> BrokerConnection:
-    return services.connection_create(
-        owner=trader,
-        broker_type="demo",
-        label=label,
-        credentials={"api_key": "k"},
-        sync_interval_min=interval,
-        sync_enabled=enabled,
-    )
+    return factories.connection(trader, label=label, sync_interval_min=interval, sync_enabled=enabled)
 
 
 def name(c: BrokerConnection) -> str:

@@ -7,11 +7,11 @@ import time
 import pytest
 from django.core import mail
 
-from brokers import services
 from brokers.models import BrokerConnection, SyncLog
 from config.celery_app import app as celery_app
 from journal.models import Trade
 from sync.models import Notice
+from tests import factories
 from tests.e2e.realprocess import celery_processes, finished_logs, send_sync, wait_for
 from tests.fakes.alpaca import FakeAlpaca
 
@@ -44,15 +44,7 @@ def connect(trader, broker, **kwargs):
     """An Alpaca connection with auto-sync off, so only the syncs a test sends run."""
     trader.email = "alice@example.com"
     trader.save()
-    return services.connection_create(
-        owner=trader,
-        broker_type="alpaca",
-        label="Alpaca",
-        environment="paper",
-        sync_enabled=False,
-        credentials={"key_id": "AKREAL", "secret_key": "secret-real"},
-        **kwargs,
-    )
+    return factories.alpaca_connection(trader, "AKREAL", "secret-real", label="Alpaca", sync_enabled=False, **kwargs)
 
 
 def test_a_broker_failing_twice_then_answering(trader, broker, worker_env, tmp_path, real_queue):
