@@ -1,6 +1,6 @@
 """Drill: a broker that misbehaves in every documented way, against a real worker.
 
-Each connection has its own key, account and fills on the loopback StormBroker, and its own
+Each connection has its own key, account and fills on the loopback ScriptedAlpaca, and its own
 scripted faults; all of them sync at once on one worker, as a bad evening at a broker
 would look. Retry delays are 1 s and the read timeout 1 s so the storm passes in seconds.
 """
@@ -8,7 +8,6 @@ would look. Retry delays are 1 s and the read timeout 1 s so the storm passes in
 import pytest
 
 from brokers.models import BrokerConnection, SyncLog
-from tests.e2e.drills.storm_broker import StormBroker
 from tests.e2e.drills.support import (
     alpaca_connection,
     assert_log_counts_truthful,
@@ -17,6 +16,7 @@ from tests.e2e.drills.support import (
     describe_logs,
 )
 from tests.e2e.realprocess import celery_processes, finished_logs, send_sync, wait_for
+from tests.fakes.alpaca import ScriptedAlpaca
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.drill, pytest.mark.django_db(transaction=True)]
 
@@ -24,7 +24,7 @@ FILLS = 250  # three pages of Alpaca's 100
 ALPACA_REFUSED = "Alpaca refused the API keys (HTTP 401)"
 
 
-def worker_env(broker: StormBroker, **extra: str) -> dict[str, str]:
+def worker_env(broker: ScriptedAlpaca, **extra: str) -> dict[str, str]:
     return {
         "ALPACA_BASE_URL": broker.url,
         "SYNC_RETRY_DELAYS_S": "1,1,1",
@@ -70,7 +70,7 @@ def test_broker_storm_retries_to_success_and_fails_truthfully(trader, tmp_path, 
         "AK401": ("fills", "401", "401"),
         "AK500EVER": ("fills", "500", "500", "500", "500"),
     }
-    with StormBroker(dict.fromkeys(scripts, FILLS)) as broker:
+    with ScriptedAlpaca(dict.fromkeys(scripts, FILLS)) as broker:
         connections = {key: alpaca_connection(trader, key) for key in scripts}
         for key, (call, *faults) in scripts.items():
             broker.fail(key, call, *faults)
@@ -117,7 +117,7 @@ def test_a_connection_dropped_mid_answer_is_retried(trader, tmp_path, real_queue
     Checks: like any broken connection it is transient: the account retries and the run
     ends SUCCESS with every fill exactly once, the connection CONNECTED.
     """
-    with StormBroker({"AKCUT": FILLS}) as broker:
+    with ScriptedAlpaca({"AKCUT": FILLS}) as broker:
         connection = alpaca_connection(trader, "AKCUT")
         broker.fail("AKCUT", "fills", "ok", "cut")
         sync_all_and_wait({"AKCUT": connection}, tmp_path, worker_env(broker))
@@ -134,7 +134,7 @@ def test_a_retry_after_committed_batches_counts_the_whole_run(trader, tmp_path, 
     Checks: nothing lost or doubled, SUCCESS, and the run's SyncLog counts every trade the
     run added, including those its failed attempt committed.
     """
-    with StormBroker({"AKPAGE3": FILLS}) as broker:
+    with ScriptedAlpaca({"AKPAGE3": FILLS}) as broker:
         connection = alpaca_connection(trader, "AKPAGE3")
         broker.fail("AKPAGE3", "fills", "ok", "ok", "500")
         sync_all_and_wait({"AKPAGE3": connection}, tmp_path, worker_env(broker, SYNC_IMPORT_BATCH_SIZE="100"))

@@ -8,9 +8,8 @@ from django.conf import settings
 from django.db import connection as db
 from django.test import override_settings
 
-from brokers import services
 from brokers.models import BrokerConnection, SyncLog
-from tests.e2e.drills.storm_broker import StormBroker
+from tests import factories
 from tests.e2e.drills.support import (
     assert_log_counts_truthful,
     assert_settled,
@@ -20,6 +19,7 @@ from tests.e2e.drills.support import (
     log_lines,
 )
 from tests.e2e.realprocess import celery_processes, wait_for
+from tests.fakes.alpaca import ScriptedAlpaca
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.drill, pytest.mark.django_db(transaction=True)]
 
@@ -46,7 +46,7 @@ class ExclusiveLock:
         self.released = threading.Event()
 
     def take_once(self, _key: str) -> None:
-        """StormBroker's before_fills hook: lock on the first fills request, release later."""
+        """ScriptedAlpaca's before_fills hook: lock on the first fills request, release later."""
         if self.taken.is_set():
             return
         lock = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -80,16 +80,9 @@ def test_database_locked_during_an_import_the_next_sync_completes(trader, tmp_pa
         )
     hold_s = sqlite_busy_timeout_s() + 5
     lock = ExclusiveLock(db.settings_dict["NAME"], hold_s)
-    with StormBroker({KEY: FILLS}) as broker:
+    with ScriptedAlpaca({KEY: FILLS}) as broker:
         broker.before_fills = lock.take_once
-        connection = services.connection_create(
-            owner=trader,
-            broker_type="alpaca",
-            label="Alpaca",
-            environment="paper",
-            credentials={"key_id": KEY, "secret_key": "secret"},
-            sync_interval_min=INTERVAL,
-        )
+        connection = factories.alpaca_connection(trader, KEY, "secret", label="Alpaca", sync_interval_min=INTERVAL)
         env = {"ALPACA_BASE_URL": broker.url, "SYNC_RETRY_DELAYS_S": "1,1,1"}
         with celery_processes(tmp_path / "worker", beat=False, **env) as processes:
             with beat_process(tmp_path / "beat", **env) as beat:

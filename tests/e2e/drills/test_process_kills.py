@@ -12,7 +12,6 @@ from brokers.models import BrokerConnection, SyncLog
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import AuthResult, BrokerAccountInfo
 from journal.models import Trade
-from tests.e2e.drills.storm_broker import StormBroker
 from tests.e2e.drills.support import (
     alpaca_connection,
     assert_log_counts_truthful,
@@ -22,6 +21,7 @@ from tests.e2e.drills.support import (
     describe_logs,
 )
 from tests.e2e.realprocess import celery_processes, finished_logs, kill9, send_sync, wait_for
+from tests.fakes.alpaca import ScriptedAlpaca
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.drill, pytest.mark.django_db(transaction=True)]
 
@@ -45,7 +45,7 @@ def test_worker_killed_during_two_syncs_both_runs_complete_after_restart(trader,
     """
     keys = ("AKFIRST", "AKSECOND")
     env = {"SYNC_RETRY_DELAYS_S": "1,1,1", "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S)}
-    with StormBroker(dict.fromkeys(keys, FILLS)) as broker:
+    with ScriptedAlpaca(dict.fromkeys(keys, FILLS)) as broker:
         env["ALPACA_BASE_URL"] = broker.url
         connections = [alpaca_connection(trader, key) for key in keys]
         for key in keys:

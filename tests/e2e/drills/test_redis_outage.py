@@ -12,7 +12,7 @@ from django.utils import timezone
 from brokers import services
 from brokers.models import SyncLog
 from config import localredis
-from tests.e2e.drills.storm_broker import StormBroker
+from tests import factories
 from tests.e2e.drills.support import (
     assert_log_counts_truthful,
     assert_settled,
@@ -22,6 +22,7 @@ from tests.e2e.drills.support import (
     log_lines,
 )
 from tests.e2e.realprocess import celery_processes, wait_for
+from tests.fakes.alpaca import ScriptedAlpaca
 
 pytestmark = [pytest.mark.realprocess, pytest.mark.drill, pytest.mark.django_db(transaction=True)]
 
@@ -56,17 +57,10 @@ def test_redis_stopped_during_syncs_then_restarted(trader, tmp_path, real_queue)
     redis_dir = tmp_path / "redis"
     server = localredis.start(port, redis_dir, persist=True)
     try:
-        with StormBroker({KEY: FILLS}) as broker:
+        with ScriptedAlpaca({KEY: FILLS}) as broker:
             # Both connections are scheduled by beat; the sync queued at creation goes (real_queue)
             # to the session's Redis, which no worker of this drill reads.
-            alpaca = services.connection_create(
-                owner=trader,
-                broker_type="alpaca",
-                label="Alpaca",
-                environment="paper",
-                credentials={"key_id": KEY, "secret_key": "secret"},
-                sync_interval_min=INTERVAL,
-            )
+            alpaca = factories.alpaca_connection(trader, KEY, "secret", label="Alpaca", sync_interval_min=INTERVAL)
             demo = services.connection_create(
                 owner=trader, broker_type="demo", label="Demo", credentials={"api_key": "k"}, sync_interval_min=INTERVAL
             )
