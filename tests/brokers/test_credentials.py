@@ -28,6 +28,17 @@ def connection(make_connection):
     return make_connection(first_sync=False, label="D", credentials={"api_key": SECRET})
 
 
+def rotate_to_a_new_key(settings) -> None:
+    """A new key first, the rotation command, then the old key gone: only the new key can read."""
+    old_key = settings.FIELD_ENCRYPTION_KEYS[0]
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
+    crypto._fernet.cache_clear()
+    call_command("rotate_credentials_key")
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]
+    crypto._fernet.cache_clear()
+
+
 def test_the_database_holds_no_plaintext(connection):
     raw = BrokerConnection.objects.filter(pk=connection.pk).values_list("credentials_ciphertext", flat=True).get()
     assert SECRET not in raw
@@ -35,14 +46,7 @@ def test_the_database_holds_no_plaintext(connection):
 
 
 def test_rotation_re_encrypts_with_the_newest_key(connection, settings):
-    old_key = settings.FIELD_ENCRYPTION_KEYS[0]
-    new_key = Fernet.generate_key().decode()
-    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
-    crypto._fernet.cache_clear()
-    call_command("rotate_credentials_key")
-    # With the old key gone, the credentials are still readable.
-    settings.FIELD_ENCRYPTION_KEYS = [new_key]
-    crypto._fernet.cache_clear()
+    rotate_to_a_new_key(settings)
     assert BrokerConnection.objects.get(pk=connection.pk).credentials["api_key"] == SECRET
 
 
@@ -52,13 +56,7 @@ def test_rotation_re_encrypts_snaptrade_registrations_too(trader, settings):
     user = SnapTradeUser(owner=trader, client_id="C", user_id="journal-1")
     user.secrets = {"user_secret": SECRET}
     user.save()
-    old_key = settings.FIELD_ENCRYPTION_KEYS[0]
-    new_key = Fernet.generate_key().decode()
-    settings.FIELD_ENCRYPTION_KEYS = [new_key, old_key]
-    crypto._fernet.cache_clear()
-    call_command("rotate_credentials_key")
-    settings.FIELD_ENCRYPTION_KEYS = [new_key]
-    crypto._fernet.cache_clear()
+    rotate_to_a_new_key(settings)
     assert SnapTradeUser.objects.get(pk=user.pk).secrets["user_secret"] == SECRET
 
 
