@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     args = parser.parse_args()
 
-    from tests.sim_metaapi import MetaApiSim, env
+    from tests.fakes.metaapi import MetaApiSim, env
 
     class TimedMetaApi(MetaApiSim):
         """The simulator, noting when each request arrived."""

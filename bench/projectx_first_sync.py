@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     args = parser.parse_args()
 
-    from tests.sim_projectx import ProjectXSim
+    from tests.fakes.projectx import ProjectXSim
 
     class TimedProjectX(ProjectXSim):
         """The simulator, noting when each request arrived."""
@@ -70,7 +70,7 @@ def measure(sim) -> dict:
     from brokers.providers.projectx import ProjectXProvider
     from journal.models import Trade
     from sync import runs as sync_runs
-    from tests.sim_projectx import API_KEY
+    from tests.fakes.projectx import API_KEY
 
     owner = get_user_model().objects.create_user("bench-projectx")
     connection = services.connection_create(

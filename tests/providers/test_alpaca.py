@@ -128,12 +128,6 @@ class TestAlpacaContract(ProviderContract):
 
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def paper():
     return get_broker_provider("alpaca", "paper")
 

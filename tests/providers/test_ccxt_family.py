@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 import redis
-import responses
 from django.conf import settings
 
 from brokers.providers import ratelimit
@@ -182,12 +181,6 @@ class TestCoinbaseAdvanced(CcxtContract):
 
     def limiter_scope(self):
         return scope_for(self.keys()["apiKey"])
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def test_kraken_fills_are_exact_with_fee_currency_side_and_utc(rsps):

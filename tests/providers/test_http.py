@@ -33,12 +33,6 @@ SECRET = "tok-s3cr3t-9f8e7d"
 
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def http():
     return BrokerHTTP(provider_key="demo", display_name="Demo", base_url=BASE + "/")
 

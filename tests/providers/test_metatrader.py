@@ -22,8 +22,8 @@ from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredent
 from journal.importing import import_trades
 from journal.models import Trade
 from sync import runs
+from tests.fakes.metaapi import OPERATOR_TOKEN, MetaApiSim, configure, stamp
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
-from tests.sim_metaapi import OPERATOR_TOKEN, MetaApiSim, configure, stamp
 
 TOKEN = f"token-{SECRET_MARK}"
 PASSWORD = f"investor-{SECRET_MARK}"

@@ -19,8 +19,8 @@ from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, Br
 from journal.models import Trade
 from journal.selectors import trades_visible_to
 from sync import runs, sessions
+from tests.fakes.projectx import API_KEY, ProjectXSim, configure, stamp
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
-from tests.sim_projectx import API_KEY, ProjectXSim, configure, stamp
 
 USERNAME = "trader1"
 TOPSTEP = "https://api.topstepx.com"

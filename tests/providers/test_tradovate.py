@@ -203,12 +203,6 @@ def provider():
 
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def fake(rsps):
     server = FakeTradovate()
     server.register(rsps)
