@@ -78,6 +78,9 @@ class BrokerConnection(models.Model):
     )
     # Set when the broker refused the credentials: automatic sync waits until they are fixed.
     credentials_rejected = models.BooleanField(default=False)
+    # When the trader last signed in again or saved new credentials: a run that began before cannot
+    # have tried them, so its refusal does not hold them (sync.runs).
+    authorised_at = models.DateTimeField(null=True, blank=True, editable=False)
     consecutive_failures = models.PositiveIntegerField(default=0)
     last_sync_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)

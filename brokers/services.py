@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from brokers import periodic_tasks
@@ -178,6 +179,7 @@ def connection_update(
 def _reauthorised(connection: BrokerConnection, auth: AuthResult | None) -> bool:
     """Take a new session (None: log in afresh) and clear a refused login; True if sync was on hold."""
     connection.auth = auth
+    connection.authorised_at = timezone.now()
     was_held = connection.credentials_rejected
     connection.credentials_rejected = False
     if connection.status == BrokerConnection.Status.ERROR:
