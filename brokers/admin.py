@@ -52,6 +52,13 @@ class BrokerConnectionAdminForm(forms.ModelForm):
         cleaned = super().clean()
         credentials = cleaned.get("new_credentials")
         broker_type = cleaned.get("broker_type") or self.instance.broker_type
+        if self.instance.pk is None and broker_type:
+            try:
+                # A broker that signs in on its own pages has no session to start from here.
+                services.refuse_oauth_without_sign_in(broker_type, None)
+            except ValidationError as exc:
+                self.add_error("broker_type", exc.messages)
+                return cleaned
         if credentials is not None and broker_type:
             environment = cleaned.get("environment", self.instance.environment)
             try:

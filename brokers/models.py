@@ -176,7 +176,11 @@ class BrokerConnection(models.Model):
     @property
     def link_expires_at(self) -> datetime | None:
         """When the trader must sign in again (an OAuth refresh token's hard end); None if never."""
-        auth = self.auth if self.signs_in_at_broker else None
+        try:
+            auth = self.auth if self.signs_in_at_broker else None
+        except crypto.CredentialsUnreadable:
+            # No key opens the session: the next sync says so, with what to do; the pages still work.
+            return None
         return auth.refresh_expires_at if auth is not None else None
 
     @property

@@ -86,7 +86,7 @@ def connection_create(
     A broker that connects by OAuth sign-in takes no credentials but the session (auth) its
     callback obtained; without one it is refused, since nothing could ever sync.
     """
-    _refuse_oauth_without_sign_in(broker_type, auth)
+    refuse_oauth_without_sign_in(broker_type, auth)
     connection = BrokerConnection(
         owner=owner,
         broker_type=broker_type,
@@ -106,7 +106,7 @@ def connection_create(
     return connection
 
 
-def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:
+def refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:
     try:
         provider_class = get_provider_class(broker_type)
     except BrokerConfigurationError:

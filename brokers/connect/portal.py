@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from brokers import services
 from brokers.connect.state import remember_flow
+from brokers.crypto import CredentialsUnreadable
 from brokers.decorators import trader_page
 from brokers.models import BrokerConnection, SnapTradeUser
 from brokers.providers.errors import BrokerError, BrokerSetupError
@@ -37,9 +38,13 @@ def add_page(request, provider_class):
     """The add page for SnapTrade: the operator's or the trader's key, then the brokerages."""
     context = {"provider": provider_class, "choices": provider_choices(), "brokerages": [], "problem": ""}
     user = SnapTradeUser.objects.filter(owner=request.user).first()
-    key = services.snaptrade_key_for(request.user)
-    context["has_key"] = key is not None
     context["personal"] = user is not None and user.personal_key
+    try:
+        key = services.snaptrade_key_for(request.user)
+    except CredentialsUnreadable as exc:
+        # The Personal key was saved under an encryption key this installation no longer has.
+        key, context["problem"] = None, exc.message
+    context["has_key"] = key is not None
     if key is not None:
         try:
             context["brokerages"] = _provider().brokerages(key)

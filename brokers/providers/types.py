@@ -23,6 +23,9 @@ class CredentialField:
     required: bool = True
     help_text: str = ""
     choices: tuple[tuple[str, str], ...] = ()
+    # False only for a value the broker takes in a JSON body (a login name, a password): everything
+    # else reaches a header, a signature or a URL, which carry ASCII only (text.credential_problem).
+    ascii_only: bool = True
 
 
 @dataclass(frozen=True)
