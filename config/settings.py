@@ -175,9 +175,10 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip"
-# The address of a client as the last TRUSTED_PROXY_COUNT proxies saw it (X-Forwarded-For);
-# 0 means clients connect directly and REMOTE_ADDR is theirs.
+AXES_CLIENT_IP_CALLABLE = "telemetry.client_ip.client_ip"
+# The address of a client as the last TRUSTED_PROXY_COUNT proxies saw it (X-Forwarded-For), for
+# axes, the sign-in limits and /metrics (telemetry.client_ip); 0 means clients connect directly
+# and REMOTE_ADDR is theirs.
 TRUSTED_PROXY_COUNT = env_int("DJANGO_TRUSTED_PROXY_COUNT", 0)
 
 LOGIN_URL = "login"
@@ -414,6 +415,10 @@ TEST_CONNECTION_RATE_LIMIT = env("TEST_CONNECTION_RATE_LIMIT", "5/m")
 # /readyz fails when beat has dispatched nothing for this long; beat sends the housekeeping
 # task every minute, so a live beat dispatches at least that often.
 BEAT_MAX_SILENCE_S = env_int("BEAT_MAX_SILENCE_S", 180)
+# /readyz runs its checks at most once at a time per web process and answers from their last
+# result for this long: the Celery ping waits its whole 2 s timeout, which a probe (or anyone
+# on the internet) must not cost a web worker on every request.
+READINESS_CACHE_S = env_int("READINESS_CACHE_S", 5)
 # /metrics answers a request bearing this token (Authorization: Bearer ...) or coming from one
 # of these networks (by default only this machine).
 METRICS_TOKEN = env("METRICS_TOKEN", "")

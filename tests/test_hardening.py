@@ -86,7 +86,7 @@ def test_an_admin_lifts_a_lockout(trader, admin_client, settings):
 
 
 def test_only_our_proxies_entries_of_x_forwarded_for_are_believed(settings):
-    from config.client_ip import client_ip
+    from telemetry.client_ip import client_ip
 
     request = HttpRequest()
     request.META = {"REMOTE_ADDR": "10.0.0.1", "HTTP_X_FORWARDED_FOR": "6.6.6.6, 203.0.113.9"}
