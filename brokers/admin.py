@@ -59,6 +59,12 @@ class BrokerConnectionAdminForm(forms.ModelForm):
             except ValidationError as exc:
                 self.add_error("broker_type", exc.messages)
                 return cleaned
+        if credentials is not None and self.instance.pk is not None:
+            try:
+                services.refuse_credentials_of_sign_in(broker_type)
+            except ValidationError as exc:
+                self.add_error("new_credentials", exc.messages)
+                return cleaned
         if credentials is not None and broker_type:
             environment = cleaned.get("environment", self.instance.environment)
             try:

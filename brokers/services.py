@@ -119,6 +119,18 @@ def refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> N
         )
 
 
+def refuse_credentials_of_sign_in(broker_type: str) -> None:
+    """A connection made on the broker's pages holds what its sign-in gave (a SnapTrade link id, ...):
+    written over, the link would be lost for good and later connects would adopt it as a new one."""
+    provider_class = get_provider_class(broker_type)
+    if provider_class.signs_in_at_broker():
+        name = provider_class.display_name
+        raise ValidationError(
+            {"credentials": f"A {name} connection has no credentials to write: press Reconnect to sign in again."},
+            code="signs_in_at_broker",
+        )
+
+
 def _default_environment(broker_type: str) -> str:
     try:
         return get_provider_class(broker_type).default_environment()
@@ -163,6 +175,8 @@ def connection_update(
         connection.sync_enabled = sync_enabled
     if sync_interval_min is not None:
         connection.sync_interval_min = sync_interval_min
+    if credentials is not None:
+        refuse_credentials_of_sign_in(connection.broker_type)
     stripped = None if credentials is None else _stripped(credentials)
     _full_clean(connection, stripped)
     resume = False

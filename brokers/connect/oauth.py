@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from brokers import services
+from brokers import selectors, services
 from brokers.connect.state import remember_flow
 from brokers.decorators import trader_page
 from brokers.models import BrokerConnection
@@ -110,6 +110,21 @@ def finish(request, flow: dict):
     if flow["connection"] is not None:
         connection = services.connection_reconnect(flow["connection"], auth)
         messages.success(request, f"Reconnected {connection.label} ({found}); sync resumed with its history kept.")
+        return redirect("brokers:list")
+    same_login = selectors.connection_of_login(
+        owner=request.user,
+        broker_type=provider_class.key,
+        environment=flow["environment"],
+        account_ids=[a.external_id for a in accounts],
+    )
+    if same_login is not None:
+        # A second connection would import every fill of these accounts twice.
+        connection = services.connection_reconnect(same_login.pk, auth)
+        messages.success(
+            request,
+            f"This {name} login is already connected as {connection.label} ({found}): it is signed in again, "
+            "with its history kept, and no second connection was made.",
+        )
         return redirect("brokers:list")
     try:
         connection = services.connection_create(
