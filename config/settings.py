@@ -410,6 +410,11 @@ RATELIMIT_USE_CACHE = "default"
 SYNC_NOW_RATE_LIMIT = env("SYNC_NOW_RATE_LIMIT", "3/m")
 # "Test connection" per trader: each press is a login at the broker, which limits logins.
 TEST_CONNECTION_RATE_LIMIT = env("TEST_CONNECTION_RATE_LIMIT", "5/m")
+# Each step of signing in at a broker (Connect, Reconnect, the callback, the Personal-key form), per
+# trader and per client address: a real sign-in takes two or three steps, a script hundreds. (The
+# code exchanges themselves also book a per-trader budget, rate_limits.toml's [sign_in.*].)
+SIGN_IN_RATE_LIMIT = env("SIGN_IN_RATE_LIMIT", "10/m")
+SIGN_IN_ADDRESS_RATE_LIMIT = env("SIGN_IN_ADDRESS_RATE_LIMIT", "30/m")
 
 # --- Health and metrics -------------------------------------------------------------------
 # /readyz fails when beat has dispatched nothing for this long; beat sends the housekeeping

@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from brokers import selectors, services
+from brokers import selectors, services, throttle
 from brokers.connect.state import remember_flow
 from brokers.decorators import trader_page
 from brokers.models import BrokerConnection
@@ -52,6 +52,7 @@ def _start(request, provider_class, connection: BrokerConnection | None, environ
 
 
 @trader_page
+@throttle.sign_in_step
 @require_GET
 def connect(request, broker_type):
     try:
@@ -93,6 +94,12 @@ def finish(request, flow: dict):
     app = oauth.app_for(provider_class)
     if app is None:
         messages.error(request, f"Signing in with {name} is not set up on this installation any more.")
+        return redirect("brokers:list")
+    wait = throttle.token_budget_wait(request, provider_class.key)
+    if wait is not None:
+        messages.error(
+            request, f"You signed in at {name} several times just now. Nothing was saved; try again in {wait} s."
+        )
         return redirect("brokers:list")
     provider = get_broker_provider(provider_class.key, flow["environment"])
     try:

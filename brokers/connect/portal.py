@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
-from brokers import services
+from brokers import services, throttle
 from brokers.connect.state import remember_flow
 from brokers.crypto import CredentialsUnreadable
 from brokers.decorators import trader_page
@@ -61,6 +61,7 @@ def _back_to_add():
 @sensitive_post_parameters()
 @sensitive_variables()
 @trader_page
+@throttle.sign_in_step
 @require_POST
 def save_key(request):
     """Register the trader with their own SnapTrade Personal key (checked by the registration itself)."""
@@ -94,6 +95,7 @@ def save_key(request):
 
 
 @trader_page
+@throttle.sign_in_step
 @require_GET
 def connect(request):
     return _start(request, brokerage=request.GET.get("brokerage", ""))
@@ -107,6 +109,11 @@ def reconnect(request, connection: BrokerConnection):
 @sensitive_variables()
 def _start(request, *, connection: BrokerConnection | None = None, brokerage: str = ""):
     """Send the trader to SnapTrade's portal: a new link, or the reconnect of `connection`'s."""
+    wait = throttle.token_budget_wait(request, KEY)
+    if wait is not None:
+        # Each trip registers or logs in under the API key every trader's syncs share.
+        messages.error(request, f"You opened SnapTrade's portal several times just now. Try again in {wait} s.")
+        return redirect("brokers:list")
     try:
         if brokerage and brokerage not in dict(_provider().brokerages(services.snaptrade_key_for(request.user))):
             # Checked before registering: a bad link must not make a (billed) SnapTrade user.
