@@ -8,8 +8,10 @@ only translate that error into their own shape.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -19,7 +21,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from brokers import periodic_tasks
 from brokers.crypto import CredentialsUnreadable
-from brokers.models import INTERVAL_RULE, BrokerConnection, SnapTradeUser, SyncLog
+from brokers.models import INTERVAL_RULE, ApiToken, BrokerConnection, SnapTradeUser, SyncLog
 from brokers.providers import snaptrade
 from brokers.providers.errors import BrokerConfigurationError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider, get_provider_class
@@ -296,3 +298,24 @@ def snaptrade_user_register(owner, key: SnapTradeKey) -> SnapTradeUser:
         # Another tab registered the trader a moment ago: theirs is kept, ours stays unused.
         return SnapTradeUser.objects.get(owner=owner)
     return user
+
+
+# --- API tokens ---
+
+
+@sensitive_variables()
+def api_token_create(
+    *, owner, name: str, lifetime_days: int = settings.API_TOKEN_LIFETIME_DAYS
+) -> tuple[ApiToken, str]:
+    """Make a token for the API; returns the row and the token itself, which is kept nowhere: show it once."""
+    token = secrets.token_urlsafe(32)
+    row = ApiToken(
+        owner=owner,
+        name=name.strip(),
+        digest=ApiToken.digest_of(token),
+        prefix=token[:8],
+        expires_at=timezone.now() + timedelta(days=lifetime_days),
+    )
+    row.full_clean()
+    row.save()
+    return row, token

@@ -105,7 +105,6 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_celery_beat",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
@@ -389,12 +388,14 @@ DEMO_FILL_EVERY_S = env_int("DEMO_FILL_EVERY_S", 90)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an API client without credentials gets 401 with WWW-Authenticate, not 403.
-        "rest_framework.authentication.TokenAuthentication",
+        "brokers.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# How long an API token made in the admin works (the admin may choose another lifetime per token).
+API_TOKEN_LIFETIME_DAYS = env_int("API_TOKEN_LIFETIME_DAYS", 90)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Trade Journal API",
     "VERSION": "0.1.0",
