@@ -12,9 +12,12 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from brokers import services
 from brokers.models import BrokerConnection
 from sync import runs
 from sync.models import Notice
+from tests.broker_conditions import tradovate_connection
+from tests.sim_tradovate import PASSWORD, FakeTradovate
 from tests.test_oauth import browser, connect, consent, said, set_auth, sim  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,3 +79,27 @@ def test_a_refusal_of_the_old_link_during_a_reconnect_neither_wipes_the_new_one_
     assert log.status == "SUCCESS" and not connection.credentials_rejected
     assert not Notice.objects.filter(connection=connection, kind=Notice.Kind.CREDENTIALS).exists()
     assert not [m for m in mailoutbox if "Reconnect" in m.body]
+
+
+def test_a_refused_login_does_not_hold_the_credentials_the_trader_saved_during_it(trader, settings):
+    with FakeTradovate({"alice": 1}) as tradovate:
+        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "tradovate": tradovate.url}
+        connection = tradovate_connection(trader, tradovate)
+        # A typo saved earlier: the run's login is refused...
+        services.connection_update(connection.pk, credentials={**connection.credentials, "password": "typo"})
+        login = tradovate._routes[("POST", "/auth/accesstokenrequest")]
+
+        def refused_while_the_trader_fixes_it(request):
+            # ...while the trader saves the right password on the edit page.
+            fixed = BrokerConnection.objects.get(pk=connection.pk).credentials | {"password": PASSWORD}
+            services.connection_update(connection.pk, credentials=fixed)
+            return login(request)
+
+        tradovate.route("POST", "/auth/accesstokenrequest", refused_while_the_trader_fixes_it)
+
+        log = runs.run_inline(connection.pk)
+
+    connection.refresh_from_db()
+    assert log.status == "FAILED"
+    assert not connection.credentials_rejected, "the new password was never tried, yet sync is held for it"
+    assert not Notice.objects.filter(connection=connection, kind=Notice.Kind.CREDENTIALS).exists()
