@@ -37,3 +37,18 @@ def link_days_left(connection: BrokerConnection) -> int | None:
     if ends is None or connection.credentials_rejected:
         return None
     return max(0, (ends - timezone.now()).days)
+
+
+def connection_of_login(*, owner, broker_type: str, environment: str, account_ids) -> BrokerConnection | None:
+    """The trader's connection that already holds one of these broker accounts: a sign-in listing them is
+    the same broker login again (e.g. Schwab's account hash values), so it re-authorises that one."""
+    return (
+        BrokerConnection.objects.filter(
+            owner=owner,
+            broker_type=broker_type,
+            environment=environment,
+            accounts__external_id__in=list(account_ids),
+        )
+        .order_by("pk")
+        .first()
+    )

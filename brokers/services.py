@@ -9,18 +9,21 @@ only translate that error into their own shape.
 from __future__ import annotations
 
 import math
+import secrets
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 
 import structlog
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from brokers import periodic_tasks
 from brokers.crypto import CredentialsUnreadable
-from brokers.models import INTERVAL_RULE, BrokerConnection, SnapTradeUser, SyncLog
+from brokers.models import INTERVAL_RULE, ApiToken, BrokerConnection, SnapTradeUser, SyncLog
 from brokers.providers import snaptrade
 from brokers.providers.errors import BrokerConfigurationError, BrokerError, BrokerRateLimitError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider, get_provider_class
@@ -89,7 +92,7 @@ def connection_create(
     A broker that connects by OAuth sign-in takes no credentials but the session (auth) its
     callback obtained; without one it is refused, since nothing could ever sync.
     """
-    _refuse_oauth_without_sign_in(broker_type, auth)
+    refuse_oauth_without_sign_in(broker_type, auth)
     connection = BrokerConnection(
         owner=owner,
         broker_type=broker_type,
@@ -124,7 +127,7 @@ def _provisioned(connection: BrokerConnection, credentials: Mapping[str, str]) -
         raise ValidationError({exc.field or NON_FIELD_ERRORS: message}, code=exc.kind) from None
 
 
-def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:
+def refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:
     try:
         provider_class = get_provider_class(broker_type)
     except BrokerConfigurationError:
@@ -134,6 +137,18 @@ def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> 
         raise ValidationError(
             {"broker_type": f"{name} connects by signing in at {name}: use Connect with {name} on the brokers page."},
             code="oauth_only",
+        )
+
+
+def refuse_credentials_of_sign_in(broker_type: str) -> None:
+    """A connection made on the broker's pages holds what its sign-in gave (a SnapTrade link id, ...):
+    written over, the link would be lost for good and later connects would adopt it as a new one."""
+    provider_class = get_provider_class(broker_type)
+    if provider_class.signs_in_at_broker():
+        name = provider_class.display_name
+        raise ValidationError(
+            {"credentials": f"A {name} connection has no credentials to write: press Reconnect to sign in again."},
+            code="signs_in_at_broker",
         )
 
 
@@ -181,6 +196,8 @@ def connection_update(
         connection.sync_enabled = sync_enabled
     if sync_interval_min is not None:
         connection.sync_interval_min = sync_interval_min
+    if credentials is not None:
+        refuse_credentials_of_sign_in(connection.broker_type)
     stripped = None if credentials is None else _stripped(credentials)
     _full_clean(connection, stripped)
     resume = False
@@ -197,6 +214,7 @@ def connection_update(
 def _reauthorised(connection: BrokerConnection, auth: AuthResult | None) -> bool:
     """Take a new session (None: log in afresh) and clear a refused login; True if sync was on hold."""
     connection.auth = auth
+    connection.authorised_at = timezone.now()
     was_held = connection.credentials_rejected
     connection.credentials_rejected = False
     if connection.status == BrokerConnection.Status.ERROR:
@@ -322,3 +340,24 @@ def snaptrade_user_register(owner, key: SnapTradeKey) -> SnapTradeUser:
         # Another tab registered the trader a moment ago: theirs is kept, ours stays unused.
         return SnapTradeUser.objects.get(owner=owner)
     return user
+
+
+# --- API tokens ---
+
+
+@sensitive_variables()
+def api_token_create(
+    *, owner, name: str, lifetime_days: int = settings.API_TOKEN_LIFETIME_DAYS
+) -> tuple[ApiToken, str]:
+    """Make a token for the API; returns the row and the token itself, which is kept nowhere: show it once."""
+    token = secrets.token_urlsafe(32)
+    row = ApiToken(
+        owner=owner,
+        name=name.strip(),
+        digest=ApiToken.digest_of(token),
+        prefix=token[:8],
+        expires_at=timezone.now() + timedelta(days=lifetime_days),
+    )
+    row.full_clean()
+    row.save()
+    return row, token

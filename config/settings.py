@@ -105,7 +105,6 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_celery_beat",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
@@ -175,9 +174,10 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip"
-# The address of a client as the last TRUSTED_PROXY_COUNT proxies saw it (X-Forwarded-For);
-# 0 means clients connect directly and REMOTE_ADDR is theirs.
+AXES_CLIENT_IP_CALLABLE = "telemetry.client_ip.client_ip"
+# The address of a client as the last TRUSTED_PROXY_COUNT proxies saw it (X-Forwarded-For), for
+# axes, the sign-in limits and /metrics (telemetry.client_ip); 0 means clients connect directly
+# and REMOTE_ADDR is theirs.
 TRUSTED_PROXY_COUNT = env_int("DJANGO_TRUSTED_PROXY_COUNT", 0)
 
 LOGIN_URL = "login"
@@ -408,12 +408,14 @@ DEMO_FILL_EVERY_S = env_int("DEMO_FILL_EVERY_S", 90)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an API client without credentials gets 401 with WWW-Authenticate, not 403.
-        "rest_framework.authentication.TokenAuthentication",
+        "brokers.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# How long an API token made in the admin works (the admin may choose another lifetime per token).
+API_TOKEN_LIFETIME_DAYS = env_int("API_TOKEN_LIFETIME_DAYS", 90)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Trade Journal API",
     "VERSION": "0.1.0",
@@ -429,11 +431,20 @@ RATELIMIT_USE_CACHE = "default"
 SYNC_NOW_RATE_LIMIT = env("SYNC_NOW_RATE_LIMIT", "3/m")
 # "Test connection" per trader: each press is a login at the broker, which limits logins.
 TEST_CONNECTION_RATE_LIMIT = env("TEST_CONNECTION_RATE_LIMIT", "5/m")
+# Each step of signing in at a broker (Connect, Reconnect, the callback, the Personal-key form), per
+# trader and per client address: a real sign-in takes two or three steps, a script hundreds. (The
+# code exchanges themselves also book a per-trader budget, rate_limits.toml's [sign_in.*].)
+SIGN_IN_RATE_LIMIT = env("SIGN_IN_RATE_LIMIT", "10/m")
+SIGN_IN_ADDRESS_RATE_LIMIT = env("SIGN_IN_ADDRESS_RATE_LIMIT", "30/m")
 
 # --- Health and metrics -------------------------------------------------------------------
 # /readyz fails when beat has dispatched nothing for this long; beat sends the housekeeping
 # task every minute, so a live beat dispatches at least that often.
 BEAT_MAX_SILENCE_S = env_int("BEAT_MAX_SILENCE_S", 180)
+# /readyz runs its checks at most once at a time per web process and answers from their last
+# result for this long: the Celery ping waits its whole 2 s timeout, which a probe (or anyone
+# on the internet) must not cost a web worker on every request.
+READINESS_CACHE_S = env_int("READINESS_CACHE_S", 5)
 # /metrics answers a request bearing this token (Authorization: Bearer ...) or coming from one
 # of these networks (by default only this machine).
 METRICS_TOKEN = env("METRICS_TOKEN", "")

@@ -397,9 +397,15 @@ def _finish_failed(
         "consecutive_failures": F("consecutive_failures") + 1,
     }
     if credentials_rejected:
+        # A Reconnect or new credentials since the run began were not what the broker refused. (The
+        # refused session itself was cleared where it was refused, only if still stored: sync.sessions.)
+        authorised_at = (
+            BrokerConnection.objects.select_for_update().values_list("authorised_at", flat=True).get(pk=connection.pk)
+        )
+        credentials_rejected = authorised_at is None or authorised_at <= sync_log.started_at
+    if credentials_rejected:
         # Hold automatic sync until the trader saves new credentials (services resume it).
         fields["credentials_rejected"] = True
-        fields["session_ciphertext"] = ""
     was_rejected = connection.credentials_rejected
     BrokerConnection.objects.filter(pk=connection.pk).update(**fields)
     connection.refresh_from_db()

@@ -184,7 +184,7 @@ class BrokerProvider(ABC):
                 problems[f.name] = f"{f.label} must be text."
                 continue
             value = (raw or "").strip()
-            problem = credential_problem(f.label, value, required=f.required)
+            problem = credential_problem(f.label, value, required=f.required, ascii_only=f.ascii_only)
             if problem:
                 problems[f.name] = problem
             elif f.choices and value and value not in {c for c, _ in f.choices}:

@@ -86,6 +86,7 @@ class TradovateProvider(BrokerProvider):
             "username",
             "Username",
             help_text="The name you log in to Tradovate with (trader.tradovate.com).",
+            ascii_only=False,
         ),
         CredentialField(
             "password",
@@ -93,6 +94,7 @@ class TradovateProvider(BrokerProvider):
             secret=True,
             help_text="Your Tradovate password, or the dedicated password you set when creating the API key. "
             "Stored encrypted; used only when the saved session has expired.",
+            ascii_only=False,
         ),
         CredentialField(
             "app_id",
@@ -111,6 +113,8 @@ class TradovateProvider(BrokerProvider):
             help_text="In Tradovate, open Application Settings → API Access and generate an API key "
             "(API access must be enabled on your account). The number shown as CID goes here. "
             "Read-only permissions are enough for the journal.",
+            # Sent as a number; validate_credentials says what it may hold (ASCII digits) in its words.
+            ascii_only=False,
         ),
         CredentialField(
             "sec",

@@ -25,6 +25,9 @@ class CredentialField:
     choices: tuple[tuple[str, str], ...] = ()
     # The form offers the provider's suggestions (BrokerProvider.suggestions) as the trader types.
     suggest: bool = False
+    # False only for a value the broker takes in a JSON body (a login name, a password): everything
+    # else reaches a header, a signature or a URL, which carry ASCII only (text.credential_problem).
+    ascii_only: bool = True
 
 
 @dataclass(frozen=True)

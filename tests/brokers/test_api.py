@@ -11,7 +11,6 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from brokers import periodic_tasks, services
@@ -151,7 +150,7 @@ def test_unauthenticated_requests_are_refused(anonymous, quiet_connection, metho
 
 def test_token_authentication(trader, quiet_connection):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=trader).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {services.api_token_create(owner=trader, name='test')[1]}")
     response = client.get("/api/connections/")
     assert response.status_code == 200
     assert [c["id"] for c in response.json()] == [quiet_connection.pk]

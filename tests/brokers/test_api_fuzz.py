@@ -10,7 +10,6 @@ import schemathesis
 from django.core.wsgi import get_wsgi_application
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -32,7 +31,7 @@ SCHEMA.app = get_wsgi_application()
 def token(trader):
     # Something to find: a connection (its first sync done) with accounts, trades and a log.
     services.connection_create(owner=trader, broker_type="demo", label="Fuzzed", credentials={"api_key": "k"})
-    return Token.objects.create(user=trader).key
+    return services.api_token_create(owner=trader, name="test")[1]
 
 
 @SCHEMA.parametrize()

@@ -21,7 +21,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.http import HttpRequest
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
 from brokers import periodic_tasks, services
 from brokers.crypto import UNREADABLE_MESSAGE
@@ -44,7 +43,7 @@ def quiet(owner, label="Quiet", broker_type="demo", **kwargs) -> BrokerConnectio
 
 def api_client(user) -> Client:
     client = Client()
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {Token.objects.create(user=user).key}"
+    client.defaults["HTTP_AUTHORIZATION"] = f"Token {services.api_token_create(owner=user, name='test')[1]}"
     return client
 
 
@@ -86,7 +85,7 @@ def test_an_admin_lifts_a_lockout(trader, admin_client, settings):
 
 
 def test_only_our_proxies_entries_of_x_forwarded_for_are_believed(settings):
-    from config.client_ip import client_ip
+    from telemetry.client_ip import client_ip
 
     request = HttpRequest()
     request.META = {"REMOTE_ADDR": "10.0.0.1", "HTTP_X_FORWARDED_FOR": "6.6.6.6, 203.0.113.9"}

@@ -14,7 +14,6 @@ import pytest
 import responses
 from celery.signals import before_task_publish
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
 from brokers import services
 from brokers.models import BrokerConnection, SyncLog
@@ -114,8 +113,8 @@ def test_a_full_sync_leaks_no_secret_anywhere(synced, client, admin_client, trad
         "/trades/",
     ]:
         assert_no_secret(client.get(url).content.decode(), url)
-    token = Token.objects.create(user=trader)
-    api = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+    token = services.api_token_create(owner=trader, name="test")[1]
+    api = {"HTTP_AUTHORIZATION": f"Token {token}"}
     for url in ["/api/connections/", f"/api/connections/{synced.pk}/", f"/api/connections/{synced.pk}/logs/"]:
         assert_no_secret(client.get(url, **api).content.decode(), url)
     for url in [
@@ -155,8 +154,8 @@ def test_another_trader_gets_404_everywhere(trader, other_trader, client, django
         assert client.get(url.format(pk=theirs.pk)).status_code == 404, url
     for url in PAGE_POSTS:
         assert client.post(url.format(pk=theirs.pk), {"sync_interval_min": "30"}).status_code == 404, url
-    token = Token.objects.create(user=other_trader)
-    api = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+    token = services.api_token_create(owner=other_trader, name="test")[1]
+    api = {"HTTP_AUTHORIZATION": f"Token {token}"}
     for url in API_URLS:
         assert client.get(url.format(pk=theirs.pk), **api).status_code == 404, url
     assert client.post(f"/api/connections/{theirs.pk}/sync/", **api).status_code == 404

@@ -1,4 +1,5 @@
-"""The client's address for login throttling, trusting X-Forwarded-For only as far as our own proxies."""
+"""The client's address as our own proxies saw it (X-Forwarded-For trusted only that far): one helper for
+login throttling (django-axes), the sign-in limits and /metrics' network rule."""
 
 from django.conf import settings
 
