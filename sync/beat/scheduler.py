@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 
 import redis
 from celery import schedules as celery_schedules
+from celery.exceptions import ImproperlyConfigured
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, transaction
 from django.db.models import F
@@ -175,6 +176,19 @@ class Entry:
 def row_version(row: dict) -> int:
     """What identifies a row's definition: a row read again with the same version is already applied."""
     return hash(tuple(row[field] for field in ROW_FIELDS if field not in ("enabled", "last_run_at")))
+
+
+def computable_schedule(kind: str, row) -> celery_schedules.BaseSchedule | None:
+    """The row's celery schedule, or None when it cannot be computed; beat carries on without it.
+
+    An admin can save rows celery cannot use: a solar schedule without the optional ephem package,
+    a crontab field out of range written around the admin's validation.
+    """
+    try:
+        return row.schedule
+    except (ImproperlyConfigured, ValueError) as exc:
+        logger.error("beat: the %s schedule %s cannot be computed: %s", kind, row.pk, exc)
+        return None
 
 
 def schedule_key(row: dict) -> tuple[str, int] | None:
@@ -367,6 +381,8 @@ class IncrementalScheduler(DatabaseScheduler):
                     json.loads(text)
             if key not in self._schedules:
                 raise ValueError("it has no schedule")
+            if self._schedules[key][1] is None:
+                raise ValueError(f"its {key[0]} schedule cannot be computed")
         except ValueError as exc:
             logger.error("beat: skipping the schedule %s: %s", row["name"], exc)
             self._entries.pop(pk, None)
@@ -383,7 +399,7 @@ class IncrementalScheduler(DatabaseScheduler):
                 definition = tuple(getattr(row, f.attname) for f in model._meta.concrete_fields)
                 key = (kind, row.pk)
                 if key not in self._schedules or self._schedules[key][0] != definition:
-                    self._schedules[key] = (definition, row.schedule)
+                    self._schedules[key] = (definition, computable_schedule(kind, row))
                     changed.add(key)
         return changed
 
@@ -391,8 +407,13 @@ class IncrementalScheduler(DatabaseScheduler):
         if not keys:
             return
         now = timezone.now()
-        for entry in self._entries.values():
-            if entry.schedule_key in keys:
+        for entry in list(self._entries.values()):
+            if entry.schedule_key not in keys:
+                continue
+            if self._schedules[entry.schedule_key][1] is None:
+                logger.error("beat: skipping the schedule %s: its schedule cannot be computed", entry.name)
+                del self._entries[entry.pk]
+            else:
                 self._push(entry, self._next_due(entry, now))
 
     # --- the heap ---

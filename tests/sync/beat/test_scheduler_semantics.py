@@ -17,7 +17,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.utils import timezone
-from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
 from brokers import periodic_tasks
 from config.celery_app import app as celery_app
@@ -224,3 +224,19 @@ def test_a_task_with_unreadable_arguments_is_skipped_and_the_others_still_run(me
     scheduler.tick()
 
     assert names(messages()) == ["fine"]
+
+
+def test_schedules_celery_cannot_compute_are_skipped_and_beat_sends_the_rest(messages):
+    # A solar schedule needs the optional ephem package; a crontab minute of 75 got round the admin's checks.
+    sunrise = SolarSchedule.objects.create(event="sunrise", latitude=51.5, longitude=-0.1)
+    impossible = CrontabSchedule.objects.create(minute="75", hour="*", timezone="UTC")
+    task("at-sunrise", interval=None, solar=sunrise)
+    task("at-minute-75", interval=None, crontab=impossible)
+    task("fine")
+    scheduler = new_scheduler()
+
+    scheduler.tick()
+
+    assert names(messages()) == ["fine"]
+    assert {entry.name for entry in scheduler._entries.values()} >= {"fine"}
+    assert not {"at-sunrise", "at-minute-75"} & {entry.name for entry in scheduler._entries.values()}
