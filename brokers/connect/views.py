@@ -7,10 +7,11 @@ same entry points (see brokers/connect/__init__.py).
 from types import ModuleType
 
 from django.contrib import messages
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET
 
+from brokers import picker
 from brokers.connect import credentials, oauth, portal
 from brokers.connect.credentials import provider_class_or_404
 from brokers.connect.state import take_flow
@@ -34,10 +35,31 @@ def way_for(provider_class) -> ModuleType:
 @sensitive_variables()
 @trader_page
 def add(request):
-    broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
+    broker_type = request.POST.get("broker_type") or request.GET.get("broker") or ""
+    if not broker_type and request.method == "GET":
+        return choose(request)
     provider_class = provider_class_or_404(broker_type)
     # A broker that signs in on its own pages has nothing to type: a posted form saves nothing.
     return way_for(provider_class).add_page(request, provider_class)
+
+
+def choose(request):
+    """The picker: every brokerage, filtered by ?q= (as the trader types, htmx swaps in just the list)."""
+    query = request.GET.get("q", "")[:100]
+    entries = picker.catalogue(request.user)
+    found = picker.search(entries, query)
+    context = {
+        "query": query,
+        "groups": picker.grouped(found),
+        "count": len(found),
+        "total": len(entries),
+        # Nothing found may still be a MetaTrader broker: its server search knows them all.
+        "fallback": None if found else picker.any_broker(entries),
+    }
+    # A history restore after the address was pushed wants the whole page, not just the list.
+    if request.htmx and not request.htmx.history_restore_request:
+        return render(request, "brokers/_picker_results.html", context)
+    return render(request, "brokers/picker.html", context)
 
 
 @trader_page
