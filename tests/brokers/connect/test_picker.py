@@ -61,7 +61,7 @@ def test_typing_tops_finds_topstepx_and_choosing_it_preselects_the_firm(trader_c
     found = entries(trader_client.get("/brokers/add/", {"q": "tops"}))
     assert found == [("Topstep (TopstepX)", "API key", "/brokers/add/?broker=projectx&firm=topstep")]
     form = trader_client.get(found[0][2]).content.decode()
-    assert "Connect ProjectX" in form
+    assert "Connect ProjectX" in form and '<a href="/brokers/add/">Search all brokers</a>' in form
     assert re.search(r'<option value="topstep" selected>Topstep \(TopstepX\)</option>', form)
 
 
