@@ -18,7 +18,7 @@ from brokers import services
 from brokers.crypto import CredentialsUnreadable
 from brokers.providers.errors import BrokerError
 from brokers.providers.projectx import FIRMS
-from brokers.providers.registry import get_broker_provider, provider_classes
+from brokers.providers.registry import get_broker_provider, provider_classes, shipped_providers
 
 # What the entries are grouped by, in the order the page shows them.
 MARKETS = (
@@ -174,7 +174,7 @@ def _direct(installed: dict) -> list[Brokerage]:
 def _exchanges(installed: dict) -> list[Brokerage]:
     found = []
     for key, provider_class in installed.items():
-        if key.startswith("ccxt_"):
+        if shipped_providers()[key][0] == "ccxt":
             asked = ", ".join(f.label for f in provider_class.credential_fields if f.required)
             needs = f"A read-only API key from {provider_class.display_name}: {asked}."
             found.append(Brokerage(provider_class.display_name, "crypto", (Way(key, API_KEY, needs),)))
@@ -235,9 +235,9 @@ def catalogue(user) -> list[Brokerage]:
     index = {_squash(name): i for i, entry in enumerate(entries) for name in (entry.name, *entry.also)}
     if "snaptrade" in installed:
         brokerages, has_key = _snaptrade_brokerages(user)
-        first = "" if has_key else " and a free SnapTrade Personal key (this installation has none)"
+        and_key = "" if has_key else " and a free SnapTrade Personal key (this installation has none)"
         for slug, name in brokerages:
-            needs = f"Your {name} login{first}; you sign in on SnapTrade's page."
+            needs = f"Your {name} login{and_key}; you sign in on SnapTrade's page."
             way = Way("snaptrade", SNAPTRADE, needs, (("brokerage", slug),))
             known = index.get(_squash(name))
             if known is None:
