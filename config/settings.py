@@ -345,6 +345,15 @@ BROKER_BASE_URLS = {
     for name, value in os.environ.items()
     if name.endswith("_BASE_URL") and value
 }
+# The domains whose hosts a Tradovate token answer may name (apiHosts): the session token is sent
+# to them, so only Tradovate's and NinjaTrader's own (docs/brokers/tradovate.md "Organisation hosts").
+TRADOVATE_API_HOST_DOMAINS = tuple(
+    domain.strip().lower()
+    for domain in env(
+        "TRADOVATE_API_HOST_DOMAINS", "tradovateapi.com,tradovate.com,ninjatrader.com,ninjatrader.dev"
+    ).split(",")
+    if domain.strip()
+)
 # OAuth apps the operator registered at brokers (docs/brokers/<key>.md): <KEY>_CLIENT_ID and
 # <KEY>_CLIENT_SECRET; <KEY>_OAUTH_AUTHORIZE_URL / <KEY>_OAUTH_TOKEN_URL point at a sandbox or
 # simulator. A provider whose app is missing shows as "not set up on this installation".

@@ -13,6 +13,9 @@ Faults, besides the generic ones of tests/fakes/loopback.py (delay_s, delays, fa
     penalize(times, p_time, captcha)   HTTP 200 with a penalty ticket instead of data
     lock_out(times, retry_after)       HTTP 429 (or 423) with an empty body (optional Retry-After)
     add_late_fill(account, at)         a fill executed at `at` appears in the listing now
+    move(user, host, announce)         NinjaTrader's organisation hosts (from 3 October 2026): the user's
+                                       calls with a token get 307 to `host` (an OrganisationHost), and
+                                       token answers name it in apiHosts unless announce is False
 """
 
 from __future__ import annotations
@@ -70,6 +73,23 @@ class _Session:
     expires: float  # time.monotonic()
 
 
+class OrganisationHost(LoopbackServer):
+    """An organisation's own API host: the same Tradovate behind it, on its own address with its own record.
+
+    `answers` says what its token answers name as apiHosts (its root URL for demo and live, plus
+    a market-data host); a test replaces it to play a hostile or garbled answer.
+    """
+
+    def __init__(self, shared: FakeTradovate):
+        super().__init__(prefix="/v1")
+        self.shared = shared
+        root = self.url.removesuffix(self.prefix)
+        self.answers: dict = {"demo": root, "live": root, "md": root}
+
+    def handler_for(self, method: str, path: str):
+        return self.shared.handler_for(method, path)
+
+
 class FakeTradovate(LoopbackServer):
     """users: {login name: number of accounts}; every account gets `fills_per_account` fills.
 
@@ -104,6 +124,7 @@ class FakeTradovate(LoopbackServer):
         self._penalties: list[_Penalty] = []
         self._lockouts: list[_Lockout] = []
         self._fill_ids = itertools.count(1)
+        self._homes: dict[str, tuple[OrganisationHost, bool]] = {}  # login name -> (its host, announced)
         # A second apart, the last a minute ago: inside a first sync's window however many there are.
         start = datetime.now(UTC) - timedelta(minutes=1, seconds=sum(users.values()) * fills_per_account)
         executed = (start + timedelta(seconds=s) for s in itertools.count())
@@ -193,6 +214,22 @@ class FakeTradovate(LoopbackServer):
                 by_account[str(self.orders[f["orderId"]]["accountId"])].add(str(f["id"]))
             return by_account
 
+    def move(self, user: str, host: OrganisationHost, *, announce: bool = True) -> None:
+        """`user` lives on `host` from now on; token answers name it (apiHosts) only when `announce`."""
+        with self.lock:
+            self._homes[user] = (host, announce)
+
+    def _answer(self, request: Request) -> Reply:
+        # The shared host still signs everyone in (the hosts are unknown before that answer) but
+        # sends every call made with a moved user's token to that user's own host.
+        with self.lock:
+            session = self._sessions.get(request.headers.get("Authorization", "").removeprefix("Bearer "))
+            home = self._homes.get(session.user) if session else None
+            if home is not None:
+                self.requests.append(request)
+                return Reply(307, b"", {"Location": f"{home[0].url}{request.path}?{request.raw_query}"})
+        return super()._answer(request)
+
     # --- faults -------------------------------------------------------------------------------
     def penalize(self, times: int = 1, p_time: float = 1.0, *, captcha: bool = False, path: str | None = None) -> None:
         """The next `times` requests (to `path`, or any) without a valid ticket get a penalty ticket.
@@ -269,6 +306,7 @@ class FakeTradovate(LoopbackServer):
             "access_token": session["accessToken"],
             "token_type": "bearer",
             "expires_in": int(self.token_lifetime_s),
+            **self._hosts_of(user),
         }
 
     def _renew(self, request: Request):
@@ -295,7 +333,12 @@ class FakeTradovate(LoopbackServer):
             "userStatus": "Active",
             "name": session.user,
             "hasLive": False,
+            **self._hosts_of(session.user),
         }
+
+    def _hosts_of(self, user: str) -> dict:
+        host, announce = self._homes.get(user, (None, False))
+        return {"apiHosts": dict(host.answers)} if announce else {}
 
     def _session(self, request: Request) -> _Session | None:
         session = self._sessions.get(request.headers.get("Authorization", "").removeprefix("Bearer "))

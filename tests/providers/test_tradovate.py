@@ -325,7 +325,7 @@ def test_expired_token_renewal_is_an_auth_error_so_the_engine_logs_in_again(prov
 
 
 def test_cid_must_be_a_number():
-    values = {f.name: "x" for f in tradovate.TradovateProvider.credential_fields}
+    values = {f.name: "x" for f in tradovate.TradovateProvider.credential_fields if f.required}
     problems = tradovate.TradovateProvider.validate_credentials(values, "demo")
     assert set(problems) == {"cid"}
     assert tradovate.TradovateProvider.validate_credentials({**values, "cid": "4321"}, "demo") == {}
@@ -481,3 +481,17 @@ def test_an_order_missing_from_the_answer_is_a_transient_error(provider, fake):
     with pytest.raises(BrokerAPIError) as info:
         list(provider.get_trades(session(), account(), SINCE, UNTIL))
     assert info.value.transient
+
+
+# --- organisation hosts (tests/providers/test_tradovate_hosts.py runs them against the loopback) ---------------
+def test_a_renewal_naming_hosts_replaces_the_stored_ones_and_one_without_keeps_them(provider, rsps):
+    moved = "https://demo-acme.tradovateapi.com"
+    renewal = rsps.get(url("/auth/renewaccesstoken"), json={**login_body("token-2"), "apiHosts": {"demo": moved}})
+    renewed = provider.refresh_token(session())
+    assert renewed.extra["api_hosts"] == {"demo": f"{moved}/v1"}
+    rsps.get(f"{moved}/v1/account/list", json=[])
+    assert provider.get_accounts(renewed) == []
+
+    rsps.remove(renewal)
+    rsps.get(f"{moved}/v1/auth/renewaccesstoken", json=login_body("token-3"))
+    assert provider.refresh_token(renewed).extra["api_hosts"] == {"demo": f"{moved}/v1"}

@@ -12,7 +12,7 @@ from django.utils import timezone
 from brokers.models import BrokerConnection
 from journal.models import Trade
 from sync import runs
-from tests.fakes.tradovate import OAUTH_CLIENT_SECRET, FakeTradovate
+from tests.fakes.tradovate import OAUTH_CLIENT_SECRET, FakeTradovate, OrganisationHost
 
 pytestmark = pytest.mark.django_db(transaction=True)
 USER = "signin-trader"
@@ -65,3 +65,20 @@ def test_sign_in_syncs_renews_without_a_password_and_asks_to_reconnect_when_laps
     connection.refresh_from_db()
     assert log.status == "FAILED" and connection.credentials_rejected
     assert "Press Reconnect" in connection.last_sync_error
+
+
+def test_a_sign_in_whose_code_exchange_names_an_organisation_host_syncs_there(trader, sim, settings):
+    settings.TRADOVATE_API_HOST_DOMAINS = (*settings.TRADOVATE_API_HOST_DOMAINS, "127.0.0.1")
+    with OrganisationHost(sim) as organisation:
+        sim.move(USER, organisation)
+        browser = Client()
+        browser.force_login(trader)
+        started = browser.get("/brokers/oauth/tradovate_signin/connect/?environment=demo")
+        state = parse_qs(urlparse(started["Location"]).query)["state"][0]
+
+        answer = browser.get(f"/brokers/oauth/callback/?code={sim.grant_code(USER)}&state={state}", follow=True)
+
+    assert "is connected" in " ".join(str(m) for m in answer.context["messages"])
+    connection = BrokerConnection.objects.get(broker_type="tradovate_signin")
+    assert Trade.objects.filter(account__connection=connection).count() == 3
+    assert set(sim.calls) == {"/auth/oauthtoken"} and {"/account/list", "/fill/list"} <= set(organisation.calls)

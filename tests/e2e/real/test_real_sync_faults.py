@@ -49,12 +49,13 @@ def connect(trader, broker, **kwargs):
 
 def test_a_broker_failing_twice_then_answering(trader, broker, worker_env, tmp_path, real_queue):
     connection = connect(trader, broker)
-    broker.fail_account_times = 2
+    # A 500 on a read is resent twice by the HTTP layer: two failed attempts take six answers.
+    broker.fail_account_times = 6
     with celery_processes(tmp_path, beat=False, **worker_env):
         send_sync(connection)
         log = wait_for(lambda: finished_logs(connection).first(), 60, message="the run to finish")
     assert log.status == SyncLog.Status.SUCCESS and log.attempt == 3
-    assert broker.count("/v2/account") == 2 + 1 + 1  # two failures, then login and account listing
+    assert broker.count("/v2/account") == 6 + 1 + 1  # two attempts of three sends, then login and listing
     assert SyncLog.objects.filter(connection=connection).count() == 1
     assert log.trades_imported == FILLS == Trade.objects.count()
 
