@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from brokers import periodic_tasks, picker, selectors, services, throttle
+from brokers import catalogue, periodic_tasks, selectors, services, throttle
 from brokers.models import INTERVAL_RULE, BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class, provider_classes
@@ -240,7 +240,17 @@ class CredentialFieldSerializer(serializers.Serializer):
 
 class BrokerageSerializer(serializers.Serializer):
     name = serializers.CharField(help_text="The brokerage, exchange or prop firm as traders know it.")
-    market = serializers.ChoiceField(choices=picker.MARKETS, help_text="What it trades, as the picker groups it.")
+    listed_as = serializers.CharField(
+        help_text="Its name through this provider, where that names one market of it (Binance COIN-M is a way into "
+        "Binance) or its crypto side (Alpaca Crypto)."
+    )
+    counted_under = serializers.ChoiceField(
+        choices=catalogue.ROUTES,
+        allow_null=True,
+        help_text="The route `manage.py list_brokers` counts it under (once, however many reach it); null for the "
+        "demo broker and MetaTrader's any-broker route, which are not counted.",
+    )
+    market = serializers.ChoiceField(choices=catalogue.MARKETS, help_text="What it trades, as the picker groups it.")
     connects = serializers.CharField(help_text="How: API key, sign in at the broker, through SnapTrade or MetaApi.")
     needs = serializers.CharField(help_text="What the trader needs before starting.")
     query = serializers.DictField(
@@ -418,15 +428,17 @@ class ProviderList(APIView):
     @extend_schema(responses=ProviderSerializer(many=True))
     def get(self, request):
         reached: dict[str, list[dict]] = {}
-        for entry in picker.catalogue(request.user):
-            for way in entry.ways:
-                reached.setdefault(way.key, []).append(
+        for brokerage in catalogue.catalogue().brokerages:
+            for way in brokerage.ways:
+                reached.setdefault(way.provider, []).append(
                     {
-                        "name": entry.name,
-                        "market": entry.market,
+                        "name": brokerage.name,
+                        "listed_as": way.name,
+                        "counted_under": brokerage.counted_under,
+                        "market": brokerage.market,
                         "connects": way.how,
                         "needs": way.needs,
-                        "query": dict(way.params),
+                        "query": dict(way.chosen),
                         "add_url": way.url,
                     }
                 )

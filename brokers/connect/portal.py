@@ -18,14 +18,14 @@ from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
-from brokers import picker, services, throttle
+from brokers import services, throttle
 from brokers.connect.state import remember_flow
 from brokers.crypto import CredentialsUnreadable
 from brokers.decorators import trader_page
 from brokers.models import BrokerConnection, SnapTradeUser
 from brokers.providers.errors import BrokerError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider, provider_choices
-from brokers.providers.snaptrade import SnapTradeKey, brokerage_name, session
+from brokers.providers.snaptrade import DOCUMENTED_BROKERAGES, SnapTradeKey, brokerage_name, session
 from brokers.providers.text import credential_problem
 
 KEY = "snaptrade"
@@ -55,7 +55,7 @@ def add_page(request, provider_class):
     context["fields"] = PERSONAL_KEY_FIELDS
     # Chosen in the picker: named from the live list, else the documented one (no key yet).
     slug = request.GET.get("brokerage", "")
-    named = dict(context["brokerages"]) or dict(picker.SNAPTRADE_DOCUMENTED)
+    named = dict(context["brokerages"]) or dict(DOCUMENTED_BROKERAGES)
     context["chosen"] = (
         {"slug": slug, "name": named[slug], "live": slug in dict(context["brokerages"])} if slug in named else None
     )

@@ -12,6 +12,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_GET
 
 from brokers import picker
+from brokers.catalogue import catalogue
 from brokers.connect import credentials, oauth, portal
 from brokers.connect.credentials import provider_class_or_404
 from brokers.connect.state import take_flow
@@ -46,15 +47,18 @@ def add(request):
 def choose(request):
     """The picker: every brokerage, filtered by ?q= (as the trader types, htmx swaps in just the list)."""
     query = request.GET.get("q", "")[:100]
-    entries = picker.catalogue(request.user)
-    found = picker.search(entries, query)
+    everything = catalogue()
+    found = picker.search(everything.brokerages, query)
+    any_broker = picker.any_broker(everything.brokerages)
     context = {
         "query": query,
         "groups": picker.grouped(found),
-        "count": len(found),
-        "total": len(entries),
+        # Counted as `manage.py list_brokers` counts: the demo broker and MetaTrader are offered, not counted.
+        "count": sum(1 for brokerage in found if brokerage.counted_under),
+        "total": everything.total,
+        "any_broker": any_broker,
         # Nothing found may still be a MetaTrader broker: its server search knows them all.
-        "fallback": None if found else picker.any_broker(entries),
+        "fallback": None if found else any_broker,
     }
     # A history restore after the address was pushed wants the whole page, not just the list.
     if request.htmx and not request.htmx.history_restore_request:

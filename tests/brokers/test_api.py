@@ -547,6 +547,8 @@ def test_providers_serve_the_pickers_catalogue_by_the_names_traders_know(api):
     topstep = next(b for b in providers["projectx"]["brokerages"] if b["name"] == "Topstep (TopstepX)")
     assert topstep == {
         "name": "Topstep (TopstepX)",
+        "listed_as": "Topstep (TopstepX)",
+        "counted_under": "ProjectX firms",
         "market": "futures",
         "connects": "API key",
         "needs": "Your ProjectX username and an API key from Topstep (TopstepX) (the firm must enable API access).",
@@ -557,8 +559,16 @@ def test_providers_serve_the_pickers_catalogue_by_the_names_traders_know(api):
     assert [b["name"] for b in providers["demo"]["brokerages"]] == ["Demo broker"]
     robinhood = next(b for b in providers["snaptrade"]["brokerages"] if b["name"] == "Robinhood")
     assert robinhood["connects"] == "Through SnapTrade" and robinhood["query"] == {"brokerage": "ROBINHOOD"}
-    # Tradovate's two ways in are the same brokerage.
-    assert [b["name"] for b in providers["tradovate_signin"]["brokerages"]] == ["Tradovate / NinjaTrader"]
+    # Tradovate's two ways in reach the same brokerages, NinjaTrader's accounts among them.
+    assert [b["name"] for b in providers["tradovate_signin"]["brokerages"]] == [
+        "NinjaTrader brokerage (through Tradovate)",
+        "Tradovate",
+    ]
+    # A venue's other market is a way into the venue, counted once, under the first route reaching it.
+    coin_m = providers["ccxt_binancecoinm"]["brokerages"]
+    assert [(b["name"], b["listed_as"], b["counted_under"]) for b in coin_m] == [("Binance", "Binance COIN-M", "ccxt")]
+    alpaca = next(b for b in providers["snaptrade"]["brokerages"] if b["name"] == "Alpaca")
+    assert alpaca["counted_under"] == "direct"
     assert {b["market"] for p in providers.values() for b in p["brokerages"]} == {
         "futures",
         "stocks",

@@ -23,7 +23,10 @@ ENTRY = re.compile(
 def entries(response) -> list[tuple[str, str, str]]:
     """(name, how it connects, link) of each link in the list, as the trader reads them."""
     assert response.status_code == 200
-    text = response.content.decode()
+    return entries_in(response.content.decode())
+
+
+def entries_in(text: str) -> list[tuple[str, str, str]]:
     return [(html.unescape(name), how, html.unescape(href)) for href, name, how in ENTRY.findall(text)]
 
 
@@ -40,18 +43,37 @@ def test_the_picker_lists_each_kind_of_brokerage_once_grouped_by_what_it_trades(
     assert [e for e in found if e[0] == "Demo broker"] == [("Demo broker", "API key", "/brokers/add/?broker=demo")]
     # The demo scenarios are a field of the demo broker, not entries.
     assert "Refuses the login" not in text and "Stocks account unavailable" not in text
-    assert [(how, link) for name, how, link in found if name == "Tradovate / NinjaTrader"] == [
+    assert [(how, link) for name, how, link in found if name == "Tradovate"] == [
         ("API key", "/brokers/add/?broker=tradovate"),
         ("Sign in at the broker", "/brokers/add/?broker=tradovate_signin"),
     ]
-    assert ("Binance", "API key", "/brokers/add/?broker=ccxt_binance") in found
+    assert [how for name, how, _ in found if name == "NinjaTrader brokerage (through Tradovate)"] == [
+        "API key",
+        "Sign in at the broker",
+    ]
     assert ("MetaTrader 4/5 — any broker", "Through MetaApi", "/brokers/add/?broker=metatrader") in found
-    # A brokerage reached by several routes is one entry with each way in.
-    assert [how for name, how, _ in found if name == "Alpaca"] == ["API key", "Sign in at the broker", SNAP]
-    assert [how for name, how, _ in found if name == "Interactive Brokers"] == ["API key", SNAP]
-    # Each brokerage once: as many entries as names, well over a hundred of them.
-    assert text.count('<li class="picker-entry">') == len(names(page)) >= 120
+    # One venue is one entry, each way in named as it is on its route: Binance's other markets...
+    binance = entry_of(text, "Binance")
+    assert [name for name, _, _ in binance] == ["Binance", "Binance COIN-M", "Binance USDⓈ-M"]
+    assert binance[0] == ("Binance", "API key", "/brokers/add/?broker=ccxt_binance")
+    # ...and a brokerage reached by several routes, Alpaca's crypto exchange included.
+    assert [(name, how) for name, how, _ in entry_of(text, "Alpaca")] == [
+        ("Alpaca", "API key"),
+        ("Alpaca", "Sign in at the broker"),
+        ("Alpaca Crypto", "API key"),
+        ("Alpaca", SNAP),
+    ]
+    assert [how for _, how, _ in entry_of(text, "Interactive Brokers")] == ["API key", SNAP]
     assert "You need: Your ProjectX username and an API key from Bulenox" in text
+
+
+def entry_of(text: str, name: str) -> list[tuple[str, str, str]]:
+    """The ways into the one entry whose first way is named `name`."""
+    for item in text.split('<li class="picker-entry">')[1:]:
+        ways = entries_in(item)
+        if ways and ways[0][0] == name:
+            return ways
+    raise AssertionError(f"no entry {name}")
 
 
 SNAP = "Through SnapTrade"
@@ -74,14 +96,17 @@ def test_robin_finds_robinhood_through_snaptrade_whose_page_names_it(trader_clie
     assert '<input type="hidden" name="brokerage" value="ROBINHOOD">' in page
 
 
-def test_with_a_snaptrade_key_the_live_list_replaces_the_documented_one(trader_client, settings):
+def test_with_a_snaptrade_key_the_picker_keeps_the_documented_list_and_the_snaptrade_page_the_live_one(
+    trader_client, settings
+):
     with SnapTradeSim() as sim:
         use_snaptrade(settings, sim)
         found = entries(trader_client.get("/brokers/add/", {"q": "snaptrade"}))
         page = trader_client.get("/brokers/add/", {"broker": "snaptrade", "brokerage": "ROBINHOOD"})
-    # The simulator offers Robinhood but not Trading 212, which SnapTrade's docs name.
+    # The picker counts what every installation reaches: SnapTrade's documented brokerages, Trading 212
+    # too, which this simulator does not offer.
     assert ("Robinhood", SNAP, "/brokers/add/?broker=snaptrade&brokerage=ROBINHOOD") in found
-    assert "Trading 212" not in {name for name, _, _ in found}
+    assert "Trading 212" in {name for name, _, _ in found}
     assert "free SnapTrade Personal key" not in page.content.decode()
     assert 'href="/brokers/snaptrade/connect/?brokerage=ROBINHOOD">Connect Robinhood through SnapTrade' in (
         page.content.decode()
@@ -109,7 +134,7 @@ def test_as_the_trader_types_htmx_gets_just_the_filtered_list(trader_client):
     text = fragment.content.decode()
     assert "<html" not in text and 'role="search"' not in text
     assert names(fragment) == {"Kraken", "Kraken Futures"}
-    assert re.search(r"2 of \d+ brokerages match “kraken”", text)
+    assert re.search(r"2 of \d+ named brokerages match “kraken”", text)
     # Without htmx the same address is the whole page, the search box keeping what was typed.
     page = trader_client.get("/brokers/add/", {"q": "kraken"}).content.decode()
     assert (

@@ -51,11 +51,14 @@ def test_arrow_keys_walk_the_list_in_order(page, live_server, log_in, trader):
     search = page.get_by_label("Find your broker")
     search.press_sequentially("tradovate", delay=50)
     links = page.locator("#picker-results a.picker-way")
-    expect(links).to_have_count(2)
+    # NinjaTrader's brokerage accounts, through Tradovate, then Tradovate: two ways into each.
+    expect(links).to_have_count(4)
     search.press("ArrowDown")
-    page.keyboard.press("ArrowDown")
-    expect(links.nth(1)).to_be_focused()
-    expect(links.nth(1)).to_contain_text("Sign in at the broker")
+    for _ in range(3):
+        page.keyboard.press("ArrowDown")
+    expect(links.nth(3)).to_be_focused()
+    expect(links.nth(3)).to_contain_text("Tradovate")
+    expect(links.nth(3)).to_contain_text("Sign in at the broker")
     with page.expect_navigation():
         page.keyboard.press("Enter")
     assert page.url.endswith("/brokers/add/?broker=tradovate_signin")
