@@ -267,7 +267,9 @@ class ProviderSerializer(serializers.Serializer):
     environments = ChoiceSerializer(many=True)
     credential_fields = CredentialFieldSerializer(many=True)
     brokerages = BrokerageSerializer(
-        many=True, help_text="The brokerages reached through this provider: the catalogue of the broker picker."
+        many=True,
+        help_text="The brokerages reached through this provider: the one catalogue the broker picker shows and "
+        "`manage.py list_brokers` counts.",
     )
 
 
