@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from brokers import periodic_tasks, selectors, services, throttle
+from brokers import catalogue, periodic_tasks, selectors, services, throttle
 from brokers.models import INTERVAL_RULE, BrokerAccount, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class, provider_classes
@@ -238,11 +238,39 @@ class CredentialFieldSerializer(serializers.Serializer):
     choices = ChoiceSerializer(many=True)
 
 
+class BrokerageSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="The brokerage, exchange or prop firm as traders know it.")
+    listed_as = serializers.CharField(
+        help_text="Its name through this provider, where that names one market of it (Binance COIN-M is a way into "
+        "Binance) or its crypto side (Alpaca Crypto)."
+    )
+    counted_under = serializers.ChoiceField(
+        choices=catalogue.ROUTES,
+        allow_null=True,
+        help_text="The route `manage.py list_brokers` counts it under (once, however many reach it); null for the "
+        "demo broker and MetaTrader's any-broker route, which are not counted.",
+    )
+    market = serializers.ChoiceField(choices=catalogue.MARKETS, help_text="What it trades, as the picker groups it.")
+    connects = serializers.CharField(help_text="How: API key, sign in at the broker, through SnapTrade or MetaApi.")
+    needs = serializers.CharField(help_text="What the trader needs before starting.")
+    query = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="What choosing it preselects: ProjectX's `firm` (send it in `credentials`), SnapTrade's "
+        "`brokerage` slug (the portal opens on it).",
+    )
+    add_url = serializers.CharField(help_text="The add page of this brokerage, with those values chosen.")
+
+
 class ProviderSerializer(serializers.Serializer):
     key = serializers.CharField()
     display_name = serializers.CharField()
     environments = ChoiceSerializer(many=True)
     credential_fields = CredentialFieldSerializer(many=True)
+    brokerages = BrokerageSerializer(
+        many=True,
+        help_text="The brokerages reached through this provider: the one catalogue the broker picker shows and "
+        "`manage.py list_brokers` counts.",
+    )
 
 
 def _choices(pairs) -> list[dict[str, str]]:
@@ -401,5 +429,20 @@ class ProviderList(APIView):
 
     @extend_schema(responses=ProviderSerializer(many=True))
     def get(self, request):
-        data = [_provider_data(cls) for cls in provider_classes().values()]
+        reached: dict[str, list[dict]] = {}
+        for brokerage in catalogue.catalogue().brokerages:
+            for way in brokerage.ways:
+                reached.setdefault(way.provider, []).append(
+                    {
+                        "name": brokerage.name,
+                        "listed_as": way.name,
+                        "counted_under": brokerage.counted_under,
+                        "market": brokerage.market,
+                        "connects": way.how,
+                        "needs": way.needs,
+                        "query": dict(way.chosen),
+                        "add_url": way.url,
+                    }
+                )
+        data = [_provider_data(cls) | {"brokerages": reached.get(key, [])} for key, cls in provider_classes().items()]
         return Response(ProviderSerializer(data, many=True).data)

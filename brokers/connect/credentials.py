@@ -11,7 +11,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 
 from brokers import services, throttle
 from brokers.decorators import trader_page
-from brokers.forms import ConnectionForm, EditConnectionForm
+from brokers.forms import CREDENTIAL_PREFIX, ConnectionForm, EditConnectionForm
 from brokers.models import BrokerConnection
 from brokers.providers.errors import BrokerConfigurationError, BrokerError
 from brokers.providers.registry import get_provider_class
@@ -92,7 +92,13 @@ def _test_login(request, *, broker_type: str, credentials: dict, environment: st
 @sensitive_post_parameters()
 @sensitive_variables()
 def add_page(request, provider_class):
-    form = ConnectionForm(request.POST or None, provider_class=provider_class)
+    # The picker's link may choose a field already (ProjectX's firm); a secret never comes in an address.
+    chosen = {
+        f"{CREDENTIAL_PREFIX}{spec.name}": request.GET[spec.name]
+        for spec in provider_class.credential_fields
+        if not spec.secret and spec.name in request.GET
+    }
+    form = ConnectionForm(request.POST or None, provider_class=provider_class, initial=chosen)
     context = {"provider": provider_class}
     if request.method == "POST" and request.POST.get("action") == "test":
         return _test_login(

@@ -9,6 +9,8 @@ brokerage authorisations the trader now has, and each new one becomes a journal 
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
@@ -23,7 +25,7 @@ from brokers.decorators import trader_page
 from brokers.models import BrokerConnection, SnapTradeUser
 from brokers.providers.errors import BrokerError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider, provider_choices
-from brokers.providers.snaptrade import SnapTradeKey, brokerage_name, session
+from brokers.providers.snaptrade import DOCUMENTED_BROKERAGES, SnapTradeKey, brokerage_name, session
 from brokers.providers.text import credential_problem
 
 KEY = "snaptrade"
@@ -51,11 +53,18 @@ def add_page(request, provider_class):
         except BrokerError as exc:
             context["problem"] = f"{exc.message} You can still choose the brokerage inside SnapTrade."
     context["fields"] = PERSONAL_KEY_FIELDS
+    # Chosen in the picker: named from the live list, else the documented one (no key yet).
+    slug = request.GET.get("brokerage", "")
+    named = dict(context["brokerages"]) or dict(DOCUMENTED_BROKERAGES)
+    context["chosen"] = (
+        {"slug": slug, "name": named[slug], "live": slug in dict(context["brokerages"])} if slug in named else None
+    )
     return render(request, "brokers/snaptrade_connect.html", context)
 
 
-def _back_to_add():
-    return redirect(f"{reverse('brokers:add')}?broker={KEY}")
+def _back_to_add(brokerage: str = ""):
+    query = {"broker": KEY} | ({"brokerage": brokerage} if brokerage else {})
+    return redirect(f"{reverse('brokers:add')}?{urlencode(query)}")
 
 
 @sensitive_post_parameters()
@@ -91,7 +100,8 @@ def save_key(request):
         messages.error(request, f"{exc.message} Nothing was saved.")
         return _back_to_add()
     messages.success(request, "Your SnapTrade key works. Now choose a brokerage to connect.")
-    return _back_to_add()
+    # Back to the brokerage chosen in the picker, if one was.
+    return _back_to_add(request.POST.get("brokerage", ""))
 
 
 @trader_page

@@ -7,10 +7,12 @@ same entry points (see brokers/connect/__init__.py).
 from types import ModuleType
 
 from django.contrib import messages
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET
 
+from brokers import picker
+from brokers.catalogue import catalogue
 from brokers.connect import credentials, oauth, portal
 from brokers.connect.credentials import provider_class_or_404
 from brokers.connect.state import take_flow
@@ -34,10 +36,34 @@ def way_for(provider_class) -> ModuleType:
 @sensitive_variables()
 @trader_page
 def add(request):
-    broker_type = request.POST.get("broker_type") or request.GET.get("broker") or "demo"
+    broker_type = request.POST.get("broker_type") or request.GET.get("broker") or ""
+    if not broker_type and request.method == "GET":
+        return choose(request)
     provider_class = provider_class_or_404(broker_type)
     # A broker that signs in on its own pages has nothing to type: a posted form saves nothing.
     return way_for(provider_class).add_page(request, provider_class)
+
+
+def choose(request):
+    """The picker: every brokerage, filtered by ?q= (as the trader types, htmx swaps in just the list)."""
+    query = request.GET.get("q", "")[:100]
+    everything = catalogue()
+    found = picker.search(everything.brokerages, query)
+    any_broker = picker.any_broker(everything.brokerages)
+    context = {
+        "query": query,
+        "groups": picker.grouped(found),
+        # Counted as `manage.py list_brokers` counts: the demo broker and MetaTrader are offered, not counted.
+        "count": sum(1 for brokerage in found if brokerage.counted_under),
+        "total": everything.total,
+        "any_broker": any_broker,
+        # Nothing found may still be a MetaTrader broker: its server search knows them all.
+        "fallback": None if found else any_broker,
+    }
+    # A history restore after the address was pushed wants the whole page, not just the list.
+    if request.htmx and not request.htmx.history_restore_request:
+        return render(request, "brokers/_picker_results.html", context)
+    return render(request, "brokers/picker.html", context)
 
 
 @trader_page

@@ -65,24 +65,24 @@ ACCOUNT_BUCKETS = ("customer", "account")
 ACTIVITIES_MIN_INTERVAL_S = 24 * 3600
 # How long the record of an account's last read is kept: far longer than any pause between syncs.
 READ_RECORD_S = 400 * 86400
-# The brokerages SnapTrade's public integrations page (docs.snaptrade.com) names, for the
-# catalogue's count: the live list (GET /brokerages) needs the operator's key and depends on its
-# plan, so a count that must hold on any installation uses this shipped one.
+# The brokerages SnapTrade's public integrations page (docs.snaptrade.com) names, as (slug, name):
+# the catalogue (its count and the picker) uses these, since the live list (GET /brokerages) needs a
+# key and varies with its plan, while the count must be the same on every installation.
 DOCUMENTED_BROKERAGES = (
-    "Charles Schwab",
-    "Fidelity",
-    "Robinhood",
-    "E*TRADE",
-    "Webull",
-    "Vanguard",
-    "Interactive Brokers",
-    "Questrade",
-    "Wealthsimple",
-    "Trading 212",
-    "Tastytrade",
-    "Public",
-    "Tradier",
-    "Alpaca",
+    ("SCHWAB", "Charles Schwab"),
+    ("FIDELITY", "Fidelity"),
+    ("ROBINHOOD", "Robinhood"),
+    ("ETRADE", "E*TRADE"),
+    ("WEBULL", "Webull"),
+    ("VANGUARD", "Vanguard"),
+    ("IBKR", "Interactive Brokers"),
+    ("QUESTRADE", "Questrade"),
+    ("WEALTHSIMPLETRADE", "Wealthsimple"),
+    ("TRADING212", "Trading 212"),
+    ("TASTYTRADE", "Tastytrade"),
+    ("PUBLIC", "Public"),
+    ("TRADIER", "Tradier"),
+    ("ALPACA", "Alpaca"),
 )
 # How long the list of brokerages (for the connect page) is kept before it is asked for again.
 BROKERAGES_CACHE_S = 6 * 3600

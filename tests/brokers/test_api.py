@@ -542,6 +542,41 @@ def test_providers_list_their_environments_and_credential_fields(api):
     ]
 
 
+def test_providers_serve_the_pickers_catalogue_by_the_names_traders_know(api):
+    providers = {p["key"]: p for p in api.get("/api/providers/").json()}
+    topstep = next(b for b in providers["projectx"]["brokerages"] if b["name"] == "Topstep (TopstepX)")
+    assert topstep == {
+        "name": "Topstep (TopstepX)",
+        "listed_as": "Topstep (TopstepX)",
+        "counted_under": "ProjectX firms",
+        "market": "futures",
+        "connects": "API key",
+        "needs": "Your ProjectX username and an API key from Topstep (TopstepX) (the firm must enable API access).",
+        "query": {"firm": "topstep"},
+        "add_url": "/brokers/add/?broker=projectx&firm=topstep",
+    }
+    # The demo broker is one brokerage; its scenarios stay choices of its field.
+    assert [b["name"] for b in providers["demo"]["brokerages"]] == ["Demo broker"]
+    robinhood = next(b for b in providers["snaptrade"]["brokerages"] if b["name"] == "Robinhood")
+    assert robinhood["connects"] == "Through SnapTrade" and robinhood["query"] == {"brokerage": "ROBINHOOD"}
+    # Tradovate's two ways in reach the same brokerages, NinjaTrader's accounts among them.
+    assert [b["name"] for b in providers["tradovate_signin"]["brokerages"]] == [
+        "NinjaTrader brokerage (through Tradovate)",
+        "Tradovate",
+    ]
+    # A venue's other market is a way into the venue, counted once, under the first route reaching it.
+    coin_m = providers["ccxt_binancecoinm"]["brokerages"]
+    assert [(b["name"], b["listed_as"], b["counted_under"]) for b in coin_m] == [("Binance", "Binance COIN-M", "ccxt")]
+    alpaca = next(b for b in providers["snaptrade"]["brokerages"] if b["name"] == "Alpaca")
+    assert alpaca["counted_under"] == "direct"
+    assert {b["market"] for p in providers.values() for b in p["brokerages"]} == {
+        "futures",
+        "stocks",
+        "crypto",
+        "forex",
+    }
+
+
 def test_schema_renders_and_docs_page_answers(anonymous):
     schema = anonymous.get("/api/schema/")
     assert schema.status_code == 200
