@@ -11,6 +11,7 @@ from brokers.providers.base import BrokerProvider
 from brokers.providers.types import AuthResult, BrokerAccountInfo
 from journal.importing import ImportResult, import_trades
 from journal.models import Trade
+from journal.positions import Instrument, positions_recompute
 
 
 def import_account(
@@ -29,20 +30,26 @@ def import_account(
     """
     since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
     attempt_started = timezone.now()
-    progress = None
-    if provider.trades_ascending:
-        cursor = row.sync_cursor
+    cursor = row.sync_cursor
+    touched: set[Instrument] = set()
 
-        def progress(batch):
-            # Every fill up to this batch's newest is committed: a rate-limit pause or a crash
-            # after this point resumes here instead of refetching the whole backfill.
-            nonlocal cursor
-            newest = max(t.executed_at for t in batch)
-            if cursor is None or newest > cursor:
-                cursor = newest
-                BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=newest)
+    def committed(batch):
+        touched.update(Instrument.of(row.pk, t) for t in batch)
+        if not provider.trades_ascending:
+            return
+        # Every fill up to this batch's newest is committed: a rate-limit pause or a crash
+        # after this point resumes here instead of refetching the whole backfill.
+        nonlocal cursor
+        newest = max(t.executed_at for t in batch)
+        if cursor is None or newest > cursor:
+            cursor = newest
+            BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=newest)
 
-    result = import_trades(row.pk, provider.get_trades(auth, info, since, until), on_batch_committed=progress)
+    try:
+        result = import_trades(row.pk, provider.get_trades(auth, info, since, until), on_batch_committed=committed)
+    finally:
+        # What committed is in the journal even when the source stopped early: its positions follow it.
+        positions_recompute(instruments=touched)
     # Only now that every batch committed may the next sync start from `until`.
     BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=until)
     return _whole_run_counts(row, result, run_started, attempt_started, since)

@@ -1,0 +1,141 @@
+"""Round trips and open positions kept in step with the fills: each import recomputes the instruments it touched.
+
+An instrument's round trips are recomputed from all its fills (deleted ones left out), not
+patched: a fill that arrives late, out of order, or one that is deleted then changes every
+round trip after it, and an instrument's fills are few enough to read again in one query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from decimal import Context, Decimal
+
+from django.db import transaction
+
+from journal import lots
+from journal.models import RoundTrip, Trade
+
+# Wide enough that cutting any stored amount to 18 places never overflows the context.
+_WIDE = Context(prec=60)
+_PLACES = Decimal("1e-18")
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """What the lot engine keeps apart: one account's fills of one symbol (and option series)."""
+
+    account_id: int
+    symbol: str
+    expiry: date | None = None
+    strike: Decimal | None = None
+    option_right: str = ""
+
+    @classmethod
+    def of(cls, account_id: int, trade) -> Instrument:
+        """The instrument of a stored Trade or of a provider's BrokerTrade."""
+        strike = trade.strike.normalize() if trade.strike is not None else None
+        return cls(account_id, trade.symbol, trade.expiry, strike, trade.option_right)
+
+    def fills(self):
+        return Trade.objects.filter(
+            account_id=self.account_id,
+            symbol=self.symbol,
+            expiry=self.expiry,
+            strike=self.strike,
+            option_right=self.option_right,
+            deleted_at__isnull=True,
+        )
+
+    def round_trips(self):
+        return RoundTrip.objects.filter(
+            account_id=self.account_id,
+            symbol=self.symbol,
+            expiry=self.expiry,
+            strike=self.strike,
+            option_right=self.option_right,
+        )
+
+
+def _stored(value: Decimal | None) -> Decimal | None:
+    return None if value is None else value.quantize(_PLACES, context=_WIDE)
+
+
+def as_fill(trade: Trade) -> lots.Fill:
+    """A stored trade as the engine reads it; a fee in another currency is a fee line of its own."""
+    other = trade.fee_currency and trade.fee_currency != trade.currency
+    return lots.Fill(
+        id=trade.pk,
+        broker_trade_id=trade.broker_trade_id,
+        executed_at=trade.executed_at,
+        side=trade.side,
+        quantity=trade.quantity,
+        price=trade.price,
+        multiplier=trade.multiplier,
+        fees=Decimal(0) if other else trade.fees,
+        other_fees=((trade.fee_currency, trade.fees),) if other and trade.fees else (),
+        fx_rate_to_base=trade.fx_rate_to_base,
+    )
+
+
+def positions_recompute(*, instruments: Iterable[Instrument]) -> int:
+    """Recompute the round trips of these instruments from their fills; returns how many round trips they have now."""
+    total = 0
+    for instrument in set(instruments):
+        with transaction.atomic():
+            total += _recompute(instrument)
+    return total
+
+
+def positions_recompute_account(*, account_id: int) -> int:
+    """Every instrument of one account (after a fill was deleted, or for fills imported before round trips existed)."""
+    keys = Trade.objects.filter(account_id=account_id).values_list("symbol", "expiry", "strike", "option_right")
+    instruments = {Instrument(account_id, s, e, k.normalize() if k is not None else None, r) for s, e, k, r in keys}
+    RoundTrip.objects.filter(account_id=account_id).delete()
+    return positions_recompute(instruments=instruments)
+
+
+def _recompute(instrument: Instrument) -> int:
+    trades = list(instrument.fills().order_by("executed_at", "broker_trade_id", "id"))
+    instrument.round_trips().delete()
+    if not trades:
+        return 0
+    # The instrument's description is its newest fill's (a broker may correct it later).
+    latest = trades[-1]
+    rows, links = [], []
+    for trip in lots.round_trips([as_fill(t) for t in trades]):
+        rows.append(
+            RoundTrip(
+                account_id=instrument.account_id,
+                symbol=instrument.symbol,
+                expiry=instrument.expiry,
+                strike=latest.strike,
+                option_right=instrument.option_right,
+                asset_class=latest.asset_class,
+                currency=latest.currency,
+                multiplier=latest.multiplier,
+                side=trip.side,
+                opened_at=trip.opened_at,
+                closed_at=trip.closed_at,
+                trading_day=lots.trading_day(trip.closed_at, latest.asset_class) if trip.closed_at else None,
+                size=_stored(trip.size),
+                entry_average=_stored(trip.entry_average),
+                exit_average=_stored(trip.exit_average),
+                open_quantity=_stored(trip.open_quantity),
+                open_average=_stored(trip.open_average),
+                gross_pnl=_stored(trip.gross),
+                fees=_stored(trip.fees),
+                net_pnl=_stored(trip.net),
+                other_fees={currency: str(cost) for currency, cost in trip.other_fees.items()},
+                gross_pnl_base=_stored(trip.gross_base),
+                net_pnl_base=_stored(trip.net_base),
+                fill_count=len(trip.fill_ids),
+            )
+        )
+        links.append(trip.fill_ids)
+    RoundTrip.objects.bulk_create(rows)
+    through = RoundTrip.fills.through
+    pairs = [(row.pk, fill_id) for row, ids in zip(rows, links, strict=True) for fill_id in ids]
+    through.objects.bulk_create([through(roundtrip_id=trip, trade_id=fill) for trip, fill in pairs])
+    return len(rows)

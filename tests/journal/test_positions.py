@@ -1,0 +1,108 @@
+"""Stored round trips and open positions follow the fills: recomputed on import, late fills and deletions included."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db.models import Sum
+from django.utils import timezone
+
+from brokers import services
+from brokers.providers.types import BrokerTrade
+from journal.importing import import_trades
+from journal.models import RoundTrip, Trade
+from journal.positions import Instrument, positions_recompute, positions_recompute_account
+from sync.runs import run_inline
+
+T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+D = Decimal
+
+
+@pytest.fixture
+def account(trader):
+    connection = services.connection_create(
+        owner=trader, broker_type="demo", label="Positions", credentials={"api_key": "k"}, sync_enabled=False
+    )
+    return connection.accounts.create(external_id="ACC-1", name="Futures")
+
+
+def es(n, side, qty, price, minute):
+    return BrokerTrade(
+        broker_trade_id=f"ES-{n}",
+        account_external_id="ACC-1",
+        symbol="ESZ6",
+        side=side,
+        quantity=D(qty),
+        price=D(price),
+        fees=D("2.25") * qty,
+        executed_at=T0 + timedelta(minutes=minute),
+        asset_class="FUT",
+        multiplier=D(50),
+    )
+
+
+def imported(account, trades):
+    import_trades(account.pk, trades)
+    positions_recompute(instruments={Instrument.of(account.pk, t) for t in trades})
+
+
+@pytest.mark.django_db
+def test_a_fill_that_arrives_late_and_out_of_order_is_placed_where_it_happened(account):
+    imported(account, [es(1, "BUY", 1, "5900", 0), es(3, "SELL", 2, "5910", 30)])
+    # Without the middle fill the sale of 2 reversed the position: long 1 closed, short 1 open.
+    assert RoundTrip.objects.filter(account=account).count() == 2
+    imported(account, [es(2, "BUY", 1, "5905", 10)])
+    (trip,) = RoundTrip.objects.filter(account=account)
+    assert (trip.side, trip.size, trip.closed_at, trip.fill_count) == ("LONG", 2, T0 + timedelta(minutes=30), 3)
+    # (5910 - 5900 + 5910 - 5905) points × $50, less 4 fills' fees of $2.25.
+    assert (trip.gross_pnl, trip.net_pnl) == (D("750"), D("741"))
+    assert trip.trading_day.isoformat() == "2026-03-02"
+
+
+@pytest.mark.django_db
+def test_a_deleted_fill_leaves_the_computation(account):
+    imported(account, [es(1, "BUY", 2, "5900", 0), es(2, "SELL", 2, "5910", 30)])
+    assert RoundTrip.objects.get(account=account).closed_at is not None
+    Trade.objects.filter(broker_trade_id="ES-2").update(deleted_at=timezone.now())
+    positions_recompute_account(account_id=account.pk)
+    (still_open,) = RoundTrip.objects.filter(account=account)
+    assert (still_open.closed_at, still_open.open_quantity, still_open.fill_count) == (None, 2, 1)
+
+
+@pytest.mark.django_db
+def test_options_of_different_strikes_are_different_instruments(account):
+    def call(n, strike, side):
+        return BrokerTrade(
+            broker_trade_id=f"C-{n}",
+            account_external_id="ACC-1",
+            symbol="SPY",
+            side=side,
+            quantity=D(1),
+            price=D("2.00"),
+            executed_at=T0 + timedelta(minutes=n),
+            asset_class="OPT",
+            multiplier=D(100),
+            expiry=datetime(2026, 3, 20).date(),
+            strike=D(strike),
+            option_right="C",
+        )
+
+    imported(account, [call(1, "600", "BUY"), call(2, "605", "SELL")])
+    trips = RoundTrip.objects.filter(account=account).order_by("strike")
+    assert [(t.strike, t.open_quantity) for t in trips] == [(600, 1), (605, -1)]
+
+
+@pytest.mark.django_db
+def test_a_sync_recomputes_the_positions_of_what_it_imported(account, settings):
+    connection = account.connection
+    run_inline(connection.pk)
+    for row in connection.accounts.exclude(pk=account.pk):
+        fills = Trade.objects.filter(account=row)
+        assert fills.exists()
+        for symbol in fills.values_list("symbol", flat=True).distinct():
+            mine = fills.filter(symbol=symbol)
+            bought = mine.filter(side="BUY").aggregate(q=Sum("quantity"))["q"] or 0
+            sold = mine.filter(side="SELL").aggregate(q=Sum("quantity"))["q"] or 0
+            open_trip = RoundTrip.objects.filter(account=row, symbol=symbol, closed_at__isnull=True).first()
+            assert (open_trip.open_quantity if open_trip else 0) == bought - sold
+        assert RoundTrip.objects.filter(account=row).aggregate(n=Sum("fill_count"))["n"] >= fills.count()
