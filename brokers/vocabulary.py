@@ -70,3 +70,24 @@ def advice(connection, last_error_kind: str) -> str:
     if last_error_kind in (ErrorKind.INTERNAL, ErrorKind.SUPERSEDED):
         return "Nothing to do on your side: the next sync runs at its usual time."
     return "Check the connection at the broker (API access, permissions), then press Sync now."
+
+
+POSITION_ADVICE = (
+    "Press Sync now: a fill the broker reports late clears this by itself. If it stays, compare this "
+    "instrument's fills on the Trades page with the broker's statement; the journal never adds or removes "
+    "a fill to match the broker."
+)
+
+
+def holding(quantity: str, instrument: str) -> str:
+    """A signed quantity as a trader says it: long 3 ESZ6, short 2 NQZ6, flat ESZ6."""
+    if quantity.startswith("-"):
+        return f"short {quantity[1:]} {instrument}"
+    return f"long {quantity} {instrument}" if quantity != "0" else f"flat {instrument}"
+
+
+def position_difference(record: dict, broker_name: str) -> str:
+    """One instrument where the journal and the broker disagree, from the run's stored record."""
+    journal = holding(record["journal"], record["instrument"])
+    broker = holding(record["broker"], "").strip()
+    return f"Journal: {journal} · {broker_name}: {broker} — a fill may be missing or doubled."

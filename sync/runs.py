@@ -162,13 +162,14 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
     info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
     try:
         with locks.kept_alive(connection.pk, plan.run_id):
-            result = sessions.with_session(
+            outcome = sessions.with_session(
                 connection,
                 provider,
                 lambda auth: accounts.import_account(provider, auth, row, info, plan.until, run_started),
             )
     finally:
         _count_request_retries(plan.sync_log_id, provider.request_retries)
+    result = outcome.counts
     log.info(
         "account_synced",
         connection_id=connection.pk,
@@ -179,7 +180,11 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
         skipped=result.skipped,
         request_retries=provider.request_retries,
     )
-    return {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    done = {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    if outcome.differences is not None:
+        # Stored with the run (SyncLog.detail): the brokers card shows the last successful run's.
+        done["differences"] = outcome.differences
+    return done
 
 
 def account_label(account_id: int) -> str:

@@ -18,6 +18,7 @@ from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
     BrokerCredentials,
+    BrokerPosition,
     BrokerTrade,
     CredentialField,
     OAuthSpec,
@@ -25,7 +26,7 @@ from brokers.providers.types import (
 
 
 class BrokerProvider(ABC):
-    """One broker. Subclasses declare who they are and implement the four calls.
+    """One broker. Subclasses declare who they are and implement the four calls (get_positions too, where offered).
 
     Declarations:
       key                registry key, also the module name, the doc page and the limits table
@@ -180,3 +181,11 @@ class BrokerProvider(ABC):
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
         """Executions of one account in [since, until], fetched page by page as they are consumed."""
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition] | None:
+        """The account's open positions at the broker, for reconciliation with the journal; None when not offered.
+
+        The sync reads them before the fills, so every fill inside the positions is also in the
+        fills it reads next (docs/architecture.md, "Reconciliation with the broker").
+        """
+        return None
