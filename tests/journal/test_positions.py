@@ -2,8 +2,10 @@
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -106,3 +108,13 @@ def test_a_sync_recomputes_the_positions_of_what_it_imported(account, settings):
             open_trip = RoundTrip.objects.filter(account=row, symbol=symbol, closed_at__isnull=True).first()
             assert (open_trip.open_quantity if open_trip else 0) == bought - sold
         assert RoundTrip.objects.filter(account=row).aggregate(n=Sum("fill_count"))["n"] >= fills.count()
+
+
+@pytest.mark.django_db
+def test_the_command_builds_round_trips_for_fills_imported_before_they_existed(account):
+    import_trades(account.pk, [es(1, "BUY", 1, "5900", 0), es(2, "SELL", 1, "5901", 5)])
+    assert not RoundTrip.objects.exists()
+    out = StringIO()
+    call_command("recompute_positions", stdout=out)
+    assert RoundTrip.objects.get(account=account).net_pnl == D("45.50")
+    assert "ACC-1: 1 round trip" in out.getvalue()
