@@ -1,15 +1,16 @@
 """Round trips and open positions kept in step with the fills: each import recomputes the instruments it touched.
 
-An instrument's round trips are recomputed from all its fills (deleted ones left out), not
-patched: a fill that arrives late, out of order, or one that is deleted then changes every
-round trip after it, and an instrument's fills are few enough to read again in one query.
+An instrument is recomputed from its earliest changed fill on: the round trips that closed
+before that fill stay, everything after is rebuilt from the fills (deleted ones left out).
+So a fill that arrives late or out of order changes every round trip after it and none
+before, and the usual sync (new fills after all others) rebuilds only the open round trip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Context, Decimal
 
 from django.db import transaction
@@ -79,26 +80,64 @@ def as_fill(trade: Trade) -> lots.Fill:
     )
 
 
-def positions_recompute(*, instruments: Iterable[Instrument]) -> int:
-    """Recompute the round trips of these instruments from their fills; returns how many round trips they have now."""
+def changed_by(account_id: int, trades: Iterable) -> dict[Instrument, datetime]:
+    """Each instrument of these fills (stored trades or a provider's) with the earliest of its fills' moments."""
+    earliest: dict[Instrument, datetime] = {}
+    for trade in trades:
+        instrument = Instrument.of(account_id, trade)
+        if instrument not in earliest or trade.executed_at < earliest[instrument]:
+            earliest[instrument] = trade.executed_at
+    return earliest
+
+
+def positions_recompute(*, changed: Mapping[Instrument, datetime | None]) -> int:
+    """Recompute each instrument from its earliest changed fill (None: its first); returns the round trips rebuilt."""
     total = 0
-    for instrument in set(instruments):
+    for instrument, since in changed.items():
         with transaction.atomic():
-            total += _recompute(instrument)
+            total += _recompute(instrument, since)
     return total
 
 
 def positions_recompute_account(*, account_id: int) -> int:
-    """Every instrument of one account (after a fill was deleted, or for fills imported before round trips existed)."""
+    """Every instrument of one account from its first fill (after a fill was deleted, or for fills imported before)."""
     keys = Trade.objects.filter(account_id=account_id).values_list("symbol", "expiry", "strike", "option_right")
     instruments = {Instrument(account_id, s, e, k.normalize() if k is not None else None, r) for s, e, k, r in keys}
     RoundTrip.objects.filter(account_id=account_id).delete()
-    return positions_recompute(instruments=instruments)
+    return positions_recompute(changed=dict.fromkeys(instruments))
 
 
-def _recompute(instrument: Instrument) -> int:
-    trades = list(instrument.fills().order_by("executed_at", "broker_trade_id", "id"))
-    instrument.round_trips().delete()
+def _restart_point(instrument: Instrument, since: datetime | None) -> datetime | None:
+    """The close of the last round trip that stays, or None to rebuild the instrument from its first fill.
+
+    A round trip stays if it closed before `since` and the position was flat after its
+    closing fill: one that reopened at the very moment it closed (a reversal splits one
+    fill between the two) is rebuilt with the next.
+    """
+    if since is None:
+        return None
+    # The last few closes are enough: a longer run of reversals rebuilds the whole instrument.
+    closes = list(
+        instrument.round_trips()
+        .filter(closed_at__lt=since)
+        .order_by("-closed_at", "-id")
+        .values_list("closed_at", flat=True)[:50]
+    )
+    for closed_at in closes:
+        if not instrument.round_trips().filter(opened_at=closed_at).exists():
+            return closed_at
+    return None
+
+
+def _recompute(instrument: Instrument, since: datetime | None) -> int:
+    restart = _restart_point(instrument, since)
+    trips_after = instrument.round_trips()
+    fills = instrument.fills()
+    if restart is not None:
+        trips_after = trips_after.exclude(closed_at__lte=restart)
+        fills = fills.filter(executed_at__gt=restart)
+    trips_after.delete()
+    trades = list(fills.order_by("executed_at", "broker_trade_id", "id"))
     if not trades:
         return 0
     # The instrument's description is its newest fill's (a broker may correct it later).

@@ -6,7 +6,7 @@ from decimal import Decimal
 from brokers import services
 from brokers.providers.types import BrokerTrade
 from journal.importing import import_trades
-from journal.positions import Instrument, positions_recompute
+from journal.positions import changed_by, positions_recompute
 
 D = Decimal
 # Sunday 1 March 2026, 23:30 UTC: 17:30 in Chicago, so CME's session of Monday the 2nd.
@@ -34,5 +34,5 @@ def account_with(owner, fills, external_id="ACC-1"):
     )
     account = connection.accounts.create(external_id=external_id, name=f"Account {external_id}")
     import_trades(account.pk, fills)
-    positions_recompute(instruments={Instrument.of(account.pk, t) for t in fills})
+    positions_recompute(changed=changed_by(account.pk, fills))
     return account

@@ -8,12 +8,14 @@ import pytest
 from django.core.management import call_command
 from django.db.models import Sum
 from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from brokers import services
 from brokers.providers.types import BrokerTrade
 from journal.importing import import_trades
 from journal.models import RoundTrip, Trade
-from journal.positions import Instrument, positions_recompute, positions_recompute_account
+from journal.positions import changed_by, positions_recompute, positions_recompute_account
 from sync.runs import run_inline
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -45,7 +47,7 @@ def es(n, side, qty, price, minute):
 
 def imported(account, trades):
     import_trades(account.pk, trades)
-    positions_recompute(instruments={Instrument.of(account.pk, t) for t in trades})
+    positions_recompute(changed=changed_by(account.pk, trades))
 
 
 @pytest.mark.django_db
@@ -95,7 +97,7 @@ def test_options_of_different_strikes_are_different_instruments(account):
 
 
 @pytest.mark.django_db
-def test_a_sync_recomputes_the_positions_of_what_it_imported(account, settings):
+def test_a_sync_recomputes_the_positions_of_what_it_imported(account):
     connection = account.connection
     run_inline(connection.pk)
     for row in connection.accounts.exclude(pk=account.pk):
@@ -118,3 +120,33 @@ def test_the_command_builds_round_trips_for_fills_imported_before_they_existed(a
     call_command("recompute_positions", stdout=out)
     assert RoundTrip.objects.get(account=account).net_pnl == D("45.50")
     assert "ACC-1: 1 round trip" in out.getvalue()
+
+
+fill_rows = st.lists(
+    st.tuples(st.integers(0, 40), st.sampled_from(["BUY", "SELL"]), st.integers(1, 4), st.integers(5890, 5910)),
+    min_size=1,
+    max_size=25,
+)
+
+
+@pytest.mark.django_db
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=fill_rows, batch=st.integers(1, 6), data=st.data())
+def test_fills_arriving_in_any_order_and_batches_give_the_round_trips_of_one_whole_computation(
+    account, rows, batch, data
+):
+    Trade.objects.all().delete()
+    RoundTrip.objects.all().delete()
+    fills = [es(n, side, qty, str(price), minute) for n, (minute, side, qty, price) in enumerate(rows)]
+    arrival = data.draw(st.permutations(fills))
+    for start in range(0, len(arrival), batch):
+        imported(account, arrival[start : start + batch])
+
+    def stored(trips):
+        return sorted(
+            ((t.opened_at, t.closed_at, t.side, t.size, t.gross_pnl, t.fees, t.open_quantity) for t in trips), key=str
+        )
+
+    incremental = stored(RoundTrip.objects.filter(account=account))
+    positions_recompute_account(account_id=account.pk)
+    assert incremental == stored(RoundTrip.objects.filter(account=account))
