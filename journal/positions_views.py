@@ -9,7 +9,9 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
 from brokers.decorators import trader_page
-from brokers.models import BrokerAccount
+from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.vocabulary import POSITION_ADVICE, position_difference
+from journal.coverage import COVERING_RUNS, uncovered_days
 from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE
 from journal.selectors import calendar_days, open_positions_of, round_trips_visible_to, trades_visible_to
 
@@ -85,10 +87,24 @@ def month_calendar(request):
     last = first.replace(day=calendar.monthrange(first.year, first.month)[1])
     account = form.cleaned_data.get("account") if form.is_bound and form.is_valid() else None
     days = calendar_days(request.user, first, last, account.pk if account else None)
+    connections = BrokerConnection.objects.filter(owner=request.user)
+    if account:
+        connections = connections.filter(pk=account.connection_id)
+    connections = list(connections)
+    missed = uncovered_days(connections, first, last, timezone.now())
     weeks = [
-        [{"date": d, "in_month": d.month == first.month, **days.get(d, {"count": 0, "net": {}})} for d in week]
+        [
+            {
+                "date": d,
+                "in_month": d.month == first.month,
+                "not_synced": [c.label for c in missed.get(d, [])],
+                **days.get(d, {"count": 0, "net": {}}),
+            }
+            for d in week
+        ]
         for week in calendar.Calendar().monthdatescalendar(first.year, first.month)
     ]
+    differences = _position_differences(connections, account)
     previous = (first - date.resolution).replace(day=1)
     following = last + date.resolution
     return render(
@@ -102,5 +118,21 @@ def month_calendar(request):
             "previous": f"{previous:%Y-%m}",
             "following": f"{following:%Y-%m}",
             "month_total": sum(day["count"] for day in days.values()),
+            "differences": differences,
+            "position_advice": POSITION_ADVICE if differences else "",
+            "not_synced_days": sum(1 for d in missed if first <= d <= last),
         },
     )
+
+
+def _position_differences(connections: list[BrokerConnection], account: BrokerAccount | None) -> list[str]:
+    """What the last successful run of each connection found differing from the broker's positions."""
+    found = []
+    for connection in connections:
+        run = SyncLog.objects.filter(connection=connection, status__in=COVERING_RUNS).order_by("-started_at").first()
+        for external_id, result in (run.detail or {}).items() if run else ():
+            if account and external_id != account.external_id:
+                continue
+            for record in result.get("differences", []) if isinstance(result, dict) else ():
+                found.append(f"{connection.label}: {position_difference(record, connection.provider_name)}")
+    return found

@@ -36,6 +36,9 @@ class BrokerProvider(ABC):
       base_urls          environment -> base URL; settings <KEY>_BASE_URL overrides them all
       sync_overlap       how far behind the cursor each sync looks again, for late fills
       max_history        how far back the first sync reaches
+      history_reach      how far back the broker still returns a fill, when that is shorter than
+                         max_history (Tradovate: the current trading day); None means max_history.
+                         The calendar marks a day no successful sync read within this reach
       token_renew_margin renew a token when less than this remains
       trades_ascending   get_trades yields oldest first, so progress can be saved batch by batch
       credentials_expire AuthResult.expires_at is when the trader's own credentials lapse (not a
@@ -60,6 +63,7 @@ class BrokerProvider(ABC):
     base_urls: ClassVar[Mapping[str, str]] = {}
     sync_overlap: ClassVar[timedelta] = timedelta(hours=1)
     max_history: ClassVar[timedelta] = timedelta(days=30)
+    history_reach: ClassVar[timedelta | None] = None
     token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
     trades_ascending: ClassVar[bool] = False
     credentials_expire: ClassVar[bool] = False
@@ -96,6 +100,11 @@ class BrokerProvider(ABC):
                 transient_statuses=self.transient_statuses,
             )
         return self._http
+
+    @classmethod
+    def reach(cls) -> timedelta:
+        """How long after a trading day's close a sync still reads that day's fills."""
+        return cls.history_reach or cls.max_history
 
     @property
     def limits_name(self) -> str:

@@ -137,6 +137,9 @@ class TradovateProvider(BrokerProvider):
     # UNCONFIRMED: /fill/list reportedly returns the current trading day only. Reach further
     # anyway, so that if it returns more, a first sync keeps it.
     max_history = timedelta(days=30)
+    # What the calendar's coverage counts on until the longer reach is confirmed: a day not
+    # synced within a day of its close may have lost its fills.
+    history_reach = timedelta(days=1)
     token_renew_margin = timedelta(minutes=15)
 
     @classmethod

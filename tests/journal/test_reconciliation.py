@@ -55,6 +55,7 @@ def test_a_fill_the_broker_did_not_send_shows_on_the_card_and_clears_once_it_arr
     page = client.get("/brokers/").content.decode()
     assert f" {lost.symbol} · Demo broker (simulated): " in page
     assert "a fill may be missing or doubled" in page and "What to do:" in page
+    assert "Positions differ from the broker" in client.get("/trades/calendar/").content.decode()
     # A later read of the history brings it (the cursor moved back, as a backfill does): the difference is gone.
     monkeypatch.setattr(DemoProvider, "get_trades", reads_fills)
     demo.accounts.update(sync_cursor=None)
@@ -63,6 +64,7 @@ def test_a_fill_the_broker_did_not_send_shows_on_the_card_and_clears_once_it_arr
     page = client.get("/brokers/").content.decode()
     assert "a fill may be missing or doubled" not in page
     assert "open positions match Demo broker" in page
+    assert "Positions differ from the broker" not in client.get("/trades/calendar/").content.decode()
 
 
 @pytest.mark.django_db
