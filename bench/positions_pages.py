@@ -3,7 +3,7 @@
     .venv/bin/python bench/positions_pages.py --db sqlite [--fills 100000] [--rounds 15]
 
 One trader with the demo broker's two accounts, filled with the demo's own history (futures
-and stocks, partial fills, an hourly flat) until `--fills` are stored, and their round trips
+and stocks, partial fills, an hourly flat), day by day until at least `--fills` are stored, and their round trips
 computed as a sync computes them (journal.positions, per instrument). Then each page is
 requested through Django's test client (middleware, session, time zone, template: everything
 the server does) `--rounds` times, the pages interleaved round by round; the median and the
@@ -50,8 +50,8 @@ def fill_accounts(wanted: int) -> tuple[object, int, float, float]:
         since = until - timedelta(days=1)
         for row in rows:
             account = BrokerAccountInfo(row.external_id, row.name)
-            batch = list(provider.get_trades(auth, account, since, until))[: max(0, wanted - stored)]
-            stored += import_trades(row.pk, batch).imported
+            # Whole hours only: the demo is flat at each hour's end, as a real history read from its start is.
+            stored += import_trades(row.pk, provider.get_trades(auth, account, since, until)).imported
         until, day = since, day + 1
     start = time.perf_counter()
     for row in rows:
