@@ -82,19 +82,20 @@ def import_account(
     return AccountImport(counts, position_differences(row.pk, reported, read_at))
 
 
-def _broker_positions(provider: BrokerProvider, auth: AuthResult, info: BrokerAccountInfo, row) -> list | None:
+def _broker_positions(
+    provider: BrokerProvider, auth: AuthResult, info: BrokerAccountInfo, row: BrokerAccount
+) -> list[BrokerPosition] | None:
     """The broker's positions, or None: a broker that offers none, or fails to answer, skips the comparison only.
 
     A refused session is raised, so the run logs in again as for any other call.
     """
     try:
-        reported: list[BrokerPosition] | None = provider.get_positions(auth, info)
+        return provider.get_positions(auth, info)
     except BrokerAuthError:
         raise
     except BrokerError as exc:
         log.warning("positions_not_read", account=row.external_id, broker=provider.key, error=str(exc))
         return None
-    return reported
 
 
 def _whole_run_counts(row: BrokerAccount, result: ImportResult, run_started, attempt_started, since) -> ImportResult:

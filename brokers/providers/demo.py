@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -158,7 +158,7 @@ class DemoProvider(BrokerProvider):
                 if since <= trade.executed_at <= until:
                     yield trade
 
-    def _slot_fills(self, account_id: str, slot: int, every: int) -> tuple[BrokerTrade, ...] | list[BrokerTrade]:
+    def _slot_fills(self, account_id: str, slot: int, every: int) -> Sequence[BrokerTrade]:
         if _is_last_of_block(slot, every):
             return _flattening_fills(account_id, slot, every)
         return _order_fills(account_id, slot, every)

@@ -172,3 +172,10 @@ def test_a_futures_session_that_starts_on_sunday_evening_is_mondays_trading_day(
     assert trading_day(sunday_evening, "CRYPTO").isoformat() == "2026-03-01"
     monday_afternoon = datetime(2026, 3, 2, 20, 0, tzinfo=UTC)  # 14:00 in Chicago
     assert trading_day(monday_afternoon, "FUT").isoformat() == "2026-03-02"
+
+
+def test_a_partial_close_matches_the_oldest_lot_first():
+    # Bought at 100 then 110; selling one realises against 100 (FIFO), the lot at 110 stays open.
+    (trip,) = round_trips([fill(1, "BUY", 1, "100"), fill(2, "BUY", 1, "110"), fill(3, "SELL", 1, "120")])
+    assert (trip.gross, trip.open_quantity, trip.open_average, trip.closed_at) == (D("20"), 1, D("110"), None)
+    assert trip.unrealised(D("120"), D(1)) == D("10")
