@@ -74,8 +74,9 @@ def advice(connection, last_error_kind: str) -> str:
 
 POSITION_ADVICE = (
     "Press Sync now: a fill the broker reports late clears this by itself. If it stays, compare this "
-    "instrument's fills on the Trades page with the broker's statement; the journal never adds or removes "
-    "a fill to match the broker."
+    "instrument's fills on the Trades page with the broker's statement: a position opened before the "
+    "journal's history begins, a split or an assignment also shows here. The journal never adds or "
+    "removes a fill to match the broker."
 )
 
 
