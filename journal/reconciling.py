@@ -13,8 +13,10 @@ from journal.models import Trade
 
 
 def _key(symbol: str, expiry, strike, option_right: str) -> tuple:
+    # A pair's slash is left out: Alpaca reports the position of BTC/USD as BTCUSD, and no two
+    # instruments differ by a slash alone.
     return (
-        symbol,
+        symbol.replace("/", ""),
         expiry.isoformat() if expiry else "",
         str(strike.normalize()) if strike is not None else "",
         option_right,

@@ -93,3 +93,10 @@ def test_a_position_report_that_lags_is_compared_with_the_journal_at_its_own_mom
     assert position_differences(account.pk, current, read_at=SUNDAY_EVENING + timedelta(hours=3)) == [
         {"instrument": "ESZ6", "journal": "2", "broker": "3"}
     ]
+
+
+@pytest.mark.django_db
+def test_a_crypto_pair_reported_without_its_slash_is_the_same_instrument(trader):
+    account = account_with(trader, [fill(1, "BUY", 2, "90000", SUNDAY_EVENING, "BTC/USD", "CRYPTO", "1")])
+    reported = [BrokerPosition("BTCUSD", Decimal(2))]
+    assert position_differences(account.pk, reported, read_at=SUNDAY_EVENING + timedelta(hours=1)) == []
