@@ -4,7 +4,8 @@ It answers the calls brokers/providers/tradovate.py makes (docs/brokers/tradovat
 the formats of the provider's recorded payloads: `POST /auth/accesstokenrequest`,
 `GET /auth/renewaccesstoken`, the OAuth code exchange `POST /auth/oauthtoken` (codes from
 `grant_code(user)`, standing in for the sign-in page), `GET /account/list`, `GET /fill/list` (the user's whole
-listing on every call: it takes no dates) and `GET /{order,fillFee,contract,
+listing on every call: it takes no dates), `GET /position/list` (what the active fills leave, per account
+and contract) and `GET /{order,fillFee,contract,
 contractMaturity,product}/items?ids=`. Each user (login name) has its own accounts and
 fills; the bearer token says whose data a call sees, and a token past its lifetime gets 401.
 
@@ -131,6 +132,7 @@ class FakeTradovate(LoopbackServer):
         self._codes: dict[str, str] = {}  # sign-in code -> login name
         self.route("GET", "/account/list", lambda r: self._data(r, lambda user: self.accounts[user]))
         self.route("GET", "/fill/list", lambda r: self._data(r, lambda user: self.fills[user]))
+        self.route("GET", "/position/list", lambda r: self._data(r, self.positions))
         tables = {
             "order": self.orders,
             "fillFee": self.fees,
@@ -181,6 +183,21 @@ class FakeTradovate(LoopbackServer):
                 }
             )
             return fill_id
+
+    def positions(self, user: str) -> list[dict]:
+        """What the user's active fills leave per account and contract, flat rows included (as Tradovate keeps them).
+
+        Called under the server's lock, by the listing route.
+        """
+        net: Counter[tuple[int, int]] = Counter()
+        for fill in self.fills[user]:
+            if fill["active"]:
+                account_id = self.orders[fill["orderId"]]["accountId"]
+                net[(account_id, fill["contractId"])] += fill["qty"] * (1 if fill["action"] == "Buy" else -1)
+        return [
+            {"id": n, "accountId": a, "contractId": c, "netPos": q, "netPrice": 5901.25 if q else None}
+            for n, ((a, c), q) in enumerate(sorted(net.items()), 1)
+        ]
 
     def account_ids(self, name: str) -> list[int]:
         return [a["id"] for a in self.accounts[name]]

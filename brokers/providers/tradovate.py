@@ -25,6 +25,7 @@ from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
     BrokerCredentials,
+    BrokerPosition,
     BrokerTrade,
     CredentialField,
 )
@@ -244,6 +245,28 @@ class TradovateProvider(BrokerProvider):
                     order_id=str(fill["orderId"]),
                     raw=fill,
                 )
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition]:
+        """GET /position/list: the account's open positions, each contract named as its fills are.
+
+        Tradovate keeps a row for every contract traded that day, flat ones with netPos 0:
+        only the others are positions. netPrice is the position's average price.
+        """
+        rows = [
+            p
+            for p in self._list(auth, "/position/list")
+            if str(p.get("accountId")) == account.external_id and _decimal(p.get("netPos") or 0)
+        ]
+        instruments: dict[int, tuple[str, Decimal]] = {}
+        self._resolve_instruments(auth, {p["contractId"] for p in rows}, instruments)
+        return [
+            BrokerPosition(
+                symbol=instruments[p["contractId"]][0],
+                quantity=_decimal(p["netPos"]),
+                average_price=_decimal(p["netPrice"]) if p.get("netPrice") is not None else None,
+            )
+            for p in rows
+        ]
 
     def _listing(self, auth: AuthResult) -> tuple[list[dict], dict[str, int]]:
         """The active fills and each one's account (its order's): read once per run for every account.
