@@ -43,6 +43,7 @@ class AccountForm(forms.Form):
 
 
 class MonthForm(AccountForm):
+    symbol = None  # a month is shown whole: per account, not per symbol
     month = forms.RegexField(
         regex=r"^\d{4}-\d{2}$",
         required=False,
