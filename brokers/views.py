@@ -17,7 +17,14 @@ from brokers.forms import (
     interval_choices,
 )
 from brokers.models import BrokerConnection, SyncLog
-from brokers.vocabulary import POSITION_ADVICE, DisplayStatus, advice, display_status, position_difference
+from brokers.vocabulary import (
+    POSITION_ADVICE,
+    DisplayStatus,
+    advice,
+    display_status,
+    position_difference,
+    session_not_synced,
+)
 
 # The badge polls faster while a sync runs, so the trader sees it finish within seconds.
 POLL_SECONDS = {DisplayStatus.SYNCING: 2, DisplayStatus.RETRYING: 5}
@@ -57,6 +64,10 @@ def _with_status(connections) -> list[BrokerConnection]:
         c.interval_choices = interval_choices(c.sync_interval_min)
         c.link_days_left = selectors.link_days_left(c)
         _with_position_check(c)
+        unsynced = selectors.unsynced_session(c)
+        c.session_warning = (
+            session_not_synced(unsynced.day, c.provider_name, unsynced.still_readable) if unsynced else ""
+        )
     return rows
 
 

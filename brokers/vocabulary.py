@@ -92,3 +92,17 @@ def position_difference(record: dict, broker_name: str) -> str:
     journal = holding(record["journal"], record["instrument"])
     broker = holding(record["broker"], "").strip()
     return f"Journal: {journal} · {broker_name}: {broker} — a fill may be missing or doubled."
+
+
+def session_not_synced(day, provider_name: str, still_readable: bool) -> str:
+    """The card's warning for a trading day no sync read after its close (a broker with a short history)."""
+    weekday = f"{day:%A}"
+    if still_readable:
+        return (
+            f"{weekday}'s session has closed and no sync has read it since. {provider_name} returns only "
+            f"the current trading day: press Sync now, or fills of {weekday} may be missing."
+        )
+    return (
+        f"{weekday} was not synced after the close; fills of that day may be missing. Compare "
+        f"{weekday}'s fills with {provider_name}'s statement and import the missing ones from it."
+    )

@@ -3,7 +3,7 @@
 A connection's trading day is covered when a successful run started after that day's session
 closed and while the broker still returns that day's fills (`BrokerProvider.reach()`: the
 history reach, Tradovate's current day, else `max_history`). Sessions and closes come from
-exchange_calendars, per asset class of the connection's fills: CME for futures, NYSE for
+exchange_calendars (brokers.sessions), per asset class of the connection's fills: CME for futures, NYSE for
 stocks and options, 24/7 for crypto; days before the connection's first reach and days
 not closed yet are not judged.
 """
@@ -13,46 +13,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import defaultdict
 from datetime import date, datetime
-from functools import cache
 
 from brokers.models import BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class
+from brokers.sessions import CALENDAR_OF, DEFAULT_CALENDAR, session_closes
 from journal.models import RoundTrip
 
-# The exchange whose sessions make an asset class's trading days (exchange_calendars' codes).
-CALENDAR_OF = {
-    "FUT": "CMES",
-    "FOP": "CMES",
-    "STK": "XNYS",
-    "OPT": "XNYS",
-    "CASH": "24/5",
-    "CRYPTO": "24/7",
-    "PERP": "24/7",
-}
-DEFAULT_CALENDAR = "XNYS"
 COVERING_RUNS = (SyncLog.Status.SUCCESS, SyncLog.Status.PARTIAL)
-
-
-@cache
-def _calendar(code: str):
-    # Imported here: exchange_calendars loads pandas, which only the calendar page needs.
-    import exchange_calendars
-
-    return exchange_calendars.get_calendar(code)
-
-
-def session_closes(code: str, first: date, last: date) -> dict[date, datetime]:
-    """Each session of this exchange from first to last (inclusive) with the moment it closed, in UTC."""
-    calendar = _calendar(code)
-    start = max(first, calendar.first_session.date())
-    end = min(last, calendar.last_session.date())
-    if start > end:
-        return {}
-    return {
-        session.date(): calendar.session_close(session).to_pydatetime()
-        for session in calendar.sessions_in_range(start.isoformat(), end.isoformat())
-    }
 
 
 def uncovered_days(connections: list[BrokerConnection], first: date, last: date, now: datetime) -> dict[date, list]:

@@ -39,6 +39,9 @@ class BrokerProvider(ABC):
       history_reach      how far back the broker still returns a fill, when that is shorter than
                          max_history (Tradovate: the current trading day); None means max_history.
                          The calendar marks a day no successful sync read within this reach
+      session_calendar   the exchange calendar of what the broker trades (brokers.sessions codes, e.g.
+                         "CMES"), when it is one: with a history_reach, the card warns on the evening
+                         a session closed that no sync has read yet
       token_renew_margin renew a token when less than this remains
       trades_ascending   get_trades yields oldest first, so progress can be saved batch by batch
       credentials_expire AuthResult.expires_at is when the trader's own credentials lapse (not a
@@ -64,6 +67,7 @@ class BrokerProvider(ABC):
     sync_overlap: ClassVar[timedelta] = timedelta(hours=1)
     max_history: ClassVar[timedelta] = timedelta(days=30)
     history_reach: ClassVar[timedelta | None] = None
+    session_calendar: ClassVar[str] = ""
     token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
     trades_ascending: ClassVar[bool] = False
     credentials_expire: ClassVar[bool] = False

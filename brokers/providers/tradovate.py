@@ -141,6 +141,7 @@ class TradovateProvider(BrokerProvider):
     # What the calendar's coverage counts on until the longer reach is confirmed: a day not
     # synced within a day of its close may have lost its fills.
     history_reach = timedelta(days=1)
+    session_calendar = "CMES"
     token_renew_margin = timedelta(minutes=15)
 
     @classmethod
