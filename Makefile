@@ -20,7 +20,7 @@ test: $(BIN)/.installed
 
 # Fault drills: kill -9 of worker and beat, Redis stopped, broker storms, the database locked.
 drills: $(BIN)/.installed
-	$(BIN)/python -m pytest -m drill tests/drills
+	$(BIN)/python -m pytest -m drill tests/e2e/drills
 
 # Benchmarks (ratios measured in one run; see bench/README.md). Results go in bench/RESULTS.md.
 bench: $(BIN)/.installed
@@ -34,7 +34,7 @@ bench: $(BIN)/.installed
 
 # The compose stack's commands run natively against a PostgreSQL (DATABASE_URL=postgres://...), then checked.
 production-check: $(BIN)/.installed
-	$(BIN)/python tests/production_check.py --database-url "$(DATABASE_URL)"
+	$(BIN)/python tests/ops/production_check.py --database-url "$(DATABASE_URL)"
 
 # Style and the layers: ruff, its formatter, and the import contracts in pyproject.toml (import-linter).
 lint: $(BIN)/.installed

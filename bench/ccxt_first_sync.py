@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     args = parser.parse_args()
 
-    from tests.sim_okx import PAGE_SIZE, FakeOkx
+    from tests.fakes.okx import PAGE_SIZE, FakeOkx
 
     class TimedOkx(FakeOkx):
         """The fake, noting when each request arrived."""

@@ -1,4 +1,4 @@
-"""The fan-out benchmark's loopback Tradovate: the tests' simulator (tests/sim_tradovate.py), every answer late.
+"""The fan-out benchmark's loopback Tradovate: the tests' simulator (tests/fakes/tradovate.py), every answer late.
 
 It answers exactly the calls brokers/providers/tradovate.py makes, in the documented formats.
 `FakeTradovate(users, fills_per_account, delay_s)`: each user (login name) has its own accounts
@@ -7,6 +7,6 @@ ocean, so the benchmark measures how much of that waiting runs in parallel. `cal
 requests per path and `expected_ids(user)` says which fills a complete sync imports.
 """
 
-from tests.sim_tradovate import FakeTradovate
+from tests.fakes.tradovate import FakeTradovate
 
 __all__ = ["FakeTradovate"]

@@ -3,6 +3,7 @@
 import json
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.urls import reverse
@@ -12,7 +13,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django_celery_beat.models import PeriodicTask
 
 from brokers import periodic_tasks, services
-from brokers.models import BrokerAccount, BrokerConnection, SnapTradeUser, SyncLog
+from brokers.models import ApiToken, BrokerAccount, BrokerConnection, SnapTradeUser, SyncLog
 from brokers.providers.registry import provider_choices
 
 
@@ -52,6 +53,19 @@ class BrokerConnectionAdminForm(forms.ModelForm):
         cleaned = super().clean()
         credentials = cleaned.get("new_credentials")
         broker_type = cleaned.get("broker_type") or self.instance.broker_type
+        if self.instance.pk is None and broker_type:
+            try:
+                # A broker that signs in on its own pages has no session to start from here.
+                services.refuse_oauth_without_sign_in(broker_type, None)
+            except ValidationError as exc:
+                self.add_error("broker_type", exc.messages)
+                return cleaned
+        if credentials is not None and self.instance.pk is not None:
+            try:
+                services.refuse_credentials_of_sign_in(broker_type)
+            except ValidationError as exc:
+                self.add_error("new_credentials", exc.messages)
+                return cleaned
         if credentials is not None and broker_type:
             environment = cleaned.get("environment", self.instance.environment)
             try:
@@ -188,3 +202,47 @@ class SnapTradeUserAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+class ApiTokenAdminForm(forms.ModelForm):
+    lifetime_days = forms.IntegerField(
+        min_value=1, max_value=3650, initial=settings.API_TOKEN_LIFETIME_DAYS, help_text="Days until it stops working."
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ["owner", "name"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Make a token (shown once), see who has which and when it was last used, revoke one by deleting it."""
+
+    list_display = ["prefix", "name", "owner", "created_at", "expires_at", "last_used_at"]
+    search_fields = ["name", "owner__username", "prefix"]
+    readonly_fields = ["prefix", "created_at", "expires_at", "last_used_at"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ApiTokenAdminForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return ["owner", "name", "lifetime_days"] if obj is None else ["owner", "name", *self.readonly_fields]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["owner", *self.readonly_fields]
+
+    @method_decorator(sensitive_variables())
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save(update_fields=["name"])
+            return
+        created, token = services.api_token_create(
+            owner=form.cleaned_data["owner"],
+            name=form.cleaned_data["name"],
+            lifetime_days=form.cleaned_data["lifetime_days"],
+        )
+        obj.pk = created.pk
+        # The one time it is shown: only its hash is kept.
+        self.message_user(request, f"Copy it now, it is not shown again: {token}", messages.SUCCESS)

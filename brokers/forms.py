@@ -2,6 +2,8 @@
 
 from django import forms
 from django.conf import settings
+from django.urls import reverse
+from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_variables
 
 from brokers.crypto import CredentialsUnreadable
@@ -44,7 +46,33 @@ def interval_choices(current: int | None = None) -> list[int]:
     return sorted(values)
 
 
-def _credential_form_field(spec: CredentialField, *, keep_saved_secret: bool) -> forms.Field:
+class SuggestingInput(forms.TextInput):
+    """A text box whose datalist htmx fills from the provider's suggestions as the trader types.
+
+    The other fields that are not secret go along (hx-include), so a suggestion can depend on
+    them (MetaTrader's servers on the platform) while no password ever lands in a query string;
+    without JavaScript it is a plain text box.
+    """
+
+    def __init__(self, url: str, include: str):
+        super().__init__(attrs={"autocomplete": "off"})
+        self.url = url
+        self.include = include
+
+    def render(self, name, value, attrs=None, renderer=None):
+        options = f"{(attrs or {}).get('id') or name}-options"
+        attrs = {
+            **(attrs or {}),
+            "list": options,
+            "hx-get": self.url,
+            "hx-trigger": "input changed delay:300ms",
+            "hx-target": f"#{options}",
+            "hx-include": self.include,
+        }
+        return format_html('{}<datalist id="{}"></datalist>', super().render(name, value, attrs, renderer), options)
+
+
+def _credential_form_field(spec: CredentialField, *, keep_saved_secret: bool, provider_class) -> forms.Field:
     if spec.choices:
         field = forms.ChoiceField(choices=spec.choices, required=spec.required)
     elif spec.secret:
@@ -54,6 +82,10 @@ def _credential_form_field(spec: CredentialField, *, keep_saved_secret: bool) ->
             widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
             strip=True,
         )
+    elif spec.suggest:
+        url = reverse("brokers:suggest", args=[provider_class.key, spec.name])
+        shown = [f"[name='{CREDENTIAL_PREFIX}{f.name}']" for f in provider_class.credential_fields if not f.secret]
+        field = forms.CharField(required=spec.required, strip=True, widget=SuggestingInput(url, ", ".join(shown)))
     else:
         field = forms.CharField(
             required=spec.required, strip=True, widget=forms.TextInput(attrs={"autocomplete": "off"})
@@ -71,7 +103,7 @@ class CredentialFieldsMixin:
     def add_credential_fields(self, provider_class, *, keep_saved_secrets: bool = False) -> None:
         for spec in provider_class.credential_fields:
             self.fields[f"{CREDENTIAL_PREFIX}{spec.name}"] = _credential_form_field(
-                spec, keep_saved_secret=keep_saved_secrets
+                spec, keep_saved_secret=keep_saved_secrets, provider_class=provider_class
             )
 
     @sensitive_variables()

@@ -9,7 +9,7 @@ from brokers.providers.registry import provider_classes
 
 log = structlog.get_logger("brokers.governance")
 
-# Up to this many brokers are named in the subject; a family (95 exchanges) is counted there instead.
+# Up to this many brokers are named in the subject; a family (93 exchanges) is counted there instead.
 NAMED_IN_SUBJECT = 3
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from django.conf import settings
@@ -78,6 +79,9 @@ class BrokerConnection(models.Model):
     )
     # Set when the broker refused the credentials: automatic sync waits until they are fixed.
     credentials_rejected = models.BooleanField(default=False)
+    # When the trader last signed in again or saved new credentials: a run that began before cannot
+    # have tried them, so its refusal does not hold them (sync.runs).
+    authorised_at = models.DateTimeField(null=True, blank=True, editable=False)
     consecutive_failures = models.PositiveIntegerField(default=0)
     last_sync_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
@@ -173,7 +177,11 @@ class BrokerConnection(models.Model):
     @property
     def link_expires_at(self) -> datetime | None:
         """When the trader must sign in again (an OAuth refresh token's hard end); None if never."""
-        auth = self.auth if self.signs_in_at_broker else None
+        try:
+            auth = self.auth if self.signs_in_at_broker else None
+        except crypto.CredentialsUnreadable:
+            # No key opens the session: the next sync says so, with what to do; the pages still work.
+            return None
         return auth.refresh_expires_at if auth is not None else None
 
     @property
@@ -189,6 +197,9 @@ class BrokerAccount(models.Model):
     currency = models.CharField(max_length=3, default="USD")
     # Executions up to this moment are in the journal; the next sync starts here less the overlap.
     sync_cursor = models.DateTimeField(null=True, blank=True)
+    # The day an aggregator last refreshed its copy of the account's history (SnapTrade's sync
+    # status): its trades are as fresh as this, whatever our own last sync.
+    broker_refreshed_on = models.DateField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -225,12 +236,13 @@ class SyncLog(models.Model):
     trades_imported = models.PositiveIntegerField(default=0)
     trades_skipped = models.PositiveIntegerField(default=0)
     attempt = models.PositiveSmallIntegerField(default=1)
-    # Requests sent again after a transient failure (timeouts, 502/503/504), every step together.
+    # Requests sent again after a transient failure (timeouts, 500/502/503/504), every step together.
     request_retries = models.PositiveIntegerField(default=0)
     task_id = models.CharField(max_length=64, blank=True)
     error_kind = models.CharField(max_length=30, blank=True)
     error_message = models.TextField(blank=True)
-    # Per account: {"<external id>": {"imported": n, "skipped": n, "error": "..."}}.
+    # Per account: {"<external id>": {"imported": n, "skipped": n, "error": "..."}}, plus
+    # "busted": n when the broker voided (busted) n fills the journal held, now tombstones.
     detail = models.JSONField(default=dict, blank=True)
 
     class Meta:
@@ -276,3 +288,28 @@ class KnownProvider(models.Model):
 
     def __str__(self):
         return self.key
+
+
+class ApiToken(models.Model):
+    """A key for the JSON API (Authorization: Token <key>): shown once when made, kept only as its SHA-256,
+    valid until expires_at, revoked by deleting the row (Admin -> API tokens)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What uses it, e.g. 'my export script'.")
+    # A token is 43 random URL-safe characters: a fast hash is enough, and a lookup by it is one index read.
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    # Its first characters, so that the trader and the admin can tell tokens apart; not enough to use it.
+    prefix = models.CharField(max_length=8, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.name})"
+
+    @staticmethod
+    def digest_of(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()

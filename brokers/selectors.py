@@ -77,3 +77,18 @@ def unsynced_session(connection: BrokerConnection, now: datetime | None = None) 
         started_at__lt=reach_ends,
     ).exists()
     return None if read else UnsyncedSession(day, closed_at, now < reach_ends)
+
+
+def connection_of_login(*, owner, broker_type: str, environment: str, account_ids) -> BrokerConnection | None:
+    """The trader's connection that already holds one of these broker accounts: a sign-in listing them is
+    the same broker login again (e.g. Schwab's account hash values), so it re-authorises that one."""
+    return (
+        BrokerConnection.objects.filter(
+            owner=owner,
+            broker_type=broker_type,
+            environment=environment,
+            accounts__external_id__in=list(account_ids),
+        )
+        .order_by("pk")
+        .first()
+    )

@@ -8,22 +8,29 @@ only translate that error into their own shape.
 
 from __future__ import annotations
 
+import math
+import secrets
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 
+import structlog
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from brokers import periodic_tasks
 from brokers.crypto import CredentialsUnreadable
-from brokers.models import INTERVAL_RULE, BrokerConnection, SnapTradeUser, SyncLog
+from brokers.models import INTERVAL_RULE, ApiToken, BrokerConnection, SnapTradeUser, SyncLog
 from brokers.providers import snaptrade
-from brokers.providers.errors import BrokerConfigurationError, BrokerSetupError
+from brokers.providers.errors import BrokerConfigurationError, BrokerError, BrokerRateLimitError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider, get_provider_class
 from brokers.providers.snaptrade import SnapTradeKey
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredentials
+
+log = structlog.get_logger("brokers.services")
 
 
 def validate_credentials(broker_type: str, credentials: Mapping[str, str], environment: str) -> None:
@@ -85,7 +92,7 @@ def connection_create(
     A broker that connects by OAuth sign-in takes no credentials but the session (auth) its
     callback obtained; without one it is refused, since nothing could ever sync.
     """
-    _refuse_oauth_without_sign_in(broker_type, auth)
+    refuse_oauth_without_sign_in(broker_type, auth)
     connection = BrokerConnection(
         owner=owner,
         broker_type=broker_type,
@@ -97,7 +104,7 @@ def connection_create(
     stripped = _stripped(credentials)
     _full_clean(connection, stripped)
     connection.credentials = stripped
-    connection.auth = auth
+    connection.auth = auth or _provisioned(connection, stripped)
     connection.save()
     periodic_tasks.sync_schedule(connection)
     if connection.sync_enabled:
@@ -105,7 +112,22 @@ def connection_create(
     return connection
 
 
-def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:
+@sensitive_variables()
+def _provisioned(connection: BrokerConnection, credentials: Mapping[str, str]) -> AuthResult | None:
+    """For a broker that provisions at login (MetaApi), log in now: a refusal is the form's error, nothing saved."""
+    provider = get_broker_provider(connection.broker_type, connection.environment)
+    if not provider.provisions:
+        return None
+    try:
+        return provider.authenticate(BrokerCredentials(values=dict(credentials), environment=connection.environment))
+    except BrokerError as exc:
+        message = exc.message
+        if isinstance(exc, BrokerRateLimitError):
+            message += f" Try again in {math.ceil(exc.retry_after or 1)} s."
+        raise ValidationError({exc.field or NON_FIELD_ERRORS: message}, code=exc.kind) from None
+
+
+def refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> None:
     try:
         provider_class = get_provider_class(broker_type)
     except BrokerConfigurationError:
@@ -115,6 +137,18 @@ def _refuse_oauth_without_sign_in(broker_type: str, auth: AuthResult | None) -> 
         raise ValidationError(
             {"broker_type": f"{name} connects by signing in at {name}: use Connect with {name} on the brokers page."},
             code="oauth_only",
+        )
+
+
+def refuse_credentials_of_sign_in(broker_type: str) -> None:
+    """A connection made on the broker's pages holds what its sign-in gave (a SnapTrade link id, ...):
+    written over, the link would be lost for good and later connects would adopt it as a new one."""
+    provider_class = get_provider_class(broker_type)
+    if provider_class.signs_in_at_broker():
+        name = provider_class.display_name
+        raise ValidationError(
+            {"credentials": f"A {name} connection has no credentials to write: press Reconnect to sign in again."},
+            code="signs_in_at_broker",
         )
 
 
@@ -162,12 +196,14 @@ def connection_update(
         connection.sync_enabled = sync_enabled
     if sync_interval_min is not None:
         connection.sync_interval_min = sync_interval_min
+    if credentials is not None:
+        refuse_credentials_of_sign_in(connection.broker_type)
     stripped = None if credentials is None else _stripped(credentials)
     _full_clean(connection, stripped)
     resume = False
     if stripped is not None and (connection.credentials_rejected or stripped != _saved_credentials(connection)):
         connection.credentials = stripped
-        resume = _reauthorised(connection, None)
+        resume = _reauthorised(connection, _provisioned(connection, stripped))
     connection.save()
     periodic_tasks.sync_schedule(connection)
     if connection.schedule_active and (turned_on or resume):
@@ -178,6 +214,7 @@ def connection_update(
 def _reauthorised(connection: BrokerConnection, auth: AuthResult | None) -> bool:
     """Take a new session (None: log in afresh) and clear a refused login; True if sync was on hold."""
     connection.auth = auth
+    connection.authorised_at = timezone.now()
     was_held = connection.credentials_rejected
     connection.credentials_rejected = False
     if connection.status == BrokerConnection.Status.ERROR:
@@ -207,11 +244,34 @@ def _saved_credentials(connection: BrokerConnection) -> dict[str, str] | None:
         return None  # no key opens them: whatever was typed replaces them
 
 
-@transaction.atomic
 def connection_delete(connection_id: int) -> None:
-    """Delete a connection with its accounts, trades, logs and schedule."""
+    """Delete a connection with its accounts, trades, logs and schedule, and what it provisioned at the broker."""
+    _forget_at_broker(connection_id)
+    _delete(connection_id)
+
+
+@transaction.atomic
+def _delete(connection_id: int) -> None:
     periodic_tasks.delete_schedule(connection_id)
     BrokerConnection.objects.filter(pk=connection_id).delete()
+
+
+@sensitive_variables()
+def _forget_at_broker(connection_id: int) -> None:
+    connection = BrokerConnection.objects.filter(pk=connection_id).first()
+    try:
+        provider = get_broker_provider(connection.broker_type, connection.environment) if connection else None
+    except BrokerConfigurationError:
+        return  # a broker no longer installed: nothing of ours can reach it
+    if provider is None or not provider.provisions:
+        return
+    try:
+        provider.forget(connection.broker_credentials(), connection.auth)
+    except (BrokerError, CredentialsUnreadable) as exc:
+        # The trader asked for the connection to go: it goes, and the operator learns what stayed behind.
+        log.warning(
+            "broker_provision_not_removed", connection_id=connection_id, broker=connection.broker_type, error=str(exc)
+        )
 
 
 @sensitive_variables()
@@ -280,3 +340,24 @@ def snaptrade_user_register(owner, key: SnapTradeKey) -> SnapTradeUser:
         # Another tab registered the trader a moment ago: theirs is kept, ours stays unused.
         return SnapTradeUser.objects.get(owner=owner)
     return user
+
+
+# --- API tokens ---
+
+
+@sensitive_variables()
+def api_token_create(
+    *, owner, name: str, lifetime_days: int = settings.API_TOKEN_LIFETIME_DAYS
+) -> tuple[ApiToken, str]:
+    """Make a token for the API; returns the row and the token itself, which is kept nowhere: show it once."""
+    token = secrets.token_urlsafe(32)
+    row = ApiToken(
+        owner=owner,
+        name=name.strip(),
+        digest=ApiToken.digest_of(token),
+        prefix=token[:8],
+        expires_at=timezone.now() + timedelta(days=lifetime_days),
+    )
+    row.full_clean()
+    row.save()
+    return row, token

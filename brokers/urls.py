@@ -1,7 +1,7 @@
 from django.urls import path
 
 from brokers import views
-from brokers.connect import credentials, oauth, portal
+from brokers.connect import credentials, oauth, portal, suggest
 from brokers.connect import views as connect
 
 app_name = "brokers"
@@ -18,4 +18,5 @@ urlpatterns = [
     path("oauth/callback/", connect.callback, name="oauth_callback"),
     path("snaptrade/connect/", portal.connect, name="snaptrade_connect"),
     path("snaptrade/key/", portal.save_key, name="snaptrade_key"),
+    path("<str:broker_type>/suggest/<str:field>/", suggest.suggest, name="suggest"),
 ]

@@ -5,7 +5,7 @@ Every write goes through brokers.services; times are shown in the trader's zone 
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models import Count, JSONField, OuterRef, Q, Subquery
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -41,6 +41,8 @@ def _with_status(connections) -> list[BrokerConnection]:
     """Connections with everything their status block shows, in a fixed number of queries."""
     runs = SyncLog.objects.filter(connection=OuterRef("pk"))
     last_run = runs.filter(status__in=FINISHED_RUNS).order_by("-started_at", "-id")
+    # What the broker said about the first import (MT5 on MetaApi: only the last 5,000 deals) stays on the card.
+    first_run = runs.filter(status__in=FINISHED_RUNS).order_by("started_at", "id")
     last_error = runs.exclude(error_kind="").exclude(status=SyncLog.Status.SKIPPED).order_by("-started_at", "-id")
     rows = list(
         connections.annotate(
@@ -51,8 +53,10 @@ def _with_status(connections) -> list[BrokerConnection]:
             last_error_kind=Subquery(last_error.values("error_kind")[:1]),
             # The positions the last successful run compared (sync stores them in its detail).
             last_checked_detail=Subquery(
-                runs.filter(status__in=SUCCEEDED_RUNS).order_by("-started_at", "-id").values("detail")[:1]
+                runs.filter(status__in=SUCCEEDED_RUNS).order_by("-started_at", "-id").values("detail")[:1],
+                output_field=JSONField(),
             ),
+            first_run_detail=Subquery(first_run.values("detail")[:1], output_field=JSONField()),
         ).prefetch_related("accounts")
     )
     tasks = selectors.periodic_tasks_for(rows)
@@ -68,6 +72,7 @@ def _with_status(connections) -> list[BrokerConnection]:
         c.session_warning = (
             session_not_synced(unsynced.day, c.provider_name, unsynced.still_readable) if unsynced else ""
         )
+        c.first_import_notes = [r["note"] for r in (c.first_run_detail or {}).values() if r.get("note")]
     return rows
 
 

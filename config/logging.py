@@ -108,6 +108,9 @@ def logging_config(log_format: str, level: str) -> dict:
             # gunicorn's own loggers hand their lines to the root handler instead of printing text.
             "gunicorn.error": {"handlers": [], "propagate": True},
             "gunicorn.access": {"handlers": [], "propagate": True, "level": "INFO"},
+            # runserver's request lines (make run) have a plain handler of Django's own, which would
+            # print OAuth codes, states and ?token= query strings: ours redacts them like any line.
+            "django.server": {"handlers": ["console"], "propagate": False, "level": "INFO"},
         },
     }
 

@@ -105,7 +105,6 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_celery_beat",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
@@ -175,9 +174,10 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip"
-# The address of a client as the last TRUSTED_PROXY_COUNT proxies saw it (X-Forwarded-For);
-# 0 means clients connect directly and REMOTE_ADDR is theirs.
+AXES_CLIENT_IP_CALLABLE = "telemetry.client_ip.client_ip"
+# The address of a client as the last TRUSTED_PROXY_COUNT proxies saw it (X-Forwarded-For), for
+# axes, the sign-in limits and /metrics (telemetry.client_ip); 0 means clients connect directly
+# and REMOTE_ADDR is theirs.
 TRUSTED_PROXY_COUNT = env_int("DJANGO_TRUSTED_PROXY_COUNT", 0)
 
 LOGIN_URL = "login"
@@ -334,7 +334,7 @@ BROKER_PROVIDERS = [
     key.strip()
     for key in env(
         "BROKER_PROVIDERS",
-        "demo,tradovate,tradovate_signin,ibkr_flex,alpaca,alpaca_connect,schwab,snaptrade,ccxt",
+        "demo,tradovate,tradovate_signin,ibkr_flex,alpaca,alpaca_connect,schwab,snaptrade,metatrader,projectx,ccxt",
     ).split(",")
     if key.strip()
 ]
@@ -345,6 +345,15 @@ BROKER_BASE_URLS = {
     for name, value in os.environ.items()
     if name.endswith("_BASE_URL") and value
 }
+# The domains whose hosts a Tradovate token answer may name (apiHosts): the session token is sent
+# to them, so only Tradovate's and NinjaTrader's own (docs/brokers/tradovate.md "Organisation hosts").
+TRADOVATE_API_HOST_DOMAINS = tuple(
+    domain.strip().lower()
+    for domain in env(
+        "TRADOVATE_API_HOST_DOMAINS", "tradovateapi.com,tradovate.com,ninjatrader.com,ninjatrader.dev"
+    ).split(",")
+    if domain.strip()
+)
 # OAuth apps the operator registered at brokers (docs/brokers/<key>.md): <KEY>_CLIENT_ID and
 # <KEY>_CLIENT_SECRET; <KEY>_OAUTH_AUTHORIZE_URL / <KEY>_OAUTH_TOKEN_URL point at a sandbox or
 # simulator. A provider whose app is missing shows as "not set up on this installation".
@@ -365,6 +374,26 @@ SNAPTRADE_CONSUMER_KEY = env("SNAPTRADE_CONSUMER_KEY", "")
 # Ask SnapTrade for fresh brokerage data at most this often per connection (each refresh is
 # billed; SnapTrade refuses it for real-time connections). 0: never, data is SnapTrade's daily copy.
 SNAPTRADE_MANUAL_REFRESH_HOURS = env_int("SNAPTRADE_MANUAL_REFRESH_HOURS", 0)
+# MetaTrader 4/5 through MetaApi (docs/brokers/metatrader.md). The operator's MetaApi token pays for
+# every trader's terminal; without it each trader enters their own token on the connection. Either
+# token can create and delete MetaApi accounts, so the trader's is stored encrypted like a password.
+METAAPI_TOKEN = env("METAAPI_TOKEN", "")
+# MetaApi bills deployed terminals by the hour: a sync deploys, reads and undeploys. True keeps
+# them deployed (faster syncs, no minutes-long connect per sync, a bill for every hour).
+METAAPI_KEEP_DEPLOYED = env_bool("METAAPI_KEEP_DEPLOYED", False)
+# Where new MetaApi accounts run ("" lets MetaApi choose); reads always go to the account's own region.
+METAAPI_REGION = env("METAAPI_REGION", "")
+# The client (data) API's address for every region, for a simulator; "" builds it from the region.
+METAAPI_CLIENT_URL = env("METAAPI_CLIENT_URL", "")
+# While a terminal starts or loads history the run pauses this long between looks (lock held)...
+METAAPI_CONNECT_POLL_S = float(env("METAAPI_CONNECT_POLL_S", "30"))
+# ... and gives up (a retried failure that undeploys it) when it has not connected within this long.
+# Keep it under the run's 20 pauses x the poll (sync/policy.py), or the run gives up first and the
+# terminal stays deployed until the next sync.
+METAAPI_CONNECT_TIMEOUT_S = float(env("METAAPI_CONNECT_TIMEOUT_S", "480"))
+# ProjectX (docs/brokers/projectx.md): a TOML file of prop firms added to the shipped table
+# (brokers/providers/projectx_firms.toml), for a firm that joins ProjectX or moves its host.
+PROJECTX_FIRMS_FILE = env("PROJECTX_FIRMS_FILE", "")
 # The public address of /brokers/oauth/callback/, exactly as registered with each broker's app.
 OAUTH_CALLBACK_URL = env("OAUTH_CALLBACK_URL", "")
 # A sign-in must come back within this long; its state is single use and bound to the session.
@@ -388,12 +417,14 @@ DEMO_FILL_EVERY_S = env_int("DEMO_FILL_EVERY_S", 90)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: an API client without credentials gets 401 with WWW-Authenticate, not 403.
-        "rest_framework.authentication.TokenAuthentication",
+        "brokers.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# How long an API token made in the admin works (the admin may choose another lifetime per token).
+API_TOKEN_LIFETIME_DAYS = env_int("API_TOKEN_LIFETIME_DAYS", 90)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Trade Journal API",
     "VERSION": "0.1.0",
@@ -409,11 +440,20 @@ RATELIMIT_USE_CACHE = "default"
 SYNC_NOW_RATE_LIMIT = env("SYNC_NOW_RATE_LIMIT", "3/m")
 # "Test connection" per trader: each press is a login at the broker, which limits logins.
 TEST_CONNECTION_RATE_LIMIT = env("TEST_CONNECTION_RATE_LIMIT", "5/m")
+# Each step of signing in at a broker (Connect, Reconnect, the callback, the Personal-key form), per
+# trader and per client address: a real sign-in takes two or three steps, a script hundreds. (The
+# code exchanges themselves also book a per-trader budget, rate_limits.toml's [sign_in.*].)
+SIGN_IN_RATE_LIMIT = env("SIGN_IN_RATE_LIMIT", "10/m")
+SIGN_IN_ADDRESS_RATE_LIMIT = env("SIGN_IN_ADDRESS_RATE_LIMIT", "30/m")
 
 # --- Health and metrics -------------------------------------------------------------------
 # /readyz fails when beat has dispatched nothing for this long; beat sends the housekeeping
 # task every minute, so a live beat dispatches at least that often.
 BEAT_MAX_SILENCE_S = env_int("BEAT_MAX_SILENCE_S", 180)
+# /readyz runs its checks at most once at a time per web process and answers from their last
+# result for this long: the Celery ping waits its whole 2 s timeout, which a probe (or anyone
+# on the internet) must not cost a web worker on every request.
+READINESS_CACHE_S = env_int("READINESS_CACHE_S", 5)
 # /metrics answers a request bearing this token (Authorization: Bearer ...) or coming from one
 # of these networks (by default only this machine).
 METRICS_TOKEN = env("METRICS_TOKEN", "")

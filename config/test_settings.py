@@ -37,3 +37,5 @@ STORAGES = {
 }
 # Unit tests answer from `responses` at once; a request's resend need not wait a second.
 BROKER_HTTP_RETRY_BACKOFF_S = 0.01
+# Each test reads /readyz afresh (tests/test_hardening_probes.py turns the cache on to test it).
+READINESS_CACHE_S = 0

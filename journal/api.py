@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, date, datetime, time
 
+from django.db import models
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
@@ -13,6 +14,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
 from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE, REPORTED_FIELDS, TRADE_DATE_RULE, RoundTrip, Trade
+from journal.numbers import plain
 from journal.selectors import calendar_days, open_positions_of, round_trips_visible_to, trades_visible_to
 
 # Ids are 64-bit: a larger one cannot exist, and the database would refuse it with an error.
@@ -43,7 +45,23 @@ class TradeFilterSerializer(serializers.Serializer):
     )
 
 
-class TradeSerializer(serializers.ModelSerializer):
+class PlainDecimalField(serializers.DecimalField):
+    """Every digit the broker sent and no padding: "0.000732004", not "0.000732004000000000"."""
+
+    def to_representation(self, value):
+        return plain(value)
+
+
+class PlainDecimalsSerializer(serializers.ModelSerializer):
+    """A model's decimals as PlainDecimalField writes them."""
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.DecimalField: PlainDecimalField,
+    }
+
+
+class TradeSerializer(PlainDecimalsSerializer):
     account_external_id = serializers.CharField(source="account.external_id", read_only=True)
     connection = serializers.IntegerField(source="account.connection_id", read_only=True)
 
@@ -126,7 +144,7 @@ class RoundTripFilterSerializer(serializers.Serializer):
     )
 
 
-class RoundTripSerializer(serializers.ModelSerializer):
+class RoundTripSerializer(PlainDecimalsSerializer):
     account_external_id = serializers.CharField(source="account.external_id", read_only=True)
     fills = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="The ids of its trades.")
 
@@ -224,7 +242,7 @@ class CalendarDaySerializer(serializers.Serializer):
     trading_day = serializers.DateField()
     round_trips = serializers.IntegerField(help_text="Round trips closed on this trading day.")
     net_pnl = serializers.DictField(
-        child=serializers.DecimalField(max_digits=38, decimal_places=18),
+        child=PlainDecimalField(max_digits=38, decimal_places=18),
         help_text="Net P&L after fees, per currency.",
     )
 

@@ -5,12 +5,17 @@ batch (multi-row VALUES on SQLite, unnest() of column arrays on PostgreSQL): the
 unique constraint decides what is a duplicate, so the counts are exact even when two runs
 import the same fills at once, and a tombstoned (deleted) trade is never inserted again.
 The statement's row count is the number imported; the rest of the batch was skipped.
+
+A busted fill (the broker cancelled it after the fact) is not inserted: the row it arrived as
+before, if any, becomes a tombstone (deleted_at) in the same transaction, so it leaves the journal
+and no later sync brings it back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cache
@@ -30,10 +35,13 @@ from journal.models import REPORTED_FIELDS, Trade
 class ImportResult:
     imported: int = 0
     skipped: int = 0
+    # Fills the journal held that the broker has since cancelled: now tombstones.
+    busted: int = 0
 
     def __iadd__(self, other: ImportResult) -> ImportResult:
         self.imported += other.imported
         self.skipped += other.skipped
+        self.busted += other.busted
         return self
 
 
@@ -47,7 +55,9 @@ _RAW_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
 
 
 def _as_json(value) -> str:
-    return _RAW_JSON.encode(dict(value))
+    # A mapping (the broker's record), or a list of frozen values (other_fees: a Fee per currency).
+    plain = dict(value) if isinstance(value, Mapping) else [dataclasses.asdict(item) for item in value]
+    return _RAW_JSON.encode(plain)
 
 
 def _as_sqlite_date(value: date | None) -> str | None:
@@ -141,11 +151,12 @@ def _batch_size() -> int:
 def import_trades(
     account_id: int,
     trades: Iterable[BrokerTrade],
-    on_batch_committed: Callable[[list[BrokerTrade]], None] | None = None,
+    on_batch_committed: Callable[[list[BrokerTrade], list[Trade]], None] | None = None,
 ) -> ImportResult:
     """Insert the trades of one account; duplicates are skipped and counted. Batches commit one by one.
 
-    on_batch_committed(batch) runs after each batch's commit, e.g. to record progress.
+    on_batch_committed(batch, voided) runs after each batch's commit with the stored fills its
+    busts tombstoned, e.g. to record progress and recompute what changed.
     """
     insert = _postgres_batch if connection.vendor == "postgresql" else _sqlite_batch
     result = ImportResult()
@@ -155,15 +166,38 @@ def import_trades(
     while True:
         batch, stopped = _next_batch(iterator, size)
         if batch:
+            fills = [t for t in batch if not t.busted]
+            busts = [t for t in batch if t.busted]
             with transaction.atomic(), connection.cursor() as cursor:
-                inserted = insert(cursor, account_id, batch, now)
-            result += ImportResult(imported=inserted, skipped=len(batch) - inserted)
+                inserted = insert(cursor, account_id, fills, now) if fills else 0
+                voided = _bust(account_id, busts, now)
+            result += ImportResult(imported=inserted, skipped=len(fills) - inserted, busted=len(voided))
             if on_batch_committed is not None:
-                on_batch_committed(batch)
+                on_batch_committed(batch, voided)
         if stopped is not None:
             raise stopped
         if len(batch) < size:
             return result
+
+
+def _bust(account_id: int, busts: list[BrokerTrade], now: datetime) -> list[Trade]:
+    """Tombstone the stored fills the broker voided, keeping its record of the bust; returns those fills.
+
+    A tombstone, as a trader's deletion: no later sync brings the fill back. Busts are rare, so
+    one update each keeps the broker's own voided record with the fill it voided. A bust of a
+    fill already tombstoned (brokers repeat them on every read) voids nothing new.
+    """
+    voided = []
+    for bust in busts:
+        stored = Trade.objects.filter(
+            account_id=account_id, broker_trade_id=bust.broker_trade_id, deleted_at__isnull=True
+        ).first()
+        # Written only if still standing: another import may have voided it in between.
+        if stored is not None and Trade.objects.filter(pk=stored.pk, deleted_at__isnull=True).update(
+            deleted_at=now, raw=dict(bust.raw)
+        ):
+            voided.append(stored)
+    return voided
 
 
 def _next_batch(iterator, size: int) -> tuple[list[BrokerTrade], Exception | None]:

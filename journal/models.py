@@ -16,6 +16,12 @@ LATEST_TRADE_DATE = date(2999, 12, 31)
 TRADE_DATE_RULE = f"Enter a date from {EARLIEST_TRADE_DATE:%Y-%m-%d} to {LATEST_TRADE_DATE:%Y-%m-%d}."
 
 
+# Quantities, prices, fees, strikes and multipliers keep every digit a broker sends: crypto
+# venues price tokens and charge fees to 18 decimals (a KuCoin fee of 0.000732004 USDT), and
+# 20 integer digits hold any notional. PostgreSQL stores numeric(38, 18) exactly.
+EXACT = {"max_digits": 38, "decimal_places": 18}
+
+
 class Trade(models.Model):
     class Side(models.TextChoices):
         BUY = "BUY", "Buy"
@@ -27,19 +33,22 @@ class Trade(models.Model):
     symbol = models.CharField(max_length=64)
     asset_class = models.CharField(max_length=10, default="STK")
     side = models.CharField(max_length=4, choices=Side.choices)
-    quantity = models.DecimalField(max_digits=24, decimal_places=8)
-    price = models.DecimalField(max_digits=24, decimal_places=8)
-    fees = models.DecimalField(max_digits=24, decimal_places=8, default=0)
+    quantity = models.DecimalField(**EXACT)
+    price = models.DecimalField(**EXACT)
+    fees = models.DecimalField(**EXACT, default=0)
     # The currency the fee was charged in when it is not `currency` (crypto exchanges often
     # charge in the bought coin or their own token); empty means `currency`.
     fee_currency = models.CharField(max_length=16, blank=True)
+    # Further charges of the same fill, each in its own currency: [{"currency": "GT", "cost": "2.2"}]
+    # (costs as exact text). Never summed into `fees`: the currencies differ.
+    other_fees = models.JSONField(default=list, blank=True)
     # ISO codes for brokers; crypto quote currencies are longer (USDT, FDUSD).
     currency = models.CharField(max_length=16, default="USD")
     # Point value: price × quantity × multiplier is the money that changed hands.
-    multiplier = models.DecimalField(max_digits=24, decimal_places=8, default=1)
+    multiplier = models.DecimalField(**EXACT, default=1)
     # Options: expiry, strike and right (C or P); empty for everything else.
     expiry = models.DateField(null=True, blank=True)
-    strike = models.DecimalField(max_digits=24, decimal_places=8, null=True, blank=True)
+    strike = models.DecimalField(**EXACT, null=True, blank=True)
     option_right = models.CharField(max_length=1, blank=True)
     # Units of the account's base currency per unit of `currency`, where the broker says.
     fx_rate_to_base = models.DecimalField(max_digits=24, decimal_places=10, null=True, blank=True)
@@ -72,6 +81,7 @@ REPORTED_FIELDS = (
     "price",
     "fees",
     "fee_currency",
+    "other_fees",
     "currency",
     "multiplier",
     "expiry",
@@ -81,10 +91,6 @@ REPORTED_FIELDS = (
     "executed_at",
     "raw",
 )
-
-
-# Amounts the positions store: as many places as a fill's amounts may carry.
-AMOUNT = {"max_digits": 38, "decimal_places": 18}
 
 
 class RoundTrip(models.Model):
@@ -103,29 +109,29 @@ class RoundTrip(models.Model):
     # The instrument: a trade's symbol, and for options its expiry, strike and right.
     symbol = models.CharField(max_length=64)
     expiry = models.DateField(null=True, blank=True)
-    strike = models.DecimalField(max_digits=24, decimal_places=8, null=True, blank=True)
+    strike = models.DecimalField(**EXACT, null=True, blank=True)
     option_right = models.CharField(max_length=1, blank=True)
     asset_class = models.CharField(max_length=10)
     currency = models.CharField(max_length=16)
-    multiplier = models.DecimalField(**AMOUNT)
+    multiplier = models.DecimalField(**EXACT)
     side = models.CharField(max_length=5, choices=Side.choices)
     opened_at = models.DateTimeField()
     closed_at = models.DateTimeField(null=True, blank=True)
     # The instrument's trading day of the close (journal.lots.trading_day): the calendar's day.
     trading_day = models.DateField(null=True, blank=True)
-    size = models.DecimalField(**AMOUNT)
-    entry_average = models.DecimalField(**AMOUNT)
-    exit_average = models.DecimalField(**AMOUNT, null=True, blank=True)
-    open_quantity = models.DecimalField(**AMOUNT, default=0)
-    open_average = models.DecimalField(**AMOUNT, null=True, blank=True)
-    gross_pnl = models.DecimalField(**AMOUNT)
-    fees = models.DecimalField(**AMOUNT)
-    net_pnl = models.DecimalField(**AMOUNT)
+    size = models.DecimalField(**EXACT)
+    entry_average = models.DecimalField(**EXACT)
+    exit_average = models.DecimalField(**EXACT, null=True, blank=True)
+    open_quantity = models.DecimalField(**EXACT, default=0)
+    open_average = models.DecimalField(**EXACT, null=True, blank=True)
+    gross_pnl = models.DecimalField(**EXACT)
+    fees = models.DecimalField(**EXACT)
+    net_pnl = models.DecimalField(**EXACT)
     # Fees charged in other currencies than `currency`, {currency: amount as text}: not in net_pnl.
     other_fees = models.JSONField(default=dict, blank=True)
     # In the account's base currency; null when a fill of the round trip carries no FX rate.
-    gross_pnl_base = models.DecimalField(**AMOUNT, null=True, blank=True)
-    net_pnl_base = models.DecimalField(**AMOUNT, null=True, blank=True)
+    gross_pnl_base = models.DecimalField(**EXACT, null=True, blank=True)
+    net_pnl_base = models.DecimalField(**EXACT, null=True, blank=True)
     fill_count = models.PositiveIntegerField()
     fills = models.ManyToManyField(Trade, related_name="round_trips")
 

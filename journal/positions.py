@@ -15,8 +15,10 @@ from decimal import Context, Decimal
 
 from django.db import transaction
 
+from brokers.providers.types import BrokerTrade
 from journal import lots
 from journal.models import RoundTrip, Trade
+from journal.numbers import plain
 
 # Wide enough that cutting any stored amount to 18 places never overflows the context.
 _WIDE = Context(prec=60)
@@ -64,8 +66,12 @@ def _stored(value: Decimal | None) -> Decimal | None:
 
 
 def as_fill(trade: Trade) -> lots.Fill:
-    """A stored trade as the engine reads it; a fee in another currency is a fee line of its own."""
-    other = trade.fee_currency and trade.fee_currency != trade.currency
+    """A stored trade as the engine reads it: fees in the instrument's currency, and apart each other currency's."""
+    by_currency: dict[str, Decimal] = {}
+    charges = [(trade.fee_currency or trade.currency, trade.fees)]
+    charges += [(fee["currency"] or trade.currency, Decimal(str(fee["cost"]))) for fee in trade.other_fees]
+    for currency, cost in charges:
+        by_currency[currency] = by_currency.get(currency, Decimal(0)) + cost
     return lots.Fill(
         id=trade.pk,
         broker_trade_id=trade.broker_trade_id,
@@ -74,8 +80,8 @@ def as_fill(trade: Trade) -> lots.Fill:
         quantity=trade.quantity,
         price=trade.price,
         multiplier=trade.multiplier,
-        fees=Decimal(0) if other else trade.fees,
-        other_fees=((trade.fee_currency, trade.fees),) if other and trade.fees else (),
+        fees=by_currency.pop(trade.currency, Decimal(0)),
+        other_fees=tuple((currency, cost) for currency, cost in by_currency.items() if cost),
         fx_rate_to_base=trade.fx_rate_to_base,
     )
 
@@ -88,6 +94,22 @@ def changed_by(account_id: int, trades: Iterable) -> dict[Instrument, datetime]:
         if instrument not in earliest or trade.executed_at < earliest[instrument]:
             earliest[instrument] = trade.executed_at
     return earliest
+
+
+class ChangedInstruments:
+    """What an import changed, instrument by instrument, from which moment on: fed by import_trades' on_batch_committed.
+
+    A bust is not a fill: it changes the instrument of the fill it voided, from that fill's moment.
+    """
+
+    def __init__(self, account_id: int):
+        self.account_id = account_id
+        self.since: dict[Instrument, datetime] = {}
+
+    def add(self, batch: list[BrokerTrade], voided: list[Trade]) -> None:
+        fills = [t for t in batch if not t.busted]
+        for instrument, earliest in changed_by(self.account_id, [*fills, *voided]).items():
+            self.since[instrument] = min(earliest, self.since.get(instrument, earliest))
 
 
 def positions_recompute(*, changed: Mapping[Instrument, datetime | None]) -> int:
@@ -166,7 +188,7 @@ def _recompute(instrument: Instrument, since: datetime | None) -> int:
                 gross_pnl=_stored(trip.gross),
                 fees=_stored(trip.fees),
                 net_pnl=_stored(trip.net),
-                other_fees={currency: str(cost) for currency, cost in trip.other_fees.items()},
+                other_fees={currency: plain(cost) for currency, cost in trip.other_fees.items()},
                 gross_pnl_base=_stored(trip.gross_base),
                 net_pnl_base=_stored(trip.net_base),
                 fill_count=len(trip.fill_ids),

@@ -10,6 +10,7 @@ from django.db.models import Case, DecimalField, F, Sum, When
 
 from brokers.providers.types import BUY, BrokerPosition
 from journal.models import Trade
+from journal.numbers import plain
 
 
 def _key(symbol: str, expiry, strike, option_right: str) -> tuple:
@@ -18,7 +19,7 @@ def _key(symbol: str, expiry, strike, option_right: str) -> tuple:
     return (
         symbol.replace("/", ""),
         expiry.isoformat() if expiry else "",
-        str(strike.normalize()) if strike is not None else "",
+        plain(strike),
         option_right,
     )
 
@@ -60,10 +61,5 @@ def position_differences(account_id: int, reported: Iterable[BrokerPosition], re
         if ours != theirs:
             symbol, expiry, strike, right = key
             name = " ".join(part for part in (symbol, expiry, f"{strike}{right}" if strike else right) if part)
-            differences.append({"instrument": name, "journal": _text(ours), "broker": _text(theirs)})
+            differences.append({"instrument": name, "journal": plain(ours), "broker": plain(theirs)})
     return differences
-
-
-def _text(quantity: Decimal) -> str:
-    # Exact and short: 3, -2, 0.5 (never 3.000000000000000000 or 3E+1).
-    return f"{quantity.normalize():f}"

@@ -14,7 +14,7 @@ from brokers.providers.errors import BrokerAuthError, BrokerError
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerPosition
 from journal.importing import ImportResult, import_trades
 from journal.models import Trade
-from journal.positions import Instrument, changed_by, positions_recompute
+from journal.positions import ChangedInstruments, positions_recompute
 from journal.reconciling import position_differences
 
 log = structlog.get_logger("sync")
@@ -54,11 +54,10 @@ def import_account(
     since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
     attempt_started = timezone.now()
     cursor = row.sync_cursor
-    touched: dict[Instrument, datetime] = {}
+    changes = ChangedInstruments(row.pk)
 
-    def committed(batch):
-        for instrument, earliest in changed_by(row.pk, batch).items():
-            touched[instrument] = min(earliest, touched.get(instrument, earliest))
+    def committed(batch, voided):
+        changes.add(batch, voided)
         if not provider.trades_ascending:
             return
         # Every fill up to this batch's newest is committed: a rate-limit pause or a crash
@@ -73,7 +72,7 @@ def import_account(
         result = import_trades(row.pk, provider.get_trades(auth, info, since, until), on_batch_committed=committed)
     finally:
         # What committed is in the journal even when the source stopped early: its positions follow it.
-        positions_recompute(changed=touched)
+        positions_recompute(changed=changes.since)
     # Only now that every batch committed may the next sync start from `until`.
     BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=until)
     counts = _whole_run_counts(row, result, run_started, attempt_started, since)
@@ -110,7 +109,9 @@ def _whole_run_counts(row: BrokerAccount, result: ImportResult, run_started, att
     if not imported_before:
         return result
     refetched = earlier.filter(executed_at__gte=since).count()
-    return ImportResult(imported=result.imported + imported_before, skipped=max(0, result.skipped - refetched))
+    return ImportResult(
+        imported=result.imported + imported_before, skipped=max(0, result.skipped - refetched), busted=result.busted
+    )
 
 
 def imported_by_run(row: BrokerAccount, sync_log_id: int) -> int:

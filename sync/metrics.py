@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from brokers.models import BrokerConnection
 from brokers.vocabulary import display_status
 from telemetry import counters, heartbeat
+from telemetry.client_ip import client_ip
 from telemetry.redis_client import redis_client
 
 # The Celery queues (settings.CELERY_TASK_QUEUES); kombu keeps each priority level in its own list.
@@ -85,7 +86,8 @@ def scrape_allowed(request) -> bool:
     if token and hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
         return True
     try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        # Behind the reverse proxy REMOTE_ADDR is the proxy's (often this machine's) own address.
+        address = ipaddress.ip_address(client_ip(request) or "")
     except ValueError:
         return False
     return any(address in network for network in settings.METRICS_ALLOWED_NETWORKS)

@@ -6,6 +6,8 @@ path (task, inline command): retrying, pausing for a broker's limit, or giving u
 
 from __future__ import annotations
 
+from collections import Counter
+
 from django.db import InterfaceError, OperationalError
 
 from brokers.providers.errors import BrokerError, BrokerRateLimitError, ErrorKind
@@ -74,3 +76,16 @@ def given_up(exc: BaseException, attempts: int) -> str:
     if attempts > 1:
         return f"{message} All {attempts} attempts failed; the next scheduled sync will try again."
     return f"{message} The next scheduled sync will try again."
+
+
+# A run's message names this many different reasons for unreadable rows; the detail keeps them all.
+REASONS_SHOWN = 3
+
+
+def unreadable(reasons: list[str]) -> str:
+    """'skipped 3 rows we could not read: no symbol (2), dateTime '2024' is in no known format'."""
+    counts = Counter(reasons)
+    named = [f"{reason} ({n})" if n > 1 else reason for reason, n in counts.most_common(REASONS_SHOWN)]
+    more = " …" if len(counts) > REASONS_SHOWN else ""
+    rows = "row" if len(reasons) == 1 else "rows"
+    return f"skipped {len(reasons)} {rows} we could not read: {'; '.join(named)}{more}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import structlog
 from django.db import transaction
@@ -138,10 +138,23 @@ def _refresh_accounts(connection: BrokerConnection, infos: list[BrokerAccountInf
         row, _ = BrokerAccount.objects.update_or_create(
             connection=connection,
             external_id=info.external_id,
-            defaults={"name": info.name, "currency": info.currency, "is_active": True},
+            defaults={
+                "name": info.name,
+                "currency": info.currency,
+                "is_active": True,
+                "broker_refreshed_on": _day(info.extra.get("refreshed_on")),
+            },
         )
         rows[info.external_id] = row
     return rows
+
+
+def _day(text: str | None) -> date | None:
+    """A date the broker gave as YYYY-MM-DD (or a timestamp starting with one); None otherwise."""
+    try:
+        return date.fromisoformat(text[:10]) if text else None
+    except ValueError:
+        return None
 
 
 def _count_request_retries(sync_log_id: int, retries: int) -> None:
@@ -157,8 +170,9 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
     if not locks.acquire(connection.pk, plan.run_id):
         # This run's lock lapsed and a newer run owns the connection: it fetches this account.
         raise RunSuperseded()
-    run_started = SyncLog.objects.values_list("started_at", flat=True).get(pk=plan.sync_log_id)
+    run_started, trigger = SyncLog.objects.values_list("started_at", "trigger").get(pk=plan.sync_log_id)
     provider = get_broker_provider(connection.broker_type, connection.environment, run_id=plan.run_id)
+    provider.trader_asked = trigger == SyncLog.Trigger.MANUAL
     info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
     try:
         with locks.kept_alive(connection.pk, plan.run_id):
@@ -178,9 +192,17 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
         sync_log_id=plan.sync_log_id,
         imported=result.imported,
         skipped=result.skipped,
+        busted=result.busted,
         request_retries=provider.request_retries,
+        unreadable=len(provider.unreadable_rows),
     )
     done = {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    if result.busted:
+        done["busted"] = result.busted
+    if provider.notes:
+        done["note"] = " ".join(provider.notes)
+    if provider.unreadable_rows:
+        done["unreadable"] = list(provider.unreadable_rows)
     if outcome.differences is not None:
         # Stored with the run (SyncLog.detail): the brokers card shows the last successful run's.
         done["differences"] = outcome.differences
@@ -330,7 +352,10 @@ def close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = 
 def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict) -> SyncLog:
     failed = [k for k, v in detail.items() if v.get("error")]
     status = SyncLog.Status.PARTIAL if failed else SyncLog.Status.SUCCESS
-    error = "; ".join(f"{k}: {detail[k]['error']}" for k in failed)
+    # Rows left out are said next to the errors: the run succeeded, but not with every row.
+    notes = [f"{k}: {detail[k]['error']}" for k in failed]
+    notes += [f"{k}: {outcomes.unreadable(v['unreadable'])}" for k, v in detail.items() if v.get("unreadable")]
+    error = "; ".join(notes)
     close_log(sync_log, status, detail, error, ErrorKind.ACCOUNT if failed else "")
     now = sync_log.finished_at
     failures_before = BrokerConnection.objects.values_list("consecutive_failures", flat=True).get(pk=connection.pk)
@@ -376,9 +401,15 @@ def _finish_failed(
         "consecutive_failures": F("consecutive_failures") + 1,
     }
     if credentials_rejected:
+        # A Reconnect or new credentials since the run began were not what the broker refused. (The
+        # refused session itself was cleared where it was refused, only if still stored: sync.sessions.)
+        authorised_at = (
+            BrokerConnection.objects.select_for_update().values_list("authorised_at", flat=True).get(pk=connection.pk)
+        )
+        credentials_rejected = authorised_at is None or authorised_at <= sync_log.started_at
+    if credentials_rejected:
         # Hold automatic sync until the trader saves new credentials (services resume it).
         fields["credentials_rejected"] = True
-        fields["session_ciphertext"] = ""
     was_rejected = connection.credentials_rejected
     BrokerConnection.objects.filter(pk=connection.pk).update(**fields)
     connection.refresh_from_db()

@@ -35,16 +35,20 @@ def session(connection: BrokerConnection, provider: BrokerProvider) -> tuple[Aut
         try:
             auth = _stamped(provider.refresh_token(auth), auth)
         except BrokerAuthError:
-            if auth.refresh_token:
+            if not auth.refresh_token:
+                auth = None
+            elif store(connection, None):
                 # An OAuth link no login of ours can mend: its own reason reaches the trader.
-                store(connection, None)
                 raise
-            auth = None
-        store(connection, auth)
+            else:
+                return session(connection, provider)
+        if auth is not None and not store(connection, auth):
+            return session(connection, provider)
     if auth is None:
         reused = False
         auth = _stamped(provider.authenticate(connection.broker_credentials()), None)
-        store(connection, auth)
+        if not store(connection, auth):
+            return session(connection, provider)
     return auth, reused
 
 
@@ -57,9 +61,18 @@ def _stamped(new: AuthResult, old: AuthResult | None) -> AuthResult:
     return replace(new, issued_at=timezone.now())
 
 
-def store(connection: BrokerConnection, auth: AuthResult | None) -> None:
+def store(connection: BrokerConnection, auth: AuthResult | None) -> bool:
+    """Write the session, only if the stored one is still the one this run read; False if a Reconnect
+    or new credentials replaced it meanwhile: then `connection` holds what is stored now, to be used
+    instead (a run must not undo the trader's sign-in with the link it started with)."""
+    read = connection.session_ciphertext
     connection.auth = auth
-    BrokerConnection.objects.filter(pk=connection.pk).update(session_ciphertext=connection.session_ciphertext)
+    if BrokerConnection.objects.filter(pk=connection.pk, session_ciphertext=read).update(
+        session_ciphertext=connection.session_ciphertext
+    ):
+        return True
+    connection.refresh_from_db(fields=["session_ciphertext", "credentials_ciphertext"])
+    return False
 
 
 def with_session(connection: BrokerConnection, provider: BrokerProvider, call: Callable[[AuthResult], T]) -> T:
@@ -72,6 +85,7 @@ def with_session(connection: BrokerConnection, provider: BrokerProvider, call: C
             raise
         # The stored session died early (revoked, or the broker restarted): log in once more,
         # or with OAuth renew it, since the refresh token is all that can (oauth.OAuthProvider).
+        # A session replaced meanwhile is not touched: session() takes it up.
         store(connection, expired_now(auth) if auth.refresh_token else None)
         auth, _ = session(connection, provider)
         return call(auth)

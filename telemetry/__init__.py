@@ -1,1 +1,2 @@
-"""The bottom layer: counters, beat's heartbeat and the one Redis client factory; imports no app and no config."""
+"""The bottom layer: counters, beat's heartbeat, the one Redis client factory and the client's address behind
+our proxies; imports no app and no config."""

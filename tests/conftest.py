@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis server for the session, a clean Redis per test, traders."""
+"""Shared fixtures: a real Redis server for the session, a clean Redis per test, traders, their
+signed-in client, demo connections, and the broker HTTP stubbed with responses."""
 
 import os
 import tempfile
@@ -6,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import redis
+import responses
 from django.conf import settings
+from django.test import Client
 
 from config import localredis
+from tests import factories
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,3 +37,37 @@ def trader(django_user_model):
 @pytest.fixture
 def other_trader(django_user_model):
     return django_user_model.objects.create_user(username="bob", password="bob-password-1")
+
+
+@pytest.fixture
+def make_connection(trader, django_capture_on_commit_callbacks):
+    """Make a connection (the trader's demo one unless told); first_sync=False drops the sync
+    queued on commit, so the test decides when to sync."""
+
+    def make(*, first_sync: bool = True, owner=None, **fields):
+        if first_sync:
+            return factories.connection(owner or trader, **fields)
+        with django_capture_on_commit_callbacks(execute=False):
+            return factories.connection(owner or trader, **fields)
+
+    return make
+
+
+@pytest.fixture
+def trader_client(trader):
+    """A test client signed in as the trader, past the login form (and django-axes)."""
+    client = Client()
+    client.force_login(trader)
+    return client
+
+
+@pytest.fixture
+def rsps(request):
+    """The broker HTTP answered by responses' stubs; nothing reaches the network.
+
+    A stub a test never reaches fails it only where the test's class, or else its module,
+    sets RSPS_ALL_FIRED = True.
+    """
+    all_fired = getattr(request.cls, "RSPS_ALL_FIRED", getattr(request.module, "RSPS_ALL_FIRED", False))
+    with responses.RequestsMock(assert_all_requests_are_fired=all_fired) as mock:
+        yield mock

@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
-from brokers import services
+from brokers import selectors, services, throttle
 from brokers.connect.state import remember_flow
 from brokers.decorators import trader_page
 from brokers.models import BrokerConnection
@@ -52,6 +52,7 @@ def _start(request, provider_class, connection: BrokerConnection | None, environ
 
 
 @trader_page
+@throttle.sign_in_step
 @require_GET
 def connect(request, broker_type):
     try:
@@ -94,6 +95,12 @@ def finish(request, flow: dict):
     if app is None:
         messages.error(request, f"Signing in with {name} is not set up on this installation any more.")
         return redirect("brokers:list")
+    wait = throttle.token_budget_wait(request, provider_class.key)
+    if wait is not None:
+        messages.error(
+            request, f"You signed in at {name} several times just now. Nothing was saved; try again in {wait} s."
+        )
+        return redirect("brokers:list")
     provider = get_broker_provider(provider_class.key, flow["environment"])
     try:
         auth = oauth.exchange_code(provider, app, code, flow["verifier"])
@@ -110,6 +117,21 @@ def finish(request, flow: dict):
     if flow["connection"] is not None:
         connection = services.connection_reconnect(flow["connection"], auth)
         messages.success(request, f"Reconnected {connection.label} ({found}); sync resumed with its history kept.")
+        return redirect("brokers:list")
+    same_login = selectors.connection_of_login(
+        owner=request.user,
+        broker_type=provider_class.key,
+        environment=flow["environment"],
+        account_ids=[a.external_id for a in accounts],
+    )
+    if same_login is not None:
+        # A second connection would import every fill of these accounts twice.
+        connection = services.connection_reconnect(same_login.pk, auth)
+        messages.success(
+            request,
+            f"This {name} login is already connected as {connection.label} ({found}): it is signed in again, "
+            "with its history kept, and no second connection was made.",
+        )
         return redirect("brokers:list")
     try:
         connection = services.connection_create(

@@ -16,8 +16,9 @@ from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
-from brokers import services
+from brokers import services, throttle
 from brokers.connect.state import remember_flow
+from brokers.crypto import CredentialsUnreadable
 from brokers.decorators import trader_page
 from brokers.models import BrokerConnection, SnapTradeUser
 from brokers.providers.errors import BrokerError, BrokerSetupError
@@ -37,9 +38,13 @@ def add_page(request, provider_class):
     """The add page for SnapTrade: the operator's or the trader's key, then the brokerages."""
     context = {"provider": provider_class, "choices": provider_choices(), "brokerages": [], "problem": ""}
     user = SnapTradeUser.objects.filter(owner=request.user).first()
-    key = services.snaptrade_key_for(request.user)
-    context["has_key"] = key is not None
     context["personal"] = user is not None and user.personal_key
+    try:
+        key = services.snaptrade_key_for(request.user)
+    except CredentialsUnreadable as exc:
+        # The Personal key was saved under an encryption key this installation no longer has.
+        key, context["problem"] = None, exc.message
+    context["has_key"] = key is not None
     if key is not None:
         try:
             context["brokerages"] = _provider().brokerages(key)
@@ -56,6 +61,7 @@ def _back_to_add():
 @sensitive_post_parameters()
 @sensitive_variables()
 @trader_page
+@throttle.sign_in_step
 @require_POST
 def save_key(request):
     """Register the trader with their own SnapTrade Personal key (checked by the registration itself)."""
@@ -89,6 +95,7 @@ def save_key(request):
 
 
 @trader_page
+@throttle.sign_in_step
 @require_GET
 def connect(request):
     return _start(request, brokerage=request.GET.get("brokerage", ""))
@@ -102,6 +109,11 @@ def reconnect(request, connection: BrokerConnection):
 @sensitive_variables()
 def _start(request, *, connection: BrokerConnection | None = None, brokerage: str = ""):
     """Send the trader to SnapTrade's portal: a new link, or the reconnect of `connection`'s."""
+    wait = throttle.token_budget_wait(request, KEY)
+    if wait is not None:
+        # Each trip registers or logs in under the API key every trader's syncs share.
+        messages.error(request, f"You opened SnapTrade's portal several times just now. Try again in {wait} s.")
+        return redirect("brokers:list")
     try:
         if brokerage and brokerage not in dict(_provider().brokerages(services.snaptrade_key_for(request.user))):
             # Checked before registering: a bad link must not make a (billed) SnapTrade user.

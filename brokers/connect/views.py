@@ -17,6 +17,7 @@ from brokers.connect.state import take_flow
 from brokers.decorators import trader_page
 from brokers.models import BrokerConnection
 from brokers.providers.registry import get_provider_class
+from brokers.throttle import sign_in_step
 
 
 def way_for(provider_class) -> ModuleType:
@@ -40,6 +41,7 @@ def add(request):
 
 
 @trader_page
+@sign_in_step
 @require_GET
 def reconnect(request, pk):
     """Re-authorise this connection the way it was made; it keeps its accounts, cursor, trades and history."""
@@ -48,6 +50,7 @@ def reconnect(request, pk):
 
 
 @trader_page
+@sign_in_step
 @require_GET
 def callback(request):
     """Back from a broker's sign-in page or an aggregator's portal."""

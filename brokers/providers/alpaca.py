@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, UnreadableRow
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.types import (
     BUY,
@@ -118,8 +118,7 @@ class AlpacaProvider(BrokerProvider):
             if not isinstance(page, list):
                 raise self.unreadable()
             # Every item is an execution: "fill" completes an order, "partial_fill" is part of one.
-            for item in page:
-                yield self._trade(item, account)
+            yield from self.readable(page, lambda item: self._trade(item, account))
             if len(page) < PAGE_SIZE:
                 return
             params = {**params, "page_token": page[-1]["id"]}
@@ -164,10 +163,8 @@ class AlpacaProvider(BrokerProvider):
                 raw=dict(item),
             )
         except (KeyError, TypeError, ValueError, InvalidOperation):
-            raise BrokerAPIError(
-                f"Alpaca sent a fill we could not read (activity {item.get('id', 'without id')}). "
-                "Retrying will not help — please report it.",
-                provider=self.key,
+            raise UnreadableRow(
+                f"fill {item.get('id') or 'without id'}: no side, quantity, price or time we can read"
             ) from None
 
     def _get_account(self, headers: dict[str, str], scope: str) -> dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
+import structlog
 from django.conf import settings
 
-from brokers.providers.errors import BrokerAPIError, BrokerRateLimitError, unreadable
+from brokers.providers.errors import BrokerAPIError, BrokerRateLimitError, UnreadableRow, unreadable
 from brokers.providers.http import BrokerHTTP
 from brokers.providers.ratelimit import Scope, blocked
 from brokers.providers.runcache import RunCache
@@ -23,6 +24,9 @@ from brokers.providers.types import (
     CredentialField,
     OAuthSpec,
 )
+
+log = structlog.get_logger("brokers.providers")
+Row = TypeVar("Row")
 
 
 class BrokerProvider(ABC):
@@ -55,8 +59,15 @@ class BrokerProvider(ABC):
       link_fields        names of the values the connect pages store with a portal's link (e.g.
                          which authorisation it is): accepted in the credentials, never on a form
       transient_statuses HTTP statuses a retry of the same idempotent request can cure (the HTTP
-                         layer retries them a few times before the run's own retries); add 500
-                         only where the broker's docs call it transient
+                         layer retries them a few times before the run's own retries); leave
+                         500 out only where the broker documents a 500 as deterministic (the
+                         same request would fail the same way)
+      provisions         authenticate() creates something at the broker (MetaApi's MT account): the
+                         connection is saved only once it worked, so its refusal is a form error and
+                         the session it made is kept; forget() removes it when the connection goes
+
+    notes: what a run should tell the trader beyond its counts (e.g. history the broker cut short);
+    the run keeps them in the SyncLog's detail.
     """
 
     key: ClassVar[str]
@@ -71,17 +82,27 @@ class BrokerProvider(ABC):
     token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
     trades_ascending: ClassVar[bool] = False
     credentials_expire: ClassVar[bool] = False
-    transient_statuses: ClassVar[frozenset[int]] = frozenset({502, 503, 504})
+    # A 500 is usually one overloaded or restarting backend behind a balancer: the major cloud
+    # SDKs resend idempotent reads after it, and a broker failing one read in three must not
+    # fail every run.
+    transient_statuses: ClassVar[frozenset[int]] = frozenset({500, 502, 503, 504})
     limits_key: ClassVar[str] = ""
     oauth: ClassVar[OAuthSpec | None] = None
     portal: ClassVar[bool] = False
     link_fields: ClassVar[tuple[str, ...]] = ()
+    provisions: ClassVar[bool] = False
 
     def __init__(self, environment: str = ""):
         self.environment = environment or self.default_environment()
         self._http: BrokerHTTP | None = None
         # The sync run this instance works for (set by the registry); "" outside a run.
         self.run_id = ""
+        self.notes: list[str] = []
+        # The trader pressed Sync now (set by the run): a provider that rations its reads to what
+        # the broker asks (SnapTrade) reads anyway.
+        self.trader_asked = False
+        # Why each row of the broker's answers that could not become a trade was left out.
+        self.unreadable_rows: list[str] = []
 
     @classmethod
     def default_environment(cls) -> str:
@@ -109,6 +130,24 @@ class BrokerProvider(ABC):
     def reach(cls) -> timedelta:
         """How long after a trading day's close a sync still reads that day's fills."""
         return cls.history_reach or cls.max_history
+
+    def skip_unreadable(self, reason: str, **context: str) -> None:
+        """Leave out a row of the broker's answer that cannot become a trade, and say so.
+
+        One bad row must not stop every other fill of the account, nor vanish: the run writes
+        the count and the reasons into the account's SyncLog detail and the run's message
+        ("skipped N rows we could not read: …"). `reason` names the field, never a secret.
+        """
+        log.warning("broker_row_skipped", broker=self.key, reason=reason, **context)
+        self.unreadable_rows.append(reason)
+
+    def readable(self, rows: Iterable[Row], parse: Callable[[Row], BrokerTrade]) -> Iterator[BrokerTrade]:
+        """parse(row) for every row; a row it refuses with UnreadableRow is left out and counted."""
+        for row in rows:
+            try:
+                yield parse(row)
+            except UnreadableRow as exc:
+                self.skip_unreadable(str(exc))
 
     @property
     def limits_name(self) -> str:
@@ -159,7 +198,7 @@ class BrokerProvider(ABC):
                 problems[f.name] = f"{f.label} must be text."
                 continue
             value = (raw or "").strip()
-            problem = credential_problem(f.label, value, required=f.required)
+            problem = credential_problem(f.label, value, required=f.required, ascii_only=f.ascii_only)
             if problem:
                 problems[f.name] = problem
             elif f.choices and value and value not in {c for c, _ in f.choices}:
@@ -202,3 +241,11 @@ class BrokerProvider(ABC):
         fills it reads next (docs/architecture.md, "Reconciliation with the broker").
         """
         return None
+
+    def suggestions(self, field: str, query: str, values: Mapping[str, str]) -> list[tuple[str, str]]:
+        """(value, label) pairs for a field declared with suggest=True, from what the trader typed so far."""
+        return []
+
+    def forget(self, credentials: BrokerCredentials, auth: AuthResult | None) -> None:
+        """Remove what authenticate() provisioned at the broker, as the connection is deleted; most have nothing."""
+        return

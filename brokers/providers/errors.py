@@ -10,6 +10,9 @@ BrokerError
  └── BrokerUnavailableError   could not connect, or the broker says it is down (transient)
 BrokerConfigurationError      our own mistake (unknown broker type, missing setting): outside
                               the tree so that no retry of BrokerError ever swallows it.
+UnreadableRow                 one row of an answer cannot become a trade: not a failure of the
+                              call; the provider leaves the row out and the run counts it
+                              (BrokerProvider.skip_unreadable).
 
 Messages are shown to traders: they say what happened and what to do, and never hold a secret.
 Each error has a kind (ErrorKind), the one vocabulary a run records in SyncLog.error_kind;
@@ -46,11 +49,14 @@ class BrokerError(Exception):
         provider: str = "",
         status_code: int | None = None,
         retry_after: float | None = None,
+        field: str = "",
     ):
         super().__init__(message)
         self.message = message
         self.provider = provider
         self.status_code = status_code
+        # The credential field the broker refused, when it says which (a form puts the message there).
+        self.field = field
         # Seconds the broker asked us to wait (Retry-After), when it said so.
         self.retry_after = None if retry_after is None else max(0.0, float(retry_after))
 
@@ -111,3 +117,7 @@ def unreadable(name: str, *, provider: str, what: str = "an answer", status_code
     return BrokerAPIError(
         f"{name} sent {what} we could not read.", provider=provider, status_code=status_code, transient=True
     )
+
+
+class UnreadableRow(ValueError):
+    """One row of a broker's answer we cannot turn into a trade; the message says why, never a secret."""

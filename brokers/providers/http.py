@@ -16,12 +16,11 @@ from brokers.providers.errors import (
     BrokerAPIError,
     BrokerAuthError,
     BrokerError,
-    BrokerRateLimitError,
     BrokerTimeoutError,
     BrokerUnavailableError,
     unreadable,
 )
-from brokers.providers.ratelimit import Scope, capped_wait, get_limiter
+from brokers.providers.ratelimit import Scope, blocked, capped_wait, get_limiter
 from telemetry import counters
 
 log = structlog.get_logger("brokers.http")
@@ -78,7 +77,7 @@ class BrokerHTTP:
         display_name: str,
         base_url: str,
         limits_key: str = "",
-        transient_statuses: frozenset[int] = frozenset({502, 503, 504}),
+        transient_statuses: frozenset[int] = frozenset({500, 502, 503, 504}),
     ):
         # Whom the requests are for (logs, counters, errors), and which rate_limits.toml table
         # they book: a second way to connect a broker books the broker's own table.
@@ -207,13 +206,7 @@ class BrokerHTTP:
         if status == 429:
             wait = retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_WAIT_S
             reason = f"{name} asked us to slow down (HTTP 429)."
-            get_limiter().block(self.limits_key, wait, scope=scope, reason=reason)
-            return BrokerRateLimitError(
-                reason,
-                provider=self.provider_key,
-                status_code=status,
-                retry_after=wait,
-            )
+            return blocked(self.limits_key, reason, wait, provider=self.provider_key, scope=scope, status_code=status)
         if status == 503:
             reason = f"{name} is temporarily unavailable (HTTP 503)."
             if retry_after is not None:

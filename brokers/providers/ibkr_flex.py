@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
@@ -24,9 +24,9 @@ from brokers.providers.errors import (
     BrokerAPIError,
     BrokerAuthError,
     BrokerError,
-    BrokerRateLimitError,
+    UnreadableRow,
 )
-from brokers.providers.ratelimit import get_limiter, scope_for
+from brokers.providers.ratelimit import scope_for
 from brokers.providers.runcache import RunCache
 from brokers.providers.types import (
     BUY,
@@ -99,14 +99,16 @@ _OPTION_RIGHTS = {"C": "C", "CALL": "C", "P": "P", "PUT": "P"}
 
 @dataclass(frozen=True)
 class FlexReport:
-    """What one Flex report holds for us: its accounts, and each account's executions."""
+    """What one Flex report holds for us: its accounts, each account's executions, and why each
+    row of an account that we could not read was left out."""
 
     accounts: tuple[BrokerAccountInfo, ...]
     trades: Mapping[str, tuple[BrokerTrade, ...]]
+    unreadable: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-class _BadRow(ValueError):
-    """A Trade row we cannot read; the message names the field, never a secret."""
+class _BadRow(UnreadableRow):
+    """A Trade or TradeConfirm row we cannot read; the message names the field, never a secret."""
 
 
 class IbkrFlexProvider(BrokerProvider):
@@ -207,6 +209,8 @@ class IbkrFlexProvider(BrokerProvider):
             for trade in report.trades.get(account.external_id, ()):
                 if oldest <= trade.executed_at:
                     yield trade
+            for reason in report.unreadable.get(account.external_id, ()):
+                self.skip_unreadable(reason, account=account.external_id)
 
     # --- the two calls -------------------------------------------------------------------
     def _report(self, auth: AuthResult, first: date, last: date) -> FlexReport:
@@ -335,8 +339,7 @@ class IbkrFlexProvider(BrokerProvider):
                 f"{self.display_name} says this token made too many requests (IBKR error 1018). Other "
                 "software using the same token shares its limit of 10 requests a minute."
             )
-            get_limiter().block(self.key, RATE_LIMIT_WAIT_S, scope=scope, reason=reason)
-            return BrokerRateLimitError(reason, provider=self.key, retry_after=RATE_LIMIT_WAIT_S)
+            return self.blocked(reason, RATE_LIMIT_WAIT_S, scope=scope)
         if code in _USER_ACTION:
             return BrokerAuthError(f"{_USER_ACTION[code]} (IBKR error {code})", provider=self.key)
         if code in _TRANSIENT_CODES:
@@ -355,11 +358,7 @@ class IbkrFlexProvider(BrokerProvider):
         )
 
     def _unreadable(self) -> BrokerAPIError:
-        return BrokerAPIError(
-            f"{self.display_name} sent an answer we could not read.",
-            provider=self.key,
-            transient=True,
-        )
+        return self.unreadable()
 
     def _expired(self, expiry: date) -> BrokerAuthError:
         return BrokerAuthError(
@@ -404,14 +403,17 @@ def _periods(since: datetime, until: datetime) -> list[tuple[date, date]]:
 
 # --- the report parser ---------------------------------------------------------------------
 def parse_report(root: Element) -> FlexReport:
-    """Accounts and executions of a FlexQueryResponse; a row we cannot read is logged and left out."""
+    """Accounts and executions of a FlexQueryResponse, from an Activity query's `Trades/Trade` rows
+    or a Trade Confirmation query's `TradeConfirms/TradeConfirm` rows; a row we cannot read is
+    left out with its reason, for the run to count."""
     accounts: dict[str, BrokerAccountInfo] = {}
     trades: dict[str, list[BrokerTrade]] = {}
+    unreadable: dict[str, list[str]] = {}
     for statement in root.iter("FlexStatement"):
         statement_account = _value(statement.attrib, "accountId")
         if statement_account and statement_account not in accounts:
             accounts[statement_account] = _account_info(statement, statement_account)
-        for row in statement.iterfind("Trades/Trade"):
+        for row in [*statement.iterfind("Trades/Trade"), *statement.iterfind("TradeConfirms/TradeConfirm")]:
             # The same fill also appears as ORDER and CLOSED_LOT rows with other ids.
             if _value(row.attrib, "levelOfDetail").upper() not in ("", "EXECUTION"):
                 continue
@@ -419,7 +421,8 @@ def parse_report(root: Element) -> FlexReport:
             try:
                 trade = _trade(row.attrib, account_id)
             except _BadRow as exc:
-                log.warning("ibkr_flex_row_skipped", account=account_id, row_id=_row_id(row.attrib), reason=str(exc))
+                reason = f"{row.tag} {_row_id(row.attrib) or 'without id'}: {exc}"
+                unreadable.setdefault(account_id, []).append(reason)
                 continue
             if account_id not in accounts:
                 accounts[account_id] = BrokerAccountInfo(external_id=account_id, name=account_id)
@@ -427,6 +430,7 @@ def parse_report(root: Element) -> FlexReport:
     return FlexReport(
         accounts=tuple(accounts.values()),
         trades={account_id: tuple(rows) for account_id, rows in trades.items()},
+        unreadable={account_id: tuple(reasons) for account_id, reasons in unreadable.items()},
     )
 
 
@@ -445,7 +449,7 @@ def _account_info(statement: Element, account_id: str) -> BrokerAccountInfo:
 def _trade(attrs: Mapping[str, str], account_id: str) -> BrokerTrade:
     trade_id = _row_id(attrs)
     if not trade_id:
-        raise _BadRow("no ibExecID, transactionID or tradeID")
+        raise _BadRow("no ibExecID, execID, transactionID or tradeID")
     if not account_id:
         raise _BadRow("no accountId")
     symbol = _value(attrs, "symbol")
@@ -457,7 +461,7 @@ def _trade(attrs: Mapping[str, str], account_id: str) -> BrokerTrade:
     quantity = _required_decimal(attrs, "quantity")
     if quantity == 0:
         raise _BadRow("quantity is zero")
-    commission = _decimal(attrs, "ibCommission")
+    commission = _decimal(attrs, _first_present(attrs, "ibCommission", "commission"))
     multiplier = _decimal(attrs, "multiplier")
     asset_class = _value(attrs, "assetCategory").upper() or "STK"
     is_option = asset_class in _OPTION_CLASSES
@@ -470,14 +474,14 @@ def _trade(attrs: Mapping[str, str], account_id: str) -> BrokerTrade:
             # quantity is signed (negative for sells), including on "BUY (Ca.)" cancellations.
             side=SELL if quantity < 0 else BUY,
             quantity=abs(quantity),
-            price=_required_decimal(attrs, "tradePrice"),
-            executed_at=_executed_at(_value(attrs, "dateTime")),
+            price=_required_decimal(attrs, _first_present(attrs, "tradePrice", "price")),
+            executed_at=_executed_at(_date_time(attrs)),
             # Negative ibCommission is a cost; a positive one is a rebate, kept only in raw.
             fees=-commission if commission is not None and commission < 0 else Decimal(0),
             currency=currency,
             asset_class=asset_class,
             multiplier=_positive(multiplier) or Decimal(1),
-            order_id=_value(attrs, "ibOrderID"),
+            order_id=_value(attrs, _first_present(attrs, "ibOrderID", "orderID")),
             expiry=_date(expiry) if expiry else None,
             strike=_decimal(attrs, "strike") if is_option else None,
             option_right=_OPTION_RIGHTS.get(_value(attrs, "putCall").upper(), "") if is_option else "",
@@ -489,8 +493,28 @@ def _trade(attrs: Mapping[str, str], account_id: str) -> BrokerTrade:
 
 
 def _row_id(attrs: Mapping[str, str]) -> str:
-    # ibExecID names one execution; the others are fallbacks for rows without it.
-    return _value(attrs, "ibExecID") or _value(attrs, "transactionID") or _value(attrs, "tradeID")
+    # ibExecID (execID in a Trade Confirmation) names one execution, the same in both reports, so
+    # a trader who changes query type imports nothing twice; the others are fallbacks.
+    names = ("ibExecID", "execID", "transactionID", "tradeID")
+    return next((_value(attrs, n) for n in names if _value(attrs, n)), "")
+
+
+def _first_present(attrs: Mapping[str, str], *names: str) -> str:
+    """The first of `names` the row carries: an Activity report's Trade and a Trade Confirmation's
+    TradeConfirm name the same fact differently (tradePrice / price, ibCommission / commission)."""
+    return next((n for n in names if _value(attrs, n)), names[0])
+
+
+def _date_time(attrs: Mapping[str, str]) -> str:
+    """The execution's date and time: `dateTime`, or `tradeDate` with `tradeTime` where the query
+    gives them apart (a query without the combined field)."""
+    combined = _value(attrs, "dateTime")
+    if combined:
+        return combined
+    day, moment = _value(attrs, "tradeDate"), _value(attrs, "tradeTime")
+    if not day or not moment:
+        raise _BadRow("no dateTime, nor tradeDate with tradeTime")
+    return f"{day};{moment}"
 
 
 def _value(attrs: Mapping[str, str], name: str) -> str:

@@ -7,8 +7,10 @@ log lines without secrets and the error mapping apply to them like to every othe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749 import OAuth2Token
@@ -89,7 +91,7 @@ def exchange_code(provider: BrokerProvider, app: OAuthApp, code: str, code_verif
     token = _token_request(provider, app, data, refused="The sign-in code was refused (it expired or was used).")
     now = datetime.now(UTC)
     lifetime = provider.oauth.refresh_lifetime
-    return _session(provider, token, refresh_expires_at=now + lifetime if lifetime else None, old_refresh="")
+    return _session(provider, token, refresh_expires_at=now + lifetime if lifetime else None, old_refresh="", extra={})
 
 
 def refresh(provider: BrokerProvider, app: OAuthApp | None, auth: AuthResult) -> AuthResult:
@@ -117,7 +119,7 @@ def refresh(provider: BrokerProvider, app: OAuthApp | None, auth: AuthResult) ->
         refused=f"{name} refused to renew the link.",
     )
     # The hard end counts from the trader's consent, not from each renewal.
-    return _session(provider, token, refresh_expires_at=ends, old_refresh=auth.refresh_token)
+    return _session(provider, token, refresh_expires_at=ends, old_refresh=auth.refresh_token, extra=auth.extra)
 
 
 def reconnect_message(display_name: str, what: str) -> str:
@@ -146,7 +148,9 @@ def _token_request(provider: BrokerProvider, app: OAuthApp, data: dict, *, refus
     return OAuth2Token.from_dict(body)
 
 
-def _session(provider: BrokerProvider, token: OAuth2Token, *, refresh_expires_at, old_refresh: str) -> AuthResult:
+def _session(
+    provider: OAuthProvider, token: OAuth2Token, *, refresh_expires_at, old_refresh: str, extra: Mapping[str, Any]
+) -> AuthResult:
     now = datetime.now(UTC)
     lifetime = provider.oauth.access_lifetime
     if token.get("expires_at"):
@@ -159,6 +163,7 @@ def _session(provider: BrokerProvider, token: OAuth2Token, *, refresh_expires_at
         issued_at=now,
         refresh_token=token.get("refresh_token") or old_refresh,
         refresh_expires_at=refresh_expires_at,
+        extra={**extra, **provider.token_extra(token)},
     )
 
 
@@ -177,6 +182,10 @@ class OAuthProvider(BrokerProvider):
 
     def refresh_token(self, auth: AuthResult) -> AuthResult:
         return refresh(self, app_for(type(self)), auth)
+
+    def token_extra(self, token: Mapping[str, Any]) -> dict[str, Any]:
+        """What the session keeps from a token answer beyond the OAuth fields (e.g. Tradovate's hosts)."""
+        return {}
 
     def bearer(self, auth: AuthResult) -> dict[str, str]:
         return {"Authorization": f"Bearer {auth.token}"}

@@ -27,6 +27,8 @@ MODULES = (
     "alpaca_connect",
     "schwab",
     "snaptrade",
+    "metaapi",
+    "projectx",
     "ccxt.family",
 )
 

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, UnreadableRow
 from brokers.providers.oauth import OAuthProvider, reconnect_message
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerTrade, OAuthSpec
 
@@ -88,9 +88,7 @@ class SchwabProvider(OAuthProvider):
             yield from self._window(auth, account, start, middle)
             yield from self._window(auth, account, middle, end)
             return
-        for row in rows:
-            if row.get("type") == "TRADE":
-                yield self._trade(row, account)
+        yield from self.readable((r for r in rows if r.get("type") == "TRADE"), lambda r: self._trade(r, account))
 
     def _trade(self, row: Mapping[str, Any], account: BrokerAccountInfo) -> BrokerTrade:
         try:
@@ -134,10 +132,8 @@ class SchwabProvider(OAuthProvider):
                 raw=dict(row),
             )
         except (KeyError, TypeError, ValueError, InvalidOperation):
-            raise BrokerAPIError(
-                f"Charles Schwab sent a trade we could not read (activity {row.get('activityId', 'without id')}). "
-                "Retrying will not help — please report it.",
-                provider=self.key,
+            raise UnreadableRow(
+                f"trade {row.get('activityId') or 'without id'}: no instrument, amount, price or time we can read"
             ) from None
 
     def _get(self, auth: AuthResult, path: str, **kwargs):

@@ -19,6 +19,7 @@ import hmac
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -31,7 +32,13 @@ import structlog
 from django.conf import settings
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, BrokerSetupError
+from brokers.providers.errors import (
+    BrokerAPIError,
+    BrokerAuthError,
+    BrokerRateLimitError,
+    BrokerSetupError,
+    UnreadableRow,
+)
 from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S
 from brokers.providers.ratelimit import Scope, capped_wait, get_limiter, scope_for
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials, BrokerTrade
@@ -53,6 +60,30 @@ MINI_OPTION_MULTIPLIER = Decimal("10")
 CLOSED_ACCOUNT_STATUSES = {"closed", "archived"}
 CUSTOMER_BUCKETS = ("customer",)
 ACCOUNT_BUCKETS = ("customer", "account")
+# SnapTrade's launch guide: an account's activities at most once every 24 hours (it refreshes
+# them once a day), sooner only when its sync status says it refreshed them since our last read.
+ACTIVITIES_MIN_INTERVAL_S = 24 * 3600
+# How long the record of an account's last read is kept: far longer than any pause between syncs.
+READ_RECORD_S = 400 * 86400
+# The brokerages SnapTrade's public integrations page (docs.snaptrade.com) names, for the
+# catalogue's count: the live list (GET /brokerages) needs the operator's key and depends on its
+# plan, so a count that must hold on any installation uses this shipped one.
+DOCUMENTED_BROKERAGES = (
+    "Charles Schwab",
+    "Fidelity",
+    "Robinhood",
+    "E*TRADE",
+    "Webull",
+    "Vanguard",
+    "Interactive Brokers",
+    "Questrade",
+    "Wealthsimple",
+    "Trading 212",
+    "Tastytrade",
+    "Public",
+    "Tradier",
+    "Alpaca",
+)
 # How long the list of brokerages (for the connect page) is kept before it is asked for again.
 BROKERAGES_CACHE_S = 6 * 3600
 _SECONDS_IN_DETAIL = re.compile(r"available in ([0-9]{1,6}) seconds")
@@ -112,6 +143,19 @@ def _decimal(value: Any) -> Decimal:
     return Decimal(str(value))
 
 
+def content_key(row: Mapping[str, Any]) -> str:
+    """A fill's id from what it is, not from SnapTrade's activity id, which can change when
+    SnapTrade re-processes a brokerage's data: trade date, type, option type, symbol or option
+    ticker, units, price and the brokerage's order reference. (docs/brokers/snaptrade.md)"""
+    option = row.get("option_symbol") or {}
+    symbol = option.get("ticker") or (row.get("symbol") or {}).get("symbol")
+    facts = [row.get("trade_date"), row.get("type"), row.get("option_type"), symbol]
+    facts += [format(_decimal(row[name]).normalize(), "f") for name in ("units", "price")]
+    facts.append(row.get("external_reference_id"))
+    digest = hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()
+    return f"st-{digest[:32]}"
+
+
 class SnapTradeProvider(BrokerProvider):
     key = "snaptrade"
     display_name = "SnapTrade"
@@ -122,9 +166,6 @@ class SnapTradeProvider(BrokerProvider):
     # three days again catch trades that appear a day or two late.
     sync_overlap = timedelta(days=3)
     max_history = timedelta(days=3 * 365)
-    # SnapTrade's documented answer to an unexpected failure is a 500; the issue's rule (and
-    # SnapTrade's own SDKs) treat it as worth one more try of the same read.
-    transient_statuses = frozenset({500, 502, 503, 504})
     trades_ascending = True
 
     # --- the contract ------------------------------------------------------------------------
@@ -144,7 +185,7 @@ class SnapTradeProvider(BrokerProvider):
         authorization_id = auth.extra["authorization_id"]
         authorization = self._user_call(auth, "GET", f"/authorizations/{authorization_id}")
         if not isinstance(authorization, dict):
-            raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+            raise self.unreadable()
         brokerage = brokerage_name(authorization)
         if authorization.get("disabled"):
             raise BrokerAuthError(
@@ -154,27 +195,44 @@ class SnapTradeProvider(BrokerProvider):
         self._refresh_if_allowed(auth, authorization)
         rows = self._user_call(auth, "GET", f"/authorizations/{authorization_id}/accounts")
         if not isinstance(rows, list):
-            raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
-        accounts = []
+            raise self.unreadable()
+        accounts, statuses = [], {}
         for row in rows:
             if str(row.get("status") or "").lower() in CLOSED_ACCOUNT_STATUSES:
                 continue
             number = str(row.get("number") or "")
             total = (row.get("balance") or {}).get("total") or {}
             name = str(row.get("name") or brokerage)
+            transactions = (row.get("sync_status") or {}).get("transactions") or {}
             accounts.append(
                 BrokerAccountInfo(
                     external_id=str(row["id"]),
                     # Only the last four digits: SnapTrade may show the whole account number.
                     name=f"{name} ····{number[-4:]}" if number else name,
                     currency=str(total.get("currency") or "USD")[:3],
+                    extra={"refreshed_on": str(transactions.get("last_successful_sync") or "")},
                 )
             )
+            statuses[str(row["id"])] = transactions
+        if self.run_cache is not None:
+            # The account steps of this run decide from it whether SnapTrade has anything new.
+            self.run_cache.put("snaptrade-sync-status", json.dumps(statuses))
         return accounts
 
     def get_trades(
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
+        status = self._sync_status(account)
+        record = self._last_read(account)
+        if self.run_id and not self._activities_due(status, record):
+            # Not read now; whatever this run would have asked for is asked for by the next read,
+            # since the cursor moves on meanwhile.
+            owed = min(since.isoformat(), (record or {}).get("owed") or since.isoformat())
+            self._remember_read(account, {**(record or {}), "owed": owed})
+            log.info("snaptrade_activities_not_due", account=scope_for(account.external_id))
+            return
+        if record and record.get("owed"):
+            since = min(since, datetime.fromisoformat(record["owed"]))
         # Oldest first, window by window (days inclusive, windows not overlapping), so the
         # journal saves progress as it goes: a run paused by the account budget resumes at its
         # cursor instead of asking for the same windows again (and pausing again, for ever).
@@ -183,6 +241,40 @@ class SnapTradeProvider(BrokerProvider):
             end = min(first + WINDOW - timedelta(days=1), last)
             yield from sorted(self._window(auth, account, first, end), key=lambda t: t.executed_at)
             first = end + timedelta(days=1)
+        if self.run_id:
+            self._remember_read(account, {"read_at": time.time(), "synced": status.get("last_successful_sync")})
+
+    # --- how often activities are read ------------------------------------------------------------
+    def _activities_due(self, status: Mapping[str, Any], record: Mapping[str, Any] | None) -> bool:
+        """Whether a run reads the account's activities now (SnapTrade's launch guide; docs page).
+
+        Never before SnapTrade's first load of the account's history is complete (a read then would
+        miss what arrives later); otherwise when the trader pressed Sync now, on the first read,
+        when SnapTrade's sync status moved since our last read, or 24 hours after it.
+        """
+        if status.get("initial_sync_completed") is False:
+            return False
+        if self.trader_asked or not record or "read_at" not in record:
+            return True
+        synced = status.get("last_successful_sync")
+        if synced and synced != record.get("synced"):
+            return True
+        return time.time() - record["read_at"] >= ACTIVITIES_MIN_INTERVAL_S
+
+    def _sync_status(self, account: BrokerAccountInfo) -> dict[str, Any]:
+        """The account's transactions sync status the run's account listing saw ({} when unknown)."""
+        saved = self.run_cache.get("snaptrade-sync-status") if self.run_cache is not None else None
+        return (json.loads(saved) if saved else {}).get(account.external_id) or {}
+
+    def _read_key(self, account: BrokerAccountInfo) -> str:
+        return f"snaptrade:activities-read:{scope_for(account.external_id)}"
+
+    def _last_read(self, account: BrokerAccountInfo) -> dict[str, Any] | None:
+        saved = get_limiter().client.get(self._read_key(account))
+        return json.loads(saved) if saved else None
+
+    def _remember_read(self, account: BrokerAccountInfo, record: Mapping[str, Any]) -> None:
+        get_limiter().client.set(self._read_key(account), json.dumps(record), ex=READ_RECORD_S)
 
     # --- what the connect pages call -------------------------------------------------------------
     def register_user(self, key: SnapTradeKey, user_id: str) -> str:
@@ -224,7 +316,7 @@ class SnapTradeProvider(BrokerProvider):
     def authorizations(self, key: SnapTradeKey, user_id: str, user_secret: str) -> list[dict]:
         rows = self._call(key, "GET", "/authorizations", user=(user_id, user_secret))
         if not isinstance(rows, list):
-            raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
+            raise self.unreadable()
         return rows
 
     def brokerages(self, key: SnapTradeKey) -> list[tuple[str, str]]:
@@ -260,6 +352,20 @@ class SnapTradeProvider(BrokerProvider):
 
     def _window(self, auth: AuthResult, account: BrokerAccountInfo, start: date, end: date):
         offset = 0
+        # Two fills alike in every fact of the content key (same order, day, size and price)
+        # are numbered in the order SnapTrade lists them; they share a day, so a window holds both.
+        alike: Counter[str] = Counter()
+
+        def parse(row: Mapping[str, Any]) -> BrokerTrade:
+            try:
+                key = content_key(row)
+            except (KeyError, TypeError, ValueError, InvalidOperation):
+                raise UnreadableRow(
+                    f"activity {row.get('id') or 'without id'}: no symbol, units, price or date we can read"
+                ) from None
+            alike[key] += 1
+            return self._trade(row, account, key if alike[key] == 1 else f"{key}-{alike[key]}")
+
         while True:
             params = {
                 "startDate": start.isoformat(),
@@ -273,10 +379,9 @@ class SnapTradeProvider(BrokerProvider):
             )
             rows = page.get("data") if isinstance(page, dict) else None
             if not isinstance(rows, list):
-                raise BrokerAPIError("SnapTrade sent an answer we could not read.", provider=self.key, transient=True)
-            for row in rows:
-                if row.get("type") in TRADE_TYPES:
-                    yield self._trade(row, account)
+                raise self.unreadable()
+            trades = (r for r in rows if r.get("type") in TRADE_TYPES)
+            yield from self.readable(trades, parse)
             total = (page.get("pagination") or {}).get("total")
             offset += len(rows)
             if not rows or len(rows) < PAGE_SIZE or (isinstance(total, int) and offset >= total):
@@ -376,8 +481,7 @@ class SnapTradeProvider(BrokerProvider):
         # A reset of 0 still means "not now": at least a second.
         wait = max(1.0, capped_wait(wait))
         reason = f"SnapTrade asked us to slow down ({which} request budget is used up; HTTP 429)."
-        get_limiter().block(self.limits_name, wait, scope=blocked, reason=reason)
-        return BrokerRateLimitError(reason, provider=self.key, status_code=429, retry_after=wait)
+        return self.blocked(reason, wait, scope=blocked, status_code=429)
 
     def _refresh_if_allowed(self, auth: AuthResult, authorization: Mapping[str, Any]) -> None:
         """Ask SnapTrade to fetch fresh data from the brokerage, where the operator allows it.
@@ -397,7 +501,7 @@ class SnapTradeProvider(BrokerProvider):
             auth, "POST", f"/authorizations/{auth.extra['authorization_id']}/refresh", tolerate=(402, 403, 429)
         )
 
-    def _trade(self, row: Mapping[str, Any], account: BrokerAccountInfo) -> BrokerTrade:
+    def _trade(self, row: Mapping[str, Any], account: BrokerAccountInfo, trade_id: str) -> BrokerTrade:
         try:
             option = row.get("option_symbol") or None
             side = OPTION_SIDES.get(row.get("option_type") or "") or TRADE_TYPES[row["type"]]
@@ -412,7 +516,7 @@ class SnapTradeProvider(BrokerProvider):
                 raise ValueError("no symbol or no quantity")
             security_type = (((row.get("symbol") or {}).get("type") or {}).get("code") or "").lower()
             return BrokerTrade(
-                broker_trade_id=str(row["id"]),
+                broker_trade_id=trade_id,
                 account_external_id=account.external_id,
                 symbol=str(symbol),
                 side=side,
@@ -432,10 +536,8 @@ class SnapTradeProvider(BrokerProvider):
                 raw=dict(row),
             )
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
-            raise BrokerAPIError(
-                f"SnapTrade sent a trade we could not read (activity {row.get('id', 'without id')}). "
-                "Retrying will not help — please report it.",
-                provider=self.key,
+            raise UnreadableRow(
+                f"activity {row.get('id') or 'without id'}: no symbol, units, price or date we can read"
             ) from None
 
 

@@ -1,4 +1,5 @@
-"""Tradovate (futures): one stored session per user, today's fills resolved in batches to accounts and contracts."""
+"""Tradovate (futures, and NinjaTrader brokerage accounts, which Tradovate serves): one stored session per
+user, today's fills resolved in batches to accounts and contracts, on the organisation's own API host."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import structlog
 from django.conf import settings
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, UnreadableRow
 from brokers.providers.http import parse_retry_after
 from brokers.providers.ratelimit import capped_wait, get_limiter, scope_for
 from brokers.providers.types import (
@@ -48,12 +50,74 @@ CID = re.compile(r"[0-9]{1,10}")
 # A server answering ticket after ticket is not going to let us through by insisting.
 MAX_PENALTY_RESENDS = 3
 
+# Answers that send a request to another host. Never followed (the token would go along): since
+# NinjaTrader's organisation hosts (3 October 2026) they mean "this login lives elsewhere now".
+REDIRECT_STATUSES = (307, 308)
+# The REST API's path on every host, the shared ones and the organisations' own.
+API_PATH = "/v1"
+# A host name as DNS spells it: nothing else may reach a URL the token is sent to.
+HOST_NAME = re.compile(r"[a-z0-9.-]{1,253}")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+
 # --- UNCONFIRMED points (docs/brokers/tradovate.md lists them) ------------------------------
 # Token lifetime is 80 or 90 minutes depending on the source; only used when a login or
 # renewal answer lacks expirationTime, so take the shorter.
 TOKEN_LIFETIME_IF_UNSTATED = timedelta(minutes=80)
 # FillFee ids are said to equal the ids of their fills; fees are looked up that way.
 FILL_FEES_PATH = "/fillFee/items"
+# The key names inside a token answer's apiHosts (Deltalytix also saw api_hosts); the REST host of
+# each environment is read under its name, other purposes (market data, replay) are not used.
+API_HOSTS_FIELDS = ("apiHosts", "api_hosts")
+
+
+class TradovateHostMoved(BrokerAuthError):
+    """Tradovate answers this login from another host now (HTTP 307): the session must be renewed
+    or the login made again so that Tradovate names the host; the redirect itself is never followed."""
+
+
+def api_base_url(value: Any) -> str | None:
+    """The REST base URL of a host Tradovate named, or None when it is not one of Tradovate's own.
+
+    A token answer is the only place the hosts come from, and the token is sent to them, so a
+    garbled or hostile answer must not point it elsewhere: https to a domain listed in
+    TRADOVATE_API_HOST_DOMAINS (Tradovate's and NinjaTrader's), no user, query or other path. A
+    loopback address listed there (a local simulator) may use http.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip() if "://" in value else f"https://{value.strip()}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    if (
+        not HOST_NAME.fullmatch(host)
+        or parts.username is not None
+        or parts.password is not None
+        or parts.query
+        or parts.fragment
+        or parts.path.rstrip("/") not in ("", API_PATH)
+        or not any(host == domain or host.endswith(f".{domain}") for domain in settings.TRADOVATE_API_HOST_DOMAINS)
+        or not (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS))
+    ):
+        return None
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}{API_PATH}"
+
+
+def api_hosts(data: Mapping[str, Any]) -> dict[str, str]:
+    """{purpose: REST base URL} from a token answer's apiHosts; empty when it names none we accept."""
+    named = next((data[f] for f in API_HOSTS_FIELDS if isinstance(data.get(f), Mapping)), {})
+    hosts = {}
+    for purpose, value in named.items():
+        url = api_base_url(value)
+        if url is None:
+            # The value is not logged: it may be anything, and only its refusal matters.
+            log.warning("tradovate_api_host_refused", purpose=str(purpose)[:40])
+        else:
+            hosts[str(purpose)] = url
+    return hosts
 
 
 def _utc(value: str) -> datetime:
@@ -86,7 +150,9 @@ class TradovateProvider(BrokerProvider):
         CredentialField(
             "username",
             "Username",
-            help_text="The name you log in to Tradovate with (trader.tradovate.com).",
+            help_text="The name you log in to Tradovate with (trader.tradovate.com). A NinjaTrader brokerage "
+            "account is reached through Tradovate too: use its NinjaTrader login.",
+            ascii_only=False,
         ),
         CredentialField(
             "password",
@@ -94,6 +160,7 @@ class TradovateProvider(BrokerProvider):
             secret=True,
             help_text="Your Tradovate password, or the dedicated password you set when creating the API key. "
             "Stored encrypted; used only when the saved session has expired.",
+            ascii_only=False,
         ),
         CredentialField(
             "app_id",
@@ -112,6 +179,8 @@ class TradovateProvider(BrokerProvider):
             help_text="In Tradovate, open Application Settings → API Access and generate an API key "
             "(API access must be enabled on your account). The number shown as CID goes here. "
             "Read-only permissions are enough for the journal.",
+            # Sent as a number; validate_credentials says what it may hold (ASCII digits) in its words.
+            ascii_only=False,
         ),
         CredentialField(
             "sec",
@@ -119,6 +188,14 @@ class TradovateProvider(BrokerProvider):
             secret=True,
             help_text="Shown once next to the CID when you generate the API key (Application Settings → API "
             "Access). If you lost it, generate a new key.",
+        ),
+        CredentialField(
+            "api_host",
+            "API host",
+            required=False,
+            help_text="Leave empty: Tradovate tells us your organisation's API host when you sign in. Only if a "
+            "sync says Tradovate moved your login without naming its host, enter the host your firm or "
+            "NinjaTrader gave you, e.g. demo-yourfirm.tradovateapi.com.",
         ),
         CredentialField(
             "device_id",
@@ -153,6 +230,12 @@ class TradovateProvider(BrokerProvider):
             problems["cid"] = (
                 "The API key ID (cid) is a whole number of at most 10 digits, as shown under API Access in Tradovate."
             )
+        host = values.get("api_host")
+        if isinstance(host, str) and host.strip() and "api_host" not in problems and api_base_url(host) is None:
+            problems["api_host"] = (
+                "The API host must be one of Tradovate's or NinjaTrader's own (e.g. demo-yourfirm.tradovateapi.com); "
+                "we send your session to it, so no other address is accepted."
+            )
         return problems
 
     # --- session --------------------------------------------------------------------------
@@ -170,6 +253,7 @@ class TradovateProvider(BrokerProvider):
             "deviceId": credentials.get("device_id").strip()
             or hashlib.sha256(f"trade-journal:{username.lower()}".encode()).hexdigest()[:32],
         }
+        # The hosts are unknown until this answer: a login always goes to the shared host.
         data = self._call("POST", "/auth/accesstokenrequest", scope=scope, buckets=AUTH_BUCKETS, body=body)
         if data.get("errorText") or not data.get("accessToken"):
             reason = _scrub(str(data.get("errorText") or "no session was returned"), (body["password"], body["sec"]))
@@ -178,7 +262,11 @@ class TradovateProvider(BrokerProvider):
                 "secret (sec) for the chosen environment, then save the connection again.",
                 provider=self.key,
             )
-        return self._session(data, {"limit_scope": scope})
+        # The trader's own host stands in only until Tradovate names one (UNCONFIRMED whether a
+        # password login ever does; renewals should).
+        chosen = api_base_url(credentials.get("api_host"))
+        extra = {"limit_scope": scope, **({"api_hosts": {self.environment: chosen}} if chosen else {})}
+        return self._session(data, extra)
 
     def refresh_token(self, auth: AuthResult) -> AuthResult:
         # Renewing extends the same session: a new login would take one of the user's two session slots.
@@ -197,7 +285,17 @@ class TradovateProvider(BrokerProvider):
             else datetime.now(UTC) + TOKEN_LIFETIME_IF_UNSTATED
         )
         kept = {k: data[k] for k in ("userId", "name", "userStatus", "hasLive") if k in data}
+        # Hosts in the answer replace the stored ones; an answer without them keeps what we had.
+        hosts = api_hosts(data)
+        if hosts:
+            kept["api_hosts"] = hosts
         return AuthResult(token=data["accessToken"], expires_at=expires_at, extra={**extra, **kept})
+
+    def api_url(self, auth: AuthResult | None) -> str:
+        """Where this session's calls go: the host Tradovate named for its environment, else the shared one."""
+        stored = (auth.extra.get("api_hosts") or {}).get(self.environment) if auth else None
+        # Checked again on every use: the rule (TRADOVATE_API_HOST_DOMAINS) may have narrowed since.
+        return api_base_url(stored) or self.base_url()
 
     # --- data -----------------------------------------------------------------------------
     def get_accounts(self, auth: AuthResult) -> list[BrokerAccountInfo]:
@@ -229,23 +327,30 @@ class TradovateProvider(BrokerProvider):
         for mine in _batches(fills, BATCH_SIZE):
             fees = self._fill_fees(auth, [f["id"] for f in mine])
             self._resolve_instruments(auth, {f["contractId"] for f in mine}, instruments)
-            for fill in mine:
-                symbol, multiplier = instruments[fill["contractId"]]
-                yield BrokerTrade(
-                    broker_trade_id=str(fill["id"]),
-                    account_external_id=account.external_id,
-                    symbol=symbol,
-                    side=SIDES[fill["action"]],
-                    quantity=_decimal(fill["qty"]),
-                    price=_decimal(fill["price"]),
-                    executed_at=_utc(fill["timestamp"]),
-                    fees=fees.get(fill["id"], Decimal(0)),
-                    currency="USD",
-                    asset_class="FUT",
-                    multiplier=multiplier,
-                    order_id=str(fill["orderId"]),
-                    raw=fill,
-                )
+            yield from self.readable(mine, lambda fill, fees=fees: self._trade(fill, account, instruments, fees))
+
+    def _trade(self, fill: dict, account: BrokerAccountInfo, instruments: dict, fees: dict) -> BrokerTrade:
+        try:
+            symbol, multiplier = instruments[fill["contractId"]]
+            return BrokerTrade(
+                broker_trade_id=str(fill["id"]),
+                account_external_id=account.external_id,
+                symbol=symbol,
+                side=SIDES[fill["action"]],
+                quantity=_decimal(fill["qty"]),
+                price=_decimal(fill["price"]),
+                executed_at=_utc(fill["timestamp"]),
+                fees=fees.get(fill["id"], Decimal(0)),
+                currency="USD",
+                asset_class="FUT",
+                multiplier=multiplier,
+                order_id=str(fill["orderId"]),
+                raw=fill,
+            )
+        except (KeyError, TypeError, ValueError, InvalidOperation):
+            raise UnreadableRow(
+                f"fill {fill.get('id', 'without id')}: no action, qty, price or time we can read"
+            ) from None
 
     def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition]:
         """GET /position/list: the account's open positions, each contract named as its fills are.
@@ -343,16 +448,18 @@ class TradovateProvider(BrokerProvider):
         while True:
             response = self.http.request(
                 method,
-                path,
+                f"{self.api_url(auth)}{path}",
                 scope=scope,
                 buckets=buckets,
-                allow_statuses=LOCKOUT_STATUSES,
+                allow_statuses=LOCKOUT_STATUSES + REDIRECT_STATUSES,
                 headers=headers,
                 params=params or None,
                 json=body if method == "POST" else None,
             )
             if response.status_code in LOCKOUT_STATUSES:
                 raise self._lockout(response, scope)
+            if response.status_code in REDIRECT_STATUSES:
+                raise self._moved(response.status_code)
             data = self.http.json(response)
             if not (isinstance(data, dict) and "p-ticket" in data):
                 return data
@@ -398,6 +505,20 @@ class TradovateProvider(BrokerProvider):
             raise BrokerRateLimitError(reason, provider=self.key, retry_after=max(wait, 1.0))
         time.sleep(wait)
         return data["p-ticket"]
+
+    def _moved(self, status: int) -> TradovateHostMoved:
+        # An auth error, so the engine renews or logs in again on the shared host, which
+        # answers with the new hosts; only if that fails too does the trader read this.
+        # Where the redirect pointed is not said: its query may hold the token.
+        return TradovateHostMoved(
+            f"Tradovate now serves this login from your organisation's own API host (HTTP {status}) and did not "
+            "tell us which one when we signed in again. We do not follow the redirect, so that your session is "
+            "never sent to an address Tradovate did not name. Enter the host your firm or NinjaTrader gave you "
+            "(e.g. demo-yourfirm.tradovateapi.com) in the connection's API host field and save it; or, if you "
+            "signed in at Tradovate, press Reconnect.",
+            provider=self.key,
+            status_code=status,
+        )
 
     def _lockout(self, response: requests.Response, scope: str) -> BrokerRateLimitError:
         wait = parse_retry_after(response)

@@ -1,6 +1,7 @@
 """Tradovate through its OAuth sign-in: the trader signs in at Tradovate instead of typing API keys.
 
-The same account, fill and order calls as TradovateProvider, with the sign-in's access token.
+The same account, fill and order calls as TradovateProvider, with the sign-in's access token, on
+the organisation hosts the code exchange (or a renewal) names in apiHosts.
 Tradovate issues no refresh token here (UNCONFIRMED), so the token is renewed through
 /auth/renewaccesstoken like a password session, and a token that lapsed unrenewed (auto-sync
 off for longer than its life) needs a new sign-in.
@@ -8,11 +9,13 @@ off for longer than its life) needs a new sign-in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from brokers.providers.errors import BrokerAuthError
 from brokers.providers.oauth import OAuthProvider, reconnect_message
-from brokers.providers.tradovate import TradovateProvider
+from brokers.providers.tradovate import TradovateProvider, api_hosts
 from brokers.providers.types import AuthResult, OAuthSpec
 
 
@@ -34,6 +37,11 @@ class TradovateSigninProvider(OAuthProvider, TradovateProvider):
         refresh_lifetime=None,
         client_auth="post",
     )
+
+    def token_extra(self, token: Mapping[str, Any]) -> dict[str, Any]:
+        # The code exchange is where a signed-in connection learns its organisation's hosts.
+        hosts = api_hosts(token)
+        return {"api_hosts": hosts} if hosts else {}
 
     def refresh_token(self, auth: AuthResult) -> AuthResult:
         if auth.refresh_token:

@@ -23,6 +23,11 @@ class CredentialField:
     required: bool = True
     help_text: str = ""
     choices: tuple[tuple[str, str], ...] = ()
+    # The form offers the provider's suggestions (BrokerProvider.suggestions) as the trader types.
+    suggest: bool = False
+    # False only for a value the broker takes in a JSON body (a login name, a password): everything
+    # else reaches a header, a signature or a URL, which carry ASCII only (text.credential_problem).
+    ascii_only: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,12 +101,23 @@ class BrokerAccountInfo:
 
 
 @dataclass(frozen=True)
+class Fee:
+    """One charge of a fill in one currency, as the broker reported it (a rebate is negative)."""
+
+    currency: str
+    cost: Decimal
+
+
+@dataclass(frozen=True)
 class BrokerTrade:
     """One execution (fill). Quantity is always positive; side says the direction.
 
-    fees is a cost (>= 0) in fee_currency, or in `currency` when that is empty; executed_at is
-    aware and in UTC; raw is the broker's own record, kept for audits and for fields we do not
-    read yet.
+    fees is a cost (>= 0) in fee_currency, or in `currency` when that is empty; other_fees are
+    the fill's further charges, each in its own currency (a crypto exchange may charge the
+    trade's currency, its own token and points at once): never summed across currencies.
+    executed_at is aware and in UTC; raw is the broker's own record, kept for audits and for
+    fields we do not read yet. busted: the broker cancelled this fill after the fact (it never
+    happened); the journal keeps it only as a tombstone (journal.importing).
     """
 
     broker_trade_id: str
@@ -122,6 +138,8 @@ class BrokerTrade:
     option_right: str = ""
     # Units of the account's base currency per unit of `currency`, where the broker says.
     fx_rate_to_base: Decimal | None = None
+    busted: bool = False
+    other_fees: tuple[Fee, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def __post_init__(self):

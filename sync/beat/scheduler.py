@@ -17,6 +17,8 @@ truth and does work in proportion to what changed:
   cleared their last run; it stays cleared), and only then are the tasks sent, in one pipelined
   batch through the scheduler's producer. A database error sends nothing (the entries stay due);
   a crash after the write and before the send loses that tick's batch instead of sending it twice;
+- a move of `PeriodicTasks.last_update` that no save explains (django-celery-beat's admin actions
+  bulk-update `enabled` and touch only that) makes it compare the enabled ids with the schedule;
 - a slow sweep walks the table a page at a time (a full pass per SYNC_BEAT_SWEEP_PASS_S) to catch
   what bypassed `date_changed`: bulk updates, rows deleted while nothing fell due;
 - only the holder of the Redis beat lease (sync/beat/lease.py) reads or sends anything.
@@ -140,7 +142,12 @@ class Entry:
         self.expires = row["expires"]
         self.last_run_at = row["last_run_at"] or row["date_changed"] or timezone.now()
         if row["last_run_at"] is None and self.start_time is not None:
-            self.last_run_at -= START_TIME_BACKDATE
+            if schedule_key[0] == "crontab":
+                # Its first run is its first crontab time after start_time, even for a beat
+                # (re)started between the two.
+                self.last_run_at = self.start_time
+            else:
+                self.last_run_at -= START_TIME_BACKDATE
         self.version = row_version(row)
         self.due_at: float | None = None  # set while the entry is on the heap
 
@@ -286,8 +293,20 @@ class IncrementalScheduler(DatabaseScheduler):
         started = timezone.now()
         since = self._read_from - timedelta(seconds=settings.SYNC_BEAT_CHANGE_OVERLAP_S)
         changed = 0
+        latest_save = None
         for row in PeriodicTask.objects.filter(date_changed__gte=since).values(*ROW_FIELDS):
             changed += self._apply(row, started)
+            latest_save = max(latest_save or row["date_changed"], row["date_changed"])
+        last_update = PeriodicTasks.last_change()
+        if last_update != self._last_update:
+            # Edits to the interval/crontab/... rows themselves move only PeriodicTasks.last_update.
+            self._last_update = last_update
+            self._reschedule(self._load_schedules())
+            # save() moves last_update just before it stamps date_changed, so a last_update later than
+            # every row read came from a write without save(): django-celery-beat's admin actions
+            # ("Enable selected", "Toggle activity") or a delete. Those take effect now, not at the sweep.
+            if last_update is not None and (latest_save is None or last_update > latest_save):
+                changed += self._reconcile_enabled(started)
         self._read_from = started
         self._next_read = time.monotonic() + READ_CHANGES_EVERY_S
         if changed:
@@ -299,11 +318,6 @@ class IncrementalScheduler(DatabaseScheduler):
         if time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
-        last_update = PeriodicTasks.last_change()
-        if last_update != self._last_update:
-            # Edits to the interval/crontab/... rows themselves move only PeriodicTasks.last_update.
-            self._last_update = last_update
-            self._reschedule(self._load_schedules())
         page = max(100, math.ceil(len(self._entries) * SWEEP_EVERY_S / settings.SYNC_BEAT_SWEEP_PASS_S))
         rows = list(PeriodicTask.objects.filter(pk__gt=self._sweep_after).order_by("pk").values(*ROW_FIELDS)[:page])
         last = rows[-1]["id"] if len(rows) == page else math.inf
@@ -321,6 +335,21 @@ class IncrementalScheduler(DatabaseScheduler):
             self._sweep_after = last
         if changed:
             logger.info("beat: sweep found %d entries out of step with the table", changed)
+
+    def _reconcile_enabled(self, now: datetime) -> int:
+        """Bring the schedule in step with which rows are enabled: one query of ids, then only the rows that differ."""
+        enabled = set(PeriodicTask.objects.filter(enabled=True).values_list("pk", flat=True))
+        gone = [pk for pk in self._entries if pk not in enabled]
+        for pk in gone:
+            del self._entries[pk]
+        new = sorted(enabled.difference(self._entries))
+        changed = len(gone)
+        for start in range(0, len(new), LOAD_CHUNK):
+            chunk = new[start : start + LOAD_CHUNK]
+            changed += sum(
+                self._apply(row, now) for row in PeriodicTask.objects.filter(pk__in=chunk).values(*ROW_FIELDS)
+            )
+        return changed
 
     def _apply(self, row: dict, now: datetime) -> int:
         """Bring one row's entry in step with the row; 1 if that changed anything."""
@@ -378,9 +407,14 @@ class IncrementalScheduler(DatabaseScheduler):
 
     def _next_due(self, entry: Entry, now: datetime) -> float:
         """Unix time the entry is next due (now, if it is due already)."""
-        if entry.start_time is not None and now < entry.start_time:
-            return entry.start_time.timestamp()
         schedule = self._schedules[entry.schedule_key][1]
+        if entry.start_time is not None and now < entry.start_time:
+            if not isinstance(schedule, celery_schedules.crontab):
+                return entry.start_time.timestamp()
+            # A crontab starts on its first time after start_time, off which it never fires (as
+            # django-celery-beat's due_start_time).
+            start, ends_in, _ = schedule.remaining_delta(entry.start_time.astimezone(self.app.timezone))
+            return (start + ends_in).timestamp()
         if type(schedule) is celery_schedules.schedule and not schedule.relative:
             # What celery's interval schedule computes, without its per-call time zone work.
             return max(entry.last_run_at.timestamp() + schedule.seconds, now.timestamp())
@@ -431,7 +465,9 @@ class IncrementalScheduler(DatabaseScheduler):
         for entry in ready:
             if entry.pk not in live:
                 self._entries.pop(entry.pk, None)
-        self._send(sending, now)
+        if sending:
+            # Every due row may have been deleted or disabled behind beat's back: nothing to send.
+            self._send(sending, now)
         return len(sending)
 
     def _record_runs(self, entries: list[Entry], now: datetime) -> set[int]:

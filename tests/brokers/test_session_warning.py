@@ -5,10 +5,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from brokers import services
 from brokers.models import BrokerConnection, SyncLog
 from brokers.selectors import unsynced_session
-from tests.broker_conditions import tradovate_connection
+from tests import factories
+from tests.e2e.broker_conditions import tradovate_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -46,14 +46,11 @@ def test_a_day_left_unread_past_the_brokers_reach_is_named_as_possibly_missing_f
 
 
 def test_brokers_with_a_long_history_are_not_judged(trader):
-    demo = services.connection_create(
-        owner=trader, broker_type="demo", label="Demo", credentials={"api_key": "k"}, sync_enabled=False
-    )
+    demo = factories.connection(trader, sync_enabled=False)
     assert unsynced_session(demo, FRIDAY_CLOSE + timedelta(days=2)) is None
 
 
-def test_the_card_says_which_day_may_miss_fills(client, trader, tradovate):
+def test_the_card_says_which_day_may_miss_fills(trader_client, tradovate):
     BrokerConnection.objects.filter(pk=tradovate.pk).update(created_at=timezone.now() - timedelta(days=10))
-    client.force_login(trader)
-    page = client.get("/brokers/").content.decode()
+    page = trader_client.get("/brokers/").content.decode()
     assert 'class="state-line session-warning"' in page and "may be missing" in page

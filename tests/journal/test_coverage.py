@@ -6,7 +6,7 @@ import pytest
 
 from brokers.models import BrokerConnection, SyncLog
 from brokers.providers.registry import get_provider_class
-from tests.journal.fills import account_with, fill
+from tests.factories import account_with, fill
 
 # November 2026: Monday the 9th to Friday the 13th; NYSE closes at 21:00 UTC (16:00 New York).
 MONDAY_CLOSE = datetime(2026, 11, 9, 21, 0, tzinfo=UTC)
@@ -42,10 +42,9 @@ def cell(page, day):
 
 @pytest.mark.django_db
 def test_a_connection_that_failed_all_tuesday_shows_tuesday_not_synced_and_the_weekend_unmarked(
-    client, trader, failed_all_tuesday
+    trader_client, failed_all_tuesday
 ):
-    client.force_login(trader)
-    page = client.get("/trades/calendar/?month=2026-11").content.decode()
+    page = trader_client.get("/trades/calendar/?month=2026-11").content.decode()
     assert "not synced after the close" in cell(page, "2026-11-10")
     for covered in ("2026-11-09", "2026-11-11", "2026-11-07", "2026-11-08"):
         assert "not synced" not in cell(page, covered), covered
@@ -53,13 +52,12 @@ def test_a_connection_that_failed_all_tuesday_shows_tuesday_not_synced_and_the_w
 
 
 @pytest.mark.django_db
-def test_a_day_not_closed_yet_or_before_the_connection_could_read_it_is_not_judged(client, trader, failed_all_tuesday):
-    client.force_login(trader)
-    october = client.get("/trades/calendar/?month=2026-10").content.decode()
+def test_a_day_not_closed_yet_or_before_the_connection_could_read_it_is_not_judged(trader_client, failed_all_tuesday):
+    october = trader_client.get("/trades/calendar/?month=2026-10").content.decode()
     # Created on 1 November with two days of reach: 30 October is judged (and was never read), the 29th is not.
     assert "not synced after the close" in cell(october, "2026-10-30")
     assert "not synced after the close" not in cell(october, "2026-10-29")
-    next_year = client.get("/trades/calendar/?month=2027-06").content.decode()
+    next_year = trader_client.get("/trades/calendar/?month=2027-06").content.decode()
     assert "not synced after the close" not in next_year
 
 

@@ -11,12 +11,12 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers import services
 from brokers.providers.types import BrokerTrade
 from journal.importing import import_trades
 from journal.models import RoundTrip, Trade
-from journal.positions import changed_by, positions_recompute, positions_recompute_account
+from journal.positions import ChangedInstruments, positions_recompute, positions_recompute_account
 from sync.runs import run_inline
+from tests import factories
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 D = Decimal
@@ -24,9 +24,7 @@ D = Decimal
 
 @pytest.fixture
 def account(trader):
-    connection = services.connection_create(
-        owner=trader, broker_type="demo", label="Positions", credentials={"api_key": "k"}, sync_enabled=False
-    )
+    connection = factories.connection(trader, label="Positions", sync_enabled=False)
     return connection.accounts.create(external_id="ACC-1", name="Futures")
 
 
@@ -46,8 +44,10 @@ def es(n, side, qty, price, minute):
 
 
 def imported(account, trades):
-    import_trades(account.pk, trades)
-    positions_recompute(changed=changed_by(account.pk, trades))
+    """As a sync imports: what each batch changed is recomputed."""
+    changes = ChangedInstruments(account.pk)
+    import_trades(account.pk, trades, on_batch_committed=changes.add)
+    positions_recompute(changed=changes.since)
 
 
 @pytest.mark.django_db

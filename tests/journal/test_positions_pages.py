@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from journal.models import RoundTrip, TraderProfile
-from tests.journal.fills import SUNDAY_EVENING, account_with, fill
+from tests.factories import SUNDAY_EVENING, account_with, fill
 
 
 @pytest.fixture
@@ -22,38 +22,34 @@ def es_round_trip_and_open_nq(trader):
 
 @pytest.mark.django_db
 def test_the_round_trips_page_shows_each_round_trip_with_its_net_pnl_and_opens_onto_its_fills(
-    client, trader, es_round_trip_and_open_nq
+    trader_client, es_round_trip_and_open_nq
 ):
-    client.force_login(trader)
-    page = client.get("/trades/round-trips/").content.decode()
+    page = trader_client.get("/trades/round-trips/").content.decode()
     assert "2 round trips" in page
     # 10.25 points × 2 × $50 less four fees of $2.25.
     assert "1016.00 USD" in page and "20m 0s" in page
     es = RoundTrip.objects.get(symbol="ESZ6")
-    fills = client.get(f"/trades/round-trips/{es.pk}/fills/").content.decode()
+    fills = trader_client.get(f"/trades/round-trips/{es.pk}/fills/").content.decode()
     assert "ESZ6-1" in fills and "ESZ6-2" in fills and "NQZ6-3" not in fills
 
 
 @pytest.mark.django_db
-def test_times_on_the_round_trips_page_are_in_the_traders_zone(client, trader, es_round_trip_and_open_nq):
+def test_times_on_the_round_trips_page_are_in_the_traders_zone(trader, trader_client, es_round_trip_and_open_nq):
     TraderProfile.objects.create(user=trader, time_zone="America/Chicago")
-    client.force_login(trader)
-    page = client.get("/trades/round-trips/").content.decode()
+    page = trader_client.get("/trades/round-trips/").content.decode()
     assert "2026-03-01 17:30:00" in page and "2026-03-01 23:30:00" not in page
 
 
 @pytest.mark.django_db
-def test_the_positions_page_shows_what_is_still_open(client, trader, es_round_trip_and_open_nq):
-    client.force_login(trader)
-    page = client.get("/trades/positions/").content.decode()
+def test_the_positions_page_shows_what_is_still_open(trader_client, es_round_trip_and_open_nq):
+    page = trader_client.get("/trades/positions/").content.decode()
     assert 'data-symbol="NQZ6"' in page and 'data-symbol="ESZ6"' not in page
     assert ">-1<" in page
 
 
 @pytest.mark.django_db
-def test_the_calendar_puts_a_sunday_evening_futures_trade_on_monday(client, trader, es_round_trip_and_open_nq):
-    client.force_login(trader)
-    page = client.get("/trades/calendar/?month=2026-03").content.decode()
+def test_the_calendar_puts_a_sunday_evening_futures_trade_on_monday(trader_client, es_round_trip_and_open_nq):
+    page = trader_client.get("/trades/calendar/?month=2026-03").content.decode()
     monday = page.split('data-day="2026-03-02"')[1].split("</td>")[0]
     sunday = page.split('data-day="2026-03-01"')[1].split("</td>")[0]
     assert "1016.00 USD" in monday and "1 trade" in monday
@@ -62,7 +58,7 @@ def test_the_calendar_puts_a_sunday_evening_futures_trade_on_monday(client, trad
 
 
 @pytest.mark.django_db
-def test_the_calendar_of_one_account_leaves_the_others_out(client, trader, es_round_trip_and_open_nq):
+def test_the_calendar_of_one_account_leaves_the_others_out(trader, trader_client, es_round_trip_and_open_nq):
     other = account_with(
         trader,
         [
@@ -71,10 +67,9 @@ def test_the_calendar_of_one_account_leaves_the_others_out(client, trader, es_ro
         ],
         external_id="ACC-2",
     )
-    client.force_login(trader)
-    everything = client.get("/trades/calendar/?month=2026-03").content.decode()
+    everything = trader_client.get("/trades/calendar/?month=2026-03").content.decode()
     assert "2 round trips closed" in everything
-    one = client.get(f"/trades/calendar/?month=2026-03&account={other.pk}").content.decode()
+    one = trader_client.get(f"/trades/calendar/?month=2026-03&account={other.pk}").content.decode()
     assert "1 round trip closed" in one and "-14.50 USD" in one and "1016.00" not in one
 
 

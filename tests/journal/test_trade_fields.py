@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from brokers import services
-from brokers.providers.types import BrokerTrade
+from brokers.providers.types import BrokerTrade, Fee
 from journal.admin import TradeAdmin
 from journal.api import TradeSerializer
 from journal.importing import _COLUMNS, import_trades
@@ -51,9 +51,13 @@ def test_a_stored_option_trade_keeps_every_reported_field(trader):
         strike=Decimal("510"),
         option_right="C",
         fx_rate_to_base=Decimal("1.0835"),
+        other_fees=(Fee("GT", Decimal("0.5")),),
         raw={"id": "T-1"},
     )
     assert import_trades(account.pk, [trade]).imported == 1
     stored = Trade.objects.get()
     for name in REPORTED_FIELDS:
-        assert getattr(stored, name) == getattr(trade, name), name
+        if name != "other_fees":
+            assert getattr(stored, name) == getattr(trade, name), name
+    # Stored as JSON, each cost as exact text.
+    assert stored.other_fees == [{"currency": "GT", "cost": "0.5"}]

@@ -66,6 +66,19 @@ class Kraken:
         ]
 
     def stub_markets(self, rsps):
+        # Kraken's markets carry helper data (marketHelperProps), so they load as ccxt loads
+        # them: currencies first.
+        assets = {
+            "XXBT": {
+                "aclass": "currency",
+                "altname": "XBT",
+                "decimals": 10,
+                "display_decimals": 5,
+                "status": "enabled",
+            },
+            "ZUSD": {"aclass": "currency", "altname": "USD", "decimals": 4, "display_decimals": 2, "status": "enabled"},
+        }
+        rsps.get(f"{self.base}/public/Assets", json={"error": [], "result": assets})
         rsps.get(
             f"{self.base}/public/AssetPairs",
             json={

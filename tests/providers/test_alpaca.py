@@ -128,12 +128,6 @@ class TestAlpacaContract(ProviderContract):
 
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def paper():
     return get_broker_provider("alpaca", "paper")
 
@@ -225,11 +219,11 @@ def test_fill_fields_become_decimal_sides_and_utc(paper, rsps):
     assert third.executed_at == datetime(2026, 11, 3, 14, 32, tzinfo=UTC)
 
 
-def test_an_unreadable_fill_is_a_permanent_api_error(paper, rsps):
-    stub_fill_pages(rsps, [[{**fill(1), "side": "exercise"}]])
-    with pytest.raises(BrokerAPIError) as info:
-        list(paper.get_trades(make_auth(), make_account(), SINCE, UNTIL))
-    assert not info.value.transient and fill(1)["id"] in str(info.value)
+def test_an_unreadable_fill_is_left_out_and_counted_and_the_others_kept(paper, rsps):
+    stub_fill_pages(rsps, [[{**fill(1), "side": "exercise"}, fill(2)]])
+    trades = list(paper.get_trades(make_auth(), make_account(), SINCE, UNTIL))
+    assert [t.broker_trade_id for t in trades] == [fill(2)["id"]]
+    assert paper.unreadable_rows == [f"fill {fill(1)['id']}: no side, quantity, price or time we can read"]
 
 
 def test_429_waits_until_x_ratelimit_reset_for_this_key_only(paper, rsps):
@@ -282,6 +276,28 @@ def test_no_secret_reaches_the_log(paper, rsps, caplog):
             list(paper.get_trades(make_auth(), make_account(), SINCE, UNTIL))
     assert "broker_http" in caplog.text and "rate_limit_block" in caplog.text
     assert SECRET_MARK not in caplog.text
+
+
+def test_long_and_short_positions_come_back_signed_with_their_average_price(paper, rsps):
+    rsps.get(
+        f"{PAPER}/v2/positions",
+        json=[
+            {"symbol": "AAPL", "qty": "10", "side": "long", "avg_entry_price": "231.45"},
+            {"symbol": "TSLA", "qty": "-5", "side": "short", "avg_entry_price": "250.10"},
+        ],
+    )
+    positions = paper.get_positions(make_auth(), make_account())
+    assert [(p.symbol, p.quantity, p.average_price) for p in positions] == [
+        ("AAPL", Decimal("10"), Decimal("231.45")),
+        ("TSLA", Decimal("-5"), Decimal("250.10")),
+    ]
+
+
+def test_a_position_we_cannot_read_is_an_error_a_retry_may_cure(paper, rsps):
+    rsps.get(f"{PAPER}/v2/positions", json=[{"symbol": "AAPL", "qty": "ten"}])
+    with pytest.raises(BrokerAPIError) as info:
+        paper.get_positions(make_auth(), make_account())
+    assert info.value.transient and "position" in str(info.value)
 
 
 class TestAlpacaConnectContract(TestAlpacaContract):

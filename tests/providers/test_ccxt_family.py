@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
-import responses
 from django.conf import settings
 
 from brokers.providers import ratelimit
-from brokers.providers.errors import BrokerAuthError, BrokerRateLimitError, BrokerUnavailableError
+from brokers.providers.ccxt.transport import call
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, BrokerUnavailableError
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.registry import get_broker_provider, provider_classes
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
@@ -29,6 +32,8 @@ from tests.providers.ccxt_exchanges import (
     spread,
 )
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
+
+FIXTURES = Path(__file__).with_name("peer_fixtures")
 
 
 @pytest.fixture(autouse=True)
@@ -178,12 +183,6 @@ class TestCoinbaseAdvanced(CcxtContract):
         return scope_for(self.keys()["apiKey"])
 
 
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 def test_kraken_fills_are_exact_with_fee_currency_side_and_utc(rsps):
     fake = Kraken(spread(3))
     fake.stub_markets(rsps)
@@ -262,7 +261,8 @@ def test_the_family_declares_each_exchange_in_the_trader_s_words():
     assert "not your login password" in okx.credential_fields[2].help_text
     assert kraken.display_name == "Kraken" and kraken.environments == ()
     assert dict(binance.environments) == {"live": "Live", "sandbox": "Sandbox"}
-    assert sum(key.startswith("ccxt_") for key in classes) == 95
+    assert sum(key.startswith("ccxt_") for key in classes) == 93
+    assert "ccxt_derive" not in classes and "ccxt_pacifica" not in classes  # see ccxt_catalog.NOT_OFFERED
 
 
 def test_pacing_follows_the_endpoint_cost(monkeypatch, rsps):
@@ -280,17 +280,30 @@ def test_pacing_follows_the_endpoint_cost(monkeypatch, rsps):
     assert 9 < info.value.retry_after <= 10
 
 
-def test_a_fill_of_a_market_ccxt_does_not_list_is_left_out_and_logged_not_fatal(rsps, caplog):
+def test_a_fill_of_a_market_ccxt_does_not_list_is_left_out_and_counted_not_fatal(rsps):
     fake = Okx(spread(2))
     fake.fills[0] = {**fake.fills[0], "instId": "ETH-USDT-SWAP", "instType": "SWAP"}
     fake.stub_markets(rsps)
     fake.stub_trades(rsps)
     provider = get_broker_provider("ccxt_okx", "live")
     auth = AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET, "password": PASSPHRASE}))
-    with caplog.at_level("WARNING"):
-        spot = list(provider.get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL))
+    spot = list(provider.get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL))
     assert [t.symbol for t in spot] == ["BTC/USDT"]
-    assert "ccxt_trade_of_unknown_market" in caplog.text and "ETH-USDT-SWAP" in caplog.text
+    (reason,) = provider.unreadable_rows
+    assert reason.endswith("of market ETH-USDT-SWAP, which OKX no longer lists")
+
+
+def test_a_fill_we_cannot_read_is_left_out_and_counted_and_the_others_kept(rsps):
+    fake = Okx(spread(3))
+    fake.fills[1] = {**fake.fills[1], "side": ""}
+    fake.stub_markets(rsps)
+    fake.stub_trades(rsps)
+    provider = get_broker_provider("ccxt_okx", "live")
+    auth = AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET, "password": PASSPHRASE}))
+    spot = list(provider.get_trades(auth, BrokerAccountInfo("spot", "spot"), SINCE, UNTIL))
+    assert len(spot) == 2
+    trade_id = fake.fills[1]["tradeId"]
+    assert provider.unreadable_rows == [f"trade {trade_id}: no side, amount, price, time or fee we can read"]
 
 
 def test_an_exchange_without_until_is_paged_oldest_first_from_since(monkeypatch, rsps):
@@ -325,3 +338,90 @@ def test_ccxt_s_request_log_stays_silent_after_logging_is_configured_again(caplo
     with caplog.at_level("DEBUG"):
         SILENT_LOGGER.debug("POST https://api.kraken.com Request: {'API-Key': 'key-S3CRET-MARK'}")
     assert "S3CRET" not in caplog.text
+
+
+class Hyperliquid:
+    """Hyperliquid's /info answers for loading markets (a HIP-3 dex settling in USDH) and the recorded fills."""
+
+    url = "https://api.hyperliquid.xyz/info"
+    tokens = [
+        {"name": "USDC", "index": 0, "szDecimals": 8, "weiDecimals": 8},
+        {"name": "USDH", "index": 360, "szDecimals": 2, "weiDecimals": 8},
+    ]
+
+    def __init__(self):
+        recorded = json.loads((FIXTURES / "ccxt" / "hyperliquid.json").read_text())
+        self.fills = recorded["entries"][0]["httpResponse"]
+        self.asked: list[str] = []
+
+    def answer(self, request):
+        body = json.loads(request.body)
+        self.asked.append(body["type"])
+        answers = {
+            "spotMeta": {"universe": [], "tokens": self.tokens},
+            "spotMetaAndAssetCtxs": [{"universe": [], "tokens": self.tokens}, []],
+            "perpDexs": [None, {"name": "flx"}],
+            "userFills": self.fills,
+            "userFillsByTime": self.fills,
+        }
+        if body["type"] == "metaAndAssetCtxs" and body.get("dex") == "flx":
+            universe = [{"name": "flx:CRCL", "szDecimals": 2, "maxLeverage": 10}]
+            return 200, {}, json.dumps([{"universe": universe, "collateralToken": 360}, [{"midPx": "55.9"}]])
+        if body["type"] == "metaAndAssetCtxs":
+            universe = [{"name": "HYPE", "szDecimals": 2, "maxLeverage": 10}]
+            return 200, {}, json.dumps([{"universe": universe}, [{"midPx": "33.2"}]])
+        return 200, {}, json.dumps(answers[body["type"]])
+
+
+def test_hyperliquid_fills_read_the_same_from_cached_markets_as_from_a_fresh_load(rsps):
+    """Loading Hyperliquid's markets records which collateral each HIP-3 market settles in; a
+    cache that kept only the market list would name a flx:CRCL fill FLX-CRCL/USDC:USDC, in
+    USDC, under another trade id."""
+    fake = Hyperliquid()
+    rsps.add_callback("POST", fake.url, callback=fake.answer)
+    auth = AuthResult(token=json.dumps({"privateKey": "0x" + "11" * 32, "walletAddress": "0x" + "ab" * 20}))
+    account = BrokerAccountInfo("swap", "perpetuals")
+    since, until = SINCE.replace(year=2026, month=1, day=1), UNTIL.replace(year=2026, month=3, day=1)
+
+    def read():
+        trades = get_broker_provider("ccxt_hyperliquid").get_trades(auth, account, since, until)
+        return sorted((t.broker_trade_id, t.symbol, t.currency, t.fee_currency) for t in trades)
+
+    fresh = read()
+    loads = fake.asked.count("spotMeta")
+    cached = read()
+    assert loads == 1 and fake.asked.count("spotMeta") == 1, "the second read must come from the cache"
+    assert cached == fresh
+    crcl = [t for t in fresh if "CRCL" in t[1]]
+    assert crcl == [
+        ("FLX-CRCL/USDH:USDH|1019408913364172", "FLX-CRCL/USDH:USDH", "USDH", "USDH"),
+        ("FLX-CRCL/USDH:USDH|202031760494687", "FLX-CRCL/USDH:USDH", "USDH", "USDH"),
+    ]
+
+
+def test_an_account_type_whose_trades_ccxt_cannot_read_is_not_created():
+    zebpay = get_broker_provider("ccxt_zebpay")
+    assert "spot" not in zebpay.account_types  # ccxt raises NotSupported for ZebPay spot trades
+    listed = SimpleNamespace(markets={"BTC/INR": {"type": "spot"}, "BTC/INR:INR": {"type": "swap"}})
+    assert zebpay._account_types(listed) == ["swap"]
+
+
+@pytest.mark.parametrize(
+    ("raised", "transient", "words"),
+    [
+        ("ArgumentsRequired", False, "needs a value the journal's connection form does not ask for"),
+        ("NotSupported", False, "does not let its API read the trades of this account type"),
+        ("InvalidNonce", True, "refused the request's timestamp"),
+        ("BadSymbol", True, "no longer lists a market we asked about"),
+    ],
+)
+def test_ccxt_errors_become_ours_with_words_a_trader_can_act_on(raised, transient, words):
+    ccxt = importlib.import_module("ccxt")
+
+    def fails():
+        raise getattr(ccxt, raised)(f"kraken GET https://api.kraken.com/0?key={SECRET_MARK}")
+
+    with pytest.raises(BrokerAPIError) as info:
+        call("ccxt_kraken", "Kraken", "", fails)
+    assert info.value.transient is transient
+    assert str(info.value).startswith(f"Kraken {words}") and SECRET_MARK not in str(info.value)

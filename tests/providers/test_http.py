@@ -33,12 +33,6 @@ SECRET = "tok-s3cr3t-9f8e7d"
 
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def http():
     return BrokerHTTP(provider_key="demo", display_name="Demo", base_url=BASE + "/")
 
@@ -485,21 +479,29 @@ def test_a_post_that_never_left_is_sent_again(http, rsps):
 
 
 def test_statuses_a_retry_cannot_cure_and_long_waits_go_straight_to_the_run(http, rsps):
-    rsps.get(ACCOUNTS, status=500)
+    rsps.get(ACCOUNTS, status=501)
     rsps.get(f"{BASE}/v1/fills", status=503, headers={"Retry-After": "120"})
     assert isinstance(raised_by(http, "/v1/accounts"), BrokerAPIError)
     assert isinstance(raised_by(http, "/v1/fills"), BrokerUnavailableError)
     assert len(rsps.calls) == 2 and http.retries == 0
 
 
-def test_a_provider_may_declare_500_transient(rsps):
-    http = BrokerHTTP(
-        provider_key="demo", display_name="Demo", base_url=BASE, transient_statuses=frozenset({500, 502, 503, 504})
-    )
+def test_a_500_on_a_read_is_sent_again_but_not_on_a_write(http, rsps):
     rsps.get(ACCOUNTS, status=500)
-    rsps.get(ACCOUNTS, json={})
-    http.request("GET", "/v1/accounts")
-    assert http.retries == 1
+    rsps.get(ACCOUNTS, json={"accounts": []})
+    assert http.request("GET", "/v1/accounts").json() == {"accounts": []}
+    rsps.post(ACCOUNTS, status=500)
+    with pytest.raises(BrokerAPIError):
+        http.request("POST", "/v1/accounts")
+    assert http.retries == 1 and len(rsps.calls) == 3
+
+
+def test_a_provider_may_declare_500_deterministic(rsps):
+    http = BrokerHTTP(provider_key="demo", display_name="Demo", base_url=BASE, transient_statuses=frozenset({502, 503}))
+    rsps.get(ACCOUNTS, status=500)
+    error = raised_by(http, "/v1/accounts")
+    assert isinstance(error, BrokerAPIError) and error.status_code == 500
+    assert http.retries == 0 and len(rsps.calls) == 1
 
 
 def test_every_resend_books_its_own_rate_limit_slot(http, rsps, monkeypatch):

@@ -428,20 +428,77 @@ def test_unknown_attributes_and_values_are_tolerated_and_options_read():
     )
 
 
-def test_a_malformed_row_is_reported_and_the_others_kept():
+@responses.activate
+def test_a_malformed_row_is_left_out_with_its_reason_for_the_run_and_the_others_kept():
+    rows = (row(quantity="lots", ibExecID="bad.1"), row(dateTime="yesterday", ibExecID="bad.2"), row(ibExecID="good.1"))
+    stub_flow(responses, report(statement("U1111111", *rows)))
+    provider = IbkrFlexProvider()
+    since, until = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC)
     with capture_logs() as logs:
-        parsed = parse(
-            statement(
-                "U1111111",
-                row(quantity="lots", ibExecID="bad.1"),
-                row(dateTime="yesterday", ibExecID="bad.2"),
-                row(ibExecID="good.1"),
-            )
+        trades = list(provider.get_trades(auth(), BrokerAccountInfo("U1111111", "a"), since, until))
+    assert [t.broker_trade_id for t in trades] == ["good.1"]
+    assert provider.unreadable_rows == [
+        "Trade bad.1: quantity 'lots' is not a number",
+        "Trade bad.2: dateTime 'yesterday' is in no known format",
+    ]
+    skipped = [e for e in logs if e["event"] == "broker_row_skipped"]
+    assert len(skipped) == 2 and all(e["log_level"] == "warning" and SECRET_MARK not in str(e) for e in skipped)
+
+
+def confirms(account: str, *rows: str) -> str:
+    """A Trade Confirmation query's statement: TradeConfirm rows, in their own section."""
+    return statement(account).replace("<Trades></Trades>", f"<TradeConfirms>{''.join(rows)}</TradeConfirms>")
+
+
+def confirm(**overrides: str | None) -> str:
+    """A TradeConfirm row with the names that report uses (execID, orderID, price, commission)."""
+    names = {"ibExecID": None, "ibOrderID": None, "tradePrice": None, "ibCommission": None}
+    own = {"execID": "0000e0d5.6598a1b2.03.01", "orderID": "7002", "price": "101.5", "commission": "-0.35"}
+    return row("TradeConfirm", **{**names, **own, "commissionCurrency": "USD", **overrides})
+
+
+def test_trade_confirmation_reports_import_every_execution_with_their_own_field_names():
+    parsed = parse(
+        confirms(
+            "U1111111",
+            confirm(),
+            confirm(execID="0000e0d5.6598a1b2.03.02", quantity="-40", buySell="SELL", dateTime="20261105;100502"),
+            confirm(levelOfDetail="ORDER", execID="", orderID="7002"),
         )
-    assert [t.broker_trade_id for t in parsed.trades["U1111111"]] == ["good.1"]
-    skipped = [e for e in logs if e["event"] == "ibkr_flex_row_skipped"]
-    assert [e["row_id"] for e in skipped] == ["bad.1", "bad.2"]
-    assert all(e["log_level"] == "warning" and SECRET_MARK not in str(e) for e in skipped)
+    )
+    first, second = parsed.trades["U1111111"]
+    assert (first.broker_trade_id, first.order_id, first.side, first.quantity, first.price, first.fees) == (
+        "0000e0d5.6598a1b2.03.01",
+        "7002",
+        BUY,
+        Decimal(100),
+        Decimal("101.5"),
+        Decimal("0.35"),
+    )
+    assert (second.side, second.quantity, second.executed_at) == (
+        SELL,
+        Decimal(40),
+        datetime(2026, 11, 5, 15, 5, 2, tzinfo=UTC),
+    )
+    assert parsed.unreadable == {}
+
+
+def test_the_same_execution_has_the_same_id_in_an_activity_and_a_trade_confirmation_report():
+    activity = parse(statement("U1111111", row(ibExecID="0000e0d5.6598a1b2.03.01"))).trades["U1111111"]
+    confirmation = parse(confirms("U1111111", confirm())).trades["U1111111"]
+    assert [t.broker_trade_id for t in activity] == [t.broker_trade_id for t in confirmation]
+
+
+@pytest.mark.parametrize("make", [row, confirm])
+def test_rows_with_date_and_time_apart_are_read(make):
+    kept = make(dateTime="", tradeDate="20261105", tradeTime="093001")
+    lost = make(dateTime="", tradeDate="20261105", tradeTime="", execID="no.time", ibExecID="no.time")
+    tag = "Trade" if make is row else "TradeConfirm"
+    section = statement if make is row else confirms
+    parsed = parse(section("U1111111", kept, lost))
+    (trade,) = parsed.trades["U1111111"]
+    assert trade.executed_at == datetime(2026, 11, 5, 14, 30, 1, tzinfo=UTC)
+    assert parsed.unreadable == {"U1111111": (f"{tag} no.time: no dateTime, nor tradeDate with tradeTime",)}
 
 
 def test_account_currency_and_name_come_from_account_information_when_present():

@@ -62,6 +62,9 @@ PUBLISHED = {
     ("tradovate", "hourly"): (5000, 3600),
     ("alpaca", "requests"): (200, 60),
     ("alpaca_connect", "requests"): (200, 60),
+    # MetaApi: 1,000 CPU credits a second per user, about 50 credits a call.
+    ("metatrader", "requests"): (20, 1),
+    ("projectx", "requests"): (200, 60),
     # ccxt paces each exchange at one cost unit per rateLimit ms: in limiter slots per window.
     **{
         (provider.key, "requests"): (ccxt_catalog.published_slots(provider), ccxt_catalog.window_s(provider))

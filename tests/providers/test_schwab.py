@@ -5,16 +5,17 @@ from decimal import Decimal
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-import responses
 from responses import matchers
 
 from brokers.providers import schwab
 from brokers.providers.errors import BrokerAuthError
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
+from tests.fakes.schwab import equity_trade, option_trade
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
-from tests.sim_schwab import equity_trade, option_trade
 
+# Outside the contract class, a stub a test never reaches fails it (tests/conftest.py's rsps).
+RSPS_ALL_FIRED = True
 API = "https://api.schwabapi.com/trader/v1"
 TOKEN_URL = "https://api.schwabapi.com/v1/oauth/token"
 HASH = "E5B8F2A6C1D3E4F5A6B7C8D9E0F1A2B3C4D5E6F7A8B9C0D1E2F3A4B5C6D7E8F9"
@@ -87,12 +88,6 @@ class TestSchwabContract(ProviderContract):
 
     def stub_rate_limited(self, rsps, retry_after):
         rsps.get(f"{API}/accounts/accountNumbers", status=429, headers={"Retry-After": str(retry_after)})
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock() as mock:
-        yield mock
 
 
 @pytest.fixture

@@ -10,14 +10,20 @@ from decimal import Decimal
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-import responses
 
+from brokers.models import SyncLog
 from brokers.providers import ratelimit, snaptrade
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, BrokerSetupError
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import BUY, SELL, BrokerAccountInfo, BrokerCredentials
+from journal.models import Trade
+from sync import runs
+from tests.e2e.broker_conditions import snaptrade_link
+from tests.fakes.snaptrade import SnapTradeSim, configure
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
 
+# Outside the contract class, a stub a test never reaches fails it (tests/conftest.py's rsps).
+RSPS_ALL_FIRED = True
 API = "https://api.snaptrade.com/api/v1"
 CLIENT_ID = "JOURNALTEST"
 CONSUMER_KEY = f"consumer-{SECRET_MARK}"
@@ -158,12 +164,6 @@ class TestSnapTradeContract(ProviderContract):
 
     def limiter_scope(self):
         return {"customer": ratelimit.scope_for(CLIENT_ID)}
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock() as mock:
-        yield mock
 
 
 @pytest.fixture
@@ -311,7 +311,7 @@ def test_activities_are_asked_for_trade_types_and_paged_by_offset(provider, rsps
     rsps.get(url, json=page([activity(1), activity(2)], total=3))
     rsps.get(url, json=page([activity(3)], total=3, offset=2))
     trades = list(provider.get_trades(make_auth(), make_account(), SINCE, UNTIL))
-    assert [t.broker_trade_id for t in trades] == ["act-1", "act-2", "act-3"]
+    assert [t.raw["id"] for t in trades] == ["act-1", "act-2", "act-3"]
     first, second = query(rsps.calls[0]), query(rsps.calls[1])
     assert (first["offset"], second["offset"], first["limit"]) == ("0", "2", "2")
     assert first["type"] == "BUY,SELL"
@@ -333,7 +333,7 @@ def test_trades_come_oldest_first_although_snaptrade_answers_newest_first(provid
     rows = [activity(3, when="2026-11-12T10:00:00Z"), activity(2, when="2026-11-11T10:00:00Z"), activity(1)]
     rsps.get(f"{API}/accounts/{ACCOUNT_ID}/activities", json=page(rows))
     trades = list(provider.get_trades(make_auth(), make_account(), SINCE, UNTIL))
-    assert [t.broker_trade_id for t in trades] == ["act-1", "act-2", "act-3"]
+    assert [t.raw["id"] for t in trades] == ["act-1", "act-2", "act-3"]
     assert provider.trades_ascending
 
 
@@ -388,14 +388,14 @@ def test_an_option_trade_carries_underlying_expiry_strike_right_and_multiplier(p
 def test_dividends_transfers_and_fees_are_not_trades(provider, rsps):
     rows = [activity(1), activity(2, kind="DIVIDEND"), activity(3, kind="TRANSFER"), activity(4, kind="FEE")]
     rsps.get(f"{API}/accounts/{ACCOUNT_ID}/activities", json=page(rows))
-    assert [t.broker_trade_id for t in provider.get_trades(make_auth(), make_account(), SINCE, UNTIL)] == ["act-1"]
+    assert [t.raw["id"] for t in provider.get_trades(make_auth(), make_account(), SINCE, UNTIL)] == ["act-1"]
 
 
-def test_an_unreadable_trade_names_the_activity_and_is_not_retried(provider, rsps):
-    rsps.get(f"{API}/accounts/{ACCOUNT_ID}/activities", json=page([activity(7, units=0)]))
-    with pytest.raises(BrokerAPIError) as info:
-        list(provider.get_trades(make_auth(), make_account(), SINCE, UNTIL))
-    assert "act-7" in info.value.message and not info.value.transient
+def test_an_unreadable_trade_is_left_out_and_counted_naming_the_activity(provider, rsps):
+    rsps.get(f"{API}/accounts/{ACCOUNT_ID}/activities", json=page([activity(7, units=0), activity(8)]))
+    trades = list(provider.get_trades(make_auth(), make_account(), SINCE, UNTIL))
+    assert [t.raw["id"] for t in trades] == ["act-8"]
+    assert provider.unreadable_rows == ["activity act-7: no symbol, units, price or date we can read"]
 
 
 # --- the two budgets -----------------------------------------------------------------------------
@@ -489,3 +489,85 @@ def test_a_real_time_connection_is_never_refreshed(provider, rsps, settings):
     rsps.get(f"{API}/authorizations/{AUTH_ID}/accounts", json=[account_row()])
     provider.get_accounts(make_auth())
     assert len(rsps.calls) == 2
+
+
+# --- how often activities are read ---------------------------------------------------------------
+def _pass_time(minutes: float) -> None:
+    """Our record of each account's last read ages by `minutes`, as if that much time had passed."""
+    client = ratelimit.get_limiter().client
+    for key in client.scan_iter("snaptrade:activities-read:*"):
+        record = json.loads(client.get(key))
+        if "read_at" in record:
+            record["read_at"] -= minutes * 60
+        client.set(key, json.dumps(record))
+
+
+@pytest.mark.django_db
+def test_activities_are_read_once_across_a_day_of_15_minute_syncs_unless_snaptrade_refreshed(trader, settings):
+    with SnapTradeSim(accounts_per_connection=1) as sim:
+        configure(settings, sim)
+        connection = snaptrade_link(trader, sim)
+        (account,) = sim.accounts_of(connection.credentials["authorization_id"])
+        path = f"/api/v1/accounts/{account['id']}/activities"
+        sim.add_activity(account["id"], trade_date=datetime.now(UTC) - timedelta(days=2))
+
+        def sync(trigger=SyncLog.Trigger.SCHEDULED):
+            log = runs.run_inline(connection.pk, trigger=trigger)
+            assert log.status == SyncLog.Status.SUCCESS, log.error_message
+            _pass_time(15)
+            return log
+
+        assert sync().trades_imported == 1
+        backfill = sim.count(path)  # the first read: three years, a request per yearly window
+        for _ in range(95):
+            sync()
+        assert sim.count(path) == backfill, "one read across the day"
+        sync()  # 24 hours after the first read
+        assert sim.count(path) == backfill + 1
+
+        late = sim.add_activity(account["id"], trade_date=datetime.now(UTC) - timedelta(hours=1))
+        sync()
+        assert sim.count(path) == backfill + 1, "SnapTrade has not refreshed: nothing new to read"
+        sim.refresh_transactions(account["id"], datetime.now(UTC).date() + timedelta(days=1))
+        assert sync().trades_imported == 1 and sim.count(path) == backfill + 2
+        assert Trade.objects.filter(raw__id=late["id"]).exists()
+        sync(SyncLog.Trigger.MANUAL)
+        assert sim.count(path) == backfill + 3, "Sync now always reads"
+    row = connection.accounts.get()
+    assert row.broker_refreshed_on == datetime.now(UTC).date() + timedelta(days=1)
+
+
+@pytest.mark.django_db
+def test_a_read_waits_for_snaptrade_s_first_history_load_and_then_asks_for_all_of_it(trader, settings):
+    with SnapTradeSim(accounts_per_connection=1) as sim:
+        configure(settings, sim)
+        connection = snaptrade_link(trader, sim)
+        (account,) = sim.accounts_of(connection.credentials["authorization_id"])
+        account["sync_status"]["transactions"]["initial_sync_completed"] = False
+        old = sim.add_activity(account["id"], trade_date=datetime.now(UTC) - timedelta(days=400))
+        runs.run_inline(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+        runs.run_inline(connection.pk, trigger=SyncLog.Trigger.SCHEDULED)
+        assert sim.count(f"/api/v1/accounts/{account['id']}/activities") == 0
+        account["sync_status"]["transactions"]["initial_sync_completed"] = True
+        log = runs.run_inline(connection.pk, trigger=SyncLog.Trigger.SCHEDULED)
+    assert log.trades_imported == 1 and Trade.objects.get().raw["id"] == old["id"]
+
+
+def test_a_fill_whose_activity_id_changed_is_not_imported_twice(provider, rsps):
+    """SnapTrade may give a fill a new id when it re-processes a brokerage's data."""
+    url = f"{API}/accounts/{ACCOUNT_ID}/activities"
+    twins = [activity(1, external_reference_id="ord-9"), activity(2, external_reference_id="ord-9")]
+    rsps.get(url, json=page([activity(1, external_reference_id="ord-1"), *twins]))
+    rsps.get(
+        url,
+        json=page(
+            [
+                activity(7, external_reference_id="ord-1"),
+                activity(8, external_reference_id="ord-9"),
+                activity(9, external_reference_id="ord-9"),
+            ]
+        ),
+    )
+    first = [t.broker_trade_id for t in provider.get_trades(make_auth(), make_account(), SINCE, UNTIL)]
+    again = [t.broker_trade_id for t in provider.get_trades(make_auth(), make_account(), SINCE, UNTIL)]
+    assert sorted(first) == sorted(again) and len(set(first)) == 3, "two alike fills of one order stay two"

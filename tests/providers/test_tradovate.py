@@ -203,12 +203,6 @@ def provider():
 
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def fake(rsps):
     server = FakeTradovate()
     server.register(rsps)
@@ -331,7 +325,7 @@ def test_expired_token_renewal_is_an_auth_error_so_the_engine_logs_in_again(prov
 
 
 def test_cid_must_be_a_number():
-    values = {f.name: "x" for f in tradovate.TradovateProvider.credential_fields}
+    values = {f.name: "x" for f in tradovate.TradovateProvider.credential_fields if f.required}
     problems = tradovate.TradovateProvider.validate_credentials(values, "demo")
     assert set(problems) == {"cid"}
     assert tradovate.TradovateProvider.validate_credentials({**values, "cid": "4321"}, "demo") == {}
@@ -438,6 +432,19 @@ def test_busted_fills_and_other_accounts_fills_are_left_out(provider, fake):
     assert [(t.broker_trade_id, t.side) for t in trades] == [("1", BUY), ("4", BUY)]
 
 
+def test_positions_are_the_accounts_own_named_like_its_fills_without_the_flat_rows(provider, fake, rsps):
+    rsps.get(
+        url("/position/list"),
+        json=[
+            {"id": 1, "accountId": ACCOUNT_ID, "contractId": ES, "netPos": 2, "netPrice": 5901.25},
+            {"id": 2, "accountId": ACCOUNT_ID, "contractId": MNQ, "netPos": 0, "netPrice": None},
+            {"id": 3, "accountId": OTHER_ACCOUNT_ID, "contractId": MNQ, "netPos": -1, "netPrice": 21000.5},
+        ],
+    )
+    positions = provider.get_positions(session(), account())
+    assert [(p.symbol, p.quantity, p.average_price) for p in positions] == [("ESZ6", Decimal(2), Decimal("5901.25"))]
+
+
 def test_every_listed_fill_within_max_history_is_passed_on_not_just_those_since_the_cursor(provider, fake):
     fake.add_fill(1, at=UNTIL - provider.max_history - timedelta(seconds=1))  # beyond any first sync's reach
     fake.add_fill(2, at=SINCE - timedelta(days=2))  # reported late: older than the window asked for
@@ -487,3 +494,17 @@ def test_an_order_missing_from_the_answer_is_a_transient_error(provider, fake):
     with pytest.raises(BrokerAPIError) as info:
         list(provider.get_trades(session(), account(), SINCE, UNTIL))
     assert info.value.transient
+
+
+# --- organisation hosts (tests/providers/test_tradovate_hosts.py runs them against the loopback) ---------------
+def test_a_renewal_naming_hosts_replaces_the_stored_ones_and_one_without_keeps_them(provider, rsps):
+    moved = "https://demo-acme.tradovateapi.com"
+    renewal = rsps.get(url("/auth/renewaccesstoken"), json={**login_body("token-2"), "apiHosts": {"demo": moved}})
+    renewed = provider.refresh_token(session())
+    assert renewed.extra["api_hosts"] == {"demo": f"{moved}/v1"}
+    rsps.get(f"{moved}/v1/account/list", json=[])
+    assert provider.get_accounts(renewed) == []
+
+    rsps.remove(renewal)
+    rsps.get(f"{moved}/v1/auth/renewaccesstoken", json=login_body("token-3"))
+    assert provider.refresh_token(renewed).extra["api_hosts"] == {"demo": f"{moved}/v1"}

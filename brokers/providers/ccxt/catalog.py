@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ccxt
 
-from brokers.providers.ccxt.family import CATALOG_FILE, FAMILY, CcxtProvider
+from brokers.providers.ccxt.family import ACCOUNT_LABELS, ACCOUNT_TYPES, CATALOG_FILE, FAMILY, CcxtProvider
 from brokers.providers.ccxt.transport import SLOTS_PER_COST
 from brokers.providers.ratelimit import LIMITS_FILE
 
@@ -29,6 +29,14 @@ SHORTEST_WINDOW_S = 2
 MARGIN = 0.8
 # ccxt's names where ours would confuse: the journal has its own Alpaca (stocks) provider.
 DISPLAY_NAMES = {"alpaca": "Alpaca Crypto"}
+# Exchanges whose trade history needs a value ccxt does not declare in requiredCredentials, so
+# our form would not ask for it and every sync would fail: not offered, for the reason given
+# (docs/brokers/ccxt.md lists them).
+NOT_OFFERED = {
+    "derive": "its trade history needs a subaccount id, which ccxt takes as an option, not as a credential",
+    "pacifica": "its trade history needs the account's wallet address, which ccxt does not declare beside "
+    "the private key",
+}
 
 
 def catalog() -> dict[str, dict]:
@@ -36,7 +44,10 @@ def catalog() -> dict[str, dict]:
     entries = {}
     for exchange_id in ccxt.exchanges:
         exchange = getattr(ccxt, exchange_id)()
-        if not exchange.has.get("fetchMyTrades"):
+        if not exchange.has.get("fetchMyTrades") or exchange_id in NOT_OFFERED:
+            continue
+        account_types = readable_types(exchange_id)
+        if not account_types:
             continue
         entries[exchange_id] = {
             "name": DISPLAY_NAMES.get(exchange_id, exchange.name),
@@ -45,6 +56,7 @@ def catalog() -> dict[str, dict]:
             "rate_limit_ms": exchange.rateLimit,
             "lists_per_market": needs_symbol(exchange_id),
             "pages_by_until": reads_until(exchange_id),
+            "account_types": account_types,
         }
     return entries
 
@@ -84,17 +96,52 @@ def limits_section() -> str:
     return "\n".join(lines) + "\n"
 
 
-def needs_symbol(exchange_id: str) -> bool:
-    """Whether the exchange lists trades only per market (ccxt raises ArgumentsRequired without one)."""
+def _probe(exchange_id: str, markets: list[dict]):
+    """A client of the exchange that knows `markets` and raises instead of sending any request."""
     exchange = getattr(ccxt, exchange_id)()
-    exchange.set_markets([])
+    exchange.set_markets(markets)
 
     def no_network(*args, **kwargs):
         raise ccxt.NetworkError("catalog probe: no request is sent")
 
     exchange.fetch2 = no_network
+    return exchange
+
+
+def readable_types(exchange_id: str) -> list[str]:
+    """The account types whose trades ccxt can list for the exchange: it raises NotSupported for the
+    others before any request (ZebPay spot), and an account that can never sync is not created."""
+    readable = []
+    for market_type in ACCOUNT_TYPES:
+        contract = market_type != "spot"
+        symbol = "BTC/USDT:USDT-261225" if market_type == "future" else ("BTC/USDT:USDT" if contract else "BTC/USDT")
+        market = {
+            "id": "BTCUSDT",
+            "symbol": symbol,
+            "base": "BTC",
+            "quote": "USDT",
+            "settle": "USDT" if contract else None,
+            "type": market_type,
+            "spot": not contract,
+            "swap": market_type == "swap",
+            "future": market_type == "future",
+            "contract": contract,
+            "linear": True if contract else None,
+        }
+        try:
+            _probe(exchange_id, [market]).fetch_my_trades(symbol)
+        except ccxt.NotSupported:
+            continue
+        except Exception:  # noqa: BLE001, S112 - any other outcome means it got as far as a request
+            pass
+        readable.append(market_type)
+    return readable
+
+
+def needs_symbol(exchange_id: str) -> bool:
+    """Whether the exchange lists trades only per market (ccxt raises ArgumentsRequired without one)."""
     try:
-        exchange.fetch_my_trades()
+        _probe(exchange_id, []).fetch_my_trades()
     except ccxt.ArgumentsRequired:
         return True
     except Exception:  # noqa: BLE001 - any other outcome means it got as far as a request
@@ -113,19 +160,23 @@ def doc_rows() -> str:
     rows = [
         DOC_MARK,
         "",
-        "| exchange | key | credentials | sandbox | trades listed | history paged | limit per key (slots / window) |",
-        "|---|---|---|---|---|---|---|",
+        "| exchange | key | credentials | accounts | sandbox | trades listed | history paged "
+        "| limit per key (slots / window) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for provider in FAMILY.values():
         fields = ", ".join(f.label for f in provider.credential_fields)
         per_market = json.loads(CATALOG_FILE.read_text())[provider.exchange_id]["lists_per_market"]
+        accounts = ", ".join(ACCOUNT_LABELS[t] for t in provider.account_types)
         strategy = "per market held (balances)" if per_market else "all markets at once"
         paging = "newest first (until)" if provider.pages_by_until else "oldest first (since)"
         sandbox = "yes" if provider.environments else "no"
         rows.append(
-            f"| {provider.display_name} | `{provider.key}` | {fields} | {sandbox} | {strategy} | {paging} "
+            f"| {provider.display_name} | `{provider.key}` | {fields} | {accounts} | {sandbox} | {strategy} | {paging} "
             f"| {shipped_slots(provider)} / {window_s(provider):g} s (ccxt {provider.rate_limit_ms:g} ms) |"
         )
+    rows += ["", "Not offered (every sync would fail):", ""]
+    rows += [f"- {getattr(ccxt, eid)().name} (`{eid}`): {why}." for eid, why in sorted(NOT_OFFERED.items())]
     return "\n".join(rows) + "\n"
 
 

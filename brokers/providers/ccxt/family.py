@@ -3,13 +3,13 @@
 Traders pick "Kraken" or "Binance" (key ccxt_kraken, ccxt_binance); every one of them is a
 CcxtProvider with the exchange's own name, credential fields (from ccxt's
 requiredCredentials), environments (a sandbox where ccxt knows a test URL) and limits entry.
-Requests go through our HTTP layer and limiter (ccxt_transport). Markets are public and
+Requests go through our HTTP layer and limiter (ccxt/transport.py). Markets are public and
 large, so they are cached in Redis per exchange for every worker, not fetched per sync.
-One BrokerAccount per market type (spot, swap, future) the exchange lists.
+One BrokerAccount per market type (spot, swap, future) the exchange lists and ccxt can read.
 
 The declarations come from exchanges.json, which `manage.py ccxt_catalog --write`
 generates from the installed ccxt (a test checks they agree): importing ccxt and building
-95 clients costs every process about a second, so ccxt is imported only when a ccxt
+93 clients costs every process about a second, so ccxt is imported only when a ccxt
 connection syncs.
 """
 
@@ -23,13 +23,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, ClassVar
 
-import structlog
 from django.conf import settings
 from django.core.cache import cache
 
 from brokers.providers.base import BrokerProvider
-from brokers.providers.ccxt.transport import SILENT_LOGGER, SessionThroughBrokerHTTP, call, lists_per_market_only
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError
+from brokers.providers.ccxt.transport import SILENT_LOGGER, ArgumentsMissing, SessionThroughBrokerHTTP, call
+from brokers.providers.errors import BrokerAuthError, UnreadableRow
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.types import (
     BUY,
@@ -39,6 +38,7 @@ from brokers.providers.types import (
     BrokerCredentials,
     BrokerTrade,
     CredentialField,
+    Fee,
 )
 
 # Market lists change when an exchange lists a coin; a few hours old is fine for reading trades.
@@ -49,7 +49,6 @@ ACCOUNT_TYPES = ("spot", "swap", "future")
 ACCOUNT_LABELS = {"spot": "spot", "swap": "perpetuals", "future": "futures"}
 ASSET_CLASSES = {"spot": "CRYPTO", "margin": "CRYPTO", "swap": "PERP", "future": "FUT"}
 CATALOG_FILE = Path(__file__).with_name("exchanges.json")
-log = structlog.get_logger("brokers.ccxt")
 
 
 def _field(name: str, exchange: str) -> CredentialField:
@@ -89,6 +88,8 @@ class CcxtProvider(BrokerProvider):
     rate_limit_ms: ClassVar[float]
     # Whether ccxt's fetchMyTrades for this exchange takes an `until` (end time) to page back by.
     pages_by_until: ClassVar[bool]
+    # The market types whose trades ccxt can list for this exchange (in ACCOUNT_TYPES order).
+    account_types: ClassVar[tuple[str, ...]]
     sync_overlap = timedelta(hours=1)
     # The first sync asks for a year; exchanges that keep less answer with what they keep.
     max_history = timedelta(days=365)
@@ -127,7 +128,7 @@ class CcxtProvider(BrokerProvider):
         since_ms, until_ms = _ms(since), _ms(until)
         try:
             yield from self._pages(exchange, account, None, since_ms, until_ms, params)
-        except lists_per_market_only():
+        except ArgumentsMissing:
             # The exchange lists trades per market only (Binance): ask per market the account holds.
             for symbol in self._held_markets(exchange, market_type, params):
                 yield from self._pages(exchange, account, symbol, since_ms, until_ms, params)
@@ -158,12 +159,18 @@ class CcxtProvider(BrokerProvider):
                     # ccxt names a market it does not list (delisted, or of a type whose markets
                     # we do not load) by the exchange's raw id: its type and currencies are
                     # unknown, so it is left out and said so rather than stopping every sync.
-                    log.warning("ccxt_trade_of_unknown_market", broker=self.key, market=item.get("symbol"))
+                    self.skip_unreadable(
+                        f"trade {item.get('id') or 'without id'} of market {item.get('symbol')}, "
+                        f"which {self.display_name} no longer lists"
+                    )
                     continue
                 if since_ms <= (item.get("timestamp") or 0) <= until_ms and (
                     self._type_of(exchange, item.get("symbol")) == account.external_id
                 ):
-                    yield self._trade(exchange, item, account)
+                    try:
+                        yield self._trade(exchange, item, account)
+                    except UnreadableRow as exc:
+                        self.skip_unreadable(str(exc))
             times = [t.get("timestamp") or 0 for t in page]
             if backward and min(times) <= since_ms or not backward and max(times) >= until_ms:
                 return
@@ -173,9 +180,8 @@ class CcxtProvider(BrokerProvider):
         try:
             symbol = item["symbol"]
             market = exchange.markets.get(symbol) or {}
-            fee = item.get("fee") or next(iter(item.get("fees") or []), None) or {}
-            fee_cost = Decimal(fee["cost"]) if fee.get("cost") not in (None, "") else Decimal("0")
             currency = market.get("quote") or symbol.split("/")[1].split(":")[0]
+            main, others = _fees(item, currency)
             return BrokerTrade(
                 broker_trade_id=_trade_key(item),
                 account_external_id=account.external_id,
@@ -186,8 +192,9 @@ class CcxtProvider(BrokerProvider):
                 executed_at=datetime.fromtimestamp(item["timestamp"] / 1000, UTC),
                 # A maker rebate comes as a negative fee: the journal records fees as costs, so
                 # it is 0 here and the rebate stays in raw.
-                fees=max(fee_cost, Decimal("0")),
-                fee_currency=fee.get("currency") or "",
+                fees=max(main.cost, Decimal("0")),
+                fee_currency=main.currency,
+                other_fees=others,
                 currency=currency,
                 asset_class=ASSET_CLASSES.get(market.get("type"), "CRYPTO"),
                 multiplier=Decimal(str(market.get("contractSize") or 1)),
@@ -195,10 +202,8 @@ class CcxtProvider(BrokerProvider):
                 raw={k: item.get(k) for k in ("info", "takerOrMaker", "cost", "type", "fee", "fees")},
             )
         except (KeyError, IndexError, TypeError, ValueError, InvalidOperation):
-            raise BrokerAPIError(
-                f"{self.display_name} sent a trade we could not read (trade {item.get('id', 'without id')}). "
-                "Retrying will not help — please report it.",
-                provider=self.key,
+            raise UnreadableRow(
+                f"trade {item.get('id') or 'without id'}: no side, amount, price, time or fee we can read"
             ) from None
 
     def _held_markets(self, exchange, market_type: str, params) -> list[str]:
@@ -231,24 +236,48 @@ class CcxtProvider(BrokerProvider):
         override = settings.BROKER_BASE_URLS.get(self.key)
         if override:
             exchange.urls["api"] = _pointed_at(exchange.urls["api"], override.rstrip("/"))
-        exchange.set_markets(self._markets(exchange))
+        loaded = cache.get(self._markets_key)
+        if loaded is None:
+            loaded = self._load_markets(exchange)
+            cache.set(self._markets_key, loaded, MARKETS_TTL_S)
+        # A fresh load is applied from the same record as a cached one, so both give a fill
+        # the same symbol, currency and trade id.
+        exchange.set_markets(loaded["markets"], loaded["currencies"])
+        exchange.options.update(loaded["helpers"])
         return exchange
 
-    def _markets(self, exchange) -> list[dict]:
-        key = f"ccxt-markets:{self.exchange_id}:{self.environment}"
-        markets = cache.get(key)
-        if markets is None:
-            wanted = exchange.options.get("fetchMarkets")
-            if isinstance(wanted, dict) and "types" in wanted:
-                # Option markets run to thousands per exchange and hold no account of ours.
-                wanted["types"] = [t for t in wanted["types"] if t != "option"]
-            markets = self._call(exchange, exchange.fetch_markets)
-            cache.set(key, markets, MARKETS_TTL_S)
-        return markets
+    @property
+    def _markets_key(self) -> str:
+        return f"ccxt-markets:v2:{self.exchange_id}:{self.environment}"
+
+    def _load_markets(self, exchange) -> dict[str, Any]:
+        """The markets, and what ccxt sets beside them while loading that its parsers read later.
+
+        An exchange names that helper data in its `marketHelperProps` option (Hyperliquid: which
+        collateral each HIP-3 market settles in; Kraken: markets by their old names); ccxt copies
+        it with the markets when it shares them between clients, and so do we through the cache.
+        Such an exchange is loaded the whole way ccxt does it (currencies first), because its
+        helpers are built from them; elsewhere the market list alone is enough and is all we fetch.
+        """
+        wanted = exchange.options.get("fetchMarkets")
+        if isinstance(wanted, dict) and "types" in wanted:
+            # Option markets run to thousands per exchange and hold no account of ours.
+            wanted["types"] = [t for t in wanted["types"] if t != "option"]
+        helpers = exchange.options.get("marketHelperProps") or []
+        if helpers:
+            self._call(exchange, exchange.load_markets)
+            markets, currencies = list(exchange.markets.values()), exchange.currencies
+        else:
+            markets, currencies = self._call(exchange, exchange.fetch_markets), None
+        return {
+            "markets": markets,
+            "currencies": currencies,
+            "helpers": {name: exchange.options[name] for name in helpers if exchange.options.get(name) is not None},
+        }
 
     def _account_types(self, exchange) -> list[str]:
         present = {m.get("type") for m in exchange.markets.values()}
-        return [t for t in ACCOUNT_TYPES if t in present] or ["spot"]
+        return [t for t in self.account_types if t in present] or list(self.account_types[:1])
 
     def _type_of(self, exchange, symbol) -> str:
         market = exchange.markets.get(symbol)
@@ -288,6 +317,20 @@ def _trade_key(item: Mapping[str, Any]) -> str:
     return f"{item.get('symbol')}|{trade_id}"
 
 
+def _fees(item: Mapping[str, Any], currency: str) -> tuple[Fee, tuple[Fee, ...]]:
+    """The fee in the trade's currency (else the first one reported), and every other, each in its currency.
+
+    ccxt lists a trade's fees in `fees`, one per currency; where there are several, its single
+    `fee` is an empty placeholder, so `fee` is read only when the list is missing.
+    """
+    listed = [f for f in (item.get("fees") or [item.get("fee") or {}]) if f and f.get("cost") not in (None, "")]
+    fees = [Fee(currency=f.get("currency") or "", cost=Decimal(f["cost"])) for f in listed]
+    if not fees:
+        return Fee(currency="", cost=Decimal("0")), ()
+    main = next((f for f in fees if f.currency == currency), fees[0])
+    return main, tuple(f for f in fees if f is not main)
+
+
 def _nonzero(amount) -> bool:
     try:
         return amount is not None and Decimal(str(amount)) != 0
@@ -320,6 +363,7 @@ def provider_for(exchange_id: str, entry: Mapping[str, Any]) -> type[CcxtProvide
         "exchange_id": exchange_id,
         "rate_limit_ms": float(entry["rate_limit_ms"]),
         "pages_by_until": entry["pages_by_until"],
+        "account_types": tuple(entry["account_types"]),
         # Oldest first across the whole account only when one listing covers every market: the
         # engine then saves progress batch by batch and a paused backfill resumes where it stopped.
         "trades_ascending": not entry["pages_by_until"] and not entry["lists_per_market"],

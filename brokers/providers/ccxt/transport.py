@@ -86,22 +86,48 @@ class SessionThroughBrokerHTTP:
         """Nothing to close: BrokerHTTP's session outlives one ccxt client."""
 
 
-def lists_per_market_only() -> type[Exception]:
-    """ccxt's "this exchange needs a symbol" error (ccxt is imported only once a ccxt connection syncs)."""
-    return importlib.import_module("ccxt").ArgumentsRequired
+class ArgumentsMissing(BrokerAPIError):
+    """ccxt's ArgumentsRequired: the call needs a value we did not give. For fetchMyTrades without
+    a market that means the exchange lists trades per market only, and the caller asks per market;
+    anywhere else it reaches the run with its message."""
 
 
 def call(provider_key: str, name: str, scope: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run one ccxt method; its exceptions become our error tree, with our words and no secret.
 
-    ccxt's messages hold URLs and response bodies, so they are never passed on. ArgumentsRequired
-    passes through unchanged: it means "ask per market", and the caller switches to that.
+    ccxt's messages hold URLs and response bodies, so they are never passed on.
     """
     ccxt = importlib.import_module("ccxt")
     try:
         return fn(*args, **kwargs)
-    except (BrokerError, ccxt.ArgumentsRequired):
+    except BrokerError:
         raise
+    except ccxt.ArgumentsRequired:
+        raise ArgumentsMissing(
+            f"{name} needs a value the journal's connection form does not ask for (such as a subaccount id) "
+            "to read your trades. Retrying will not help — please report it, naming the exchange.",
+            provider=provider_key,
+        ) from None
+    except ccxt.NotSupported:
+        raise BrokerAPIError(
+            f"{name} does not let its API read the trades of this account type. Retrying will not help: "
+            "delete this account's connection, or report it if the exchange shows these trades on its website.",
+            provider=provider_key,
+        ) from None
+    except ccxt.InvalidNonce:
+        raise BrokerAPIError(
+            f"{name} refused the request's timestamp (the clocks disagree or two requests crossed). "
+            "The sync will try again shortly.",
+            provider=provider_key,
+            transient=True,
+        ) from None
+    except ccxt.BadSymbol:
+        raise BrokerAPIError(
+            f"{name} no longer lists a market we asked about (delisted or renamed). The market list is "
+            "reloaded within a few hours and the sync will try again then.",
+            provider=provider_key,
+            transient=True,
+        ) from None
     except ccxt.PermissionDenied:
         raise BrokerAuthError(
             f"{name} accepted the API key but it may not read balances or trade history. Give the key "
