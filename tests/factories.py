@@ -1,11 +1,14 @@
 """Connections, accounts and their fills as the product makes them, with defaults a test overrides."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+
+from django.utils import timezone
 
 from brokers import services
 from brokers.models import BrokerAccount, BrokerConnection
-from brokers.providers.types import BrokerTrade
+from brokers.providers.demo import DemoProvider
+from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerTrade
 from journal.importing import import_trades
 from journal.positions import ChangedInstruments, positions_recompute
 
@@ -48,3 +51,11 @@ def account_with(owner, fills, external_id="ACC-1") -> BrokerAccount:
     import_trades(account.pk, fills, on_batch_committed=changes.add)
     positions_recompute(changed=changes.since)
     return account
+
+
+def recent_demo_fill() -> BrokerTrade:
+    """A demo futures fill of the last hours, as a sync of the demo broker reads it: whether its position is
+    still open or closed since, the journal differs from the broker without it (the hour-end close counts it)."""
+    now = timezone.now()
+    account = BrokerAccountInfo("DEMO-FUT-1", "f")
+    return next(DemoProvider().get_trades(AuthResult(token="t"), account, now - timedelta(hours=2), now))

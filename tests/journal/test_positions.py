@@ -1,5 +1,6 @@
 """Stored round trips and open positions follow the fills: recomputed on import, late fills and deletions included."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
@@ -7,11 +8,11 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.db.models import Sum
-from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers.providers.types import BrokerTrade
+from brokers.providers.demo import DemoProvider
+from brokers.providers.types import BrokerTrade, Fee
 from journal.importing import import_trades
 from journal.models import RoundTrip, Trade
 from journal.positions import ChangedInstruments, positions_recompute, positions_recompute_account
@@ -43,6 +44,12 @@ def es(n, side, qty, price, minute):
     )
 
 
+def stored(trips):
+    return sorted(
+        ((t.opened_at, t.closed_at, t.side, t.size, t.gross_pnl, t.fees, t.open_quantity) for t in trips), key=str
+    )
+
+
 def imported(account, trades):
     """As a sync imports: what each batch changed is recomputed."""
     changes = ChangedInstruments(account.pk)
@@ -64,13 +71,80 @@ def test_a_fill_that_arrives_late_and_out_of_order_is_placed_where_it_happened(a
 
 
 @pytest.mark.django_db
-def test_a_deleted_fill_leaves_the_computation(account):
+def test_a_fill_deleted_in_the_admin_leaves_the_round_trips_and_no_sync_brings_it_back(account, admin_client):
     imported(account, [es(1, "BUY", 2, "5900", 0), es(2, "SELL", 2, "5910", 30)])
-    assert RoundTrip.objects.get(account=account).closed_at is not None
-    Trade.objects.filter(broker_trade_id="ES-2").update(deleted_at=timezone.now())
-    positions_recompute_account(account_id=account.pk)
+    sale = Trade.objects.get(broker_trade_id="ES-2")
+    assert admin_client.post(f"/admin/journal/trade/{sale.pk}/delete/", {"post": "yes"}).status_code == 302
     (still_open,) = RoundTrip.objects.filter(account=account)
     assert (still_open.closed_at, still_open.open_quantity, still_open.fill_count) == (None, 2, 1)
+    imported(account, [es(2, "SELL", 2, "5910", 30)])
+    assert RoundTrip.objects.get(account=account).closed_at is None
+    assert Trade.objects.get(broker_trade_id="ES-2").deleted_at is not None
+
+
+@pytest.mark.django_db
+def test_a_busted_fill_leaves_the_round_trips_from_its_own_moment_whenever_the_bust_arrives(account):
+    imported(account, [es(1, "BUY", 2, "5900", 0), es(2, "SELL", 2, "5910", 30), es(3, "BUY", 1, "5920", 40)])
+    assert RoundTrip.objects.filter(account=account).count() == 2
+    # The broker voids the sale a day later; its bust record carries the day it was made.
+    imported(account, [replace(es(2, "SELL", 2, "5910", 24 * 60), busted=True)])
+    (still_open,) = RoundTrip.objects.filter(account=account)
+    assert (still_open.closed_at, still_open.open_quantity, still_open.fill_count) == (None, 3, 2)
+    assert not Trade.objects.get(broker_trade_id="ES-2").round_trips.exists()
+    # A broker repeats its busts on every read: nothing more is voided or recomputed.
+    trip_id = still_open.pk
+    imported(account, [replace(es(2, "SELL", 2, "5910", 24 * 60), busted=True)])
+    assert RoundTrip.objects.get(account=account).pk == trip_id
+
+
+@pytest.mark.django_db
+def test_a_bust_a_sync_reads_takes_its_fill_out_of_the_round_trips(account, monkeypatch):
+    connection = account.connection
+    run_inline(connection.pk)
+    voided = factories.recent_demo_fill()
+    reads = DemoProvider.get_trades
+
+    def with_the_bust(self, auth, broker_account, since, until):
+        yield from reads(self, auth, broker_account, since, until)
+        if broker_account.external_id == voided.account_external_id:
+            yield replace(voided, busted=True)
+
+    monkeypatch.setattr(DemoProvider, "get_trades", with_the_bust)
+    log = run_inline(connection.pk)
+    fill = Trade.objects.get(account__connection=connection, broker_trade_id=voided.broker_trade_id)
+    assert fill.deleted_at is not None and not fill.round_trips.exists()
+    assert sum(a.get("busted", 0) for a in log.detail.values()) == 1
+    synced = stored(RoundTrip.objects.filter(account=fill.account))
+    positions_recompute_account(account_id=fill.account_id)
+    assert synced == stored(RoundTrip.objects.filter(account=fill.account))
+
+
+@pytest.mark.django_db
+def test_fees_in_every_currency_reach_the_round_trip_and_only_the_instruments_own_reduce_its_net(account):
+    def btc(n, side, minute, **fees):
+        return BrokerTrade(
+            broker_trade_id=f"BTC-{n}",
+            account_external_id="ACC-1",
+            symbol="BTC/USDT",
+            side=side,
+            quantity=D("0.5"),
+            price=D("90000") + minute,
+            executed_at=T0 + timedelta(minutes=minute),
+            asset_class="CRYPTO",
+            currency="USDT",
+            **fees,
+        )
+
+    imported(
+        account,
+        [
+            btc(1, "BUY", 0, fees=D("9"), other_fees=(Fee("GT", D("2.2")), Fee("USDT", D("0.5")))),
+            btc(2, "SELL", 10, fees=D("0.0001"), fee_currency="BTC", other_fees=(Fee("POINT", D("3")),)),
+        ],
+    )
+    (trip,) = RoundTrip.objects.filter(account=account)
+    assert (trip.gross_pnl, trip.fees, trip.net_pnl) == (D("5"), D("9.5"), D("-4.5"))
+    assert trip.other_fees == {"GT": "2.2", "BTC": "0.0001", "POINT": "3"}
 
 
 @pytest.mark.django_db
@@ -141,11 +215,6 @@ def test_fills_arriving_in_any_order_and_batches_give_the_round_trips_of_one_who
     arrival = data.draw(st.permutations(fills))
     for start in range(0, len(arrival), batch):
         imported(account, arrival[start : start + batch])
-
-    def stored(trips):
-        return sorted(
-            ((t.opened_at, t.closed_at, t.side, t.size, t.gross_pnl, t.fees, t.open_quantity) for t in trips), key=str
-        )
 
     incremental = stored(RoundTrip.objects.filter(account=account))
     positions_recompute_account(account_id=account.pk)

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from brokers.models import SyncLog
 from brokers.providers.demo import DemoProvider
-from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerPosition
+from brokers.providers.types import BrokerPosition
 from journal.models import Trade
 from journal.reconciling import position_differences
 from sync.runs import run_inline
@@ -30,14 +30,6 @@ def tradovate(settings):
         yield fake
 
 
-def a_recent_fill():
-    """A demo fill of the last hours: whether its position is still open or was closed since, the journal
-    differs from the broker without it (the broker's hour-end close, or its open quantity, counts it)."""
-    now = timezone.now()
-    account = BrokerAccountInfo("DEMO-FUT-1", "f")
-    return next(DemoProvider().get_trades(AuthResult(token="t"), account, now - timedelta(hours=2), now))
-
-
 @pytest.mark.django_db
 def test_a_sync_finds_the_journal_and_the_demo_broker_in_agreement_and_says_so(trader_client, demo):
     log = run_inline(demo.pk)
@@ -49,7 +41,7 @@ def test_a_sync_finds_the_journal_and_the_demo_broker_in_agreement_and_says_so(t
 
 @pytest.mark.django_db
 def test_a_fill_the_broker_did_not_send_shows_on_the_card_and_clears_once_it_arrives(trader_client, demo, monkeypatch):
-    lost = a_recent_fill()
+    lost = factories.recent_demo_fill()
     reads_fills = DemoProvider.get_trades
 
     def without_the_lost_fill(self, auth, account, since, until):
@@ -75,7 +67,7 @@ def test_a_fill_the_broker_did_not_send_shows_on_the_card_and_clears_once_it_arr
 @pytest.mark.django_db
 def test_a_deleted_fill_counts_as_missing_and_no_fill_is_invented(demo):
     run_inline(demo.pk)
-    fill = Trade.objects.get(broker_trade_id=a_recent_fill().broker_trade_id)
+    fill = Trade.objects.get(broker_trade_id=factories.recent_demo_fill().broker_trade_id)
     Trade.objects.filter(pk=fill.pk).update(deleted_at=timezone.now())
     count = Trade.objects.count()
     log = run_inline(demo.pk)
