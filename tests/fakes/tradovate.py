@@ -14,6 +14,8 @@ Faults, besides the generic ones of tests/fakes/loopback.py (delay_s, delays, fa
     penalize(times, p_time, captcha)   HTTP 200 with a penalty ticket instead of data
     lock_out(times, retry_after)       HTTP 429 (or 423) with an empty body (optional Retry-After)
     add_late_fill(account, at)         a fill executed at `at` appears in the listing now
+    withhold(fill_id, withheld)        the listing leaves the fill out while the positions count it (a fill
+                                       the fills API has not delivered), until withheld is False
     move(user, host, announce)         NinjaTrader's organisation hosts (from 3 October 2026): the user's
                                        calls with a token get 307 to `host` (an OrganisationHost), and
                                        token answers name it in apiHosts unless announce is False
@@ -126,6 +128,7 @@ class FakeTradovate(LoopbackServer):
         self._lockouts: list[_Lockout] = []
         self._fill_ids = itertools.count(1)
         self._homes: dict[str, tuple[OrganisationHost, bool]] = {}  # login name -> (its host, announced)
+        self._withheld: set[int] = set()  # fill ids the listing leaves out
         # A second apart, the last a minute ago: inside a first sync's window however many there are.
         start = datetime.now(UTC) - timedelta(minutes=1, seconds=sum(users.values()) * fills_per_account)
         executed = (start + timedelta(seconds=s) for s in itertools.count())
@@ -152,7 +155,7 @@ class FakeTradovate(LoopbackServer):
         self.route("POST", "/auth/oauthtoken", self._oauth_token)
         self._codes: dict[str, str] = {}  # sign-in code -> login name
         self.route("GET", "/account/list", lambda r: self._data(r, lambda user: self.accounts[user]))
-        self.route("GET", "/fill/list", lambda r: self._data(r, lambda user: self.fills[user]))
+        self.route("GET", "/fill/list", lambda r: self._data(r, self._listed_fills))
         self.route("GET", "/position/list", lambda r: self._data(r, self.positions))
         tables = {
             "order": self.orders,
@@ -204,6 +207,14 @@ class FakeTradovate(LoopbackServer):
                 }
             )
             return fill_id
+
+    def withhold(self, fill_id: int, withheld: bool = True) -> None:
+        """The listing leaves this fill out (or, withheld False, shows it again); the positions always count it."""
+        with self.lock:
+            (self._withheld.add if withheld else self._withheld.discard)(fill_id)
+
+    def _listed_fills(self, user: str) -> list[dict]:
+        return [f for f in self.fills[user] if f["id"] not in self._withheld]
 
     def positions(self, user: str) -> list[dict]:
         """What the user's active fills leave per account and contract, flat rows included (as Tradovate keeps them).
