@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from brokers.models import BrokerAccount, SyncLog
 from brokers.providers.base import BrokerProvider
-from brokers.providers.errors import BrokerAuthError, BrokerError
+from brokers.providers.errors import BrokerAuthError, BrokerError, BrokerRateLimitError
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerPosition
 from journal.importing import ImportResult, import_trades
 from journal.models import Trade
@@ -86,11 +86,12 @@ def _broker_positions(
 ) -> list[BrokerPosition] | None:
     """The broker's positions, or None: a broker that offers none, or fails to answer, skips the comparison only.
 
-    A refused session is raised, so the run logs in again as for any other call.
+    A refused session is raised, so the run logs in again as for any other call, and so is a
+    wait (a rate limit, a terminal still starting), which pauses the run as any call's does.
     """
     try:
         return provider.get_positions(auth, info)
-    except BrokerAuthError:
+    except (BrokerAuthError, BrokerRateLimitError):
         raise
     except BrokerError as exc:
         log.warning("positions_not_read", account=row.external_id, broker=provider.key, error=str(exc))
