@@ -325,12 +325,27 @@ class TradovateProvider(BrokerProvider):
         fills.sort(key=lambda f: (_utc(f["timestamp"]), f["id"]))
         instruments: dict[int, tuple[str, Decimal]] = {}
         for mine in _batches(fills, BATCH_SIZE):
-            fees = self._fill_fees(auth, [f["id"] for f in mine])
-            self._resolve_instruments(auth, {f["contractId"] for f in mine}, instruments)
+            # A busted fill (active false) counts only by its id: no fee or contract is looked up for it.
+            live = [f for f in mine if f.get("active", True)]
+            fees = self._fill_fees(auth, [f["id"] for f in live]) if live else {}
+            self._resolve_instruments(auth, {f["contractId"] for f in live}, instruments)
             yield from self.readable(mine, lambda fill, fees=fees: self._trade(fill, account, instruments, fees))
 
     def _trade(self, fill: dict, account: BrokerAccountInfo, instruments: dict, fees: dict) -> BrokerTrade:
         try:
+            if not fill.get("active", True):
+                # Busted: it never happened. Yielded so the import tombstones the fill if it was stored before.
+                return BrokerTrade(
+                    broker_trade_id=str(fill["id"]),
+                    account_external_id=account.external_id,
+                    symbol=str(fill.get("contractId") or ""),
+                    side=SIDES.get(fill.get("action"), BUY),
+                    quantity=_decimal(fill.get("qty") or 1),
+                    price=_decimal(fill.get("price") or 0),
+                    executed_at=_utc(fill["timestamp"]),
+                    busted=True,
+                    raw=fill,
+                )
             symbol, multiplier = instruments[fill["contractId"]]
             return BrokerTrade(
                 broker_trade_id=str(fill["id"]),
@@ -375,15 +390,15 @@ class TradovateProvider(BrokerProvider):
         ]
 
     def _listing(self, auth: AuthResult) -> tuple[list[dict], dict[str, int]]:
-        """The active fills and each one's account (its order's): read once per run for every account.
+        """The listed fills and each one's account (its order's): read once per run for every account.
 
         The account tasks of one run share it through the run cache, so a connection with N
         accounts costs one listing and one round of order lookups, not N.
         """
 
         def fetch() -> bytes:
-            # active false marks a busted fill: it never happened.
-            fills = [f for f in self._list(auth, "/fill/list") if f.get("active", True)]
+            # Busted fills (active false) too: get_trades passes them on as busts.
+            fills = self._list(auth, "/fill/list")
             accounts = {}
             for batch in _batches(fills, BATCH_SIZE):
                 # A fill names no account: its order does.

@@ -16,6 +16,7 @@ Faults, besides the generic ones of tests/fakes/loopback.py (delay_s, delays, fa
     add_late_fill(account, at)         a fill executed at `at` appears in the listing now
     withhold(fill_id, withheld)        the listing leaves the fill out while the positions count it (a fill
                                        the fills API has not delivered), until withheld is False
+    bust(fill_id)                      the fill stays listed with active false, and leaves the positions
     move(user, host, announce)         NinjaTrader's organisation hosts (from 3 October 2026): the user's
                                        calls with a token get 307 to `host` (an OrganisationHost), and
                                        token answers name it in apiHosts unless announce is False
@@ -212,6 +213,13 @@ class FakeTradovate(LoopbackServer):
         """The listing leaves this fill out (or, withheld False, shows it again); the positions always count it."""
         with self.lock:
             (self._withheld.add if withheld else self._withheld.discard)(fill_id)
+
+    def bust(self, fill_id: int) -> None:
+        with self.lock:
+            for fills in self.fills.values():
+                for fill in fills:
+                    if fill["id"] == fill_id:
+                        fill["active"] = False
 
     def _listed_fills(self, user: str) -> list[dict]:
         return [f for f in self.fills[user] if f["id"] not in self._withheld]

@@ -110,3 +110,16 @@ def test_a_sync_agrees_with_tradovate_and_a_deleted_fill_is_flagged_by_the_next(
     log = run_inline(connection.pk)
     differences = [d for account in log.detail.values() for d in account["differences"]]
     assert [d["instrument"] for d in differences] == [deleted.symbol]
+
+
+@pytest.mark.django_db
+def test_a_fill_tradovate_busts_leaves_the_journal_and_its_positions_as_it_leaves_tradovate_s(trader, tradovate):
+    connection = tradovate_connection(trader, tradovate)
+    run_inline(connection.pk)
+    busted = Trade.objects.order_by("executed_at").first()
+    tradovate.bust(int(busted.broker_trade_id))
+    log = run_inline(connection.pk)
+    assert sum(account.get("busted", 0) for account in log.detail.values()) == 1
+    assert all(account["differences"] == [] for account in log.detail.values())
+    busted.refresh_from_db()
+    assert busted.deleted_at is not None and not busted.round_trips.exists()
