@@ -13,6 +13,7 @@ and no later sync brings it back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -167,7 +168,8 @@ def import_trades(
         if batch:
             fills = [t for t in batch if not t.busted]
             busts = [t for t in batch if t.busted]
-            with transaction.atomic(), connection.cursor() as cursor:
+            # One statement commits on its own; only busts (updates beside the insert) need a transaction.
+            with transaction.atomic() if busts else contextlib.nullcontext(), connection.cursor() as cursor:
                 inserted = insert(cursor, account_id, fills, now) if fills else 0
                 busted = _bust(account_id, busts, now)
             result += ImportResult(imported=inserted, skipped=len(fills) - inserted, busted=busted)

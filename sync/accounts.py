@@ -19,13 +19,14 @@ def import_account(
     row: BrokerAccount,
     info: BrokerAccountInfo,
     until: datetime,
-    run_started: datetime,
+    resumed_run_started: datetime | None,
 ) -> ImportResult:
-    """Import the account's trades in (cursor - overlap, run start]; the cursor moves once all committed.
+    """Import the account's trades in (cursor - overlap, run start]; the caller moves the cursor to `until`.
 
     The overlap only decides what to ask the broker for: providers pass on every fill the
     broker returned within max_history, and the journal's unique constraint drops the ones
-    it already has.
+    it already has. resumed_run_started is the run's start when an earlier attempt of the run
+    may have imported some of these trades (None on a run's first attempt: nothing to look up).
     """
     since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
     attempt_started = timezone.now()
@@ -43,9 +44,9 @@ def import_account(
                 BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=newest)
 
     result = import_trades(row.pk, provider.get_trades(auth, info, since, until), on_batch_committed=progress)
-    # Only now that every batch committed may the next sync start from `until`.
-    BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=until)
-    return _whole_run_counts(row, result, run_started, attempt_started, since)
+    if resumed_run_started is None:
+        return result
+    return _whole_run_counts(row, result, resumed_run_started, attempt_started, since)
 
 
 def _whole_run_counts(row: BrokerAccount, result: ImportResult, run_started, attempt_started, since) -> ImportResult:

@@ -56,9 +56,15 @@ def release(connection_id: int, run_id: str) -> None:
         log.warning("sync_lock_lost_before_release", connection_id=connection_id)
 
 
-def holder(connection_id: int) -> str | None:
-    value = redis_client().get(lock_key(connection_id))
-    return value.decode() if value is not None else None
+def holders(connection_ids: list[int], chunk: int = 1000) -> dict[int, str | None]:
+    """The run holding each connection's lock (None: free), a thousand keys per round trip:
+    the sweep checks every SYNCING connection, thousands of them at 100,000 connections."""
+    found: dict[int, str | None] = {}
+    for start in range(0, len(connection_ids), chunk):
+        ids = connection_ids[start : start + chunk]
+        values = redis_client().mget([lock_key(pk) for pk in ids])
+        found.update({pk: v.decode() if v is not None else None for pk, v in zip(ids, values, strict=True)})
+    return found
 
 
 class _Keeper:
