@@ -156,7 +156,8 @@ def import_trades(
 ) -> ImportResult:
     """Insert the trades of one account; duplicates are skipped and counted. Batches commit one by one.
 
-    on_batch_committed(batch) runs after each batch's commit, e.g. to record progress.
+    on_batch_committed(batch) runs after each batch's commit but the last of a source that ended well,
+    e.g. to record progress: after that one the caller records the whole import as done.
     """
     insert = _postgres_batch if connection.vendor == "postgresql" else _sqlite_batch
     result = ImportResult()
@@ -173,7 +174,7 @@ def import_trades(
                 inserted = insert(cursor, account_id, fills, now) if fills else 0
                 busted = _bust(account_id, busts, now)
             result += ImportResult(imported=inserted, skipped=len(fills) - inserted, busted=busted)
-            if on_batch_committed is not None:
+            if on_batch_committed is not None and (stopped is not None or len(batch) == size):
                 on_batch_committed(batch)
         if stopped is not None:
             raise stopped

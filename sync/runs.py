@@ -96,7 +96,8 @@ def start_run(connection_id: int, *, run_id: str, trigger: str, attempt: int = 1
         return None
     if not locks.acquire(connection.pk, run_id):
         return _record_skipped(connection, trigger, run_id, attempt)
-    sync_log = _open_log(connection, trigger, run_id, attempt, open_log_id)
+    earlier = SyncLog.objects.get(pk=open_log_id) if open_log_id is not None else None
+    sync_log = _open_log(connection, trigger, run_id, attempt, earlier)
     BrokerConnection.objects.filter(pk=connection.pk).update(
         status=BrokerConnection.Status.SYNCING, next_attempt_at=None, next_attempt_reason=""
     )
@@ -169,9 +170,9 @@ def _record_skipped(connection: BrokerConnection, trigger: str, run_id: str, att
 
 
 def _open_log(
-    connection: BrokerConnection, trigger: str, run_id: str, attempt: int, open_log_id: int | None = None
+    connection: BrokerConnection, trigger: str, run_id: str, attempt: int, existing: SyncLog | None
 ) -> SyncLog:
-    existing = SyncLog.objects.get(pk=open_log_id) if open_log_id is not None else _running_log(connection.pk, run_id)
+    """The run's log: the one an earlier attempt opened (`existing`), or a new one."""
     if existing:
         existing.connection = connection
         if attempt > existing.attempt:
@@ -357,7 +358,7 @@ def give_up(connection_id: int, run_id: str, trigger: str, exc: BaseException, a
         connection = BrokerConnection.objects.filter(pk=connection_id).first()
         if connection is None:
             return None
-        sync_log = _running_log(connection_id, run_id) or _open_log(connection, trigger, run_id, attempts)
+        sync_log = _running_log(connection_id, run_id) or _open_log(connection, trigger, run_id, attempts, None)
         if not isinstance(exc, (BrokerError, *DATABASE_ERRORS)):
             _bound(connection, sync_log).exception("sync_crashed", exc_info=exc)
         return _finish_failed(
