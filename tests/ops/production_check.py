@@ -260,9 +260,15 @@ def check_operator_endpoints(base: str, metrics_token: str) -> None:
     assert ready.status_code == 200, f"/readyz: {ready.status_code} {ready.text}"
     step(f"/readyz: {ready.json()}")
     assert requests.get(f"{base}/metrics", timeout=10).status_code == 403, "/metrics answered without its token"
-    metrics = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {metrics_token}"}, timeout=10)
-    assert metrics.status_code == 200, metrics.status_code
-    text = metrics.text
+
+    def metrics_after_the_sync() -> str | None:
+        # Trades show in the API as each batch commits; the run is counted when it closes, after
+        # its round trips are rebuilt, so wait for that.
+        metrics = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {metrics_token}"}, timeout=10)
+        assert metrics.status_code == 200, metrics.status_code
+        return metrics.text if 'tj_syncs_total{broker="demo"' in metrics.text else None
+
+    text = wait_for("the demo sync counted in /metrics", TRADES_DEADLINE_S, metrics_after_the_sync)
     synced = re.search(r'^tj_syncs_total\{broker="demo",outcome="SUCCESS"\} (\d+)', text, re.M)
     imported = re.search(r'^tj_trades_imported_total\{broker="demo"\} (\d+)', text, re.M)
     assert synced and int(synced.group(1)) >= 1, "tj_syncs_total does not count the demo sync"
