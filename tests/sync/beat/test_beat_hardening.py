@@ -21,11 +21,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SLACK_S = 2.5
 
 
-@pytest.fixture(autouse=True)
-def real_queue(monkeypatch):
-    monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
-
-
 def long_untouched_connection(trader, label: str, interval: int, enabled: bool = True):
     """A connection whose schedule row was last saved long ago, behind 1,500 other rows: beat's change read
     does not see it, and its slow sweep takes over a minute to reach it."""

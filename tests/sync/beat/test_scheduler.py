@@ -22,11 +22,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 LONG_AGO = timezone.now() - timedelta(days=1)
 
 
-@pytest.fixture(autouse=True)
-def real_queue(monkeypatch):
-    monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
-
-
 @pytest.fixture
 def queue():
     client = redis.Redis.from_url(settings.REDIS_URL)

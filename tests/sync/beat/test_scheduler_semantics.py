@@ -21,16 +21,9 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 
 from brokers import periodic_tasks
 from config.celery_app import app as celery_app
-from sync.beat.scheduler import IncrementalScheduler
+from tests.sync.beat.test_scheduler import LONG_AGO, every, new_scheduler, read_changes_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-LONG_AGO = timezone.now() - timedelta(days=1)
-
-
-@pytest.fixture(autouse=True)
-def real_queue(monkeypatch):
-    monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
 
 
 @pytest.fixture
@@ -53,18 +46,6 @@ def messages():
 
 def names(messages: list[dict]) -> list[str]:
     return [message["headers"]["periodic_task_name"] for message in messages]
-
-
-def new_scheduler() -> IncrementalScheduler:
-    return IncrementalScheduler(app=celery_app, max_interval=0.2)
-
-
-def read_changes_now(scheduler: IncrementalScheduler) -> None:
-    scheduler._next_read = 0.0
-
-
-def every(seconds: int) -> IntervalSchedule:
-    return IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)[0]
 
 
 def task(name: str, *, last_run_at=LONG_AGO, **fields) -> PeriodicTask:
