@@ -7,8 +7,8 @@ does (which adds the account at MetaApi) and synced through `sync.runs.run_inlin
 shipped limits and a look every --poll-s while the terminal connects. Measured in the same run:
 
 - requests made, against the fewest that can do the job: find + add the account, the account
-  once for the run's accounts, deploy, one look once connected, the pages of 1,000 each window
-  needs, one specification per symbol, undeploy. Looks while the terminal connects are counted
+  once for the run's accounts, deploy, one look once connected, the open positions, the pages of
+  1,000 each window needs, one specification per symbol, undeploy. Looks while the terminal connects are counted
   apart: they are the pause's cost (connect time / poll interval), not reading;
 - wall time of the reading (from the look that found the terminal connected to the undeploy),
   against the time those requests take at MetaApi's published rate spread evenly (1,000 CPU
@@ -143,7 +143,7 @@ def report(r: dict, args) -> None:
         kind = kind.split("/symbols/")[0] + "/symbols/…/specification" if "/symbols/" in kind else kind
         by_kind[kind] = by_kind.get(kind, 0) + 1
     pages = sum(n // PAGE_SIZE + 1 for n in r["deals_per_window"])
-    fewest = 2 + 1 + 1 + 1 + pages + len(SYMBOLS) + 1
+    fewest = 2 + 1 + 1 + 1 + 1 + pages + len(SYMBOLS) + 1
     looks = [t for t, method, path in arrivals if method == "GET" and path == account]
     # Looks beyond get_accounts' one and the one that found the terminal connected: the pause's cost.
     waiting_looks = len(looks) - 2

@@ -6,8 +6,9 @@ request books its slot in Redis and a first sync that needs more pauses as produ
 Measured in the same run:
 
 - requests made, against the fewest with our day-long windows (one login, one account
-  search, one trade search per day of max_history and account, one lookup per contract), and
-  against the fewest the API could allow if its trade search has no cap (one per account);
+  search, one open-positions read and one trade search per day of max_history per account,
+  one lookup per contract), and against the fewest the API could allow if its trade search
+  has no cap (one per account);
 - wall time, against the documented rate's floor for those requests: a client allowed 200
   in any 60 s needs (ceil(requests / 200) - 1) × 60 s at least;
 - the most requests that reached the simulator in any 60 s (limit respected: ≤ 200, and our
@@ -102,8 +103,8 @@ def report(r: dict, sim) -> None:
     for _, path in arrivals:
         by_path[path] = by_path.get(path, 0) + 1
     windows = math.ceil(r["days"])
-    fewest_windowed = 1 + 1 + len(ACCOUNTS) * windows + len(CONTRACTS)
-    fewest_uncapped = 1 + 1 + len(ACCOUNTS) + len(CONTRACTS)
+    fewest_windowed = 1 + 1 + len(ACCOUNTS) * (1 + windows) + len(CONTRACTS)
+    fewest_uncapped = 1 + 1 + len(ACCOUNTS) * 2 + len(CONTRACTS)
     floor_s = (math.ceil(len(arrivals) / 200) - 1) * 60
     peak = max(sum(1 for t, _ in arrivals[i:] if t - start < 60) for i, (start, _) in enumerate(arrivals))
     print()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from brokers import periodic_tasks
-from brokers.models import BrokerConnection
+from brokers import periodic_tasks, sessions
+from brokers.models import BrokerConnection, SyncLog
+from brokers.providers.errors import BrokerConfigurationError
+from brokers.providers.registry import get_provider_class
 
 
 def periodic_tasks_for(connections) -> dict[str, PeriodicTask]:
@@ -37,6 +40,43 @@ def link_days_left(connection: BrokerConnection) -> int | None:
     if ends is None or connection.credentials_rejected:
         return None
     return max(0, (ends - timezone.now()).days)
+
+
+@dataclass(frozen=True)
+class UnsyncedSession:
+    """The last trading day of a short-history broker that no successful sync read after its close."""
+
+    day: date
+    closed_at: datetime
+    # True while the broker still returns that day's fills: a sync now saves them.
+    still_readable: bool
+
+
+def unsynced_session(connection: BrokerConnection, now: datetime | None = None) -> UnsyncedSession | None:
+    """The broker's last closed session if no successful run started after its close within the broker's reach.
+
+    Only for brokers that declare a short history_reach and the calendar they trade on
+    (Tradovate); a session that closed before the connection existed is not judged.
+    """
+    try:
+        provider = get_provider_class(connection.broker_type)
+    except BrokerConfigurationError:
+        return None
+    if not (provider.history_reach and provider.session_calendar):
+        return None
+    now = now or timezone.now()
+    latest = sessions.last_close(provider.session_calendar, now)
+    if latest is None or latest[1] < connection.created_at:
+        return None
+    day, closed_at = latest
+    reach_ends = closed_at + provider.reach()
+    read = SyncLog.objects.filter(
+        connection=connection,
+        status__in=(SyncLog.Status.SUCCESS, SyncLog.Status.PARTIAL),
+        started_at__gte=closed_at,
+        started_at__lt=reach_ends,
+    ).exists()
+    return None if read else UnsyncedSession(day, closed_at, now < reach_ends)
 
 
 def connection_of_login(*, owner, broker_type: str, environment: str, account_ids) -> BrokerConnection | None:

@@ -17,12 +17,20 @@ from brokers.forms import (
     interval_choices,
 )
 from brokers.models import BrokerConnection, SyncLog
-from brokers.vocabulary import DisplayStatus, advice, display_status
+from brokers.vocabulary import (
+    POSITION_ADVICE,
+    DisplayStatus,
+    advice,
+    display_status,
+    position_difference,
+    session_not_synced,
+)
 
 # The badge polls faster while a sync runs, so the trader sees it finish within seconds.
 POLL_SECONDS = {DisplayStatus.SYNCING: 2, DisplayStatus.RETRYING: 5}
 POLL_SECONDS_DEFAULT = 5
 FINISHED_RUNS = [SyncLog.Status.SUCCESS, SyncLog.Status.PARTIAL, SyncLog.Status.FAILED, SyncLog.Status.INTERRUPTED]
+SUCCEEDED_RUNS = [SyncLog.Status.SUCCESS, SyncLog.Status.PARTIAL]
 
 
 def _own_connection(request, pk) -> BrokerConnection:
@@ -43,6 +51,11 @@ def _with_status(connections) -> list[BrokerConnection]:
             last_run_imported=Subquery(last_run.values("trades_imported")[:1]),
             last_run_skipped=Subquery(last_run.values("trades_skipped")[:1]),
             last_error_kind=Subquery(last_error.values("error_kind")[:1]),
+            # The positions the last successful run compared (sync stores them in its detail).
+            last_checked_detail=Subquery(
+                runs.filter(status__in=SUCCEEDED_RUNS).order_by("-started_at", "-id").values("detail")[:1],
+                output_field=JSONField(),
+            ),
             first_run_detail=Subquery(first_run.values("detail")[:1], output_field=JSONField()),
         ).prefetch_related("accounts")
     )
@@ -54,8 +67,24 @@ def _with_status(connections) -> list[BrokerConnection]:
         c.poll_seconds = POLL_SECONDS.get(c.display_status, POLL_SECONDS_DEFAULT)
         c.interval_choices = interval_choices(c.sync_interval_min)
         c.link_days_left = selectors.link_days_left(c)
+        _with_position_check(c)
+        unsynced = selectors.unsynced_session(c)
+        c.session_warning = (
+            session_not_synced(unsynced.day, c.provider_name, unsynced.still_readable) if unsynced else ""
+        )
         c.first_import_notes = [r["note"] for r in (c.first_run_detail or {}).values() if r.get("note")]
     return rows
+
+
+def _with_position_check(c: BrokerConnection) -> None:
+    """What the last successful run found comparing positions: None when the broker reports none."""
+    detail = c.last_checked_detail or {}
+    checked = [account for account in detail.values() if isinstance(account, dict) and "differences" in account]
+    c.positions_checked = bool(checked)
+    c.position_differences = [
+        position_difference(record, c.provider_name) for account in checked for record in account["differences"]
+    ]
+    c.position_advice = POSITION_ADVICE if c.position_differences else ""
 
 
 def _list_context(request) -> dict:

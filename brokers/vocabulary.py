@@ -70,3 +70,39 @@ def advice(connection, last_error_kind: str) -> str:
     if last_error_kind in (ErrorKind.INTERNAL, ErrorKind.SUPERSEDED):
         return "Nothing to do on your side: the next sync runs at its usual time."
     return "Check the connection at the broker (API access, permissions), then press Sync now."
+
+
+POSITION_ADVICE = (
+    "Press Sync now: a fill the broker reports late clears this by itself. If it stays, compare this "
+    "instrument's fills on the Trades page with the broker's statement: a position opened before the "
+    "journal's history begins, a split or an assignment also shows here. The journal never adds or "
+    "removes a fill to match the broker."
+)
+
+
+def holding(quantity: str, instrument: str) -> str:
+    """A signed quantity as a trader says it: long 3 ESZ6, short 2 NQZ6, flat ESZ6."""
+    if quantity.startswith("-"):
+        return f"short {quantity[1:]} {instrument}"
+    return f"long {quantity} {instrument}" if quantity != "0" else f"flat {instrument}"
+
+
+def position_difference(record: dict, broker_name: str) -> str:
+    """One instrument where the journal and the broker disagree, from the run's stored record."""
+    journal = holding(record["journal"], record["instrument"])
+    broker = holding(record["broker"], "").strip()
+    return f"Journal: {journal} · {broker_name}: {broker} — a fill may be missing or doubled."
+
+
+def session_not_synced(day, provider_name: str, still_readable: bool) -> str:
+    """The card's warning for a trading day no sync read after its close (a broker with a short history)."""
+    weekday = f"{day:%A}"
+    if still_readable:
+        return (
+            f"{weekday}'s session has closed and no sync has read it since. {provider_name} returns only "
+            f"the current trading day: press Sync now, or fills of {weekday} may be missing."
+        )
+    return (
+        f"{weekday} was not synced after the close; fills of that day may be missing. Compare "
+        f"{weekday}'s fills with {provider_name}'s statement and import the missing ones from it."
+    )

@@ -10,7 +10,7 @@ from brokers.api import (
     ConnectionViewSet,
     ProviderList,
 )
-from journal.api import TradeList
+from journal.api import CalendarView, PositionList, RoundTripList, TradeList
 
 app_name = "api"
 
@@ -23,6 +23,9 @@ urlpatterns = [
     path("connections/<int:pk>/logs/", ConnectionLogList.as_view(), name="connection-logs"),
     path("providers/", ProviderList.as_view(), name="providers"),
     path("trades/", TradeList.as_view(), name="trades"),
+    path("round-trips/", RoundTripList.as_view(), name="round-trips"),
+    path("positions/", PositionList.as_view(), name="positions"),
+    path("calendar/", CalendarView.as_view(), name="calendar"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI comes from our own static files (drf-spectacular-sidecar); the split view serves
     # its start-up script as a file, so the page passes the Content Security Policy.

@@ -1,8 +1,9 @@
-"""Read-only admin of trades: they come from brokers, never typed in."""
+"""Read-only admin of trades: they come from brokers, never typed in; a deleted one stays as a tombstone."""
 
 from django.contrib import admin
 
 from journal.models import REPORTED_FIELDS, Trade
+from journal.services import trades_delete
 
 
 @admin.register(Trade)
@@ -18,3 +19,9 @@ class TradeAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def delete_model(self, request, obj):
+        trades_delete(trades=Trade.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        trades_delete(trades=queryset)

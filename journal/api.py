@@ -1,8 +1,9 @@
-"""The JSON API of the journal: the trader's trades, newest first, filtered and cursor-paginated."""
+"""The JSON API of the journal: the trader's trades and round trips (cursor-paginated), open positions, the calendar."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+import calendar
+from datetime import UTC, date, datetime, time
 
 from django.db import models
 from django.utils.dateparse import parse_datetime
@@ -10,10 +11,11 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
 
-from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE, REPORTED_FIELDS, TRADE_DATE_RULE, Trade
+from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE, REPORTED_FIELDS, TRADE_DATE_RULE, RoundTrip, Trade
 from journal.numbers import plain
-from journal.selectors import trades_visible_to
+from journal.selectors import calendar_days, open_positions_of, round_trips_visible_to, trades_visible_to
 
 # Ids are 64-bit: a larger one cannot exist, and the database would refuse it with an error.
 MAX_ID = 2**63 - 1
@@ -50,11 +52,16 @@ class PlainDecimalField(serializers.DecimalField):
         return plain(value)
 
 
-class TradeSerializer(serializers.ModelSerializer):
+class PlainDecimalsSerializer(serializers.ModelSerializer):
+    """A model's decimals as PlainDecimalField writes them."""
+
     serializer_field_mapping = {
         **serializers.ModelSerializer.serializer_field_mapping,
         models.DecimalField: PlainDecimalField,
     }
+
+
+class TradeSerializer(PlainDecimalsSerializer):
     account_external_id = serializers.CharField(source="account.external_id", read_only=True)
     connection = serializers.IntegerField(source="account.connection_id", read_only=True)
 
@@ -125,3 +132,137 @@ class TradeList(generics.ListAPIView):
         if "until" in wanted:
             trades = trades.filter(executed_at__lt=wanted["until"])
         return trades
+
+
+class RoundTripFilterSerializer(serializers.Serializer):
+    account = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_ID, help_text="Only this account (its id)."
+    )
+    symbol = serializers.CharField(required=False, max_length=64, help_text="Only this symbol (any case).")
+    open = serializers.BooleanField(
+        required=False, allow_null=True, default=None, help_text="Only open (true) or closed (false)."
+    )
+
+
+class RoundTripSerializer(PlainDecimalsSerializer):
+    account_external_id = serializers.CharField(source="account.external_id", read_only=True)
+    fills = serializers.PrimaryKeyRelatedField(many=True, read_only=True, help_text="The ids of its trades.")
+
+    class Meta:
+        model = RoundTrip
+        fields = [
+            "id",
+            "account",
+            "account_external_id",
+            "symbol",
+            "expiry",
+            "strike",
+            "option_right",
+            "asset_class",
+            "currency",
+            "multiplier",
+            "side",
+            "opened_at",
+            "closed_at",
+            "trading_day",
+            "size",
+            "entry_average",
+            "exit_average",
+            "open_quantity",
+            "open_average",
+            "gross_pnl",
+            "fees",
+            "net_pnl",
+            "other_fees",
+            "gross_pnl_base",
+            "net_pnl_base",
+            "fill_count",
+            "fills",
+        ]
+        read_only_fields = fields
+
+
+class RoundTripPagination(TradePagination):
+    ordering = ("-opened_at", "-id")
+
+
+class RoundTripList(generics.ListAPIView):
+    """The trader's round trips from flat to flat, newest first; an open one is an open position."""
+
+    serializer_class = RoundTripSerializer
+    pagination_class = RoundTripPagination
+    queryset = RoundTrip.objects.none()
+
+    @extend_schema(parameters=[RoundTripFilterSerializer])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        filters = RoundTripFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        wanted = filters.validated_data
+        trips = round_trips_visible_to(self.request.user).prefetch_related("fills")
+        if "account" in wanted:
+            trips = trips.filter(account_id=wanted["account"])
+        if "symbol" in wanted:
+            trips = trips.filter(symbol__iexact=wanted["symbol"])
+        if wanted.get("open") is not None:
+            trips = trips.filter(closed_at__isnull=wanted["open"])
+        return trips
+
+
+class PositionList(generics.ListAPIView):
+    """The trader's open positions: the round trips not yet back to flat."""
+
+    serializer_class = RoundTripSerializer
+    pagination_class = None
+    queryset = RoundTrip.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return open_positions_of(self.request.user).prefetch_related("fills")
+
+
+class CalendarQuerySerializer(serializers.Serializer):
+    month = serializers.RegexField(r"^\d{4}-(0[1-9]|1[0-2])$", help_text="The month, YYYY-MM.")
+    account = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_ID, help_text="Only this account (its id)."
+    )
+
+    def validate_month(self, value):
+        if not EARLIEST_TRADE_DATE.year <= int(value[:4]) <= LATEST_TRADE_DATE.year:
+            raise serializers.ValidationError(TRADE_DATE_RULE)
+        return value
+
+
+class CalendarDaySerializer(serializers.Serializer):
+    trading_day = serializers.DateField()
+    round_trips = serializers.IntegerField(help_text="Round trips closed on this trading day.")
+    net_pnl = serializers.DictField(
+        child=PlainDecimalField(max_digits=38, decimal_places=18),
+        help_text="Net P&L after fees, per currency.",
+    )
+
+
+class CalendarView(generics.GenericAPIView):
+    """Each trading day of a month with round trips closed: how many, and their net P&L per currency."""
+
+    serializer_class = CalendarDaySerializer
+    pagination_class = None
+
+    @extend_schema(parameters=[CalendarQuerySerializer], responses=CalendarDaySerializer(many=True))
+    def get(self, request):
+        query = CalendarQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        year, month = map(int, query.validated_data["month"].split("-"))
+        first = date(year, month, 1)
+        last = date(year, month, calendar.monthrange(year, month)[1])
+        days = calendar_days(request.user, first, last, query.validated_data.get("account"))
+        rows = [
+            {"trading_day": day, "round_trips": values["count"], "net_pnl": values["net"]}
+            for day, values in sorted(days.items())
+        ]
+        return Response(CalendarDaySerializer(rows, many=True).data)

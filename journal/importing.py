@@ -151,11 +151,12 @@ def _batch_size() -> int:
 def import_trades(
     account_id: int,
     trades: Iterable[BrokerTrade],
-    on_batch_committed: Callable[[list[BrokerTrade]], None] | None = None,
+    on_batch_committed: Callable[[list[BrokerTrade], list[Trade]], None] | None = None,
 ) -> ImportResult:
     """Insert the trades of one account; duplicates are skipped and counted. Batches commit one by one.
 
-    on_batch_committed(batch) runs after each batch's commit, e.g. to record progress.
+    on_batch_committed(batch, voided) runs after each batch's commit with the stored fills its
+    busts tombstoned, e.g. to record progress and recompute what changed.
     """
     insert = _postgres_batch if connection.vendor == "postgresql" else _sqlite_batch
     result = ImportResult()
@@ -169,28 +170,34 @@ def import_trades(
             busts = [t for t in batch if t.busted]
             with transaction.atomic(), connection.cursor() as cursor:
                 inserted = insert(cursor, account_id, fills, now) if fills else 0
-                busted = _bust(account_id, busts, now)
-            result += ImportResult(imported=inserted, skipped=len(fills) - inserted, busted=busted)
+                voided = _bust(account_id, busts, now)
+            result += ImportResult(imported=inserted, skipped=len(fills) - inserted, busted=len(voided))
             if on_batch_committed is not None:
-                on_batch_committed(batch)
+                on_batch_committed(batch, voided)
         if stopped is not None:
             raise stopped
         if len(batch) < size:
             return result
 
 
-def _bust(account_id: int, busts: list[BrokerTrade], now: datetime) -> int:
-    """Tombstone the stored fills the broker voided, keeping its record of the bust; returns how many.
+def _bust(account_id: int, busts: list[BrokerTrade], now: datetime) -> list[Trade]:
+    """Tombstone the stored fills the broker voided, keeping its record of the bust; returns those fills.
 
     A tombstone, as a trader's deletion: no later sync brings the fill back. Busts are rare, so
-    one update each keeps the broker's own voided record with the fill it voided.
+    one update each keeps the broker's own voided record with the fill it voided. A bust of a
+    fill already tombstoned (brokers repeat them on every read) voids nothing new.
     """
-    busted = 0
+    voided = []
     for bust in busts:
-        busted += Trade.objects.filter(
+        stored = Trade.objects.filter(
             account_id=account_id, broker_trade_id=bust.broker_trade_id, deleted_at__isnull=True
-        ).update(deleted_at=now, raw=dict(bust.raw))
-    return busted
+        ).first()
+        # Written only if still standing: another import may have voided it in between.
+        if stored is not None and Trade.objects.filter(pk=stored.pk, deleted_at__isnull=True).update(
+            deleted_at=now, raw=dict(bust.raw)
+        ):
+            voided.append(stored)
+    return voided
 
 
 def _next_batch(iterator, size: int) -> tuple[list[BrokerTrade], Exception | None]:

@@ -93,6 +93,64 @@ REPORTED_FIELDS = (
 )
 
 
+class RoundTrip(models.Model):
+    """One position of one instrument from flat to flat, computed from the fills (journal.positions).
+
+    Open while closed_at is null: then it is the account's open position in that instrument
+    (open_quantity, signed, at the FIFO cost open_average). Never edited by hand: each import
+    recomputes the instruments it touched.
+    """
+
+    class Side(models.TextChoices):
+        LONG = "LONG", "Long"
+        SHORT = "SHORT", "Short"
+
+    account = models.ForeignKey("brokers.BrokerAccount", on_delete=models.CASCADE, related_name="round_trips")
+    # The instrument: a trade's symbol, and for options its expiry, strike and right.
+    symbol = models.CharField(max_length=64)
+    expiry = models.DateField(null=True, blank=True)
+    strike = models.DecimalField(**EXACT, null=True, blank=True)
+    option_right = models.CharField(max_length=1, blank=True)
+    asset_class = models.CharField(max_length=10)
+    currency = models.CharField(max_length=16)
+    multiplier = models.DecimalField(**EXACT)
+    side = models.CharField(max_length=5, choices=Side.choices)
+    opened_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    # The instrument's trading day of the close (journal.lots.trading_day): the calendar's day.
+    trading_day = models.DateField(null=True, blank=True)
+    size = models.DecimalField(**EXACT)
+    entry_average = models.DecimalField(**EXACT)
+    exit_average = models.DecimalField(**EXACT, null=True, blank=True)
+    open_quantity = models.DecimalField(**EXACT, default=0)
+    open_average = models.DecimalField(**EXACT, null=True, blank=True)
+    gross_pnl = models.DecimalField(**EXACT)
+    fees = models.DecimalField(**EXACT)
+    net_pnl = models.DecimalField(**EXACT)
+    # Fees charged in other currencies than `currency`, {currency: amount as text}: not in net_pnl.
+    other_fees = models.JSONField(default=dict, blank=True)
+    # In the account's base currency; null when a fill of the round trip carries no FX rate.
+    gross_pnl_base = models.DecimalField(**EXACT, null=True, blank=True)
+    net_pnl_base = models.DecimalField(**EXACT, null=True, blank=True)
+    fill_count = models.PositiveIntegerField()
+    fills = models.ManyToManyField(Trade, related_name="round_trips")
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        indexes = [
+            models.Index(fields=["account", "-opened_at"], name="roundtrip_account_opened"),
+            models.Index(fields=["account", "trading_day"], name="roundtrip_account_day"),
+            models.Index(fields=["account", "symbol"], name="roundtrip_account_symbol"),
+        ]
+
+    def __str__(self):
+        return f"{self.side} {self.size} {self.symbol} {self.opened_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def duration(self):
+        return self.closed_at - self.opened_at if self.closed_at else None
+
+
 @cache
 def _known_time_zones() -> frozenset[str]:
     # Scanning the tz database is slow and it does not change while the process runs.

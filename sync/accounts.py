@@ -1,16 +1,34 @@
-"""One account's part of a run: fetch its trades since the cursor, import them, count what landed."""
+"""One account's part of a run: the broker's positions, its trades since the cursor, what landed, what differs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
+import structlog
 from django.utils import timezone
 
 from brokers.models import BrokerAccount, SyncLog
 from brokers.providers.base import BrokerProvider
-from brokers.providers.types import AuthResult, BrokerAccountInfo
+from brokers.providers.errors import BrokerAuthError, BrokerError, BrokerRateLimitError
+from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerPosition
 from journal.importing import ImportResult, import_trades
 from journal.models import Trade
+from journal.positions import ChangedInstruments, positions_recompute
+from journal.reconciling import position_differences
+
+log = structlog.get_logger("sync")
+
+
+@dataclass(frozen=True)
+class AccountImport:
+    """What one account's import counted, and how the journal's positions differ from the broker's.
+
+    differences is None when the broker reports no positions (or could not this time).
+    """
+
+    counts: ImportResult
+    differences: list[dict] | None = None
 
 
 def import_account(
@@ -20,32 +38,64 @@ def import_account(
     info: BrokerAccountInfo,
     until: datetime,
     run_started: datetime,
-) -> ImportResult:
+) -> AccountImport:
     """Import the account's trades in (cursor - overlap, run start]; the cursor moves once all committed.
 
     The overlap only decides what to ask the broker for: providers pass on every fill the
     broker returned within max_history, and the journal's unique constraint drops the ones
-    it already has.
+    it already has. Where the broker reports positions they are read first, and the fills
+    are read up to that moment at least, so every fill behind them is in the journal when
+    the two are compared.
     """
+    reported = _broker_positions(provider, auth, info, row)
+    read_at = timezone.now()
+    if reported is not None:
+        until = max(until, read_at)
     since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
     attempt_started = timezone.now()
-    progress = None
-    if provider.trades_ascending:
-        cursor = row.sync_cursor
+    cursor = row.sync_cursor
+    changes = ChangedInstruments(row.pk)
 
-        def progress(batch):
-            # Every fill up to this batch's newest is committed: a rate-limit pause or a crash
-            # after this point resumes here instead of refetching the whole backfill.
-            nonlocal cursor
-            newest = max(t.executed_at for t in batch)
-            if cursor is None or newest > cursor:
-                cursor = newest
-                BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=newest)
+    def committed(batch, voided):
+        changes.add(batch, voided)
+        if not provider.trades_ascending:
+            return
+        # Every fill up to this batch's newest is committed: a rate-limit pause or a crash
+        # after this point resumes here instead of refetching the whole backfill.
+        nonlocal cursor
+        newest = max(t.executed_at for t in batch)
+        if cursor is None or newest > cursor:
+            cursor = newest
+            BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=newest)
 
-    result = import_trades(row.pk, provider.get_trades(auth, info, since, until), on_batch_committed=progress)
+    try:
+        result = import_trades(row.pk, provider.get_trades(auth, info, since, until), on_batch_committed=committed)
+    finally:
+        # What committed is in the journal even when the source stopped early: its positions follow it.
+        positions_recompute(changed=changes.since)
     # Only now that every batch committed may the next sync start from `until`.
     BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=until)
-    return _whole_run_counts(row, result, run_started, attempt_started, since)
+    counts = _whole_run_counts(row, result, run_started, attempt_started, since)
+    if reported is None:
+        return AccountImport(counts)
+    return AccountImport(counts, position_differences(row.pk, reported, read_at))
+
+
+def _broker_positions(
+    provider: BrokerProvider, auth: AuthResult, info: BrokerAccountInfo, row: BrokerAccount
+) -> list[BrokerPosition] | None:
+    """The broker's positions, or None: a broker that offers none, or fails to answer, skips the comparison only.
+
+    A refused session is raised, so the run logs in again as for any other call, and so is a
+    wait (a rate limit, a terminal still starting), which pauses the run as any call's does.
+    """
+    try:
+        return provider.get_positions(auth, info)
+    except (BrokerAuthError, BrokerRateLimitError):
+        raise
+    except BrokerError as exc:
+        log.warning("positions_not_read", account=row.external_id, broker=provider.key, error=str(exc))
+        return None
 
 
 def _whole_run_counts(row: BrokerAccount, result: ImportResult, run_started, attempt_started, since) -> ImportResult:

@@ -176,13 +176,14 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
     info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
     try:
         with locks.kept_alive(connection.pk, plan.run_id):
-            result = sessions.with_session(
+            outcome = sessions.with_session(
                 connection,
                 provider,
                 lambda auth: accounts.import_account(provider, auth, row, info, plan.until, run_started),
             )
     finally:
         _count_request_retries(plan.sync_log_id, provider.request_retries)
+    result = outcome.counts
     log.info(
         "account_synced",
         connection_id=connection.pk,
@@ -195,14 +196,17 @@ def sync_account(plan: RunPlan, account_id: int) -> dict:
         request_retries=provider.request_retries,
         unreadable=len(provider.unreadable_rows),
     )
-    outcome = {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
+    done = {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
     if result.busted:
-        outcome["busted"] = result.busted
+        done["busted"] = result.busted
     if provider.notes:
-        outcome["note"] = " ".join(provider.notes)
+        done["note"] = " ".join(provider.notes)
     if provider.unreadable_rows:
-        outcome["unreadable"] = list(provider.unreadable_rows)
-    return outcome
+        done["unreadable"] = list(provider.unreadable_rows)
+    if outcome.differences is not None:
+        # Stored with the run (SyncLog.detail): the brokers card shows the last successful run's.
+        done["differences"] = outcome.differences
+    return done
 
 
 def account_label(account_id: int) -> str:

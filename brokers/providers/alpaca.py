@@ -19,6 +19,7 @@ from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
     BrokerCredentials,
+    BrokerPosition,
     BrokerTrade,
     CredentialField,
 )
@@ -121,6 +122,27 @@ class AlpacaProvider(BrokerProvider):
             if len(page) < PAGE_SIZE:
                 return
             params = {**params, "page_token": page[-1]["id"]}
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition]:
+        """GET /v2/positions: every open position of the account the keys belong to."""
+        headers, scope = self._session_headers(auth)
+        items = self.http.json(self._request("v2/positions", headers, scope))
+        if not isinstance(items, list):
+            raise self.unreadable("the positions")
+        return [self._position(item) for item in items]
+
+    def _position(self, item: Mapping[str, Any]) -> BrokerPosition:
+        try:
+            quantity = Decimal(item["qty"])
+            # Alpaca signs a short's qty; the side says it too, so either alone is enough.
+            if item.get("side") == "short" and quantity > 0:
+                quantity = -quantity
+            average = item.get("avg_entry_price")
+            return BrokerPosition(
+                symbol=item["symbol"], quantity=quantity, average_price=Decimal(average) if average else None
+            )
+        except (KeyError, TypeError, ValueError, InvalidOperation):
+            raise self.unreadable("a position") from None
 
     def _trade(self, item: Mapping[str, Any], account: BrokerAccountInfo) -> BrokerTrade:
         try:

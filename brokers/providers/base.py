@@ -19,6 +19,7 @@ from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
     BrokerCredentials,
+    BrokerPosition,
     BrokerTrade,
     CredentialField,
     OAuthSpec,
@@ -29,7 +30,7 @@ Row = TypeVar("Row")
 
 
 class BrokerProvider(ABC):
-    """One broker. Subclasses declare who they are and implement the four calls.
+    """One broker. Subclasses declare who they are and implement the four calls (get_positions too, where offered).
 
     Declarations:
       key                registry key, also the module name, the doc page and the limits table
@@ -39,6 +40,12 @@ class BrokerProvider(ABC):
       base_urls          environment -> base URL; settings <KEY>_BASE_URL overrides them all
       sync_overlap       how far behind the cursor each sync looks again, for late fills
       max_history        how far back the first sync reaches
+      history_reach      how far back the broker still returns a fill, when that is shorter than
+                         max_history (Tradovate: the current trading day); None means max_history.
+                         The calendar marks a day no successful sync read within this reach
+      session_calendar   the exchange calendar of what the broker trades (brokers.sessions codes, e.g.
+                         "CMES"), when it is one: with a history_reach, the card warns on the evening
+                         a session closed that no sync has read yet
       token_renew_margin renew a token when less than this remains
       trades_ascending   get_trades yields oldest first, so progress can be saved batch by batch
       credentials_expire AuthResult.expires_at is when the trader's own credentials lapse (not a
@@ -70,6 +77,8 @@ class BrokerProvider(ABC):
     base_urls: ClassVar[Mapping[str, str]] = {}
     sync_overlap: ClassVar[timedelta] = timedelta(hours=1)
     max_history: ClassVar[timedelta] = timedelta(days=30)
+    history_reach: ClassVar[timedelta | None] = None
+    session_calendar: ClassVar[str] = ""
     token_renew_margin: ClassVar[timedelta] = timedelta(minutes=15)
     trades_ascending: ClassVar[bool] = False
     credentials_expire: ClassVar[bool] = False
@@ -116,6 +125,11 @@ class BrokerProvider(ABC):
                 transient_statuses=self.transient_statuses,
             )
         return self._http
+
+    @classmethod
+    def reach(cls) -> timedelta:
+        """How long after a trading day's close a sync still reads that day's fills."""
+        return cls.history_reach or cls.max_history
 
     def skip_unreadable(self, reason: str, **context: str) -> None:
         """Leave out a row of the broker's answer that cannot become a trade, and say so.
@@ -219,6 +233,14 @@ class BrokerProvider(ABC):
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
         """Executions of one account in [since, until], fetched page by page as they are consumed."""
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition] | None:
+        """The account's open positions at the broker, for reconciliation with the journal; None when not offered.
+
+        The sync reads them before the fills, so every fill inside the positions is also in the
+        fills it reads next (docs/architecture.md, "Reconciliation with the broker").
+        """
+        return None
 
     def suggestions(self, field: str, query: str, values: Mapping[str, str]) -> list[tuple[str, str]]:
         """(value, label) pairs for a field declared with suggest=True, from what the trader typed so far."""

@@ -52,6 +52,7 @@ from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
     BrokerCredentials,
+    BrokerPosition,
     BrokerTrade,
     CredentialField,
 )
@@ -65,6 +66,7 @@ PLATFORMS = (("mt5", "MetaTrader 5"), ("mt4", "MetaTrader 4"))
 # dividend and tax deals are cash movements, not trades.
 FILL_TYPES = {"DEAL_TYPE_BUY": BUY, "DEAL_TYPE_SELL": SELL}
 BUST_TYPES = {"DEAL_TYPE_BUY_CANCELED": BUY, "DEAL_TYPE_SELL_CANCELED": SELL}
+POSITION_DIRECTIONS = {"POSITION_TYPE_BUY": 1, "POSITION_TYPE_SELL": -1}
 # MetaApi's maximum (and default) page of history deals.
 PAGE_SIZE = 1000
 # A window is one request plus pages, its deals sorted in memory before they are yielded: a year
@@ -84,6 +86,11 @@ DOMAIN_CACHE_S = 600
 
 def _decimal(value: Any) -> Decimal:
     return Decimal(str(value if value is not None else 0))
+
+
+def _contract_size(spec: Mapping[str, Any]) -> Decimal:
+    # A symbol the broker no longer lists has no contract size: its volume stays in lots.
+    return _decimal(spec["contractSize"]) if spec.get("contractSize") else Decimal("1")
 
 
 def _stamp(moment: datetime) -> str:
@@ -129,6 +136,9 @@ class MetaTraderProvider(BrokerProvider):
     transient_statuses = frozenset({409, 500, 502, 503, 504})
     trades_ascending = True
     provisions = True
+    # What get_positions found of the terminal, for the deals read that follows in the same run:
+    # the account once connected, or why it did not connect.
+    _terminal: dict | BrokerError | None = None
 
     @property
     def api(self) -> MetaApiAccounts:
@@ -188,11 +198,46 @@ class MetaTraderProvider(BrokerProvider):
             )
         ]
 
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition]:
+        """The terminal's open positions, in the fills' units (lots × the symbol's contract size).
+
+        Read before the deals, so this call deploys the terminal and waits for it. A hedging
+        account may hold several positions in one symbol: the comparison adds them up.
+        """
+        try:
+            self._terminal = deployed = self._ready(auth)
+        except BrokerRateLimitError:
+            raise
+        except BrokerError as exc:
+            # The terminal did not connect: the read of the deals that follows fails with this, not after a second wait.
+            self._terminal = exc
+            raise
+        base = f"{self._client_url(auth, deployed)}/users/current/accounts/{auth.extra['account_id']}"
+        rows = self.http.json(self._client_call(auth, f"{base}/positions", params={"refreshTerminalState": "false"}))
+        if not isinstance(rows, list):
+            raise self.unreadable("the open positions")
+        specs: dict[str, dict] = {}
+        try:
+            return [
+                BrokerPosition(
+                    symbol=str(p["symbol"]),
+                    quantity=POSITION_DIRECTIONS[p["type"]]
+                    * _decimal(p["volume"])
+                    * _contract_size(self._spec(auth, base, str(p["symbol"]), specs)),
+                    average_price=_decimal(p["openPrice"]) if p.get("openPrice") is not None else None,
+                )
+                for p in rows
+            ]
+        except (KeyError, TypeError, InvalidOperation):
+            raise self.unreadable("the open positions") from None
+
     def get_trades(
         self, auth: AuthResult, account: BrokerAccountInfo, since: datetime, until: datetime
     ) -> Iterator[BrokerTrade]:
         try:
-            yield from self._deals(auth, self._ready(auth), account, since, until)
+            if isinstance(self._terminal, BrokerError):
+                raise self._terminal
+            yield from self._deals(auth, self._terminal or self._ready(auth), account, since, until)
         except BrokerRateLimitError:
             raise  # a wait: the terminal stays up for the run that continues
         except BrokerError:
@@ -362,7 +407,6 @@ class MetaTraderProvider(BrokerProvider):
             return specs[symbol]
         response = self._client_call(auth, f"{base}/symbols/{quote(symbol, safe='')}/specification", allow=(404,))
         body = self.http.json(response) if response.status_code != 404 else {}
-        # A symbol the broker no longer lists has no contract size: its volume stays in lots.
         spec = {
             "contractSize": (body or {}).get("contractSize"),
             "profitCurrency": (body or {}).get("profitCurrency") or "",
@@ -381,7 +425,7 @@ class MetaTraderProvider(BrokerProvider):
             lots = _decimal(deal["volume"])
             busted = kind in BUST_TYPES
             spec = {} if busted else self._spec(auth, base, str(deal["symbol"]), specs)
-            contract = _decimal(spec["contractSize"]) if spec.get("contractSize") else Decimal("1")
+            contract = _contract_size(spec)
             # Charges are negative in MetaTrader; a net credit (a rebate, a positive swap) is no cost
             # and stays visible in raw.
             cost = -(_decimal(deal.get("commission")) + _decimal(deal.get("swap")))

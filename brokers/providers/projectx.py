@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
     BrokerCredentials,
+    BrokerPosition,
     BrokerTrade,
     CredentialField,
 )
@@ -42,6 +43,8 @@ FIRMS_FILE = Path(__file__).with_name("projectx_firms.toml")
 # A bare host name: the firm's table must not smuggle in a scheme, a port or a path.
 HOST = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+")
 SIDES = {0: BUY, 1: SELL}
+# Position/searchOpen's `type`: the direction of an unsigned size.
+POSITION_DIRECTIONS = {1: 1, 2: -1}
 # The docs' token life; the token's own `exp` claim wins when it has one.
 TOKEN_LIFETIME = timedelta(hours=24)
 # One trading day per trade search, as the facts advise: the endpoint has no paging.
@@ -240,6 +243,24 @@ class ProjectXProvider(BrokerProvider):
             for record in found:
                 yield self._fill(record, account, contracts)
             start = end
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition]:
+        """POST /api/Position/searchOpen: the account's open positions, each contract named as its fills are."""
+        data = self._post(auth.extra, "/api/Position/searchOpen", {"accountId": int(account.external_id)}, auth=auth)
+        self._envelope(data, "the open positions")
+        rows = data.get("positions") or []
+        try:
+            contracts = self._contracts(auth, {str(p["contractId"]) for p in rows})
+            return [
+                BrokerPosition(
+                    symbol=contracts[str(p["contractId"])][0],
+                    quantity=POSITION_DIRECTIONS[p["type"]] * _decimal(p["size"]),
+                    average_price=_decimal(p["averagePrice"]) if p.get("averagePrice") is not None else None,
+                )
+                for p in rows
+            ]
+        except (KeyError, TypeError, InvalidOperation):
+            raise self.unreadable("the open positions") from None
 
     def _search(self, auth: AuthResult, account: BrokerAccountInfo, start: datetime, end: datetime) -> list[dict]:
         """Trades of one window. Neighbouring windows share their edge: get_trades drops a trade both return."""

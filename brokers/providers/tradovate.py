@@ -27,6 +27,7 @@ from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
     BrokerCredentials,
+    BrokerPosition,
     BrokerTrade,
     CredentialField,
 )
@@ -214,6 +215,10 @@ class TradovateProvider(BrokerProvider):
     # UNCONFIRMED: /fill/list reportedly returns the current trading day only. Reach further
     # anyway, so that if it returns more, a first sync keeps it.
     max_history = timedelta(days=30)
+    # What the calendar's coverage counts on until the longer reach is confirmed: a day not
+    # synced within a day of its close may have lost its fills.
+    history_reach = timedelta(days=1)
+    session_calendar = "CMES"
     token_renew_margin = timedelta(minutes=15)
 
     @classmethod
@@ -320,12 +325,27 @@ class TradovateProvider(BrokerProvider):
         fills.sort(key=lambda f: (_utc(f["timestamp"]), f["id"]))
         instruments: dict[int, tuple[str, Decimal]] = {}
         for mine in _batches(fills, BATCH_SIZE):
-            fees = self._fill_fees(auth, [f["id"] for f in mine])
-            self._resolve_instruments(auth, {f["contractId"] for f in mine}, instruments)
+            # A busted fill (active false) counts only by its id: no fee or contract is looked up for it.
+            live = [f for f in mine if f.get("active", True)]
+            fees = self._fill_fees(auth, [f["id"] for f in live]) if live else {}
+            self._resolve_instruments(auth, {f["contractId"] for f in live}, instruments)
             yield from self.readable(mine, lambda fill, fees=fees: self._trade(fill, account, instruments, fees))
 
     def _trade(self, fill: dict, account: BrokerAccountInfo, instruments: dict, fees: dict) -> BrokerTrade:
         try:
+            if not fill.get("active", True):
+                # Busted: it never happened. Yielded so the import tombstones the fill if it was stored before.
+                return BrokerTrade(
+                    broker_trade_id=str(fill["id"]),
+                    account_external_id=account.external_id,
+                    symbol=str(fill.get("contractId") or ""),
+                    side=SIDES.get(fill.get("action"), BUY),
+                    quantity=_decimal(fill.get("qty") or 1),
+                    price=_decimal(fill.get("price") or 0),
+                    executed_at=_utc(fill["timestamp"]),
+                    busted=True,
+                    raw=fill,
+                )
             symbol, multiplier = instruments[fill["contractId"]]
             return BrokerTrade(
                 broker_trade_id=str(fill["id"]),
@@ -347,16 +367,38 @@ class TradovateProvider(BrokerProvider):
                 f"fill {fill.get('id', 'without id')}: no action, qty, price or time we can read"
             ) from None
 
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition]:
+        """GET /position/list: the account's open positions, each contract named as its fills are.
+
+        Tradovate keeps a row for every contract traded that day, flat ones with netPos 0:
+        only the others are positions. netPrice is the position's average price.
+        """
+        rows = [
+            p
+            for p in self._list(auth, "/position/list")
+            if str(p.get("accountId")) == account.external_id and _decimal(p.get("netPos") or 0)
+        ]
+        instruments: dict[int, tuple[str, Decimal]] = {}
+        self._resolve_instruments(auth, {p["contractId"] for p in rows}, instruments)
+        return [
+            BrokerPosition(
+                symbol=instruments[p["contractId"]][0],
+                quantity=_decimal(p["netPos"]),
+                average_price=_decimal(p["netPrice"]) if p.get("netPrice") is not None else None,
+            )
+            for p in rows
+        ]
+
     def _listing(self, auth: AuthResult) -> tuple[list[dict], dict[str, int]]:
-        """The active fills and each one's account (its order's): read once per run for every account.
+        """The listed fills and each one's account (its order's): read once per run for every account.
 
         The account tasks of one run share it through the run cache, so a connection with N
         accounts costs one listing and one round of order lookups, not N.
         """
 
         def fetch() -> bytes:
-            # active false marks a busted fill: it never happened.
-            fills = [f for f in self._list(auth, "/fill/list") if f.get("active", True)]
+            # Busted fills (active false) too: get_trades passes them on as busts.
+            fills = self._list(auth, "/fill/list")
             accounts = {}
             for batch in _batches(fills, BATCH_SIZE):
                 # A fill names no account: its order does.

@@ -157,6 +157,30 @@ class BrokerTrade:
 
 
 @dataclass(frozen=True)
+class BrokerPosition:
+    """One open position as the broker reports it. quantity is signed: short is negative.
+
+    average_price where the broker gives one; expiry, strike and option_right name an option
+    series as BrokerTrade does. as_of is when the broker's figure was true, for a broker
+    whose report lags (a statement's end); None means at the moment of the request.
+    """
+
+    symbol: str
+    quantity: Decimal
+    average_price: Decimal | None = None
+    expiry: date | None = None
+    strike: Decimal | None = None
+    option_right: str = ""
+    as_of: datetime | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.quantity, Decimal):
+            raise TypeError("quantity must be a Decimal")
+        if self.as_of is not None and (self.as_of.tzinfo is None or self.as_of.utcoffset() != timedelta(0)):
+            raise ValueError("as_of must be an aware datetime in UTC")
+
+
+@dataclass(frozen=True)
 class RateLimit:
     """At most `limit` calls in any `window_s` seconds, per broker or per credential."""
 

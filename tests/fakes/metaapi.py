@@ -8,7 +8,8 @@ MetaApi does (E_SRV_NOT_FOUND with suggestions, E_AUTH, E_SERVER_TIMEZONE, a 202
 settings are detected). A deployed terminal connects after `connect_s` (`first_connect_s` the
 first time); the next `synchronizing_reads` deal reads after a connect answer in the RPC shape
 with `synchronizing: true` and only part of the history. CPU credits are counted per token (50 a
-call, `credits_per_s` a second) with MetaApi's 429 body and Retry-After.
+call, `credits_per_s` a second) with MetaApi's 429 body and Retry-After. Open positions are what the
+deals not cancelled leave, one per positionId.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from functools import partial
 from urllib.parse import unquote
 
@@ -98,6 +100,7 @@ class MetaApiSim(LoopbackServer):
             ("POST", _ACCOUNT + r"/undeploy", self._undeploy),
             ("GET", _ACCOUNT + r"/history-deals/time/([^/]+)/([^/]+)", self._history),
             ("GET", _ACCOUNT + r"/symbols/([^/]+)/specification", self._specification),
+            ("GET", _ACCOUNT + r"/positions", self._positions),
         ]
 
     # --- set-up ------------------------------------------------------------------------------
@@ -378,6 +381,36 @@ class MetaApiSim(LoopbackServer):
         if spec is None:
             return _error(404, "NotFoundError", f"Symbol {symbol} not found")
         return 200, spec
+
+    def _positions(self, request, account_id):
+        """What the account's deals (cancelled ones left out) leave open, one position per positionId, in lots."""
+        with self.lock:
+            account = self._connected(account_id)
+            if isinstance(account, Reply):
+                return account
+            open_lots: dict[str, Decimal] = defaultdict(Decimal)
+            first: dict[str, dict] = {}
+            for deal in self.deals[f"{account['login']}@{account['server']}"]:
+                if deal["type"] in ("DEAL_TYPE_BUY", "DEAL_TYPE_SELL"):
+                    sign = 1 if deal["type"] == "DEAL_TYPE_BUY" else -1
+                    open_lots[deal["positionId"]] += sign * Decimal(str(deal["volume"]))
+                    first.setdefault(deal["positionId"], deal)
+        return 200, [
+            {
+                "id": position_id,
+                "type": "POSITION_TYPE_BUY" if lots > 0 else "POSITION_TYPE_SELL",
+                "symbol": first[position_id]["symbol"],
+                "magic": 0,
+                "time": first[position_id]["time"],
+                "openPrice": first[position_id]["price"],
+                "volume": float(abs(lots)),
+                "swap": 0,
+                "commission": first[position_id]["commission"],
+                "profit": 0,
+            }
+            for position_id, lots in open_lots.items()
+            if lots
+        ]
 
 
 def _parse(value: str) -> datetime:

@@ -6,7 +6,8 @@ expired token is 401, and more than `limit` requests of one user in `window_s` g
 with no Retry-After. Its failure modes: a login refused with any LoginErrorCode
 (`refuse_login`), tokens that die before their time (`expire_tokens`), one endpoint answering
 `success: false` (`fail_envelope`), fills voided after the fact (`void`), and contracts that
-searchById does not know (`forget_contract`).
+searchById does not know (`forget_contract`). Open positions (Position/searchOpen) are what the
+fills not voided leave.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class ProjectXSim(LoopbackServer):
             "/api/Account/search": self._authorised(self._search_accounts),
             "/api/Trade/search": self._authorised(self._search_trades),
             "/api/Contract/searchById": self._authorised(self._contract),
+            "/api/Position/searchOpen": self._authorised(self._open_positions),
         }.items():
             self.route("POST", path, self._limited(path, handler))
 
@@ -262,6 +264,32 @@ class ProjectXSim(LoopbackServer):
                 and (end is None or datetime.fromisoformat(t["creationTimestamp"]) <= end)
             ]
         return _ok(trades=found)
+
+    def _open_positions(self, request, user, token):
+        """What the account's fills not voided leave open, per contract: type 1 long, 2 short, size unsigned."""
+        account_id = request.json().get("accountId")
+        if account_id not in {a["id"] for a in self.accounts[user]}:
+            return _refused(1, "Account not found.", positions=None)
+        net: dict[str, int] = defaultdict(int)
+        with self.lock:
+            for t in self.trades[account_id]:
+                if not t["voided"]:
+                    net[t["contractId"]] += t["size"] * (1 if t["side"] == 0 else -1)
+        return _ok(
+            positions=[
+                {
+                    "id": n,
+                    "accountId": account_id,
+                    "contractId": contract,
+                    "creationTimestamp": stamp(datetime.now(UTC)),
+                    "type": 1 if size > 0 else 2,
+                    "size": abs(size),
+                    "averagePrice": PRICES[contract],
+                }
+                for n, (contract, size) in enumerate(sorted(net.items()), 1)
+                if size
+            ]
+        )
 
     def _contract(self, request, user, token):
         contract = self.contracts.get(request.json().get("contractId"))

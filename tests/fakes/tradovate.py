@@ -4,7 +4,8 @@ It answers the calls brokers/providers/tradovate.py makes (docs/brokers/tradovat
 the formats of the provider's recorded payloads: `POST /auth/accesstokenrequest`,
 `GET /auth/renewaccesstoken`, the OAuth code exchange `POST /auth/oauthtoken` (codes from
 `grant_code(user)`, standing in for the sign-in page), `GET /account/list`, `GET /fill/list` (the user's whole
-listing on every call: it takes no dates) and `GET /{order,fillFee,contract,
+listing on every call: it takes no dates), `GET /position/list` (what the active fills leave, per account
+and contract) and `GET /{order,fillFee,contract,
 contractMaturity,product}/items?ids=`. Each user (login name) has its own accounts and
 fills; the bearer token says whose data a call sees, and a token past its lifetime gets 401.
 
@@ -13,6 +14,9 @@ Faults, besides the generic ones of tests/fakes/loopback.py (delay_s, delays, fa
     penalize(times, p_time, captcha)   HTTP 200 with a penalty ticket instead of data
     lock_out(times, retry_after)       HTTP 429 (or 423) with an empty body (optional Retry-After)
     add_late_fill(account, at)         a fill executed at `at` appears in the listing now
+    withhold(fill_id, withheld)        the listing leaves the fill out while the positions count it (a fill
+                                       the fills API has not delivered), until withheld is False
+    bust(fill_id)                      the fill stays listed with active false, and leaves the positions
     move(user, host, announce)         NinjaTrader's organisation hosts (from 3 October 2026): the user's
                                        calls with a token get 307 to `host` (an OrganisationHost), and
                                        token answers name it in apiHosts unless announce is False
@@ -125,6 +129,7 @@ class FakeTradovate(LoopbackServer):
         self._lockouts: list[_Lockout] = []
         self._fill_ids = itertools.count(1)
         self._homes: dict[str, tuple[OrganisationHost, bool]] = {}  # login name -> (its host, announced)
+        self._withheld: set[int] = set()  # fill ids the listing leaves out
         # A second apart, the last a minute ago: inside a first sync's window however many there are.
         start = datetime.now(UTC) - timedelta(minutes=1, seconds=sum(users.values()) * fills_per_account)
         executed = (start + timedelta(seconds=s) for s in itertools.count())
@@ -151,7 +156,8 @@ class FakeTradovate(LoopbackServer):
         self.route("POST", "/auth/oauthtoken", self._oauth_token)
         self._codes: dict[str, str] = {}  # sign-in code -> login name
         self.route("GET", "/account/list", lambda r: self._data(r, lambda user: self.accounts[user]))
-        self.route("GET", "/fill/list", lambda r: self._data(r, lambda user: self.fills[user]))
+        self.route("GET", "/fill/list", lambda r: self._data(r, self._listed_fills))
+        self.route("GET", "/position/list", lambda r: self._data(r, self.positions))
         tables = {
             "order": self.orders,
             "fillFee": self.fees,
@@ -202,6 +208,36 @@ class FakeTradovate(LoopbackServer):
                 }
             )
             return fill_id
+
+    def withhold(self, fill_id: int, withheld: bool = True) -> None:
+        """The listing leaves this fill out (or, withheld False, shows it again); the positions always count it."""
+        with self.lock:
+            (self._withheld.add if withheld else self._withheld.discard)(fill_id)
+
+    def bust(self, fill_id: int) -> None:
+        with self.lock:
+            for fills in self.fills.values():
+                for fill in fills:
+                    if fill["id"] == fill_id:
+                        fill["active"] = False
+
+    def _listed_fills(self, user: str) -> list[dict]:
+        return [f for f in self.fills[user] if f["id"] not in self._withheld]
+
+    def positions(self, user: str) -> list[dict]:
+        """What the user's active fills leave per account and contract, flat rows included (as Tradovate keeps them).
+
+        Called under the server's lock, by the listing route.
+        """
+        net: Counter[tuple[int, int]] = Counter()
+        for fill in self.fills[user]:
+            if fill["active"]:
+                account_id = self.orders[fill["orderId"]]["accountId"]
+                net[(account_id, fill["contractId"])] += fill["qty"] * (1 if fill["action"] == "Buy" else -1)
+        return [
+            {"id": n, "accountId": a, "contractId": c, "netPos": q, "netPrice": 5901.25 if q else None}
+            for n, ((a, c), q) in enumerate(sorted(net.items()), 1)
+        ]
 
     def account_ids(self, name: str) -> list[int]:
         return [a["id"] for a in self.accounts[name]]

@@ -13,7 +13,7 @@ from django.test import override_settings
 from responses import matchers
 
 from brokers.providers import ratelimit
-from brokers.providers.errors import BrokerAuthError, BrokerRateLimitError
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
@@ -276,6 +276,28 @@ def test_no_secret_reaches_the_log(paper, rsps, caplog):
             list(paper.get_trades(make_auth(), make_account(), SINCE, UNTIL))
     assert "broker_http" in caplog.text and "rate_limit_block" in caplog.text
     assert SECRET_MARK not in caplog.text
+
+
+def test_long_and_short_positions_come_back_signed_with_their_average_price(paper, rsps):
+    rsps.get(
+        f"{PAPER}/v2/positions",
+        json=[
+            {"symbol": "AAPL", "qty": "10", "side": "long", "avg_entry_price": "231.45"},
+            {"symbol": "TSLA", "qty": "-5", "side": "short", "avg_entry_price": "250.10"},
+        ],
+    )
+    positions = paper.get_positions(make_auth(), make_account())
+    assert [(p.symbol, p.quantity, p.average_price) for p in positions] == [
+        ("AAPL", Decimal("10"), Decimal("231.45")),
+        ("TSLA", Decimal("-5"), Decimal("250.10")),
+    ]
+
+
+def test_a_position_we_cannot_read_is_an_error_a_retry_may_cure(paper, rsps):
+    rsps.get(f"{PAPER}/v2/positions", json=[{"symbol": "AAPL", "qty": "ten"}])
+    with pytest.raises(BrokerAPIError) as info:
+        paper.get_positions(make_auth(), make_account())
+    assert info.value.transient and "position" in str(info.value)
 
 
 class TestAlpacaConnectContract(TestAlpacaContract):

@@ -161,11 +161,15 @@ def read(provider, auth, since=SINCE, until=UNTIL, account=None):
 
 
 def read_when_ready(provider, auth, since=SINCE, until=UNTIL):
-    """Read as a run does: every wait the provider asks for is a pause, then the same read again."""
+    return when_ready(lambda: read(provider, auth, since, until))
+
+
+def when_ready(call):
+    """Call as a run does: every wait the provider asks for is a pause, then the same call again."""
     waits = []
     for _ in range(50):
         try:
-            return read(provider, auth, since, until), waits
+            return call(), waits
         except BrokerRateLimitError as exc:
             waits.append(exc.message)
             time.sleep(min(exc.retry_after, 1.0))
@@ -263,6 +267,36 @@ def test_a_terminal_that_cannot_log_in_fails_with_advice_after_the_connect_timeo
     with pytest.raises(BrokerAPIError, match="If you changed the investor password") as info:
         read(provider, auth)
     assert info.value.transient and sim.provisioned()[0]["state"] == "UNDEPLOYED"
+
+
+def test_a_terminal_that_cannot_connect_for_the_positions_fails_the_deals_read_at_once(settings, sim, provider):
+    settings.METAAPI_CONNECT_TIMEOUT_S = 0.2
+    auth = provider.authenticate(credentials())
+    account = BrokerAccountInfo(MT_ACCOUNT, "MT5")
+    sim.brokers[("mt5", SERVER, LOGIN)] = "changed-by-the-trader"
+    with pytest.raises(BrokerRateLimitError):
+        provider.get_positions(auth, account)
+    time.sleep(0.3)
+    with pytest.raises(BrokerAPIError, match="If you changed the investor password"):
+        provider.get_positions(auth, account)
+    with pytest.raises(BrokerAPIError, match="If you changed the investor password"):
+        read(provider, auth)
+    [terminal] = sim.provisioned()
+    assert (terminal["state"], terminal["deploys"]) == ("UNDEPLOYED", 1)
+
+
+def test_open_positions_come_signed_in_the_fills_units_one_per_position_of_a_hedging_account(sim, provider):
+    sim.add_deal(MT_ACCOUNT, at=SINCE + timedelta(hours=1), volume=0.25, positionId="P1")
+    sim.add_deal(MT_ACCOUNT, at=SINCE + timedelta(hours=2), volume=0.1, positionId="P2")
+    sim.add_deal(MT_ACCOUNT, at=SINCE + timedelta(hours=3), type="DEAL_TYPE_SELL", symbol="XAUUSD+", positionId="P3")
+    sim.add_deal(MT_ACCOUNT, at=SINCE + timedelta(hours=4), type="DEAL_TYPE_SELL", volume=0.05, positionId="P2")
+    auth = provider.authenticate(credentials())
+    positions, _ = when_ready(lambda: provider.get_positions(auth, BrokerAccountInfo(MT_ACCOUNT, "MT5")))
+    assert sorted((p.symbol, p.quantity, p.average_price) for p in positions) == [
+        ("EURUSD", Decimal("5000"), Decimal("1.08512")),
+        ("EURUSD", Decimal("25000"), Decimal("1.08512")),
+        ("XAUUSD+", Decimal("-10"), Decimal("1.08512")),
+    ]
 
 
 def test_keep_deployed_leaves_the_terminal_running(settings, sim, provider):
@@ -459,8 +493,21 @@ def test_a_new_investor_password_goes_to_the_same_metaapi_account(sim, trader):
     assert BrokerConnection.objects.get(pk=connection.pk).auth.extra["account_id"] == account["_id"]
 
 
+@pytest.fixture
+def production_waits(settings):
+    """As in production, a burst of requests waits for the limiter in the worker (the tests' half-second
+    would pause a first import after its read, and a resumed read is no first import any more)."""
+    settings.BROKER_RATE_LIMIT_MAX_SLEEP_S = 2
+    # The limiter is built once per process from the settings: rebuild it with these, then without.
+    ratelimit.get_limiter.cache_clear()
+    yield
+    ratelimit.get_limiter.cache_clear()
+
+
 @pytest.mark.django_db
-def test_a_first_mt5_import_cut_at_5000_deals_says_so_on_the_card_after_later_syncs(sim, trader, client, settings):
+def test_a_first_mt5_import_cut_at_5000_deals_says_so_on_the_card_after_later_syncs(
+    sim, trader, client, settings, production_waits
+):
     settings.METAAPI_CONNECT_POLL_S = 0.05
     for n in range(5000):
         sim.add_deal(MT_ACCOUNT, at=datetime.now(UTC) - timedelta(days=5, minutes=n))

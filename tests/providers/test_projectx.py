@@ -286,6 +286,18 @@ def test_a_voided_fill_comes_as_a_bust_not_a_trade(sim, provider):
     assert out[1].broker_trade_id == str(fills[1]["id"])
 
 
+def test_open_positions_are_signed_by_their_type_and_named_as_the_fills_are(sim, provider):
+    sim.add_fills(536, 3, start=SINCE + timedelta(hours=1), step=timedelta(minutes=5))
+    sim.add_fills(536, 2, start=SINCE + timedelta(hours=2), step=timedelta(minutes=5), contract="CON.F.US.MNQ.Z26")
+    auth = provider.authenticate(sim_credentials())
+    held = {}
+    for t in provider.get_trades(auth, ACCOUNT, SINCE, UNTIL):
+        held[t.symbol] = held.get(t.symbol, 0) + (t.quantity if t.side == "BUY" else -t.quantity)
+    positions = provider.get_positions(auth, ACCOUNT)
+    assert {p.symbol: p.quantity for p in positions} == held == {"ESZ6": 2, "MNQZ6": -1}
+    assert sim.bodies("/api/Position/searchOpen") == [{"accountId": 536}]
+
+
 def test_a_window_that_may_be_cut_short_is_asked_again_in_halves(sim, provider, monkeypatch):
     monkeypatch.setattr(projectx, "SUSPECT_TRUNCATED", 4)
     sim.add_fills(536, 6, start=SINCE + timedelta(hours=1), step=timedelta(hours=3))
@@ -369,7 +381,7 @@ def test_a_voided_fill_leaves_the_journal_and_the_sync_log_counts_it(sim, trader
     sim.void(fills[2]["id"])
     second = runs.run_inline(connection.pk)
     assert second.trades_imported == 0
-    assert second.detail["536"] == {"imported": 0, "skipped": 3, "busted": 1}
+    assert second.detail["536"] == {"imported": 0, "skipped": 3, "busted": 1, "differences": []}
     assert {t.broker_trade_id for t in trades_visible_to(trader)} == sim.expected_ids(536)
     busted = Trade.objects.get(broker_trade_id=str(fills[2]["id"]))
     assert busted.deleted_at is not None and busted.raw["voided"] is True

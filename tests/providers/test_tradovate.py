@@ -258,7 +258,7 @@ class TestTradovateContract(ProviderContract):
             fake.add_fill(n, contract_id=ES if n % 2 else MNQ, action="Buy" if n % 3 else "Sell")
         fake.add_fill(9, account_id=OTHER_ACCOUNT_ID)
         fake.add_fill(10, active=False)
-        return 8
+        return 9  # eight fills and the bust of the tenth
 
     def stub_server_error(self, rsps):
         rsps.add(responses.GET, url("/account/list"), status=500)
@@ -423,13 +423,32 @@ def test_fees_are_summed_and_nulls_count_as_zero(provider, fake):
     assert fees == {"1": Decimal("2.18"), "2": Decimal(0), "3": Decimal("2.34")}
 
 
-def test_busted_fills_and_other_accounts_fills_are_left_out(provider, fake):
+def test_a_busted_fill_comes_as_a_bust_and_other_accounts_fills_are_left_out(provider, fake, rsps):
     fake.add_fill(1)
     fake.add_fill(2, active=False)
     fake.add_fill(3, account_id=OTHER_ACCOUNT_ID)
     fake.add_fill(4, action="Buy")
     trades = list(provider.get_trades(session(), account(), SINCE, UNTIL))
-    assert [(t.broker_trade_id, t.side) for t in trades] == [("1", BUY), ("4", BUY)]
+    assert [(t.broker_trade_id, t.side, t.busted) for t in trades] == [
+        ("1", BUY, False),
+        ("2", BUY, True),
+        ("4", BUY, False),
+    ]
+    fee_lookups = [c.request.url for c in rsps.calls if "/fillFee/items" in c.request.url]
+    assert all("2" not in parse_qs(urlparse(url).query)["ids"][0].split(",") for url in fee_lookups)
+
+
+def test_positions_are_the_accounts_own_named_like_its_fills_without_the_flat_rows(provider, fake, rsps):
+    rsps.get(
+        url("/position/list"),
+        json=[
+            {"id": 1, "accountId": ACCOUNT_ID, "contractId": ES, "netPos": 2, "netPrice": 5901.25},
+            {"id": 2, "accountId": ACCOUNT_ID, "contractId": MNQ, "netPos": 0, "netPrice": None},
+            {"id": 3, "accountId": OTHER_ACCOUNT_ID, "contractId": MNQ, "netPos": -1, "netPrice": 21000.5},
+        ],
+    )
+    positions = provider.get_positions(session(), account())
+    assert [(p.symbol, p.quantity, p.average_price) for p in positions] == [("ESZ6", Decimal(2), Decimal("5901.25"))]
 
 
 def test_every_listed_fill_within_max_history_is_passed_on_not_just_those_since_the_cursor(provider, fake):

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.django_db
 
 ACCOUNT_URL = "https://paper-api.alpaca.markets/v2/account"
 FILLS_URL = "https://paper-api.alpaca.markets/v2/account/activities/FILL"
+POSITIONS_URL = "https://paper-api.alpaca.markets/v2/positions"
 ACCOUNT = {"id": "acc-uuid", "account_number": "PA123", "currency": "USD", "status": "ACTIVE"}
 FILLS = [
     {
@@ -64,6 +65,7 @@ def fails(rsps, status, times, url=ACCOUNT_URL, headers=None):
 
 def healthy(rsps):
     rsps.get(ACCOUNT_URL, json=ACCOUNT)
+    rsps.get(POSITIONS_URL, json=[])
     rsps.get(FILLS_URL, json=FILLS)
 
 
@@ -163,7 +165,7 @@ def test_rate_limit_waits_requeue_without_counting_as_a_failure(alpaca):
     healthy(responses)
     log = run(alpaca)
     assert log.status == SyncLog.Status.SUCCESS and log.attempt == 1  # two pauses, no failure counted
-    assert log.trades_imported == 5 and len(responses.calls) == 5  # 2 refused, login, account, fills
+    assert log.trades_imported == 5 and len(responses.calls) == 6  # 2 refused, login, account, positions, fills
 
 
 def test_a_run_while_another_holds_the_lock_is_skipped(trader):

@@ -1,4 +1,5 @@
-"""ProjectX through a real Celery worker on the test Redis: every fill once, then nothing new and a bust removed."""
+"""ProjectX through a real Celery worker on the test Redis: every fill once, then nothing new and a bust removed,
+the journal's positions agreeing with the firm's after each."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -53,6 +54,8 @@ def test_a_worker_imports_every_fill_once_then_removes_a_voided_one(trader, tmp_
     assert second.status == SyncLog.Status.SUCCESS, second.error_message
     assert second.trades_imported == 0
     assert second.detail["536"]["busted"] == 1 and "busted" not in second.detail["412"]
+    # The firm's open positions leave the voided fill out, as the journal's round trips do.
+    assert first.detail["536"]["differences"] == second.detail["536"]["differences"] == []
     visible = set(trades_visible_to(trader).values_list("broker_trade_id", flat=True))
     assert visible == sim.expected_ids(536) | sim.expected_ids(412)
     assert Trade.objects.filter(broker_trade_id=str(fills[3]["id"]), deleted_at__isnull=False).count() == 1
