@@ -175,13 +175,15 @@ def celery_process(kind: str, log_path: Path, *options: str, **env_extra: str) -
 
 
 @contextlib.contextmanager
-def celery_worker(log_path: Path, concurrency: int, **env_extra: str) -> Iterator[subprocess.Popen]:
-    """A prefork worker with `concurrency` children, returned once it answers a ping."""
+def celery_worker(
+    log_path: Path, concurrency: int, pool: str = "prefork", **env_extra: str
+) -> Iterator[subprocess.Popen]:
+    """A worker on `pool` (prefork children or threads) of `concurrency`, returned once it answers a ping."""
     options = (
         "-l",
         "WARNING",
         "--pool",
-        "prefork",
+        pool,
         "--concurrency",
         str(concurrency),
         "--without-mingle",

@@ -35,3 +35,12 @@ def mark_beat_process(sender=None, **kwargs):
     from telemetry import heartbeat
 
     heartbeat.record_dispatch()
+
+
+@signals.task_prerun.connect
+def fresh_log_context(**kwargs):
+    """A task's log lines carry its own context only: on the threads pool a thread runs task after
+    task, and whatever an earlier task left bound in its context would follow into the next."""
+    import structlog
+
+    structlog.contextvars.clear_contextvars()

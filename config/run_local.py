@@ -109,7 +109,7 @@ def main() -> int:
         subprocess.run([PYTHON, "manage.py", "seed_demo"], cwd=ROOT, env=env, check=True)
         commands = {
             "web": [PYTHON, "manage.py", "runserver", "--noreload", WEB_ADDRESS],
-            "worker": [PYTHON, "-m", "celery", "-A", "config", "worker", "-l", "INFO", "--concurrency", "2"],
+            "worker": [PYTHON, "-m", "celery", "-A", "config", "worker", "-l", "INFO", "--pool", "threads"],
             "beat": [
                 PYTHON,
                 "-m",

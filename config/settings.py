@@ -51,6 +51,12 @@ def env_int(name, default):
         raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}.") from None
 
 
+# How many syncs one worker process runs at once, on Celery's threads pool (docs/operations.md,
+# "Workers"): a sync mostly waits on its broker, so a thread each costs little. The PostgreSQL
+# pool of every process is sized to it.
+SYNC_WORKER_CONCURRENCY = env_int("SYNC_WORKER_CONCURRENCY", 100)
+
+
 def database_from_url(url):
     """Turn DATABASE_URL (sqlite:///path or postgres://user:pass@host:port/name) into Django's form."""
     parsed = urlparse(url)
@@ -59,8 +65,15 @@ def database_from_url(url):
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": path or str(BASE_DIR / "var" / "db.sqlite3"),
-            # A worker and the web server write at once; wait for the lock instead of failing.
-            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+            # A worker's threads and the web server write at once: WAL lets readers go on beside
+            # the one writer, and a writer waits its turn for the lock (up to `timeout` s) instead
+            # of failing; IMMEDIATE takes the write lock at BEGIN, so no transaction fails when it
+            # would upgrade from reading to writing.
+            "OPTIONS": {
+                "timeout": 60,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+            },
         }
     if parsed.scheme in {"postgres", "postgresql"}:
         return {
@@ -70,8 +83,17 @@ def database_from_url(url):
             "PASSWORD": unquote(parsed.password or ""),
             "HOST": parsed.hostname or "",
             "PORT": str(parsed.port or ""),
-            "CONN_MAX_AGE": 60,
-            "CONN_HEALTH_CHECKS": True,
+            # Django's own pool (psycopg_pool): a thread of the worker holds a connection only while
+            # its task runs and gives it back at the task's end (Celery closes it), so a threads
+            # worker of N syncs needs at most N connections, and none is opened per task. Pooling
+            # excludes persistent connections (CONN_MAX_AGE stays 0).
+            "OPTIONS": {
+                "pool": {
+                    "min_size": 2,
+                    "max_size": env_int("DATABASE_POOL_MAX_SIZE", SYNC_WORKER_CONCURRENCY),
+                    "timeout": 30,
+                }
+            },
         }
     raise ImproperlyConfigured(f"DATABASE_URL must start with sqlite:// or postgres://, got scheme {parsed.scheme!r}.")
 
@@ -265,6 +287,11 @@ SYNC_BEAT_SWEEP_PASS_S = env_int("SYNC_BEAT_SWEEP_PASS_S", 3600)
 # A sync is idempotent, so a message is acknowledged only once it ran: a killed worker's
 # message goes back to the queue instead of being lost.
 CELERY_TASK_ACKS_LATE = True
+# Threads, not prefork: a run waits on brokers, limiter slots and reports far longer than it
+# computes, and a thread waits for a few hundred KiB where a process costs ~100 MiB. Prefork
+# stays available (SYNC_WORKER_POOL=prefork, or --pool prefork); docs/operations.md says why not gevent.
+CELERY_WORKER_POOL = env("SYNC_WORKER_POOL", "threads")
+CELERY_WORKER_CONCURRENCY = SYNC_WORKER_CONCURRENCY
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("SYNC_TASK_SOFT_TIME_LIMIT", 600)
@@ -310,6 +337,9 @@ SYNC_RETRY_DELAYS_S = tuple(float(s) for s in env("SYNC_RETRY_DELAYS_S", "60,300
 # SyncLog rows older than this many days are deleted by the daily prune task.
 SYNC_LOG_RETENTION_DAYS = env_int("SYNC_LOG_RETENTION_DAYS", 90)
 SYNC_IMPORT_BATCH_SIZE = env_int("SYNC_IMPORT_BATCH_SIZE", 2000)
+# A connection with at most this many accounts syncs them inside its own task (each in a thread:
+# their time is the broker's), with no chord; more fan out as one task per account across the workers.
+SYNC_ACCOUNTS_IN_TASK = env_int("SYNC_ACCOUNTS_IN_TASK", 4)
 
 # --- Brokers ------------------------------------------------------------------------------
 # Comma-separated Fernet keys, newest first: credentials are encrypted with the first and

@@ -13,6 +13,7 @@ and no later sync brings it back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -151,12 +152,13 @@ def _batch_size() -> int:
 def import_trades(
     account_id: int,
     trades: Iterable[BrokerTrade],
-    on_batch_committed: Callable[[list[BrokerTrade], list[Trade]], None] | None = None,
+    on_batch_committed: Callable[[list[BrokerTrade], list[Trade], bool], None] | None = None,
 ) -> ImportResult:
     """Insert the trades of one account; duplicates are skipped and counted. Batches commit one by one.
 
-    on_batch_committed(batch, voided) runs after each batch's commit with the stored fills its
-    busts tombstoned, e.g. to record progress and recompute what changed.
+    on_batch_committed(batch, voided, last) runs after each batch's commit with the stored fills its
+    busts tombstoned, e.g. to recompute what changed and record progress; `last` is true for the
+    last batch of a source that ended well, after which the caller records the whole import as done.
     """
     insert = _postgres_batch if connection.vendor == "postgresql" else _sqlite_batch
     result = ImportResult()
@@ -168,12 +170,13 @@ def import_trades(
         if batch:
             fills = [t for t in batch if not t.busted]
             busts = [t for t in batch if t.busted]
-            with transaction.atomic(), connection.cursor() as cursor:
+            # One statement commits on its own; only busts (updates beside the insert) need a transaction.
+            with transaction.atomic() if busts else contextlib.nullcontext(), connection.cursor() as cursor:
                 inserted = insert(cursor, account_id, fills, now) if fills else 0
                 voided = _bust(account_id, busts, now)
             result += ImportResult(imported=inserted, skipped=len(fills) - inserted, busted=len(voided))
             if on_batch_committed is not None:
-                on_batch_committed(batch, voided)
+                on_batch_committed(batch, voided, stopped is None and len(batch) < size)
         if stopped is not None:
             raise stopped
         if len(batch) < size:

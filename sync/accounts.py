@@ -37,15 +37,16 @@ def import_account(
     row: BrokerAccount,
     info: BrokerAccountInfo,
     until: datetime,
-    run_started: datetime,
+    resumed_run_started: datetime | None,
 ) -> AccountImport:
-    """Import the account's trades in (cursor - overlap, run start]; the cursor moves once all committed.
+    """Import the account's trades in (cursor - overlap, run start]; the caller moves the cursor to `until`.
 
     The overlap only decides what to ask the broker for: providers pass on every fill the
     broker returned within max_history, and the journal's unique constraint drops the ones
     it already has. Where the broker reports positions they are read first, and the fills
     are read up to that moment at least, so every fill behind them is in the journal when
-    the two are compared.
+    the two are compared. resumed_run_started is the run's start when an earlier attempt of the
+    run may have imported some of these trades (None on a run's first attempt: nothing to look up).
     """
     reported = _broker_positions(provider, auth, info, row)
     read_at = timezone.now()
@@ -56,10 +57,10 @@ def import_account(
     cursor = row.sync_cursor
     changes = ChangedInstruments(row.pk)
 
-    def committed(batch, voided):
+    def committed(batch, voided, last):
         changes.add(batch, voided)
-        if not provider.trades_ascending:
-            return
+        if last or not provider.trades_ascending:
+            return  # after the last batch of a source that ended well, the caller moves the cursor
         # Every fill up to this batch's newest is committed: a rate-limit pause or a crash
         # after this point resumes here instead of refetching the whole backfill.
         nonlocal cursor
@@ -73,12 +74,11 @@ def import_account(
     finally:
         # What committed is in the journal even when the source stopped early: its positions follow it.
         positions_recompute(changed=changes.since)
-    # Only now that every batch committed may the next sync start from `until`.
-    BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=until)
-    counts = _whole_run_counts(row, result, run_started, attempt_started, since)
+    if resumed_run_started is not None:
+        result = _whole_run_counts(row, result, resumed_run_started, attempt_started, since)
     if reported is None:
-        return AccountImport(counts)
-    return AccountImport(counts, position_differences(row.pk, reported, read_at))
+        return AccountImport(result)
+    return AccountImport(result, position_differences(row.pk, reported, read_at))
 
 
 def _broker_positions(

@@ -24,23 +24,27 @@ def close_interrupted_runs() -> int:
     RUNNING log whose lock is gone or another run's is dead, and SYNCING without a lock is
     stale. An interrupted run's counts are what it really imported, read from the journal.
     """
-    for connection in BrokerConnection.objects.filter(status=BrokerConnection.Status.SYNCING):
-        if locks.holder(connection.pk) is None:
-            # The last run that finished says whether the connection works; a cut-off run says nothing.
-            status = (
-                BrokerConnection.Status.ERROR if connection.consecutive_failures else BrokerConnection.Status.CONNECTED
-            )
-            BrokerConnection.objects.filter(pk=connection.pk, status=BrokerConnection.Status.SYNCING).update(
-                status=status, next_attempt_at=None, next_attempt_reason=""
-            )
+    syncing = dict(
+        BrokerConnection.objects.filter(status=BrokerConnection.Status.SYNCING).values_list(
+            "pk", "consecutive_failures"
+        )
+    )
+    free = [pk for pk, run in locks.holders(list(syncing)).items() if run is None]
+    # The last run that finished says whether the connection works; a cut-off run says nothing.
+    for status, failed in ((BrokerConnection.Status.ERROR, True), (BrokerConnection.Status.CONNECTED, False)):
+        BrokerConnection.objects.filter(
+            pk__in=[pk for pk in free if bool(syncing[pk]) == failed], status=BrokerConnection.Status.SYNCING
+        ).update(status=status, next_attempt_at=None, next_attempt_reason="")
     # A run opens its log just after taking the lock: give that moment a margin.
     settled = timezone.now() - timedelta(seconds=settings.SYNC_SWEEP_INTERVAL_S)
     closed = 0
-    for sync_log in SyncLog.objects.filter(status=SyncLog.Status.RUNNING, started_at__lt=settled):
-        if locks.holder(sync_log.connection_id) == sync_log.task_id:
+    running = list(SyncLog.objects.filter(status=SyncLog.Status.RUNNING, started_at__lt=settled))
+    holding = locks.holders(list({sync_log.connection_id for sync_log in running}))
+    for sync_log in running:
+        if holding[sync_log.connection_id] == sync_log.task_id:
             continue
-        close_log(sync_log, SyncLog.Status.INTERRUPTED, _imported_by(sync_log), outcomes.INTERRUPTED, "interrupted")
-        closed += 1
+        if close_log(sync_log, SyncLog.Status.INTERRUPTED, _imported_by(sync_log), outcomes.INTERRUPTED, "interrupted"):
+            closed += 1
     if closed:
         log.warning("sync_runs_closed_as_interrupted", count=closed)
     return closed

@@ -75,6 +75,10 @@ RESOLVED_BY_SUCCESS = (Notice.Kind.REPEATED_FAILURE, Notice.Kind.CREDENTIALS)
 
 
 def run_succeeded(connection: BrokerConnection, failures_before: int) -> None:
+    if not failures_before:
+        # The notices a success resolves come only with a failed run, which counts a failure
+        # (run_failed, credentials_refused): after a success none of them is open.
+        return
     # A success proves the credentials work and the failures are over: those notices are resolved
     # (they leave the page as if dismissed); the recovery notice below says what happened.
     Notice.objects.filter(connection=connection, kind__in=RESOLVED_BY_SUCCESS, dismissed_at__isnull=True).update(

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 import structlog
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, OuterRef, Subquery
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -33,13 +33,49 @@ log = structlog.get_logger("sync")
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A run ready for its accounts: its log, its id (which holds the lock), and the moment to sync up to."""
+    """A run ready for its accounts: its log, its id (which holds the lock), and the moment to sync up to.
+
+    started_at and trigger are the log's, carried so that no step reads them back; resumed says an
+    earlier attempt of this run may have imported some trades already (a redelivered message, a
+    retried or paused step), which only then must be counted as the run's own. The task that
+    started the run also keeps the rows it read (connection, accounts, log): its accounts need
+    no second read.
+    """
 
     sync_log_id: int
     connection_id: int
     run_id: str
     account_ids: tuple[int, ...]
     until: datetime
+    started_at: datetime
+    trigger: str
+    resumed: bool = False
+    accounts: tuple[BrokerAccount, ...] = field(default=(), compare=False, repr=False)
+    sync_log: SyncLog | None = field(default=None, compare=False, repr=False)
+
+    def message(self) -> dict:
+        """The run as the kwargs of its account tasks and its finish (JSON)."""
+        return {
+            "sync_log_id": self.sync_log_id,
+            "connection_id": self.connection_id,
+            "run_id": self.run_id,
+            "until": self.until.isoformat(),
+            "started_at": self.started_at.isoformat(),
+            "trigger": self.trigger,
+        }
+
+    @classmethod
+    def from_message(cls, *, resumed: bool = False, **run) -> RunPlan:
+        return cls(
+            run["sync_log_id"],
+            run["connection_id"],
+            run["run_id"],
+            (),
+            datetime.fromisoformat(run["until"]),
+            datetime.fromisoformat(run["started_at"]),
+            run["trigger"],
+            resumed,
+        )
 
 
 def new_run_id() -> str:
@@ -54,13 +90,14 @@ def start_run(connection_id: int, *, run_id: str, trigger: str, attempt: int = 1
     With a plan (or on a raised error) the lock stays held: the caller retries, pauses or
     gives up (give_up releases it), and finish_run releases it once every account reported.
     """
-    connection = BrokerConnection.objects.filter(pk=connection_id).first()
+    connection, known, open_log_id = _read(connection_id, run_id)
     if connection is None:
         log.info("sync_connection_gone", connection_id=connection_id)
         return None
     if not locks.acquire(connection.pk, run_id):
         return _record_skipped(connection, trigger, run_id, attempt)
-    sync_log = _open_log(connection, trigger, run_id, attempt)
+    earlier = SyncLog.objects.get(pk=open_log_id) if open_log_id is not None else None
+    sync_log = _open_log(connection, trigger, run_id, attempt, earlier)
     BrokerConnection.objects.filter(pk=connection.pk).update(
         status=BrokerConnection.Status.SYNCING, next_attempt_at=None, next_attempt_reason=""
     )
@@ -71,7 +108,7 @@ def start_run(connection_id: int, *, run_id: str, trigger: str, attempt: int = 1
             infos = sessions.with_session(connection, provider, provider.get_accounts)
     finally:
         _count_request_retries(sync_log.pk, provider.request_retries)
-    rows = _refresh_accounts(connection, infos)
+    rows = _refresh_accounts(connection, infos, known)
     if not rows:
         locks.release(connection.pk, run_id)
         return _finish_ok(connection, sync_log, {})
@@ -79,9 +116,39 @@ def start_run(connection_id: int, *, run_id: str, trigger: str, attempt: int = 1
         sync_log_id=sync_log.pk,
         connection_id=connection.pk,
         run_id=run_id,
-        account_ids=tuple(row.pk for row in rows.values()),
+        account_ids=tuple(row.pk for row in rows),
         until=timezone.now(),
+        started_at=sync_log.started_at,
+        trigger=sync_log.trigger,
+        resumed=open_log_id is not None,
+        accounts=tuple(rows),
+        sync_log=sync_log,
     )
+
+
+def _read(connection_id: int, run_id: str) -> tuple[BrokerConnection | None, dict[str, BrokerAccount], int | None]:
+    """The connection, its accounts by external id, and this run's open log if an earlier attempt left
+    one: one query for a connection that has accounts (every sync but the first)."""
+    open_log = SyncLog.objects.filter(
+        connection_id=OuterRef("connection_id"), task_id=run_id, status=SyncLog.Status.RUNNING
+    ).values("pk")[:1]
+    rows = list(
+        BrokerAccount.objects.select_related("connection")
+        .filter(connection_id=connection_id)
+        .annotate(open_log_id=Subquery(open_log))
+        .order_by("pk")
+    )
+    if not rows:
+        open_log = SyncLog.objects.filter(
+            connection_id=OuterRef("pk"), task_id=run_id, status=SyncLog.Status.RUNNING
+        ).values("pk")[:1]
+        connection = BrokerConnection.objects.filter(pk=connection_id).annotate(open_log_id=Subquery(open_log)).first()
+        return connection, {}, connection.open_log_id if connection else None
+    connection = rows[0].connection
+    for row in rows:
+        # One connection object for the whole run: a renewed session written through it is seen by every step.
+        row.connection = connection
+    return connection, {row.external_id: row for row in rows}, rows[0].open_log_id
 
 
 def _record_skipped(connection: BrokerConnection, trigger: str, run_id: str, attempt: int) -> SyncLog:
@@ -102,9 +169,12 @@ def _record_skipped(connection: BrokerConnection, trigger: str, run_id: str, att
     return skipped
 
 
-def _open_log(connection: BrokerConnection, trigger: str, run_id: str, attempt: int) -> SyncLog:
-    existing = _running_log(connection.pk, run_id)
+def _open_log(
+    connection: BrokerConnection, trigger: str, run_id: str, attempt: int, existing: SyncLog | None
+) -> SyncLog:
+    """The run's log: the one an earlier attempt opened (`existing`), or a new one."""
     if existing:
+        existing.connection = connection
         if attempt > existing.attempt:
             existing.attempt = attempt
             existing.save(update_fields=["attempt"])
@@ -132,21 +202,30 @@ def _bound(connection: BrokerConnection, sync_log: SyncLog):
     )
 
 
-def _refresh_accounts(connection: BrokerConnection, infos: list[BrokerAccountInfo]) -> dict[str, BrokerAccount]:
-    rows = {}
+def _refresh_accounts(
+    connection: BrokerConnection, infos: list[BrokerAccountInfo], known: dict[str, BrokerAccount]
+) -> list[BrokerAccount]:
+    """The rows of the accounts the broker listed, written only where the broker says something new."""
+    rows: dict[str, BrokerAccount] = {}
     for info in infos:
-        row, _ = BrokerAccount.objects.update_or_create(
-            connection=connection,
-            external_id=info.external_id,
-            defaults={
-                "name": info.name,
-                "currency": info.currency,
-                "is_active": True,
-                "broker_refreshed_on": _day(info.extra.get("refreshed_on")),
-            },
-        )
+        facts = {
+            "name": info.name,
+            "currency": info.currency,
+            "is_active": True,
+            "broker_refreshed_on": _day(info.extra.get("refreshed_on")),
+        }
+        row = known.get(info.external_id)
+        if row is None:
+            row, _ = BrokerAccount.objects.update_or_create(
+                connection=connection, external_id=info.external_id, defaults=facts
+            )
+        elif any(getattr(row, name) != value for name, value in facts.items()):
+            BrokerAccount.objects.filter(pk=row.pk).update(**facts)
+            for name, value in facts.items():
+                setattr(row, name, value)
+        row.connection = connection
         rows[info.external_id] = row
-    return rows
+    return list(rows.values())
 
 
 def _day(text: str | None) -> date | None:
@@ -164,22 +243,34 @@ def _count_request_retries(sync_log_id: int, retries: int) -> None:
 
 # --- an account --------------------------------------------------------------------------
 def sync_account(plan: RunPlan, account_id: int) -> dict:
-    """Fetch and import one account's trades since its cursor; raises what went wrong."""
+    """An account step on its own (an account task, or the inline runner): read, import, move the cursor."""
     row = BrokerAccount.objects.select_related("connection").get(pk=account_id)
-    connection = row.connection
-    if not locks.acquire(connection.pk, plan.run_id):
+    if not locks.acquire(row.connection_id, plan.run_id):
         # This run's lock lapsed and a newer run owns the connection: it fetches this account.
         raise RunSuperseded()
-    run_started, trigger = SyncLog.objects.values_list("started_at", "trigger").get(pk=plan.sync_log_id)
+    outcome = import_account(plan, row)
+    BrokerAccount.objects.filter(pk=row.pk).update(sync_cursor=plan.until)
+    return outcome
+
+
+def import_account(plan: RunPlan, row: BrokerAccount) -> dict:
+    """Fetch and import one account's trades since its cursor; raises what went wrong.
+
+    The cursor moves to plan.until only once every batch committed, and the caller moves it (the
+    run that syncs its accounts in its own task moves them all in one statement at its end).
+    """
+    connection = row.connection
     provider = get_broker_provider(connection.broker_type, connection.environment, run_id=plan.run_id)
-    provider.trader_asked = trigger == SyncLog.Trigger.MANUAL
+    provider.trader_asked = plan.trigger == SyncLog.Trigger.MANUAL
     info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
     try:
         with locks.kept_alive(connection.pk, plan.run_id):
             outcome = sessions.with_session(
                 connection,
                 provider,
-                lambda auth: accounts.import_account(provider, auth, row, info, plan.until, run_started),
+                lambda auth: accounts.import_account(
+                    provider, auth, row, info, plan.until, plan.started_at if plan.resumed else None
+                ),
             )
     finally:
         _count_request_retries(plan.sync_log_id, provider.request_retries)
@@ -271,7 +362,7 @@ def give_up(connection_id: int, run_id: str, trigger: str, exc: BaseException, a
         connection = BrokerConnection.objects.filter(pk=connection_id).first()
         if connection is None:
             return None
-        sync_log = _running_log(connection_id, run_id) or _open_log(connection, trigger, run_id, attempts)
+        sync_log = _running_log(connection_id, run_id) or _open_log(connection, trigger, run_id, attempts, None)
         if not isinstance(exc, (BrokerError, *DATABASE_ERRORS)):
             _bound(connection, sync_log).exception("sync_crashed", exc_info=exc)
         return _finish_failed(
@@ -286,14 +377,14 @@ def give_up(connection_id: int, run_id: str, trigger: str, exc: BaseException, a
         locks.release(connection_id, run_id)
 
 
-def finish_run(plan: RunPlan, results: list[dict]) -> SyncLog:
-    """Write the run's outcome from every account's result, then free the connection's lock."""
-    sync_log = SyncLog.objects.select_related("connection").get(pk=plan.sync_log_id)
+def finish_run(plan: RunPlan, results: list[dict], *, synced: tuple[int, ...] = ()) -> SyncLog:
+    """Write the run's outcome from every account's result, then free the connection's lock.
+
+    synced: accounts whose trades this step imported and whose cursors move to plan.until now, in
+    the closing transaction (the run that synced its accounts in its own task).
+    """
+    sync_log = plan.sync_log or SyncLog.objects.select_related("connection").get(pk=plan.sync_log_id)
     connection = sync_log.connection
-    if sync_log.status != SyncLog.Status.RUNNING:
-        # Closed meanwhile (e.g. as interrupted, after a long outage): its outcome stands.
-        log.warning("sync_run_already_closed", sync_log_id=sync_log.pk, status=sync_log.status)
-        return sync_log
     try:
         detail = {r["account"]: {k: v for k, v in r.items() if k != "account"} for r in results}
         failed = [r for r in results if r.get("error")]
@@ -306,7 +397,7 @@ def finish_run(plan: RunPlan, results: list[dict]) -> SyncLog:
                 kind=failed[0]["kind"],
                 credentials_rejected=any(r["kind"] == ErrorKind.AUTH for r in failed),
             )
-        return _finish_ok(connection, sync_log, detail)
+        return _finish_ok(connection, sync_log, detail, synced=synced, until=plan.until)
     finally:
         locks.release(connection.pk, plan.run_id)
 
@@ -321,44 +412,57 @@ def _count_finished(sync_log: SyncLog) -> None:
     )
 
 
-def close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = "", kind: str = "") -> None:
+def close_log(sync_log: SyncLog, status: str, detail: dict | None, error: str = "", kind: str = "") -> bool:
+    """Close a RUNNING log with its outcome; False (and nothing written) if it was closed meanwhile."""
     now = timezone.now()
-    sync_log.status = status
-    sync_log.finished_at = now
-    sync_log.duration_ms = int((now - sync_log.started_at).total_seconds() * 1000)
+    closed = {
+        "status": status,
+        "finished_at": now,
+        "duration_ms": int((now - sync_log.started_at).total_seconds() * 1000),
+        "error_message": error,
+        "error_kind": kind,
+    }
     if detail is not None:
-        sync_log.detail = detail
-        sync_log.trades_imported = sum(d["imported"] for d in detail.values())
-        sync_log.trades_skipped = sum(d["skipped"] for d in detail.values())
-    sync_log.error_message = error
-    sync_log.error_kind = kind
-    # request_retries is counted by the steps with F(): never write back a stale copy.
-    sync_log.save(
-        update_fields=[
-            "status",
-            "finished_at",
-            "duration_ms",
-            "detail",
-            "trades_imported",
-            "trades_skipped",
-            "error_message",
-            "error_kind",
-        ]
-    )
+        closed |= {
+            "detail": detail,
+            "trades_imported": sum(d["imported"] for d in detail.values()),
+            "trades_skipped": sum(d["skipped"] for d in detail.values()),
+        }
+    # Only a log still RUNNING: a run the sweep closed as interrupted (after a long outage) keeps that
+    # outcome. request_retries is counted by the steps with F(): never written back from a stale copy.
+    if not SyncLog.objects.filter(pk=sync_log.pk, status=SyncLog.Status.RUNNING).update(**closed):
+        log.warning("sync_run_already_closed", sync_log_id=sync_log.pk)
+        return False
+    for name, value in closed.items():
+        setattr(sync_log, name, value)
     _count_finished(sync_log)
+    return True
 
 
 @transaction.atomic
-def _finish_ok(connection: BrokerConnection, sync_log: SyncLog, detail: dict) -> SyncLog:
+def _finish_ok(
+    connection: BrokerConnection,
+    sync_log: SyncLog,
+    detail: dict,
+    *,
+    synced: tuple[int, ...] = (),
+    until: datetime | None = None,
+) -> SyncLog:
+    if synced:
+        # Their trades are committed whatever becomes of the log: the next sync starts from here.
+        BrokerAccount.objects.filter(pk__in=synced).update(sync_cursor=until)
     failed = [k for k, v in detail.items() if v.get("error")]
     status = SyncLog.Status.PARTIAL if failed else SyncLog.Status.SUCCESS
     # Rows left out are said next to the errors: the run succeeded, but not with every row.
     notes = [f"{k}: {detail[k]['error']}" for k in failed]
     notes += [f"{k}: {outcomes.unreadable(v['unreadable'])}" for k, v in detail.items() if v.get("unreadable")]
     error = "; ".join(notes)
-    close_log(sync_log, status, detail, error, ErrorKind.ACCOUNT if failed else "")
+    if not close_log(sync_log, status, detail, error, ErrorKind.ACCOUNT if failed else ""):
+        sync_log.refresh_from_db()
+        return sync_log
     now = sync_log.finished_at
-    failures_before = BrokerConnection.objects.values_list("consecutive_failures", flat=True).get(pk=connection.pk)
+    # Read when the run started: only this run, which holds the lock, changes it meanwhile.
+    failures_before = connection.consecutive_failures
     BrokerConnection.objects.filter(pk=connection.pk).update(
         status=BrokerConnection.Status.CONNECTED,
         last_sync_at=now,
@@ -391,7 +495,9 @@ def _finish_failed(
     kind: str,
     credentials_rejected: bool = False,
 ) -> SyncLog:
-    close_log(sync_log, SyncLog.Status.FAILED, detail, message, kind)
+    if not close_log(sync_log, SyncLog.Status.FAILED, detail, message, kind):
+        sync_log.refresh_from_db()
+        return sync_log
     fields = {
         "status": BrokerConnection.Status.ERROR,
         "last_sync_at": sync_log.finished_at,
@@ -438,12 +544,14 @@ def run_inline(connection_id: int, *, trigger: str = SyncLog.Trigger.MANUAL, run
     )
     if not isinstance(started, RunPlan):
         return started
+    # A step paused here runs again: what its earlier attempt imported counts as the run's.
+    resumable = replace(started, resumed=True)
     results = [
         _inline_step(
             connection_id,
             run_id,
-            lambda pk=pk: sync_account(started, pk),
-            lambda exc, pk=pk: account_gave_up(started, pk, exc, attempts=1),
+            lambda pk=pk: sync_account(resumable, pk),
+            lambda exc, pk=pk: account_gave_up(resumable, pk, exc, attempts=1),
         )
         for pk in started.account_ids
     ]

@@ -7,14 +7,17 @@ task through Celery's autoretry with our countdown, holding the run's lock for t
 
 from __future__ import annotations
 
-from datetime import datetime
+import contextvars
+import threading
+from concurrent.futures import Future
 
 import structlog
 from celery import Task, chord, shared_task
+from django import db
 from django.conf import settings
 
 from brokers import periodic_tasks
-from brokers.models import SyncLog
+from brokers.models import BrokerAccount, SyncLog
 from brokers.providers.errors import ErrorKind
 from sync import housekeeping, locks, outcomes, policy, runs
 from sync.runs import RunPlan
@@ -108,7 +111,8 @@ STEP = {
 def sync_connection(
     self, connection_id: int, trigger: str = SyncLog.Trigger.SCHEDULED, failures: int = 0, pauses: int = 0
 ):
-    """Start a sync: session and accounts here, then one sync_account task per account in parallel.
+    """A sync: session and accounts here, then the accounts — in this task when they are few, else
+    one sync_account task per account in parallel (a chord).
 
     Transient failures are retried up to 3 times (about 1, 5 and 15 minutes apart); rate-limit
     pauses wait without counting as a failure.
@@ -116,24 +120,109 @@ def sync_connection(
     run_id = self.request.id or runs.new_run_id()
     structlog.contextvars.bind_contextvars(connection_id=connection_id, task_id=run_id, attempt=failures + 1)
     try:
-        started = runs.start_run(connection_id, run_id=run_id, trigger=trigger, attempt=failures + 1)
-    except Exception as exc:
-        _wait_or_give_up(exc, connection_id=connection_id, run_id=run_id, failures=failures, pauses=pauses)
-        started = runs.give_up(connection_id, run_id, trigger, exc, attempts=failures + 1)
+        try:
+            started = runs.start_run(connection_id, run_id=run_id, trigger=trigger, attempt=failures + 1)
+        except Exception as exc:
+            _wait_or_give_up(exc, connection_id=connection_id, run_id=run_id, failures=failures, pauses=pauses)
+            started = runs.give_up(connection_id, run_id, trigger, exc, attempts=failures + 1)
+        if started is None:
+            return None
+        if not isinstance(started, RunPlan):
+            return {"sync_log_id": started.pk, "status": started.status}
+        if len(started.account_ids) > settings.SYNC_ACCOUNTS_IN_TASK:
+            _fan_out(started, [(pk, None) for pk in started.account_ids])
+            return {"sync_log_id": started.sync_log_id, "status": SyncLog.Status.RUNNING}
+        return _accounts_here(started)
     finally:
-        structlog.contextvars.unbind_contextvars("connection_id", "task_id", "attempt")
-    if started is None:
-        return None
-    if isinstance(started, RunPlan):
-        run = {
-            "sync_log_id": started.sync_log_id,
-            "connection_id": started.connection_id,
-            "run_id": started.run_id,
-            "until": started.until.isoformat(),
-        }
-        chord(sync_account.s(account_id=pk, **run) for pk in started.account_ids)(finish_sync.s(**run))
-        return {"sync_log_id": started.sync_log_id, "status": SyncLog.Status.RUNNING}
-    return {"sync_log_id": started.pk, "status": started.status}
+        structlog.contextvars.clear_contextvars()
+
+
+def _account_step(plan: RunPlan, account_id: int, step, *, failures: int = 0, pauses: int = 0) -> dict:
+    """One account under the policy: its result (counts, or its error once given up), or StepWaits."""
+    try:
+        return step()
+    except Exception as exc:
+        _wait_or_give_up(
+            exc,
+            connection_id=plan.connection_id,
+            run_id=plan.run_id,
+            failures=failures,
+            pauses=pauses,
+            account=runs.account_label(account_id),
+        )
+        return runs.account_gave_up(plan, account_id, exc, attempts=failures + 1)
+
+
+def _accounts_here(plan: RunPlan) -> dict:
+    """The lean run: the accounts in this task, the first in this thread and each other in a thread
+    of its own (their time is the broker's), with no chord, no result backend, no further message.
+
+    An account that must wait (a retry, a broker's pause) goes on as a sync_account task after its
+    wait, and the run's finish then waits for it with the others' results in hand.
+    """
+
+    def one(row):
+        structlog.contextvars.bind_contextvars(account_id=row.pk)
+        try:
+            return _account_step(plan, row.pk, lambda: runs.import_account(plan, row))
+        except StepWaits as wait:
+            return wait
+
+    if db.connection.in_atomic_block:
+        # Called inside a transaction (an eager task in a test, a caller's atomic block): another
+        # thread's connection could neither see its rows nor write beside it, so one after another.
+        outcomes = [one(row) for row in plan.accounts]
+    else:
+        others = [_in_own_thread(one, row) for row in plan.accounts[1:]]
+        outcomes = [one(plan.accounts[0]), *(thread.result() for thread in others)]
+    done = [o for o in outcomes if isinstance(o, dict)]
+    synced = tuple(
+        row.pk for row, o in zip(plan.accounts, outcomes, strict=True) if isinstance(o, dict) and "error" not in o
+    )
+    waiting = [(row.pk, o) for row, o in zip(plan.accounts, outcomes, strict=True) if isinstance(o, StepWaits)]
+    if waiting:
+        BrokerAccount.objects.filter(pk__in=synced).update(sync_cursor=plan.until)
+        _fan_out(plan, waiting, done=done)
+        return {"sync_log_id": plan.sync_log_id, "status": SyncLog.Status.RUNNING}
+    sync_log = runs.finish_run(plan, done, synced=synced)
+    return {"sync_log_id": sync_log.pk, "status": sync_log.status}
+
+
+def _in_own_thread(function, *args) -> Future:
+    """Run function(*args) in a new thread with this task's log context; its database connection
+    is closed (given back to the pool) when it ends, as Celery does for a task's own thread."""
+    future: Future = Future()
+    context = contextvars.copy_context()
+
+    def run():
+        try:
+            future.set_result(context.run(function, *args))
+        except BaseException as exc:
+            future.set_exception(exc)
+        finally:
+            db.connections.close_all()
+
+    threading.Thread(target=run, name="sync-account", daemon=True).start()
+    return future
+
+
+def _fan_out(plan: RunPlan, accounts: list[tuple[int, StepWaits | None]], done: list[dict] = ()) -> None:
+    """One sync_account task per account (after its wait, if it has one), then finish_sync with every result.
+
+    The lock is held for the longest wait plus one TTL, as SyncTask.retry does for a waiting task.
+    """
+    longest = max((wait.countdown for _, wait in accounts if wait), default=0)
+    if longest:
+        locks.hold(plan.connection_id, plan.run_id, longest + settings.SYNC_LOCK_TTL_S)
+    run = plan.message()
+    header = []
+    for pk, wait in accounts:
+        if wait is None:
+            header.append(sync_account.s(account_id=pk, **run))
+        else:
+            step = sync_account.s(account_id=pk, failures=wait.failures, pauses=wait.pauses, **run)
+            header.append(step.set(countdown=wait.countdown))
+    chord(header)(finish_sync.s(done=list(done), **run))
 
 
 @shared_task(name="sync.tasks.sync_account", **STEP)
@@ -144,11 +233,16 @@ def sync_account(
     connection_id: int,
     run_id: str,
     until: str,
+    started_at: str,
+    trigger: str,
     failures: int = 0,
     pauses: int = 0,
 ) -> dict:
     """Import one account's trades for a run. Always returns a result, so the run can finish."""
-    plan = RunPlan(sync_log_id, connection_id, run_id, (), datetime.fromisoformat(until))
+    run = {"sync_log_id": sync_log_id, "connection_id": connection_id, "run_id": run_id, "until": until}
+    # An account task may follow an attempt that imported some batches (a retry, a pause, a message
+    # redelivered after its worker died): what the run imported before always counts as its own.
+    plan = RunPlan.from_message(resumed=True, started_at=started_at, trigger=trigger, **run)
     structlog.contextvars.bind_contextvars(
         connection_id=connection_id,
         account_id=account_id,
@@ -157,26 +251,31 @@ def sync_account(
         attempt=failures + 1,
     )
     try:
-        return runs.sync_account(plan, account_id)
-    except Exception as exc:
-        _wait_or_give_up(
-            exc,
-            connection_id=connection_id,
-            run_id=run_id,
-            failures=failures,
-            pauses=pauses,
-            account=runs.account_label(account_id),
+        return _account_step(
+            plan, account_id, lambda: runs.sync_account(plan, account_id), failures=failures, pauses=pauses
         )
-        return runs.account_gave_up(plan, account_id, exc, attempts=failures + 1)
     finally:
-        structlog.contextvars.unbind_contextvars("connection_id", "account_id", "sync_log_id", "task_id", "attempt")
+        structlog.contextvars.clear_contextvars()
 
 
 @shared_task(name="sync.tasks.finish_sync", **RELIABLE)
-def finish_sync(results: list[dict], sync_log_id: int, connection_id: int, run_id: str, until: str) -> dict:
-    """Close the run once every account reported: one SyncLog, the connection's status, the lock."""
-    plan = RunPlan(sync_log_id, connection_id, run_id, (), datetime.fromisoformat(until))
-    sync_log = runs.finish_run(plan, results)
+def finish_sync(
+    results: list[dict],
+    sync_log_id: int,
+    connection_id: int,
+    run_id: str,
+    until: str,
+    started_at: str,
+    trigger: str,
+    done: list[dict] = (),
+) -> dict:
+    """Close the run once every account reported: one SyncLog, the connection's status, the lock.
+
+    done: the results of the accounts the run's own task synced before the others had to wait.
+    """
+    run = {"sync_log_id": sync_log_id, "connection_id": connection_id, "run_id": run_id, "until": until}
+    plan = RunPlan.from_message(started_at=started_at, trigger=trigger, **run)
+    sync_log = runs.finish_run(plan, [*done, *results])
     return {"sync_log_id": sync_log.pk, "status": sync_log.status}
 
 

@@ -48,7 +48,7 @@ def account_with(owner, fills, external_id="ACC-1") -> BrokerAccount:
     connection_ = connection(owner, label=f"Pages {external_id}", sync_enabled=False)
     account = connection_.accounts.create(external_id=external_id, name=f"Account {external_id}")
     changes = ChangedInstruments(account.pk)
-    import_trades(account.pk, fills, on_batch_committed=changes.add)
+    import_trades(account.pk, fills, on_batch_committed=lambda batch, voided, last: changes.add(batch, voided))
     positions_recompute(changed=changes.since)
     return account
 

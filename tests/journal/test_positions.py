@@ -53,7 +53,7 @@ def stored(trips):
 def imported(account, trades):
     """As a sync imports: what each batch changed is recomputed."""
     changes = ChangedInstruments(account.pk)
-    import_trades(account.pk, trades, on_batch_committed=changes.add)
+    import_trades(account.pk, trades, on_batch_committed=lambda batch, voided, last: changes.add(batch, voided))
     positions_recompute(changed=changes.since)
 
 

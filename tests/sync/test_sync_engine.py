@@ -382,7 +382,7 @@ def test_an_account_task_of_a_superseded_run_leaves_the_account_to_the_newer_run
     row = connection.accounts.create(external_id="DEMO-FUT-1", name="f")
     old_log = SyncLog.objects.create(connection=connection, started_at=timezone.now(), task_id="old-run")
     assert locks.acquire(connection.pk, "newer-run")
-    plan = runs.RunPlan(old_log.pk, connection.pk, "old-run", (), timezone.now())
+    plan = runs.RunPlan(old_log.pk, connection.pk, "old-run", (), timezone.now(), old_log.started_at, old_log.trigger)
     with pytest.raises(RunSuperseded) as raised:
         runs.sync_account(plan, row.pk)
     result = runs.account_gave_up(plan, row.pk, raised.value, attempts=1)

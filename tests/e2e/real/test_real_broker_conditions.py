@@ -5,7 +5,7 @@ import pytest
 from config.celery_app import app as celery_app
 from tests.e2e import broker_conditions as scenario
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.realprocess, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("worker_pool")]
 
 # Production timings ÷ 150: lock 2 s, retries 0.4 / 2 / 6 s, request backoff 7 ms, Flex polls 67 ms.
 FAST = scenario.Timings(scale=1 / 150)

@@ -15,7 +15,7 @@ from tests import factories
 from tests.e2e.realprocess import celery_processes, finished_logs, send_sync, wait_for
 from tests.fakes.alpaca import FakeAlpaca
 
-pytestmark = [pytest.mark.realprocess, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.realprocess, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("worker_pool")]
 
 FILLS = 150
 
