@@ -434,6 +434,15 @@ def parse_report(root: Element) -> FlexReport:
     )
 
 
+def execution_of(attrs: Mapping[str, str], statement_account: str) -> BrokerTrade | None:
+    """One Trade or TradeConfirm row of a report as parse_report reads it; None for a row that is no
+    execution (ORDER and CLOSED_LOT rows repeat fills under other ids). A row we cannot read raises
+    UnreadableRow naming the field. For a file saved from the portal, read element by element."""
+    if _value(attrs, "levelOfDetail").upper() not in ("", "EXECUTION"):
+        return None
+    return _trade(attrs, _value(attrs, "accountId") or statement_account)
+
+
 def _account_info(statement: Element, account_id: str) -> BrokerAccountInfo:
     # AccountInformation is an optional section of the query; without it, the id names the account.
     info = statement.find("AccountInformation")
