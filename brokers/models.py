@@ -218,6 +218,8 @@ class SyncLog(models.Model):
         SCHEDULED = "scheduled", "Scheduled"
         MANUAL = "manual", "Manual"
         RETRY = "retry", "Retry"
+        # A broker export the trader imported (sync.files): it reads no broker, so it covers no trading day.
+        FILE = "file", "File import"
 
     class Status(models.TextChoices):
         RUNNING = "RUNNING", "Running"

@@ -70,12 +70,16 @@ def unsynced_session(connection: BrokerConnection, now: datetime | None = None) 
         return None
     day, closed_at = latest
     reach_ends = closed_at + provider.reach()
-    read = SyncLog.objects.filter(
-        connection=connection,
-        status__in=(SyncLog.Status.SUCCESS, SyncLog.Status.PARTIAL),
-        started_at__gte=closed_at,
-        started_at__lt=reach_ends,
-    ).exists()
+    read = (
+        SyncLog.objects.filter(
+            connection=connection,
+            status__in=(SyncLog.Status.SUCCESS, SyncLog.Status.PARTIAL),
+            started_at__gte=closed_at,
+            started_at__lt=reach_ends,
+        )
+        .exclude(trigger=SyncLog.Trigger.FILE)
+        .exists()
+    )
     return None if read else UnsyncedSession(day, closed_at, now < reach_ends)
 
 

@@ -42,7 +42,7 @@ def _with_status(connections) -> list[BrokerConnection]:
     runs = SyncLog.objects.filter(connection=OuterRef("pk"))
     last_run = runs.filter(status__in=FINISHED_RUNS).order_by("-started_at", "-id")
     # What the broker said about the first import (MT5 on MetaApi: only the last 5,000 deals) stays on the card.
-    first_run = runs.filter(status__in=FINISHED_RUNS).order_by("started_at", "id")
+    first_run = runs.filter(status__in=FINISHED_RUNS).exclude(trigger=SyncLog.Trigger.FILE).order_by("started_at", "id")
     last_error = runs.exclude(error_kind="").exclude(status=SyncLog.Status.SKIPPED).order_by("-started_at", "-id")
     rows = list(
         connections.annotate(
@@ -53,7 +53,11 @@ def _with_status(connections) -> list[BrokerConnection]:
             last_error_kind=Subquery(last_error.values("error_kind")[:1]),
             # The positions the last successful run compared (sync stores them in its detail).
             last_checked_detail=Subquery(
-                runs.filter(status__in=SUCCEEDED_RUNS).order_by("-started_at", "-id").values("detail")[:1],
+                # A file import compares no positions: the last sync's comparison stands.
+                runs.filter(status__in=SUCCEEDED_RUNS)
+                .exclude(trigger=SyncLog.Trigger.FILE)
+                .order_by("-started_at", "-id")
+                .values("detail")[:1],
                 output_field=JSONField(),
             ),
             first_run_detail=Subquery(first_run.values("detail")[:1], output_field=JSONField()),

@@ -37,7 +37,9 @@ def uncovered_days(connections: list[BrokerConnection], first: date, last: date,
         except BrokerConfigurationError:
             continue
         runs = sorted(
-            SyncLog.objects.filter(connection=connection, status__in=COVERING_RUNS).values_list("started_at", flat=True)
+            SyncLog.objects.filter(connection=connection, status__in=COVERING_RUNS)
+            .exclude(trigger=SyncLog.Trigger.FILE)
+            .values_list("started_at", flat=True)
         )
         judged_from = connection.created_at - reach
         codes = {CALENDAR_OF.get(c, DEFAULT_CALENDAR) for c in classes}

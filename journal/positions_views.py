@@ -130,7 +130,11 @@ def _position_differences(connections: list[BrokerConnection], account: BrokerAc
     """What the last successful run of each connection found differing from the broker's positions."""
     found = []
     for connection in connections:
-        run = SyncLog.objects.filter(connection=connection, status__in=COVERING_RUNS).order_by("-started_at").first()
+        # A file import compares no positions: the last sync's comparison stands.
+        runs = SyncLog.objects.filter(connection=connection, status__in=COVERING_RUNS).exclude(
+            trigger=SyncLog.Trigger.FILE
+        )
+        run = runs.order_by("-started_at").first()
         for external_id, result in (run.detail or {}).items() if run else ():
             if account and external_id != account.external_id:
                 continue

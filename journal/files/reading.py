@@ -40,7 +40,9 @@ class FileProblem(Exception):
             where.append(f"row {self.row}")
         if self.column:
             where.append(f"column {self.column}")
-        return f"{', '.join(where).capitalize()}: {self.message}" if where else self.message
+        if where:
+            return f"{', '.join(where).capitalize()}: {self.message}"
+        return self.message[:1].upper() + self.message[1:]
 
 
 @dataclass(frozen=True)

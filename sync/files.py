@@ -1,0 +1,213 @@
+"""A broker export imported into one account: the same fills, the same unique key and the same positions as a sync.
+
+The file is read row by row into BrokerTrade values (journal.files) and goes through
+journal.importing.import_trades inside one transaction: a row we cannot read rolls back every
+batch before it, so a bad file stores nothing. Each import leaves a SyncLog (trigger "file")
+on the account's connection, so the card and the history say what it did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta, tzinfo
+from decimal import Decimal, InvalidOperation
+from itertools import islice
+from typing import IO
+
+import structlog
+from django.db import transaction
+from django.utils import timezone
+
+from brokers.models import BrokerAccount, SyncLog
+from brokers.providers.types import BrokerTrade
+from journal.files.formats import open_as
+from journal.files.reading import CONTENT_KEY_PREFIX, FileProblem, NotAFill, Options, Parsed, content_of
+from journal.importing import import_trades
+from journal.models import Trade
+from journal.positions import ChangedInstruments, positions_recompute
+
+log = structlog.get_logger("sync.files")
+
+# Rows compared with the journal's fills at once, for fills the file names by content only.
+MATCH_BATCH = 1000
+CHUNK = 1 << 20
+
+
+@dataclass
+class FileImportResult:
+    """What one file did: imported, already there (by id or by content), not a fill, for another account."""
+
+    format: str = ""
+    imported: int = 0
+    already_there: int = 0
+    # Of already_there: fills a sync had stored under the broker's id, recognised by their content.
+    matched_by_content: int = 0
+    busted: int = 0
+    not_a_fill: int = 0
+    other_account: int = 0
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+    sync_log_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def file_import(
+    *,
+    account: BrokerAccount,
+    stream: IO[bytes],
+    name: str,
+    format: str = "",
+    time_zone: tzinfo | None = None,
+    trader_zone: tzinfo = UTC,
+) -> FileImportResult:
+    """Import a seekable binary stream into `account`; a FileProblem becomes the result's error (nothing stored)."""
+    started, clock = timezone.now(), time.monotonic()
+    result = FileImportResult()
+    digest = _sha256(stream)
+    try:
+        chosen, encoding = open_as(stream, format)
+        result.format = chosen.key
+        options = _options(account, chosen.key, time_zone, trader_zone)
+        changes = ChangedInstruments(account.pk)
+        rows = chosen.read(stream, encoding, options)
+        with transaction.atomic():
+            counts = import_trades(
+                account.pk,
+                _fills(rows, account, result),
+                on_batch_committed=lambda batch, voided, last: changes.add(batch, voided),
+            )
+        result.imported, result.busted = counts.imported, counts.busted
+        result.already_there += counts.skipped
+        result.notes = options.notes
+    except FileProblem as problem:
+        result.error = problem.described()
+        result.imported = result.already_there = result.matched_by_content = result.busted = 0
+    else:
+        positions_recompute(changed=changes.since)
+    result.sync_log_id = _record(account, result, name, digest, started, clock).pk
+    log.info(
+        "file_imported" if result.ok else "file_refused",
+        account=account.pk,
+        format=result.format,
+        imported=result.imported,
+        already_there=result.already_there,
+        error=result.error,
+    )
+    return result
+
+
+def _sha256(stream: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while chunk := stream.read(CHUNK):
+        digest.update(chunk)
+    stream.seek(0)
+    return digest.hexdigest()
+
+
+def _options(account: BrokerAccount, format_key: str, time_zone: tzinfo | None, trader_zone: tzinfo) -> Options:
+    stored = Trade.objects.filter(account=account).exclude(broker_trade_id__startswith=CONTENT_KEY_PREFIX)
+    options = Options(time_zone=time_zone, trader_zone=trader_zone, account_currency=account.currency or "USD")
+    if format_key == "metatrader5":
+        sizes = stored.exclude(raw__contractSize=None).values_list("symbol", "raw__contractSize").distinct()
+        options.known_contract_sizes = {symbol: _decimal(size) for symbol, size in sizes if _decimal(size)}
+    else:
+        options.known_multipliers = dict(
+            stored.filter(asset_class="FUT").values_list("symbol", "multiplier").distinct()
+        )
+    return options
+
+
+def _decimal(value) -> Decimal | None:
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() and number > 0 else None
+
+
+def _names_of(account: BrokerAccount) -> set[str]:
+    """How a file may name this account: its id, its name, or a MetaTrader login without its server."""
+    names = {account.external_id, account.name, account.external_id.split("@")[0]}
+    return {n.strip().lower() for n in names if n and n.strip()}
+
+
+def _fills(
+    rows: Iterable[Parsed | NotAFill], account: BrokerAccount, result: FileImportResult
+) -> Iterator[BrokerTrade]:
+    """The file's fills for this account, without those a sync already stored under the broker's id."""
+    names = _names_of(account)
+    mine = (row for row in rows if _counted(row, names, result))
+    while batch := list(islice(mine, MATCH_BATCH)):
+        yield from _unmatched(account, batch, result)
+
+
+def _counted(row: Parsed | NotAFill, names: set[str], result: FileImportResult) -> bool:
+    if isinstance(row, NotAFill):
+        result.not_a_fill += 1
+        return False
+    if row.account and row.account.strip().lower() not in names:
+        result.other_account += 1
+        return False
+    return True
+
+
+def _unmatched(account: BrokerAccount, batch: list[Parsed], result: FileImportResult) -> Iterator[BrokerTrade]:
+    """Fills keyed by content that match a fill already stored under a broker's id are already there.
+
+    A file without the broker's ids (Tradovate Orders, NinjaTrader, ProjectX trades) cannot
+    meet a synced fill on the unique key, so it is compared by content (symbol, side, quantity,
+    price, time to the second); the nth identical row of the file matches the nth such fill.
+    """
+    by_content = [p.trade for p in batch if p.trade.broker_trade_id.startswith(CONTENT_KEY_PREFIX)]
+    existing: Counter[str] = Counter()
+    if by_content:
+        first = min(t.executed_at for t in by_content).replace(microsecond=0)
+        last = max(t.executed_at for t in by_content) + timedelta(seconds=1)
+        stored = (
+            Trade.objects.filter(account=account, executed_at__gte=first, executed_at__lt=last)
+            .exclude(broker_trade_id__startswith=CONTENT_KEY_PREFIX)
+            .values_list("symbol", "side", "quantity", "price", "executed_at")
+        )
+        existing.update(content_of("", *fields) for fields in stored)
+    for parsed in batch:
+        trade = parsed.trade
+        if trade.broker_trade_id.startswith(CONTENT_KEY_PREFIX) and existing:
+            content = content_of("", trade.symbol, trade.side, trade.quantity, trade.price, trade.executed_at)
+            occurrence = int(trade.broker_trade_id.rsplit(":", 1)[1])
+            if occurrence <= existing[content]:
+                result.already_there += 1
+                result.matched_by_content += 1
+                continue
+        yield trade
+
+
+def _record(account: BrokerAccount, result: FileImportResult, name: str, digest: str, started, clock) -> SyncLog:
+    detail = {
+        account.external_id: {
+            "imported": result.imported,
+            "skipped": result.already_there,
+            "busted": result.busted,
+            "not_a_fill": result.not_a_fill,
+            "other_account": result.other_account,
+        },
+        "file": {"name": name[:200], "format": result.format, "sha256": digest, "notes": result.notes},
+    }
+    return SyncLog.objects.create(
+        connection_id=account.connection_id,
+        trigger=SyncLog.Trigger.FILE,
+        status=SyncLog.Status.SUCCESS if result.ok else SyncLog.Status.FAILED,
+        started_at=started,
+        finished_at=timezone.now(),
+        duration_ms=round((time.monotonic() - clock) * 1000),
+        trades_imported=result.imported,
+        trades_skipped=result.already_there,
+        error_message=result.error[:2000],
+        detail=detail,
+    )

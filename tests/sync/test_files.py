@@ -1,0 +1,150 @@
+"""A file imported into an account: the sync's dedup, positions and history; nothing stored from a bad file."""
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from brokers import services
+from brokers.models import SyncLog
+from journal.files import template
+from journal.models import RoundTrip, Trade
+from sync.files import file_import
+from sync.runs import run_inline
+from tests import factories
+from tests.fakes.ibkr_flex import QUERY_ID, TOKEN, FakeFlex
+from tests.journal.files import samples
+
+pytestmark = pytest.mark.django_db
+HEADER = "account,executed_at,symbol,asset_class,side,quantity,price,multiplier,exec_id\n"
+
+
+@pytest.fixture
+def account(trader):
+    connection = factories.connection(trader, label="Files", sync_enabled=False)
+    return connection.accounts.create(external_id="U1234567", name="Main account")
+
+
+def imported(account, data, name="fills.csv", **options):
+    data = data.encode() if isinstance(data, str) else data
+    return file_import(account=account, stream=io.BytesIO(data), name=name, **options)
+
+
+def test_a_template_file_lands_as_fills_with_round_trips_and_a_file_run_in_the_history(account):
+    result = imported(account, template.EXAMPLE)
+    assert (result.ok, result.imported, result.already_there, result.format) == (True, 3, 0, "template")
+    assert Trade.objects.filter(account=account).count() == 3
+    assert RoundTrip.objects.filter(account=account, symbol="MESH6", closed_at__isnull=True).exists()
+    log = SyncLog.objects.get(pk=result.sync_log_id)
+    assert (log.trigger, log.status, log.trades_imported) == ("file", "SUCCESS", 3)
+    assert log.detail["file"]["name"] == "fills.csv" and len(log.detail["file"]["sha256"]) == 64
+    assert log.detail["U1234567"]["imported"] == 3
+
+
+def test_the_same_file_twice_is_already_there_the_second_time(account):
+    account.name = "DEMO123456"
+    account.save()
+    assert imported(account, samples.TRADOVATE_ORDERS).imported == 2
+    again = imported(account, samples.TRADOVATE_ORDERS)
+    assert (again.imported, again.already_there, again.not_a_fill) == (0, 2, 1)
+    assert Trade.objects.filter(account=account).count() == 2
+
+
+def test_a_bad_row_after_thousands_of_good_ones_stores_nothing_and_names_row_and_column(account):
+    start = datetime(2026, 3, 2, 15, tzinfo=UTC)
+    rows = [f"U1234567,{(start + timedelta(seconds=n)).isoformat()},AAPL,stock,buy,1,10,,x{n}\n" for n in range(4500)]
+    rows[4321] = rows[4321].replace(",buy,", ",bye,")
+    result = imported(account, HEADER + "".join(rows))
+    assert not result.ok and result.imported == 0
+    assert result.error == "Row 4323, column side: 'bye' is neither buy nor sell"
+    assert not Trade.objects.filter(account=account).exists()
+    assert not RoundTrip.objects.filter(account=account).exists()
+    log = SyncLog.objects.get(pk=result.sync_log_id)
+    assert (log.status, log.trades_imported, log.error_message) == ("FAILED", 0, result.error)
+
+
+def test_rows_of_another_account_are_left_out_and_counted(account):
+    data = (
+        HEADER
+        + "U1234567,2026-03-04T15:00:00Z,AAPL,stock,buy,1,10,,a\nU7654321,2026-03-04T15:00:00Z,AAPL,stock,buy,1,10,,b\n"
+    )
+    result = imported(account, data)
+    assert (result.imported, result.other_account) == (1, 1)
+
+
+def test_a_fill_a_sync_stored_under_its_id_is_recognised_by_content_in_a_file_without_ids(trader):
+    synced = factories.fill(
+        1, "BUY", 2, "6850.25", datetime(2025, 11, 25, 10, 38, 24, tzinfo=UTC), symbol="MESZ5", multiplier="5"
+    )
+    account = factories.account_with(trader, [synced], external_id="DEMO123456")
+    result = imported(account, samples.TRADOVATE_ORDERS)
+    assert (result.imported, result.already_there, result.matched_by_content) == (1, 1, 1)
+    assert Trade.objects.filter(account=account).count() == 2
+
+
+def test_busted_in_the_template_voids_the_fill_its_exec_id_stored(account):
+    imported(account, HEADER + "U1234567,2026-03-04T15:00:00Z,AAPL,stock,buy,1,10,,e-1\n")
+    result = imported(
+        account,
+        "status," + HEADER.replace("\n", "") + "\nbusted,U1234567,2026-03-04T15:00:00Z,AAPL,stock,buy,1,10,,e-1\n",
+    )
+    assert result.busted == 1
+    assert Trade.objects.get(account=account).deleted_at is not None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "The file is empty"),
+        (b"\xff\xd8\xff\xe0 a picture", "do not recognise"),
+        (b"<html><body>hello</body></html>", "do not recognise"),
+        (b"<?xml version='1.0'?><FlexQueryResponse><FlexStatements", "XML cannot be read"),
+    ],
+)
+def test_odd_files_are_refused_with_a_reason_and_store_nothing(account, data, message):
+    result = imported(account, data)
+    assert message in result.error
+    assert not Trade.objects.exists()
+
+
+@pytest.fixture
+def flex(settings):
+    with FakeFlex({"U1111111": "USD"}, executions_per_account=4) as fake:
+        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "ibkr_flex": fake.url}
+        settings.IBKR_FLEX_POLL_PAUSE_S = 0
+        yield fake
+
+
+def flex_connection(trader):
+    return services.connection_create(
+        owner=trader,
+        broker_type="ibkr_flex",
+        label="Flex",
+        credentials={"token": TOKEN, "query_id": QUERY_ID},
+        sync_enabled=False,
+    )
+
+
+def flex_file(flex) -> bytes:
+    today = datetime.now(UTC).date()
+    return flex._report(today - timedelta(days=30), today).encode()
+
+
+def test_a_flex_file_then_the_sync_stores_each_execution_once(trader, flex):
+    connection = flex_connection(trader)
+    account = connection.accounts.create(external_id="U1111111", name="U1111111")
+    result = imported(account, flex_file(flex), name="flex.xml")
+    assert result.imported == 4 and result.not_a_fill > 0  # the ORDER and CLOSED_LOT rows of the same fills
+    log = run_inline(connection.pk)
+    assert (log.status, log.trades_imported) == ("SUCCESS", 0)
+    assert Trade.objects.filter(account=account).count() == 4
+    assert set(Trade.objects.values_list("broker_trade_id", flat=True)) == flex.expected_ids("U1111111")
+
+
+def test_the_sync_then_a_flex_file_stores_each_execution_once(trader, flex):
+    connection = flex_connection(trader)
+    assert run_inline(connection.pk).trades_imported == 4
+    account = connection.accounts.get(external_id="U1111111")
+    result = imported(account, flex_file(flex), name="flex.xml")
+    assert (result.imported, result.already_there) == (0, 4)
+    assert Trade.objects.filter(account=account).count() == 4
