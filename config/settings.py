@@ -337,6 +337,9 @@ SYNC_RETRY_DELAYS_S = tuple(float(s) for s in env("SYNC_RETRY_DELAYS_S", "60,300
 # SyncLog rows older than this many days are deleted by the daily prune task.
 SYNC_LOG_RETENTION_DAYS = env_int("SYNC_LOG_RETENTION_DAYS", 90)
 SYNC_IMPORT_BATCH_SIZE = env_int("SYNC_IMPORT_BATCH_SIZE", 2000)
+# The largest broker file a trader may import (page and API). Files stream row by row, so the limit
+# guards the disk and the request's time, not memory: a year of a busy account's fills is far smaller.
+FILE_IMPORT_MAX_BYTES = env_int("FILE_IMPORT_MAX_BYTES", 200 * 2**20)
 # A connection with at most this many accounts syncs them inside its own task (each in a thread:
 # their time is the broker's), with no chord; more fan out as one task per account across the workers.
 SYNC_ACCOUNTS_IN_TASK = env_int("SYNC_ACCOUNTS_IN_TASK", 4)

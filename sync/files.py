@@ -155,7 +155,16 @@ def _counted(row: Parsed | NotAFill, names: set[str], result: FileImportResult) 
     if row.account and row.account.strip().lower() not in names:
         result.other_account += 1
         return False
+    _check_lengths(row)
     return True
+
+
+def _check_lengths(row: Parsed) -> None:
+    """A value longer than the journal's column is the file's problem, named before anything is written."""
+    for name in ("broker_trade_id", "order_id", "symbol", "currency", "asset_class"):
+        limit = Trade._meta.get_field(name).max_length
+        if len(getattr(row.trade, name)) > limit:
+            raise FileProblem(f"the {name.replace('_', ' ')} is longer than {limit} characters", row=row.row)
 
 
 def _unmatched(account: BrokerAccount, batch: list[Parsed], result: FileImportResult) -> Iterator[BrokerTrade]:

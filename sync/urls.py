@@ -1,4 +1,4 @@
-"""Sync history and notices pages."""
+"""Sync history, file import and notices pages."""
 
 from django.urls import path
 
@@ -7,5 +7,8 @@ from sync import views
 app_name = "sync"
 urlpatterns = [
     path("connections/<int:pk>/history/", views.sync_history, name="history"),
+    path("import/", views.file_import_page, name="file_import"),
+    path("import/template.csv", views.file_template, name="file_template"),
+    path("accounts/<int:pk>/import/", views.file_import_page, name="file_import_account"),
     path("notices/<int:pk>/dismiss/", views.notice_dismiss, name="dismiss_notice"),
 ]

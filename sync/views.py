@@ -1,13 +1,17 @@
-"""The trader's sync history per connection, and dismissing the notices the brokers page shows."""
+"""The trader's sync history per connection, importing a broker file, and dismissing the brokers page's notices."""
 
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from brokers.decorators import trader_page
-from brokers.models import BrokerConnection
+from brokers.models import BrokerAccount, BrokerConnection
+from journal.files import template
+from journal.middleware import trader_time_zone
+from sync.files import file_import
+from sync.forms import FileImportForm
 from sync.models import Notice
 
 LOGS_PER_PAGE = 25
@@ -34,3 +38,42 @@ def notice_dismiss(request, pk):
         # htmx swaps the notice for this empty body, removing it without a reload.
         return HttpResponse("")
     return redirect("brokers:list")
+
+
+@trader_page
+@require_http_methods(["GET", "POST"])
+def file_import_page(request, pk=None):
+    """Upload a broker export into one of the trader's accounts; the result says what it did, a bad file why not."""
+    initial = {}
+    if pk is not None:
+        initial["account"] = get_object_or_404(BrokerAccount, pk=pk, connection__owner=request.user)
+    elif request.GET.get("connection", "").isdigit():
+        initial["account"] = BrokerAccount.objects.filter(
+            connection_id=int(request.GET["connection"]), connection__owner=request.user
+        ).first()
+    result = None
+    if request.method == "POST":
+        form = FileImportForm(request.POST, request.FILES, user=request.user)
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            result = file_import(
+                account=form.cleaned_data["account"],
+                stream=upload.file,
+                name=upload.name,
+                format=form.cleaned_data["format"],
+                time_zone=form.cleaned_data["time_zone"],
+                trader_zone=trader_time_zone(request.user),
+            )
+    else:
+        form = FileImportForm(initial=initial, user=request.user)
+    status = 400 if request.method == "POST" and (result is None or not result.ok) else 200
+    return render(request, "sync/file_import.html", {"form": form, "result": result}, status=status)
+
+
+@trader_page
+@require_GET
+def file_template(request):
+    """The template CSV with three example rows (a stock, a future, an option)."""
+    response = HttpResponse(template.EXAMPLE, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="trade-journal-template.csv"'
+    return response

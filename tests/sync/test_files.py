@@ -148,3 +148,62 @@ def test_the_sync_then_a_flex_file_stores_each_execution_once(trader, flex):
     result = imported(account, flex_file(flex), name="flex.xml")
     assert (result.imported, result.already_there) == (0, 4)
     assert Trade.objects.filter(account=account).count() == 4
+
+
+def upload(data, name="fills.csv"):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile(name, data.encode() if isinstance(data, str) else data)
+
+
+def test_the_page_imports_a_file_into_the_traders_account_and_says_what_it_did(trader_client, account):
+    page = trader_client.get(f"/sync/accounts/{account.pk}/import/")
+    assert page.status_code == 200 and b"Import a broker file" in page.content
+    answer = trader_client.post("/sync/import/", {"account": account.pk, "file": upload(template.EXAMPLE)})
+    text = answer.content.decode()
+    assert answer.status_code == 200
+    assert "<strong>3</strong> fills imported" in text and "<strong>0</strong> already there" in text
+    again = trader_client.post("/sync/import/", {"account": account.pk, "file": upload(template.EXAMPLE)}).content
+    assert b"<strong>3</strong> already there" in again
+    history = trader_client.get(f"/sync/connections/{account.connection_id}/history/").content.decode()
+    assert "File import" in history
+
+
+def test_the_page_names_the_row_and_column_of_a_bad_file_and_stores_nothing(trader_client, account):
+    bad = HEADER + "U1234567,2026-03-04T15:00:00Z,AAPL,stock,buy,1,10,,a\nU1234567,soon,AAPL,stock,buy,1,10,,b\n"
+    answer = trader_client.post("/sync/import/", {"account": account.pk, "file": upload(bad)})
+    assert answer.status_code == 400
+    assert "Row 3, column executed_at: &#x27;soon&#x27; is not ISO 8601" in answer.content.decode()
+    assert not Trade.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00\x01\x02" * 1000, "\u00e9\u4e2d".encode("utf-16"), b"a," * 200_000, b"x" * 1_100_000 + b"\n"],
+    ids=["empty", "binary", "utf16-nonsense", "wide-header", "huge-line"],
+)
+def test_odd_uploads_get_an_answer_not_a_server_error(trader_client, account, data):
+    answer = trader_client.post("/sync/import/", {"account": account.pk, "file": upload(data)})
+    assert answer.status_code == 400
+    assert not Trade.objects.exists()
+
+
+def test_another_traders_account_is_not_found_and_cannot_be_posted_into(trader_client, account, other_trader):
+    theirs = factories.connection(other_trader, label="Theirs", sync_enabled=False).accounts.create(external_id="X")
+    assert trader_client.get(f"/sync/accounts/{theirs.pk}/import/").status_code == 404
+    answer = trader_client.post("/sync/import/", {"account": theirs.pk, "file": upload(template.EXAMPLE)})
+    assert answer.status_code == 400 and b"Select a valid choice" in answer.content
+    assert not Trade.objects.exists()
+
+
+def test_the_template_downloads_with_its_three_example_rows(trader_client):
+    answer = trader_client.get("/sync/import/template.csv")
+    assert answer["Content-Type"].startswith("text/csv") and "attachment" in answer["Content-Disposition"]
+    assert answer.content.decode().count("\n") == 4
+
+
+def test_the_card_links_to_the_import_of_its_accounts(trader_client, account):
+    page = trader_client.get("/brokers/").content.decode()
+    assert f"/sync/import/?connection={account.connection_id}" in page
+    form = trader_client.get(f"/sync/import/?connection={account.connection_id}").content.decode()
+    assert f'<option value="{account.pk}" selected>' in form
