@@ -120,7 +120,7 @@ class StrictSerializer(serializers.Serializer):
 class AccountSerializer(serializers.ModelSerializer):
     class Meta:
         model = BrokerAccount
-        fields = ["external_id", "name", "currency"]
+        fields = ["id", "external_id", "name", "currency"]
 
 
 class ConnectionSerializer(serializers.ModelSerializer):

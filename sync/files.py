@@ -51,6 +51,9 @@ class FileImportResult:
     other_account: int = 0
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    # Where the error is, when it is in one row (the row is the file's line; 1 = the header).
+    error_row: int | None = None
+    error_column: str = ""
     sync_log_id: int | None = None
 
     @property
@@ -88,6 +91,7 @@ def file_import(
         result.notes = options.notes
     except FileProblem as problem:
         result.error = problem.described()
+        result.error_row, result.error_column = problem.row, problem.column
         result.imported = result.already_there = result.matched_by_content = result.busted = 0
     else:
         positions_recompute(changed=changes.since)

@@ -182,7 +182,7 @@ def test_create_validates_through_the_services_schedules_and_syncs(api, trader):
     # The first sync ran on commit: accounts are listed and the connection is healthy.
     assert body["status"] == "CONNECTED" and body["display_status"] == "CONNECTED"
     assert {a["external_id"] for a in body["accounts"]} == {"DEMO-FUT-1", "DEMO-STK-1"}
-    assert set(body["accounts"][0]) == {"external_id", "name", "currency"}
+    assert set(body["accounts"][0]) == {"id", "external_id", "name", "currency"}
     assert body["last_success_at"] and body["next_sync_at"]
     connection = BrokerConnection.objects.get(pk=body["id"], owner=trader)
     assert connection.credentials == {"api_key": SECRET}

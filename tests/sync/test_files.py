@@ -207,3 +207,50 @@ def test_the_card_links_to_the_import_of_its_accounts(trader_client, account):
     assert f"/sync/import/?connection={account.connection_id}" in page
     form = trader_client.get(f"/sync/import/?connection={account.connection_id}").content.decode()
     assert f'<option value="{account.pk}" selected>' in form
+
+
+def api_client(trader):
+    from rest_framework.test import APIClient
+
+    from brokers import services as broker_services
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {broker_services.api_token_create(owner=trader, name='files')[1]}")
+    return client
+
+
+def test_the_api_imports_a_file_and_answers_with_the_counts(trader, account):
+    client = api_client(trader)
+    answer = client.post(f"/api/accounts/{account.pk}/import/", {"file": upload(template.EXAMPLE)}, format="multipart")
+    assert answer.status_code == 201
+    body = answer.json()
+    assert (body["imported"], body["already_there"], body["format"]) == (3, 0, "template")
+    assert client.get(f"/api/connections/{account.connection_id}/logs/").json()["results"][0]["trigger"] == "file"
+    again = client.post(f"/api/accounts/{account.pk}/import/", {"file": upload(template.EXAMPLE)}, format="multipart")
+    assert again.json()["already_there"] == 3
+
+
+def test_the_api_refuses_a_bad_file_naming_row_and_column_and_stores_nothing(trader, account):
+    bad = HEADER + "U1234567,2026-03-04T15:00:00Z,AAPL,stock,buy,1,ten,,a\n"
+    answer = api_client(trader).post(f"/api/accounts/{account.pk}/import/", {"file": upload(bad)}, format="multipart")
+    assert answer.status_code == 400
+    assert answer.json() | {"sync_log": None} == {
+        "error": "Row 2, column price: 'ten' is not a number",
+        "row": 2,
+        "column": "price",
+        "sync_log": None,
+    }
+    assert not Trade.objects.exists()
+
+
+def test_the_api_knows_no_other_traders_account_and_asks_for_a_file(trader, account, other_trader):
+    theirs = factories.connection(other_trader, label="Theirs", sync_enabled=False).accounts.create(external_id="X")
+    client = api_client(trader)
+    assert client.post(f"/api/accounts/{theirs.pk}/import/", {"file": upload(template.EXAMPLE)}).status_code == 404
+    missing = client.post(f"/api/accounts/{account.pk}/import/", {"format": "template"}, format="multipart")
+    assert missing.status_code == 400 and missing.json()["column"] == "file"
+    wrong_zone = client.post(
+        f"/api/accounts/{account.pk}/import/", {"file": upload(template.EXAMPLE), "time_zone": "Mars/Base"}
+    )
+    assert wrong_zone.status_code == 400 and wrong_zone.json()["column"] == "time_zone"
+    assert not Trade.objects.exists()
