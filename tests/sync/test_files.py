@@ -254,3 +254,30 @@ def test_the_api_knows_no_other_traders_account_and_asks_for_a_file(trader, acco
     )
     assert wrong_zone.status_code == 400 and wrong_zone.json()["column"] == "time_zone"
     assert not Trade.objects.exists()
+
+
+def test_the_command_imports_a_file_and_prints_the_counts(account, tmp_path):
+    from django.core.management import call_command
+
+    path = tmp_path / "orders.csv"
+    path.write_text(samples.TRADOVATE_ORDERS)
+    out = io.StringIO()
+    account.name = "DEMO123456"
+    account.save()
+    call_command("import_file", "--account", str(account.pk), str(path), stdout=out)
+    assert "tradovate_orders: 2 imported, 0 already there, 1 not a fill" in out.getvalue()
+    assert "Note: Tradovate's exports carry no fees" in out.getvalue()
+
+
+def test_the_command_refuses_a_bad_file_with_its_row_and_column(account, tmp_path):
+    from django.core.management import CommandError, call_command
+
+    path = tmp_path / "bad.csv"
+    path.write_text(HEADER + "U1234567,2026-03-04T15:00:00Z,AAPL,stock,buy,-1,10,,a\n")
+    with pytest.raises(CommandError, match="Nothing imported: Row 2, column quantity"):
+        call_command("import_file", "--account", str(account.pk), str(path))
+    with pytest.raises(CommandError, match="No account with id 999"):
+        call_command("import_file", "--account", "999", str(path))
+    with pytest.raises(CommandError, match="Cannot read"):
+        call_command("import_file", "--account", str(account.pk), str(tmp_path / "missing.csv"))
+    assert not Trade.objects.exists()
