@@ -28,6 +28,8 @@ def read(stream: IO[bytes], encoding: str, options: Options) -> Iterator[Parsed 
     statement_account = ""
     number = 0
     found = False
+    # The element holding the rows: each row read is taken out of it, so the tree never grows.
+    container = None
     try:
         for event, element in ElementTree.iterparse(stream, events=("start", "end")):
             if event == "start":
@@ -35,6 +37,8 @@ def read(stream: IO[bytes], encoding: str, options: Options) -> Iterator[Parsed 
                     statement_account = (element.get("accountId") or "").strip()
                 elif element.tag == "FlexQueryResponse":
                     found = True
+                elif element.tag in ("Trades", "TradeConfirms"):
+                    container = element
                 continue
             if element.tag not in ROWS:
                 if element.tag == "FlexStatement":
@@ -48,6 +52,8 @@ def read(stream: IO[bytes], encoding: str, options: Options) -> Iterator[Parsed 
                 raise FileProblem(f"{element.tag} {ids}: {exc}", row=number) from None
             finally:
                 element.clear()
+                if container is not None and len(container) and container[0] is element:
+                    container.remove(element)
             if trade is None:
                 yield NotAFill(number, "not an execution (levelOfDetail)")
             else:

@@ -247,13 +247,13 @@ class ContentKeys:
     """
 
     def __init__(self):
-        self._seen: Counter[str] = Counter()
+        # By digest, not by content: about 100 bytes a row for files read by content (docs/file-import.md).
+        self._seen: Counter[bytes] = Counter()
 
     def __call__(self, account: str, symbol: str, side: str, quantity: Decimal, price: Decimal, at: datetime) -> str:
-        content = content_of(account, symbol, side, quantity, price, at)
-        self._seen[content] += 1
-        digest = hashlib.sha256(content.encode()).hexdigest()[:40]
-        return f"{CONTENT_KEY_PREFIX}{digest}:{self._seen[content]}"
+        digest = hashlib.sha256(content_of(account, symbol, side, quantity, price, at).encode()).digest()[:20]
+        self._seen[digest] += 1
+        return f"{CONTENT_KEY_PREFIX}{digest.hex()}:{self._seen[digest]}"
 
 
 def content_of(account: str, symbol: str, side: str, quantity: Decimal, price: Decimal, at: datetime) -> str:
