@@ -201,6 +201,9 @@ class BrokerAccount(models.Model):
     # status): its trades are as fresh as this, whatever our own last sync.
     broker_refreshed_on = models.DateField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
+    # A file without the broker's ids put fills here under content keys (docs/file-import.md): each
+    # sync then replaces the ones it delivers under the broker's id. False costs a sync nothing.
+    has_file_fills = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

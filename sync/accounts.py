@@ -12,6 +12,7 @@ from brokers.models import BrokerAccount, SyncLog
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAuthError, BrokerError, BrokerRateLimitError
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerPosition
+from journal.files.matching import replace_file_rows
 from journal.importing import ImportResult, import_trades
 from journal.models import Trade
 from journal.positions import ChangedInstruments, positions_recompute
@@ -59,6 +60,12 @@ def import_account(
 
     def committed(batch, voided, last):
         changes.add(batch, voided)
+        if row.has_file_fills:
+            # Fills a file stored by content, now delivered under the broker's id: one row each.
+            replaced = replace_file_rows(row.pk, batch, inserted_since=attempt_started)
+            if replaced:
+                changes.add([], replaced)
+                log.info("file_fills_replaced", account=row.external_id, fills=len(replaced))
         if last or not provider.trades_ascending:
             return  # after the last batch of a source that ended well, the caller moves the cursor
         # Every fill up to this batch's newest is committed: a rate-limit pause or a crash

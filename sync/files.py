@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta, tzinfo
+from datetime import UTC, tzinfo
 from decimal import Decimal, InvalidOperation
 from itertools import islice
 from typing import IO
@@ -25,7 +24,8 @@ from django.utils import timezone
 from brokers.models import BrokerAccount, SyncLog
 from brokers.providers.types import BrokerTrade
 from journal.files.formats import open_as
-from journal.files.reading import CONTENT_KEY_PREFIX, FileProblem, NotAFill, Options, Parsed, content_of
+from journal.files.matching import already_synced, is_content_keyed, stored_by_broker_id
+from journal.files.reading import CONTENT_KEY_PREFIX, FileProblem, NotAFill, Options, Parsed
 from journal.importing import import_trades
 from journal.models import Trade
 from journal.positions import ChangedInstruments, positions_recompute
@@ -46,6 +46,8 @@ class FileImportResult:
     already_there: int = 0
     # Of already_there: fills a sync had stored under the broker's id, recognised by their content.
     matched_by_content: int = 0
+    # Fills passed to the import under a content key (a sync after it replaces them: has_file_fills).
+    content_keyed: int = 0
     busted: int = 0
     not_a_fill: int = 0
     other_account: int = 0
@@ -86,6 +88,8 @@ def file_import(
                 _fills(rows, account, result),
                 on_batch_committed=lambda batch, voided, last: changes.add(batch, voided),
             )
+            if result.content_keyed and not account.has_file_fills:
+                BrokerAccount.objects.filter(pk=account.pk).update(has_file_fills=True)
         result.imported, result.busted = counts.imported, counts.busted
         result.already_there += counts.skipped
         result.notes = options.notes
@@ -172,32 +176,21 @@ def _check_lengths(row: Parsed) -> None:
 
 
 def _unmatched(account: BrokerAccount, batch: list[Parsed], result: FileImportResult) -> Iterator[BrokerTrade]:
-    """Fills keyed by content that match a fill already stored under a broker's id are already there.
+    """Fills keyed by content that match a fill a sync stored under the broker's id are already there.
 
     A file without the broker's ids (Tradovate Orders, NinjaTrader, ProjectX trades) cannot
-    meet a synced fill on the unique key, so it is compared by content (symbol, side, quantity,
-    price, time to the second); the nth identical row of the file matches the nth such fill.
+    meet a synced fill on the unique key, so it is compared by content (journal.files.matching).
     """
-    by_content = [p.trade for p in batch if p.trade.broker_trade_id.startswith(CONTENT_KEY_PREFIX)]
-    existing: Counter[str] = Counter()
-    if by_content:
-        first = min(t.executed_at for t in by_content).replace(microsecond=0)
-        last = max(t.executed_at for t in by_content) + timedelta(seconds=1)
-        stored = (
-            Trade.objects.filter(account=account, executed_at__gte=first, executed_at__lt=last)
-            .exclude(broker_trade_id__startswith=CONTENT_KEY_PREFIX)
-            .values_list("symbol", "side", "quantity", "price", "executed_at")
-        )
-        existing.update(content_of("", *fields) for fields in stored)
+    by_content = [p.trade for p in batch if is_content_keyed(p.trade.broker_trade_id)]
+    synced = stored_by_broker_id(account.pk, by_content)
     for parsed in batch:
         trade = parsed.trade
-        if trade.broker_trade_id.startswith(CONTENT_KEY_PREFIX) and existing:
-            content = content_of("", trade.symbol, trade.side, trade.quantity, trade.price, trade.executed_at)
-            occurrence = int(trade.broker_trade_id.rsplit(":", 1)[1])
-            if occurrence <= existing[content]:
+        if is_content_keyed(trade.broker_trade_id):
+            if synced and already_synced(trade, synced):
                 result.already_there += 1
                 result.matched_by_content += 1
                 continue
+            result.content_keyed += 1
         yield trade
 
 

@@ -2,6 +2,7 @@
 
 import io
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -281,3 +282,70 @@ def test_the_command_refuses_a_bad_file_with_its_row_and_column(account, tmp_pat
     with pytest.raises(CommandError, match="Cannot read"):
         call_command("import_file", "--account", str(account.pk), str(tmp_path / "missing.csv"))
     assert not Trade.objects.exists()
+
+
+class ListedFills:
+    """A broker that lists these fills and reports no positions: the sync's side of a file import."""
+
+    key = "listed"
+    sync_overlap = timedelta(hours=1)
+    max_history = timedelta(days=3650)
+    trades_ascending = False
+
+    def __init__(self, fills):
+        self.fills = fills
+
+    def get_positions(self, auth, info):
+        return None
+
+    def get_trades(self, auth, info, since, until):
+        return iter(self.fills)
+
+
+def synced(account, fills):
+    from brokers.providers.types import AuthResult, BrokerAccountInfo
+    from sync.accounts import import_account
+
+    account.refresh_from_db()
+    info = BrokerAccountInfo(account.external_id, account.name)
+    return import_account(ListedFills(fills), AuthResult(token="t"), account, info, datetime.now(UTC), None)
+
+
+def tradovate_api_fills():
+    """The Orders sample's two orders as Tradovate's API lists their fills (its ids, sub-second times)."""
+    bought = datetime(2025, 11, 25, 10, 38, 24, 350000, tzinfo=UTC)
+    sold = datetime(2025, 11, 25, 10, 41, 10, 900000, tzinfo=UTC)
+    return [
+        factories.fill(1, "BUY", 2, "6850.25", bought, symbol="MESZ5", multiplier="5", fees=Decimal(0)),
+        factories.fill(2, "SELL", 2, "6852.50", sold, symbol="MESZ5", multiplier="5", fees=Decimal(0)),
+    ]
+
+
+def test_a_file_without_ids_then_the_sync_ends_with_the_brokers_rows_only(trader):
+    account = factories.account_with(trader, [], external_id="DEMO123456")
+    assert imported(account, samples.TRADOVATE_ORDERS).imported == 2
+    account.refresh_from_db()
+    assert account.has_file_fills
+    result = synced(account, tradovate_api_fills())
+    assert result.counts.imported == 2
+    assert set(Trade.objects.filter(account=account).values_list("broker_trade_id", flat=True)) == {
+        "MESZ5-1",
+        "MESZ5-2",
+    }
+    trip = RoundTrip.objects.get(account=account)
+    assert trip.closed_at is not None and trip.fill_count == 2 and trip.gross_pnl == Decimal("22.5")
+    # The same file again: already there, by content.
+    again = imported(account, samples.TRADOVATE_ORDERS)
+    assert (again.imported, again.matched_by_content) == (0, 2)
+
+
+def test_a_later_sync_leaves_a_file_fill_that_was_not_the_syncs(trader):
+    at = datetime(2025, 11, 25, 10, 38, 24, tzinfo=UTC)
+    api = factories.fill(1, "BUY", 1, "6850.25", at, symbol="MESZ5", multiplier="5", fees=Decimal(0))
+    account = factories.account_with(trader, [api], external_id="DEMO123456")
+    row = "DEMO123456,2025-11-25T10:38:24Z,MESZ5,future,buy,1,6850.25,5,\n"
+    # Two identical fills in the file, one of them the synced one: the second is another fill.
+    result = imported(account, HEADER + row + row)
+    assert (result.imported, result.matched_by_content) == (1, 1)
+    synced(account, [api])
+    assert Trade.objects.filter(account=account).count() == 2
