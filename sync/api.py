@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from brokers.models import BrokerAccount
 from journal.files.formats import CHOICES
+from journal.files.metatrader import contract_sizes
 from journal.middleware import trader_time_zone
 from journal.models import validate_time_zone
 from sync.files import file_import
@@ -36,6 +37,19 @@ class FileImportRequestSerializer(serializers.Serializer):
         max_length=64,
         help_text="The zone of the file's times without an offset (America/Chicago); empty: the format's default.",
     )
+
+    contract_sizes = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text="MetaTrader only: contract sizes of symbols the sync has not met, e.g. EURUSD=100000, XAUUSD=100.",
+    )
+
+    def validate_contract_sizes(self, value):
+        try:
+            return contract_sizes(value or "")
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
     def validate_file(self, value):
         if value.size > settings.FILE_IMPORT_MAX_BYTES:
@@ -104,6 +118,7 @@ class AccountFileImportView(APIView):
             format=given.validated_data.get("format", ""),
             time_zone=ZoneInfo(zone) if zone else None,
             trader_zone=trader_time_zone(request.user),
+            contract_sizes=given.validated_data.get("contract_sizes") or {},
         )
         if not result.ok:
             return _refused(result.error, row=result.error_row, column=result.error_column, sync_log=result.sync_log_id)

@@ -71,6 +71,7 @@ def file_import(
     format: str = "",
     time_zone: tzinfo | None = None,
     trader_zone: tzinfo = UTC,
+    contract_sizes: dict[str, Decimal] | None = None,
 ) -> FileImportResult:
     """Import a seekable binary stream into `account`; a FileProblem becomes the result's error (nothing stored)."""
     started, clock = timezone.now(), time.monotonic()
@@ -80,6 +81,7 @@ def file_import(
         chosen, encoding = open_as(stream, format)
         result.format = chosen.key
         options = _options(account, chosen.key, time_zone, trader_zone)
+        options.known_contract_sizes = {**options.known_contract_sizes, **(contract_sizes or {})}
         changes = ChangedInstruments(account.pk)
         rows = chosen.read(stream, encoding, options)
         with transaction.atomic():

@@ -9,6 +9,7 @@ from django.conf import settings
 
 from brokers.models import BrokerAccount
 from journal.files.formats import CHOICES
+from journal.files.metatrader import contract_sizes
 from journal.models import time_zone_choices, validate_time_zone
 
 
@@ -26,6 +27,14 @@ class FileImportForm(forms.Form):
         help_text="For files whose times carry no offset. Empty: Tradovate Central Time (Chicago), NinjaTrader your "
         "profile's zone, MetaTrader UTC (choose your broker server's zone), the template none (each time "
         "needs its offset).",
+    )
+
+    contract_sizes = forms.CharField(
+        required=False,
+        label="MetaTrader contract sizes",
+        max_length=2000,
+        help_text="MetaTrader reports lots; the journal stores units, as the sync does. For a symbol the sync has "
+        "not met yet, give its contract size: EURUSD=100000, XAUUSD=100.",
     )
 
     def __init__(self, *args, user, **kwargs):
@@ -52,3 +61,9 @@ class FileImportForm(forms.Form):
             return None
         validate_time_zone(name)
         return ZoneInfo(name)
+
+    def clean_contract_sizes(self):
+        try:
+            return contract_sizes(self.cleaned_data["contract_sizes"])
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None

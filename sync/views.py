@@ -63,6 +63,7 @@ def file_import_page(request, pk=None):
                 format=form.cleaned_data["format"],
                 time_zone=form.cleaned_data["time_zone"],
                 trader_zone=trader_time_zone(request.user),
+                contract_sizes=form.cleaned_data["contract_sizes"],
             )
     else:
         form = FileImportForm(initial=initial, user=request.user)

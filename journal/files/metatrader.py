@@ -46,13 +46,16 @@ class _Rows(HTMLParser):
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.rows: list[list[str]] = []
+        # (the file's line where the row starts, its cells)
+        self.rows: list[tuple[int, list[str]]] = []
         self._row: list[str] | None = None
+        self._line = 0
         self._cell: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
         if tag == "tr":
             self._row = []
+            self._line = self.getpos()[0]
         elif tag in ("td", "th") and self._row is not None:
             self._cell = []
             # A hidden cell (MetaTrader pads some rows with them) is no column of the header.
@@ -68,7 +71,7 @@ class _Rows(HTMLParser):
             self._row.append(" ".join("".join(self._cell).split()))
             self._cell = None
         elif tag == "tr" and self._row is not None:
-            self.rows.append(self._row)
+            self.rows.append((self._line, self._row))
             self._row = None
 
 
@@ -77,7 +80,7 @@ def recognises_text(head: str) -> bool:
     return "<html" in lowered and ("deals" in lowered or "trade history report" in lowered or "metatrader" in lowered)
 
 
-def _table_rows(stream: IO[bytes], encoding: str) -> Iterator[list[str]]:
+def _table_rows(stream: IO[bytes], encoding: str) -> Iterator[tuple[int, list[str]]]:
     parser = _Rows()
     for line in text_lines(stream, encoding):
         parser.feed(line)
@@ -98,9 +101,7 @@ def read(stream: IO[bytes], encoding: str, options: Options) -> Iterator[Parsed 
     account = ""
     columns: dict[str, int] | None = None
     in_deals = found_deals = False
-    number_ = 0
-    for cells in _table_rows(stream, encoding):
-        number_ += 1
+    for number_, cells in _table_rows(stream, encoding):
         texts = [c for c in cells if c]
         if not texts:
             # An empty row ends the Deals table; the summary follows it.
@@ -155,9 +156,12 @@ def _deal(cells: list[str], columns: dict[str, int], row: int, account: str, zon
     lots = positive(cell("volume").split("/")[0], row=row, column="Volume")
     contract = options.known_contract_sizes.get(symbol)
     if contract is None:
-        options.note(
-            f"{symbol}: quantities are in lots, as the report writes them (a MetaApi sync of this account "
-            "tells the contract size; import after one to get units)."
+        # Lots beside the sync's units would break the symbol's positions: refuse rather than guess.
+        raise FileProblem(
+            f"deal {deal}: the contract size of {symbol} is unknown, so its lots cannot become units as the sync "
+            f"stores them: give it with the import ({symbol}=100000), or sync the MetaTrader connection first",
+            row=row,
+            column="Volume",
         )
     charges = sum(
         (number(cell(n), row=row, column=n.capitalize()) for n in ("commission", "fee", "swap") if cell(n)),
@@ -169,7 +173,7 @@ def _deal(cells: list[str], columns: dict[str, int], row: int, account: str, zon
         account_external_id=account,
         symbol=symbol,
         side=side,
-        quantity=lots * contract if contract else lots,
+        quantity=lots * contract,
         price=number(cell("price"), row=row, column="Price"),
         executed_at=moment(cell("time"), TIME_FORMATS, zone, row=row, column="Time"),
         # Charges are negative in MetaTrader; a net credit is no cost (it stays in raw).
@@ -177,6 +181,23 @@ def _deal(cells: list[str], columns: dict[str, int], row: int, account: str, zon
         currency=options.account_currency,
         asset_class="CFD",
         order_id=cell("order")[:128],
-        raw={"cells": cells, "lots": str(lots), "contractSize": str(contract) if contract else None},
+        raw={"cells": cells, "lots": str(lots), "contractSize": str(contract)},
     )
     return Parsed(row, trade, account)
+
+
+def contract_sizes(text: str) -> dict[str, Decimal]:
+    """`EURUSD=100000, XAUUSD=100` as the trader writes it; ValueError names what it cannot read."""
+    sizes = {}
+    for item in text.replace(";", ",").replace("\n", ",").split(","):
+        if not item.strip():
+            continue
+        symbol, _, size = item.partition("=")
+        try:
+            value = Decimal(size.strip())
+        except ArithmeticError:
+            value = None
+        if not symbol.strip() or value is None or not value.is_finite() or value <= 0:
+            raise ValueError(f"{item.strip()!r} is not SYMBOL=size (e.g. EURUSD=100000)")
+        sizes[symbol.strip()] = value
+    return sizes

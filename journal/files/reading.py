@@ -40,9 +40,9 @@ class FileProblem(Exception):
             where.append(f"row {self.row}")
         if self.column:
             where.append(f"column {self.column}")
-        if where:
-            return f"{', '.join(where).capitalize()}: {self.message}"
-        return self.message[:1].upper() + self.message[1:]
+        text = f"{', '.join(where)}: {self.message}" if where else self.message
+        # Only the first letter: a column keeps its own spelling (Volume, B/S).
+        return text[:1].upper() + text[1:]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """A file imported into an account: the sync's dedup, positions and history; nothing stored from a bad file."""
 
+import dataclasses
 import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -349,3 +351,87 @@ def test_a_later_sync_leaves_a_file_fill_that_was_not_the_syncs(trader):
     assert (result.imported, result.matched_by_content) == (1, 1)
     synced(account, [api])
     assert Trade.objects.filter(account=account).count() == 2
+
+
+def metaapi_deals():
+    """The MT5 sample's two deals as the MetaApi provider stores them: the ticket, units, the contract size."""
+    from brokers.providers.types import BrokerTrade
+
+    def deal(ticket, side, price, at):
+        return BrokerTrade(
+            broker_trade_id=ticket,
+            account_external_id="12345678@Example-Server",
+            symbol="EURUSD",
+            side=side,
+            quantity=Decimal("10000.00"),
+            price=Decimal(price),
+            executed_at=at,
+            fees=Decimal("0.35"),
+            asset_class="CFD",
+            raw={"id": ticket, "lots": "0.1", "contractSize": "100000"},
+        )
+
+    return [
+        deal("7001", "BUY", "1.08250", datetime(2026, 3, 4, 8, 0, 1, tzinfo=UTC)),
+        deal("7002", "SELL", "1.08410", datetime(2026, 3, 4, 9, 30, 45, tzinfo=UTC)),
+    ]
+
+
+@pytest.fixture
+def mt5_account(trader):
+    connection = factories.connection(trader, label="MT5", sync_enabled=False)
+    return connection.accounts.create(external_id="12345678@Example-Server", name="12345678")
+
+
+def test_an_mt5_report_then_the_sync_stores_each_deal_once(mt5_account):
+    result = imported(mt5_account, samples.MT5_REPORT, name="report.html", contract_sizes={"EURUSD": Decimal(100000)})
+    assert (result.imported, result.not_a_fill, result.other_account) == (2, 2, 0)
+    assert synced(mt5_account, metaapi_deals()).counts.skipped == 2
+    assert Trade.objects.filter(account=mt5_account).count() == 2
+    assert RoundTrip.objects.get(account=mt5_account).gross_pnl == Decimal("16")
+
+
+def test_the_sync_then_an_mt5_report_takes_the_contract_size_from_the_synced_deals(mt5_account):
+    synced(mt5_account, metaapi_deals())
+    result = imported(mt5_account, samples.MT5_REPORT, name="report.html", time_zone=ZoneInfo("Etc/GMT-2"))
+    assert (result.ok, result.imported, result.already_there) == (True, 0, 2)
+    assert Trade.objects.filter(account=mt5_account).count() == 2
+
+
+def test_tradovate_performance_and_the_sync_share_tradovates_fill_ids_in_either_order(trader):
+    at = datetime(2025, 11, 25, 10, 38, 24, tzinfo=UTC)
+    api = [
+        factories.fill(9001, "BUY", 2, "6850.25", at, symbol="MESZ5", multiplier="5", fees=Decimal("1.04")),
+        factories.fill(9002, "SELL", 1, "6852.50", at + timedelta(minutes=3), symbol="MESZ5", multiplier="5"),
+        factories.fill(9003, "SELL", 1, "6849.00", at + timedelta(minutes=7), symbol="MESZ5", multiplier="5"),
+    ]
+    api = [dataclasses.replace(t, broker_trade_id=t.broker_trade_id.removeprefix("MESZ5-")) for t in api]
+    first = factories.account_with(trader, [], external_id="FILE-FIRST")
+    assert imported(first, samples.TRADOVATE_PERFORMANCE).imported == 3
+    assert synced(first, api).counts.skipped == 3
+    second = factories.account_with(trader, [], external_id="SYNC-FIRST")
+    synced(second, api)
+    assert imported(second, samples.TRADOVATE_PERFORMANCE).already_there == 3
+    for account in (first, second):
+        assert Trade.objects.filter(account=account).count() == 3
+
+
+def test_contract_sizes_reach_the_import_from_the_page_and_the_command(trader_client, mt5_account, tmp_path):
+    from django.core.management import CommandError, call_command
+
+    answer = trader_client.post(
+        "/sync/import/",
+        {"account": mt5_account.pk, "file": upload(samples.MT5_REPORT), "contract_sizes": "EURUSD=lots"},
+    )
+    assert answer.status_code == 400 and b"is not SYMBOL=size" in answer.content
+    refused = trader_client.post("/sync/import/", {"account": mt5_account.pk, "file": upload(samples.MT5_REPORT)})
+    assert b"contract size of EURUSD is unknown" in refused.content
+    path = tmp_path / "report.html"
+    path.write_text(samples.MT5_REPORT)
+    with pytest.raises(CommandError, match="Row 18, column Volume"):
+        call_command("import_file", "--account", str(mt5_account.pk), str(path))
+    out = io.StringIO()
+    call_command(
+        "import_file", "--account", str(mt5_account.pk), str(path), "--contract-size", "EURUSD=100000", stdout=out
+    )
+    assert "metatrader5: 2 imported" in out.getvalue()

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from brokers.models import BrokerAccount
 from journal.files.formats import BY_KEY
+from journal.files.metatrader import contract_sizes
 from journal.middleware import trader_time_zone
 from journal.models import validate_time_zone
 from sync.files import file_import
@@ -26,6 +27,13 @@ class Command(BaseCommand):
             "--format", default="", choices=["", *BY_KEY], help="Only when the file's format is not recognised."
         )
         parser.add_argument(
+            "--contract-size",
+            action="append",
+            default=[],
+            metavar="SYMBOL=SIZE",
+            help="MetaTrader: the contract size of a symbol the sync has not met (repeat for each).",
+        )
+        parser.add_argument(
             "--time-zone", default="", help="The zone of times written without an offset (e.g. America/Chicago)."
         )
 
@@ -41,6 +49,10 @@ class Command(BaseCommand):
                 raise CommandError(" ".join(exc.messages)) from None
             zone = ZoneInfo(options["time_zone"])
         try:
+            sizes = contract_sizes(",".join(options["contract_size"]))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        try:
             stream = open(options["path"], "rb")  # noqa: SIM115 -- closed below, after the import
         except OSError as exc:
             raise CommandError(f"Cannot read {options['path']}: {exc.strerror}") from None
@@ -52,6 +64,7 @@ class Command(BaseCommand):
                 format=options["format"],
                 time_zone=zone,
                 trader_zone=trader_time_zone(account.connection.owner),
+                contract_sizes=sizes,
             )
         if not result.ok:
             raise CommandError(f"Nothing imported: {result.error}")

@@ -9,6 +9,7 @@ import pytest
 
 from journal.files import template
 from journal.files.formats import detect, open_as
+from journal.files.metatrader import contract_sizes
 from journal.files.reading import CONTENT_KEY_PREFIX, MAX_LINE_CHARS, FileProblem, NotAFill, Options, Parsed
 from tests.journal.files import samples
 
@@ -157,15 +158,34 @@ def test_an_unreadable_flex_row_names_its_place_and_field():
     assert refused.value.row == 3 and "tradePrice" in refused.value.message
 
 
-def test_the_mt5_report_gives_deal_tickets_and_leaves_balance_and_totals_out():
-    key, fills, skipped, options = read(samples.MT5_REPORT, time_zone=ZoneInfo("Etc/GMT-2"))
+def test_the_mt5_report_gives_deal_tickets_in_units_and_leaves_balance_and_totals_out():
+    sizes = {"EURUSD": Decimal(100000)}
+    key, fills, skipped, _ = read(samples.MT5_REPORT, time_zone=ZoneInfo("Etc/GMT-2"), known_contract_sizes=sizes)
     assert key == "metatrader5"
     buy, sell = (p.trade for p in fills)
     assert (buy.broker_trade_id, buy.order_id, buy.side, fills[0].account) == ("7001", "6001", "BUY", "12345678")
     assert buy.executed_at == datetime(2026, 3, 4, 8, 0, 1, tzinfo=UTC)
-    assert (buy.quantity, buy.fees) == (Decimal("0.10"), Decimal("0.35"))
+    assert (buy.quantity, buy.fees, buy.raw["lots"]) == (Decimal("10000.00"), Decimal("0.35"), "0.10")
     assert len(skipped) == 2
-    assert any("in lots" in note for note in options.notes)
+
+
+def test_an_mt5_symbol_of_unknown_contract_size_is_refused_rather_than_stored_in_lots():
+    with pytest.raises(FileProblem) as refused:
+        read(samples.MT5_REPORT)
+    # The file's line where the deal's row starts.
+    assert (refused.value.row, refused.value.column) == (18, "Volume")
+    assert "EURUSD=100000" in refused.value.message
+
+
+def test_contract_sizes_are_read_as_the_trader_writes_them():
+    assert contract_sizes("EURUSD=100000, XAUUSD=100;\nUS30 = 1") == {
+        "EURUSD": Decimal(100000),
+        "XAUUSD": Decimal(100),
+        "US30": Decimal(1),
+    }
+    for wrong in ("EURUSD", "EURUSD=lots", "=5", "XAUUSD=-1", "X=nan"):
+        with pytest.raises(ValueError, match="SYMBOL=size"):
+            contract_sizes(wrong)
 
 
 def test_the_mt5_report_in_utf16_with_known_contract_sizes_gives_units():
