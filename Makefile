@@ -27,6 +27,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/import_throughput.py --db sqlite
 	$(BIN)/python bench/import_throughput.py --db postgres
 	$(BIN)/python bench/import_memory.py --db sqlite
+	$(BIN)/python bench/file_import.py --db sqlite
 	$(BIN)/python bench/ratelimit_contention.py
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/end_to_end.py --db sqlite
