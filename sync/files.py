@@ -95,6 +95,8 @@ def file_import(
         result.imported, result.busted = counts.imported, counts.busted
         result.already_there += counts.skipped
         result.notes = options.notes
+        if not (counts.imported or counts.skipped or counts.busted or result.already_there or result.not_a_fill):
+            result.notes.append("The file holds no fill for this account.")
     except FileProblem as problem:
         result.error = problem.described()
         result.error_row, result.error_column = problem.row, problem.column

@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import IO
 
 from brokers.providers.types import BrokerTrade
+from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE
 
 # A longer line is no export row: refuse it rather than hold it in memory.
 MAX_LINE_CHARS = 1_000_000
@@ -23,6 +24,8 @@ MAX_LINE_CHARS = 1_000_000
 HEAD_BYTES = 64 * 1024
 # The broker_trade_id of a fill the file names by content only (docs/file-import.md, "Which key").
 CONTENT_KEY_PREFIX = "file:"
+# The years a trade's time may fall in (journal.models.EARLIEST_TRADE_DATE, LATEST_TRADE_DATE).
+EARLIEST_YEAR, LATEST_YEAR = EARLIEST_TRADE_DATE.year, LATEST_TRADE_DATE.year
 # The journal keeps 20 integer digits (journal.models.EXACT).
 MAX_NUMBER = Decimal(10) ** 20
 
@@ -233,10 +236,21 @@ def moment(text: str, formats: tuple[str, ...], zone: tzinfo, *, row: int, colum
             parsed = datetime.strptime(cleaned, fmt)
         except ValueError:
             continue
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=zone)
-        return parsed.astimezone(UTC)
+        return in_utc(parsed, zone, text, row=row, column=column)
     raise FileProblem(f"{text!r} is not a time we can read (expected e.g. {formats[0]})", row=row, column=column)
+
+
+def in_utc(parsed: datetime, zone: tzinfo, text: str, *, row: int, column: str) -> datetime:
+    """A parsed time (read in `zone` when it has no offset) in UTC, within the years a trade may have."""
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    try:
+        moment_ = parsed.astimezone(UTC)
+    except OverflowError:
+        moment_ = None
+    if moment_ is None or not EARLIEST_YEAR <= moment_.year <= LATEST_YEAR:
+        raise FileProblem(f"{text!r} is outside the years a trade may have", row=row, column=column)
+    return moment_
 
 
 class ContentKeys:

@@ -15,6 +15,7 @@ from journal.files.reading import (
     NotAFill,
     Options,
     Parsed,
+    in_utc,
     number,
     positive,
     required,
@@ -128,15 +129,11 @@ def _executed_at(text: str, options: Options, row: int) -> datetime:
         raise FileProblem(
             f"{text!r} is not ISO 8601 (e.g. 2026-03-04T14:31:07-05:00)", row=row, column="executed_at"
         ) from None
-    if parsed.tzinfo is None:
-        if options.time_zone is None:
-            raise FileProblem(
-                f"{text!r} has no offset: add one (-05:00, Z) or choose the file's time zone",
-                row=row,
-                column="executed_at",
-            )
-        parsed = parsed.replace(tzinfo=options.time_zone)
-    return parsed.astimezone(UTC)
+    if parsed.tzinfo is None and options.time_zone is None:
+        raise FileProblem(
+            f"{text!r} has no offset: add one (-05:00, Z) or choose the file's time zone", row=row, column="executed_at"
+        )
+    return in_utc(parsed, options.time_zone or UTC, text, row=row, column="executed_at")
 
 
 def _expiry(text: str, row: int) -> date | None:

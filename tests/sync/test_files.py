@@ -435,3 +435,9 @@ def test_contract_sizes_reach_the_import_from_the_page_and_the_command(trader_cl
         "import_file", "--account", str(mt5_account.pk), str(path), "--contract-size", "EURUSD=100000", stdout=out
     )
     assert "metatrader5: 2 imported" in out.getvalue()
+
+
+def test_a_file_with_a_header_only_imports_nothing_and_says_so(account):
+    result = imported(account, HEADER)
+    assert result.ok and result.imported == 0
+    assert result.notes == ["The file holds no fill for this account."]

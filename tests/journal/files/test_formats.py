@@ -239,3 +239,25 @@ def test_a_chosen_format_that_does_not_fit_names_what_is_missing():
         read(samples.TRADOVATE_ORDERS, "ibkr_flex")
     with pytest.raises(FileProblem, match="Deals"):
         read(samples.TRADOVATE_ORDERS, "metatrader5")
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1850-01-01T00:00:00Z"])
+def test_a_time_outside_the_years_a_trade_may_have_is_named(moment):
+    data = f"account,executed_at,symbol,asset_class,side,quantity,price\nU1,{moment},AAPL,stock,buy,1,10\n"
+    with pytest.raises(FileProblem, match="outside the years") as refused:
+        read(data)
+    assert (refused.value.row, refused.value.column) == (2, "executed_at")
+
+
+def test_an_xml_with_entities_is_refused_unexpanded():
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+        b"<FlexQueryResponse><FlexStatements><FlexStatement accountId='&lol2;'/></FlexStatements></FlexQueryResponse>"
+    )
+    with pytest.raises(FileProblem, match="XML cannot be read"):
+        read(bomb)
+
+
+def test_a_header_without_rows_reads_no_fill():
+    _, fills, skipped, _ = read("account,executed_at,symbol,asset_class,side,quantity,price\n")
+    assert fills == [] and skipped == []
