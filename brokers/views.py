@@ -50,6 +50,7 @@ def _with_status(connections) -> list[BrokerConnection]:
             last_run_status=Subquery(last_run.values("status")[:1]),
             last_run_imported=Subquery(last_run.values("trades_imported")[:1]),
             last_run_skipped=Subquery(last_run.values("trades_skipped")[:1]),
+            last_run_trigger=Subquery(last_run.values("trigger")[:1]),
             last_error_kind=Subquery(last_error.values("error_kind")[:1]),
             # The positions the last successful run compared (sync stores them in its detail).
             last_checked_detail=Subquery(

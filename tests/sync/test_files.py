@@ -441,3 +441,12 @@ def test_a_file_with_a_header_only_imports_nothing_and_says_so(account):
     result = imported(account, HEADER)
     assert result.ok and result.imported == 0
     assert result.notes == ["The file holds no fill for this account."]
+
+
+def test_the_card_says_its_last_run_was_a_file_import(trader_client, account):
+    imported(account, template.EXAMPLE)
+    page = trader_client.get("/brokers/").content.decode()
+    assert "3 imported, 0 skipped · a file you imported" in page
+    imported(account, b"garbage")
+    page = trader_client.get("/brokers/").content.decode()
+    assert "0 imported, 0 skipped (failed) · a file you imported" in page

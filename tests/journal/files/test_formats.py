@@ -261,3 +261,32 @@ def test_an_xml_with_entities_is_refused_unexpanded():
 def test_a_header_without_rows_reads_no_fill():
     _, fills, skipped, _ = read("account,executed_at,symbol,asset_class,side,quantity,price\n")
     assert fills == [] and skipped == []
+
+
+def test_tradovates_other_header_revision_reads_the_same_and_summer_time_is_five_hours_behind():
+    data = (
+        "Order ID,Account,B/S,Contract,Product,Avg Fill Price,Filled Qty,Fill Time,Status\n"
+        "77,DEMO1,Sell,NQU6,NQ,21010.50,1,07/15/2026 09:30:00,Filled\n"
+    )
+    key, fills, _, _ = read(data)
+    trade = fills[0].trade
+    assert key == "tradovate_orders"
+    # Chicago keeps daylight time in July: UTC-5.
+    assert trade.executed_at == datetime(2026, 7, 15, 14, 30, tzinfo=UTC)
+    assert (trade.side, trade.multiplier, trade.order_id) == ("SELL", 20, "77")
+
+
+@pytest.mark.parametrize(
+    ("instrument", "symbol", "multiplier"),
+    [("NQ SEP26", "NQU6", 20), ("MNQ DEC25", "MNQZ5", 2), ("CL JAN27", "CLF7", 1000), ("ZZ MAR26", "ZZH6", 1)],
+)
+def test_ninjatrader_month_names_become_contract_codes_with_the_roots_point_value(instrument, symbol, multiplier):
+    data = samples.NINJATRADER_EXECUTIONS.replace("MES JUN26", instrument)
+    _, fills, _, options = read(data)
+    assert (fills[0].trade.symbol, fills[0].trade.multiplier) == (symbol, multiplier)
+    assert any("point value of ZZH6 is unknown" in n for n in options.notes) == (symbol == "ZZH6")
+
+
+def test_a_point_value_the_accounts_synced_fills_know_wins_over_the_table():
+    _, fills, _, _ = read(samples.TRADOVATE_ORDERS, known_multipliers={"MESZ5": Decimal("5.0")})
+    assert fills[0].trade.multiplier == Decimal("5.0")
