@@ -98,9 +98,12 @@ def file_import(
         if not (counts.imported or counts.skipped or counts.busted or result.already_there or result.not_a_fill):
             result.notes.append("The file holds no fill for this account.")
     except FileProblem as problem:
-        result.error = problem.described()
+        _refused(result, problem.described())
         result.error_row, result.error_column = problem.row, problem.column
-        result.imported = result.already_there = result.matched_by_content = result.busted = 0
+    except Exception:
+        # A bug or the database failing: the transaction rolled back, so nothing is stored either way.
+        log.exception("file_import_failed", account=account.pk, format=result.format)
+        _refused(result, "The import failed on our side and stored nothing; it was logged. Please try again later.")
     else:
         positions_recompute(changed=changes.since)
     result.sync_log_id = _record(account, result, name, digest, started, clock).pk
@@ -113,6 +116,12 @@ def file_import(
         error=result.error,
     )
     return result
+
+
+def _refused(result: FileImportResult, error: str) -> None:
+    result.error = error
+    result.imported = result.already_there = result.matched_by_content = result.busted = 0
+    result.not_a_fill = result.other_account = result.content_keyed = 0
 
 
 def _sha256(stream: IO[bytes]) -> str:

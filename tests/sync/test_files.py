@@ -450,3 +450,20 @@ def test_the_card_says_its_last_run_was_a_file_import(trader_client, account):
     imported(account, b"garbage")
     page = trader_client.get("/brokers/").content.decode()
     assert "0 imported, 0 skipped (failed) · a file you imported" in page
+
+
+def test_a_failure_on_our_side_stores_nothing_and_answers_without_a_server_error(trader_client, account, monkeypatch):
+    from journal.files import formats
+
+    original = formats.BY_KEY["template"]
+
+    def broken(stream, encoding, options):
+        yield from original.read(stream, encoding, options)
+        raise KeyError("a bug")
+
+    monkeypatch.setitem(formats.BY_KEY, "template", dataclasses.replace(original, read=broken))
+    answer = trader_client.post(
+        "/sync/import/", {"account": account.pk, "file": upload(template.EXAMPLE), "format": "template"}
+    )
+    assert answer.status_code == 400 and b"failed on our side" in answer.content
+    assert not Trade.objects.exists()
