@@ -153,7 +153,7 @@ def _deal(cells: list[str], columns: dict[str, int], row: int, account: str, zon
     symbol = cell("symbol")
     if not symbol or len(symbol) > 64:
         raise FileProblem(f"{symbol!r} is no symbol", row=row, column="Symbol")
-    lots = positive(cell("volume").split("/")[0], row=row, column="Volume")
+    lots = positive(cell("volume").split("/")[0], row=row, column="Volume", decimal_comma=_commas(cell("volume")))
     contract = options.known_contract_sizes.get(symbol)
     if contract is None:
         # Lots beside the sync's units would break the symbol's positions: refuse rather than guess.
@@ -164,7 +164,11 @@ def _deal(cells: list[str], columns: dict[str, int], row: int, account: str, zon
             column="Volume",
         )
     charges = sum(
-        (number(cell(n), row=row, column=n.capitalize()) for n in ("commission", "fee", "swap") if cell(n)),
+        (
+            number(cell(n), row=row, column=n.capitalize(), decimal_comma=_commas(cell(n)))
+            for n in ("commission", "fee", "swap")
+            if cell(n)
+        ),
         start=Decimal(0),
     )
     trade = BrokerTrade(
@@ -174,7 +178,7 @@ def _deal(cells: list[str], columns: dict[str, int], row: int, account: str, zon
         symbol=symbol,
         side=side,
         quantity=lots * contract,
-        price=number(cell("price"), row=row, column="Price"),
+        price=number(cell("price"), row=row, column="Price", decimal_comma=_commas(cell("price"))),
         executed_at=moment(cell("time"), TIME_FORMATS, zone, row=row, column="Time"),
         # Charges are negative in MetaTrader; a net credit is no cost (it stays in raw).
         fees=max(-charges, Decimal(0)),
@@ -184,6 +188,11 @@ def _deal(cells: list[str], columns: dict[str, int], row: int, account: str, zon
         raw={"cells": cells, "lots": str(lots), "contractSize": str(contract)},
     )
     return Parsed(row, trade, account)
+
+
+def _commas(text: str) -> bool:
+    # MetaTrader separates thousands with spaces: a comma is a localised terminal's decimal mark.
+    return "," in text and "." not in text
 
 
 def contract_sizes(text: str) -> dict[str, Decimal]:

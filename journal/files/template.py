@@ -57,10 +57,10 @@ def read(stream: IO[bytes], encoding: str, options: Options) -> Iterator[Parsed 
         values = {k.lower(): v for k, v in values.items() if k}
         if (values.get("status") or "filled").lower() not in ("filled", "busted"):
             raise FileProblem(f"{values['status']!r} is neither filled nor busted", row=row, column="status")
-        yield _parsed(row, values, options, keys)
+        yield _parsed(row, values, options, keys, rows.decimal_comma)
 
 
-def _parsed(row: int, values: dict[str, str], options: Options, keys: ContentKeys) -> Parsed:
+def _parsed(row: int, values: dict[str, str], options: Options, keys: ContentKeys, dec: bool) -> Parsed:
     def get(name: str) -> str:
         return required(values, name, row=row, name=name)
 
@@ -72,11 +72,15 @@ def _parsed(row: int, values: dict[str, str], options: Options, keys: ContentKey
         raise FileProblem(
             f"{values['asset_class']!r} is none of {', '.join(ASSET_CLASSES)}", row=row, column="asset_class"
         )
-    quantity = positive(get("quantity"), row=row, column="quantity")
-    price = number(get("price"), row=row, column="price")
+    quantity = positive(get("quantity"), row=row, column="quantity", decimal_comma=dec)
+    price = number(get("price"), row=row, column="price", decimal_comma=dec)
     executed_at = _executed_at(get("executed_at"), options, row)
-    fees = sum((_cost(values, name, row) for name in ("commission", "fees")), start=Decimal(0))
-    multiplier = positive(values["multiplier"], row=row, column="multiplier") if values.get("multiplier") else None
+    fees = sum((_cost(values, name, row, dec) for name in ("commission", "fees")), start=Decimal(0))
+    multiplier = (
+        positive(values["multiplier"], row=row, column="multiplier", decimal_comma=dec)
+        if values.get("multiplier")
+        else None
+    )
     if multiplier is None and asset_class in ("FUT", "OPT", "FOP", "CFD"):
         raise FileProblem(f"a {values['asset_class']} needs its multiplier", row=row, column="multiplier")
     symbol, account = get("symbol"), get("account")
@@ -103,7 +107,9 @@ def _parsed(row: int, values: dict[str, str], options: Options, keys: ContentKey
         multiplier=multiplier or Decimal(1),
         order_id=values.get("order_id", "")[:128],
         expiry=_expiry(values.get("expiry", ""), row) if is_option else None,
-        strike=number(values["strike"], row=row, column="strike") if is_option and values.get("strike") else None,
+        strike=number(values["strike"], row=row, column="strike", decimal_comma=dec)
+        if is_option and values.get("strike")
+        else None,
         option_right=RIGHTS.get(values.get("put_call", "").lower(), "") if is_option else "",
         busted=(values.get("status") or "").lower() == "busted",
         raw={k: v for k, v in values.items() if v},
@@ -111,10 +117,10 @@ def _parsed(row: int, values: dict[str, str], options: Options, keys: ContentKey
     return Parsed(row, trade, account)
 
 
-def _cost(values: dict[str, str], name: str, row: int):
+def _cost(values: dict[str, str], name: str, row: int, dec: bool):
     if not values.get(name):
         return Decimal(0)
-    cost = number(values[name], row=row, column=name)
+    cost = number(values[name], row=row, column=name, decimal_comma=dec)
     if cost < 0:
         raise FileProblem(
             f"{values[name]!r} is negative: a cost is positive (rebates are not taken)", row=row, column=name

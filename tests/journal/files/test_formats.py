@@ -290,3 +290,32 @@ def test_ninjatrader_month_names_become_contract_codes_with_the_roots_point_valu
 def test_a_point_value_the_accounts_synced_fills_know_wins_over_the_table():
     _, fills, _, _ = read(samples.TRADOVATE_ORDERS, known_multipliers={"MESZ5": Decimal("5.0")})
     assert fills[0].trade.multiplier == Decimal("5.0")
+
+
+def test_a_localised_mt5_report_reads_decimal_commas_and_italian_headers():
+    italian = (
+        samples.MT5_REPORT.replace("<b>Deals</b>", "<b>Affari</b>")
+        .replace("<td>Symbol</td><td>Type</td><td>Direction</td><td>Volume</td><td>Price</td>",
+                 "<td>Simbolo</td><td>Tipo</td><td>Direzione</td><td>Volume</td><td>Prezzo</td>")
+        .replace("<td>Time</td><td>Deal</td>", "<td>Ora</td><td>Affare</td>")
+        .replace("1.08250", "1,08250").replace("0.10", "0,10").replace("- 0.35", "- 0,35")
+    )  # fmt: skip
+    _, fills, _, _ = read(italian, known_contract_sizes={"EURUSD": Decimal(100000)})
+    assert (fills[0].trade.price, fills[0].trade.quantity, fills[0].trade.fees) == (
+        Decimal("1.08250"),
+        Decimal("10000.00"),
+        Decimal("0.35"),
+    )
+
+
+def test_a_semicolon_template_reads_decimal_commas():
+    data = (
+        "account;executed_at;symbol;asset_class;side;quantity;price;commission\n"
+        "U1;2026-03-04T09:31:07Z;A;stock;buy;1.000,5;1.234,56;0,5\n"
+    )
+    _, fills, _, _ = read(data)
+    assert (fills[0].trade.quantity, fills[0].trade.price, fills[0].trade.fees) == (
+        Decimal("1000.5"),
+        Decimal("1234.56"),
+        Decimal("0.5"),
+    )
