@@ -1,5 +1,6 @@
 """Import a broker export into one account, as the page does, and print what it did."""
 
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from django.core.exceptions import ValidationError
@@ -60,7 +61,7 @@ class Command(BaseCommand):
             result = file_import(
                 account=account,
                 stream=stream,
-                name=options["path"],
+                name=Path(options["path"]).name,
                 format=options["format"],
                 time_zone=zone,
                 trader_zone=trader_time_zone(account.connection.owner),
