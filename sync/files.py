@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
@@ -29,6 +30,7 @@ from journal.files.reading import CONTENT_KEY_PREFIX, FileProblem, NotAFill, Opt
 from journal.importing import import_trades
 from journal.models import Trade
 from journal.positions import ChangedInstruments, positions_recompute
+from sync import locks
 
 log = structlog.get_logger("sync.files")
 
@@ -73,15 +75,41 @@ def file_import(
     trader_zone: tzinfo = UTC,
     contract_sizes: dict[str, Decimal] | None = None,
 ) -> FileImportResult:
-    """Import a seekable binary stream into `account`; a FileProblem becomes the result's error (nothing stored)."""
+    """Import a seekable binary stream into `account`; a FileProblem becomes the result's error (nothing stored).
+
+    The import holds its connection's run lock, as a sync does: a file and a sync of the same
+    connection never import at once, so neither misses the other's fills when they compare.
+    """
     started, clock = timezone.now(), time.monotonic()
     result = FileImportResult()
     digest = _sha256(stream)
+    run_id = f"file-{uuid.uuid4().hex}"
+    if not locks.acquire(account.connection_id, run_id):
+        _refused(result, "A sync of this connection is running: import the file again once it has finished.")
+    else:
+        try:
+            with locks.kept_alive(account.connection_id, run_id):
+                _import(account, stream, format, time_zone, trader_zone, contract_sizes or {}, result)
+        finally:
+            locks.release(account.connection_id, run_id)
+    result.sync_log_id = _record(account, result, name, digest, started, clock, run_id).pk
+    log.info(
+        "file_imported" if result.ok else "file_refused",
+        account=account.pk,
+        format=result.format,
+        imported=result.imported,
+        already_there=result.already_there,
+        error=result.error,
+    )
+    return result
+
+
+def _import(account, stream, format, time_zone, trader_zone, contract_sizes, result: FileImportResult) -> None:
     try:
         chosen, encoding = open_as(stream, format)
         result.format = chosen.key
         options = _options(account, chosen.key, time_zone, trader_zone)
-        options.known_contract_sizes = {**options.known_contract_sizes, **(contract_sizes or {})}
+        options.known_contract_sizes = {**options.known_contract_sizes, **contract_sizes}
         changes = ChangedInstruments(account.pk)
         rows = chosen.read(stream, encoding, options)
         with transaction.atomic():
@@ -106,16 +134,6 @@ def file_import(
         _refused(result, "The import failed on our side and stored nothing; it was logged. Please try again later.")
     else:
         positions_recompute(changed=changes.since)
-    result.sync_log_id = _record(account, result, name, digest, started, clock).pk
-    log.info(
-        "file_imported" if result.ok else "file_refused",
-        account=account.pk,
-        format=result.format,
-        imported=result.imported,
-        already_there=result.already_there,
-        error=result.error,
-    )
-    return result
 
 
 def _refused(result: FileImportResult, error: str) -> None:
@@ -207,7 +225,9 @@ def _unmatched(account: BrokerAccount, batch: list[Parsed], result: FileImportRe
         yield trade
 
 
-def _record(account: BrokerAccount, result: FileImportResult, name: str, digest: str, started, clock) -> SyncLog:
+def _record(
+    account: BrokerAccount, result: FileImportResult, name: str, digest: str, started, clock, run_id: str
+) -> SyncLog:
     detail = {
         account.external_id: {
             "imported": result.imported,
@@ -227,6 +247,7 @@ def _record(account: BrokerAccount, result: FileImportResult, name: str, digest:
         duration_ms=round((time.monotonic() - clock) * 1000),
         trades_imported=result.imported,
         trades_skipped=result.already_there,
+        task_id=run_id,
         error_message=result.error[:2000],
         detail=detail,
     )

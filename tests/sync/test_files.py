@@ -467,3 +467,16 @@ def test_a_failure_on_our_side_stores_nothing_and_answers_without_a_server_error
     )
     assert answer.status_code == 400 and b"failed on our side" in answer.content
     assert not Trade.objects.exists()
+
+
+def test_a_file_waits_for_a_running_sync_of_its_connection_and_stores_nothing(account):
+    from sync import locks
+
+    assert locks.acquire(account.connection_id, "a-running-sync")
+    result = imported(account, template.EXAMPLE)
+    assert "A sync of this connection is running" in result.error
+    assert not Trade.objects.exists()
+    locks.release(account.connection_id, "a-running-sync")
+    assert imported(account, template.EXAMPLE).imported == 3
+    # The import gave its lock back: a sync may start.
+    assert locks.acquire(account.connection_id, "the-next-sync")
