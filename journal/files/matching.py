@@ -26,7 +26,7 @@ def is_content_keyed(broker_trade_id: str) -> bool:
 
 
 def _content(symbol, side, quantity, price, executed_at) -> str:
-    return content_of("", symbol, side, quantity, price, executed_at)
+    return content_of(symbol, side, quantity, price, executed_at)
 
 
 def _window(trades: list) -> tuple:

@@ -70,7 +70,7 @@ def read(stream: IO[bytes], encoding: str, options: Options) -> Iterator[Parsed 
             raise FileProblem("the instrument is longer than 64 characters", row=row, column="Instrument")
         trade = BrokerTrade(
             # NinjaTrader's own ID is not known to equal any broker API's id: the content decides.
-            broker_trade_id=keys(account, symbol, side, quantity, price, at),
+            broker_trade_id=keys(symbol, side, quantity, price, at),
             account_external_id=account,
             symbol=symbol,
             side=side,

@@ -67,7 +67,7 @@ def read(stream: IO[bytes], encoding: str, options: Options) -> Iterator[Parsed 
             price = number(get(price_col), row=row, column=price_col)
             at = moment(get(time_col), TIME_FORMATS, zone, row=row, column=time_col)
             trade = BrokerTrade(
-                broker_trade_id=keys("", symbol, side, quantity, price, at),
+                broker_trade_id=keys(symbol, side, quantity, price, at),
                 account_external_id="",
                 symbol=symbol,
                 side=side,

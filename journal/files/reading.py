@@ -254,25 +254,28 @@ def in_utc(parsed: datetime, zone: tzinfo, text: str, *, row: int, column: str) 
 
 
 class ContentKeys:
-    """The key of a fill a file names by content only: account, symbol, side, quantity, price, time to the second.
+    """The key of a fill a file names by content only: symbol, side, quantity, price, time to the second.
 
-    Identical rows of one file (an order filled twice at the same price in the same second)
-    are told apart by their occurrence, so importing the same file again matches every row.
+    The account is the import's (the unique key is per account), so one fill in two files of
+    different formats gets one key. The order id is left out: whether a file's order id is the
+    API's is UNCONFIRMED for most brokers. Identical rows of one file (an order filled twice at
+    the same price in the same second) are told apart by their occurrence, so importing the same
+    file again matches every row.
     """
 
     def __init__(self):
         # By digest, not by content: about 100 bytes a row for files read by content (docs/file-import.md).
         self._seen: Counter[bytes] = Counter()
 
-    def __call__(self, account: str, symbol: str, side: str, quantity: Decimal, price: Decimal, at: datetime) -> str:
-        digest = hashlib.sha256(content_of(account, symbol, side, quantity, price, at).encode()).digest()[:20]
+    def __call__(self, symbol: str, side: str, quantity: Decimal, price: Decimal, at: datetime) -> str:
+        digest = hashlib.sha256(content_of(symbol, side, quantity, price, at).encode()).digest()[:20]
         self._seen[digest] += 1
         return f"{CONTENT_KEY_PREFIX}{digest.hex()}:{self._seen[digest]}"
 
 
-def content_of(account: str, symbol: str, side: str, quantity: Decimal, price: Decimal, at: datetime) -> str:
+def content_of(symbol: str, side: str, quantity: Decimal, price: Decimal, at: datetime) -> str:
     moment_ = at.astimezone(UTC).replace(microsecond=0).isoformat()
-    return "|".join((account, symbol.upper(), side, _plain(quantity), _plain(price), moment_))
+    return "|".join((symbol.upper(), side, _plain(quantity), _plain(price), moment_))
 
 
 def _plain(value: Decimal) -> str:

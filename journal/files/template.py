@@ -94,7 +94,7 @@ def _parsed(row: int, values: dict[str, str], options: Options, keys: ContentKey
     if len(symbol) > 64:
         raise FileProblem("the symbol is longer than 64 characters", row=row, column="symbol")
     trade = BrokerTrade(
-        broker_trade_id=exec_id or keys(account, symbol, side, quantity, price, executed_at),
+        broker_trade_id=exec_id or keys(symbol, side, quantity, price, executed_at),
         account_external_id=account,
         symbol=symbol,
         side=side,

@@ -92,7 +92,7 @@ def read_orders(stream: IO[bytes], encoding: str, options: Options) -> Iterator[
         )
         account = values.get(col["account"], "") if col["account"] else ""
         trade = BrokerTrade(
-            broker_trade_id=keys(account, symbol, side, quantity, price, at),
+            broker_trade_id=keys(symbol, side, quantity, price, at),
             account_external_id=account,
             symbol=symbol,
             side=side,

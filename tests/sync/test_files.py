@@ -480,3 +480,17 @@ def test_a_file_waits_for_a_running_sync_of_its_connection_and_stores_nothing(ac
     assert imported(account, template.EXAMPLE).imported == 3
     # The import gave its lock back: a sync may start.
     assert locks.acquire(account.connection_id, "the-next-sync")
+
+
+def test_one_fill_in_two_files_of_different_formats_is_stored_once(trader):
+    account = factories.account_with(trader, [], external_id="Sim101")
+    ninja = imported(account, samples.NINJATRADER_EXECUTIONS)
+    assert ninja.imported == 2
+    # The same two fills written into the template, without ids, in UTC (the PC's zone was UTC).
+    template_rows = (
+        "account,executed_at,symbol,asset_class,side,quantity,price,multiplier\n"
+        "Sim101,2026-04-27T06:05:02Z,MESM6,future,buy,1,7200.75,5\n"
+        "Sim101,2026-04-27T06:09:40Z,MESM6,future,sell,1,7203.25,5\n"
+    )
+    again = imported(account, template_rows)
+    assert (again.imported, again.already_there) == (0, 2)
