@@ -8,6 +8,7 @@ on the account's connection, so the card and the history say what it did.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -55,6 +56,7 @@ class FileImportResult:
     other_account: int = 0
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    sha256: str = ""
     # Where the error is, when it is in one row (the row is the file's line; 1 = the header).
     error_row: int | None = None
     error_column: str = ""
@@ -82,7 +84,7 @@ def file_import(
     """
     started, clock = timezone.now(), time.monotonic()
     result = FileImportResult()
-    digest = _sha256(stream)
+    digest = result.sha256 = _sha256(stream)
     run_id = f"file-{uuid.uuid4().hex}"
     if not locks.acquire(account.connection_id, run_id):
         _refused(result, "A sync of this connection is running: import the file again once it has finished.")
@@ -222,7 +224,13 @@ def _unmatched(account: BrokerAccount, batch: list[Parsed], result: FileImportRe
                 result.matched_by_content += 1
                 continue
             result.content_keyed += 1
-        yield trade
+        # Where the fill came from, for audits (and for undoing an import later): the file and its line.
+        origin = {"sha256": result.sha256, "row": parsed.row}
+        if isinstance(trade.raw, dict):
+            trade.raw["file"] = origin  # the parser's own dict, made for this row: no copy per row
+            yield trade
+        else:
+            yield dataclasses.replace(trade, raw={**trade.raw, "file": origin})
 
 
 def _record(

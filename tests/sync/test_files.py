@@ -494,3 +494,9 @@ def test_one_fill_in_two_files_of_different_formats_is_stored_once(trader):
     )
     again = imported(account, template_rows)
     assert (again.imported, again.already_there) == (0, 2)
+
+
+def test_each_imported_fill_records_its_file_and_line(account):
+    result = imported(account, template.EXAMPLE)
+    rows = sorted(Trade.objects.filter(account=account).values_list("raw", flat=True), key=lambda r: r["file"]["row"])
+    assert [r["file"] for r in rows] == [{"sha256": result.sha256, "row": n} for n in (2, 3, 4)]
