@@ -218,7 +218,7 @@ def _unmatched(account: BrokerAccount, batch: list[Parsed], result: FileImportRe
     synced = stored_by_broker_id(account.pk, by_content)
     for parsed in batch:
         trade = parsed.trade
-        if is_content_keyed(trade.broker_trade_id):
+        if is_content_keyed(trade.broker_trade_id) and not trade.busted:
             if synced and already_synced(trade, synced):
                 result.already_there += 1
                 result.matched_by_content += 1

@@ -500,3 +500,11 @@ def test_each_imported_fill_records_its_file_and_line(account):
     result = imported(account, template.EXAMPLE)
     rows = sorted(Trade.objects.filter(account=account).values_list("raw", flat=True), key=lambda r: r["file"]["row"])
     assert [r["file"] for r in rows] == [{"sha256": result.sha256, "row": n} for n in (2, 3, 4)]
+
+
+def test_a_busted_template_row_without_id_voids_the_file_fill_of_the_same_content(account):
+    row = "U1234567,2026-03-04T15:00:00Z,MESH6,future,buy,1,5812.25,5,\n"
+    imported(account, HEADER + row)
+    result = imported(account, "status," + HEADER.replace("\n", "") + "\nbusted," + row)
+    assert result.busted == 1
+    assert Trade.objects.get(account=account).deleted_at is not None
