@@ -50,6 +50,11 @@ def detect(head: bytes) -> tuple[Format, str]:
     """The file's format and encoding from its first bytes; FileProblem when none or several fit."""
     if not head.strip():
         raise FileProblem("the file is empty")
+    if head.startswith(b"PK\x03\x04"):
+        raise FileProblem(
+            "this is a spreadsheet or an archive (Excel, Open XML, zip): save the export as CSV, "
+            "or the MetaTrader report as HTML, and import that"
+        )
     encoding = encoding_of(head)
     text = head.decode(encoding, errors="ignore")
     fitting = [f for f in FORMATS if f.text_test is not None and f.text_test(text)]

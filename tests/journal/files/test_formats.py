@@ -319,3 +319,8 @@ def test_a_semicolon_template_reads_decimal_commas():
         Decimal("1234.56"),
         Decimal("0.5"),
     )
+
+
+def test_an_excel_file_is_refused_with_the_way_to_save_it():
+    with pytest.raises(FileProblem, match="save the export as CSV"):
+        detect(b"PK\x03\x04\x14\x00\x06\x00" + b"\x00" * 100)
