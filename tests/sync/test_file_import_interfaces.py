@@ -30,7 +30,7 @@ def test_the_page_imports_a_file_into_the_traders_account_and_says_what_it_did(t
     again = trader_client.post("/sync/import/", {"account": account.pk, "file": upload(template.EXAMPLE)}).content
     assert b"<strong>3</strong> already there" in again
     history = trader_client.get(f"/sync/connections/{account.connection_id}/history/").content.decode()
-    assert "File import" in history
+    assert 'File import <span class="muted">(fills.csv)</span>' in history
 
 
 def test_the_page_names_the_row_and_column_of_a_bad_file_and_stores_nothing(trader_client, account):
