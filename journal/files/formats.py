@@ -37,6 +37,12 @@ FORMATS = (
         tradovate.read_performance,
         header_test=tradovate.recognises_performance,
     ),
+    Format(
+        tradovate.POSITION_HISTORY,
+        tradovate.LABELS[tradovate.POSITION_HISTORY],
+        tradovate.read_position_history,
+        header_test=tradovate.recognises_position_history,
+    ),
     Format(ninjatrader.KEY, ninjatrader.LABEL, ninjatrader.read, header_test=ninjatrader.recognises),
     Format(projectx.KEY, projectx.LABEL, projectx.read, header_test=projectx.recognises),
     Format(ibkr.KEY, ibkr.LABEL, ibkr.read, text_test=ibkr.recognises_text),

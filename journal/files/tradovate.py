@@ -25,8 +25,12 @@ from journal.files.reading import (
     text_lines,
 )
 
-ORDERS, PERFORMANCE = "tradovate_orders", "tradovate_performance"
-LABELS = {ORDERS: "Tradovate Orders CSV", PERFORMANCE: "Tradovate Performance CSV (paired fills)"}
+ORDERS, PERFORMANCE, POSITION_HISTORY = "tradovate_orders", "tradovate_performance", "tradovate_position_history"
+LABELS = {
+    ORDERS: "Tradovate Orders CSV",
+    PERFORMANCE: "Tradovate Performance CSV (paired fills)",
+    POSITION_HISTORY: "Tradovate Position History CSV (paired fills)",
+}
 # The files carry no offset; which zone they are in is UNCONFIRMED (docs/file-import.md).
 DEFAULT_ZONE = ZoneInfo("America/Chicago")
 TIME_FORMATS = ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%Y-%m-%d %H:%M:%S")
@@ -118,29 +122,73 @@ class _Fill:
     raw: dict
 
 
+@dataclass(frozen=True)
+class _Paired:
+    """Where a paired export writes each pair: the contract, the paired quantity, the account, each leg."""
+
+    symbol: str
+    quantity: str
+    account: str | None
+    legs: tuple[tuple[str, str, str, str], ...]  # (side, fill id, price, time) columns
+
+
+_PERFORMANCE = _Paired(
+    "symbol",
+    "qty",
+    None,
+    ((BUY, "buyFillId", "buyPrice", "boughtTimestamp"), (SELL, "sellFillId", "sellPrice", "soldTimestamp")),
+)
+_POSITION_HISTORY = _Paired(
+    "Contract",
+    "Paired Qty",
+    "Account",
+    ((BUY, "Buy Fill ID", "Buy Price", "Bought Timestamp"), (SELL, "Sell Fill ID", "Sell Price", "Sold Timestamp")),
+)
+
+
+def recognises_position_history(header: list[str]) -> bool:
+    return {"buy fill id", "sell fill id", "paired qty", "bought timestamp", "sold timestamp"} <= {
+        h.lower() for h in header
+    }
+
+
 def read_performance(stream: IO[bytes], encoding: str, options: Options) -> Iterator[Parsed | NotAFill]:
+    return _read_paired(stream, encoding, options, _PERFORMANCE)
+
+
+def read_position_history(stream: IO[bytes], encoding: str, options: Options) -> Iterator[Parsed | NotAFill]:
+    return _read_paired(stream, encoding, options, _POSITION_HISTORY)
+
+
+def _read_paired(stream: IO[bytes], encoding: str, options: Options, layout: _Paired) -> Iterator[Parsed | NotAFill]:
     """Each pair row names a buy fill and a sell fill by Tradovate's fill id, the id its API gives them.
 
     A fill paired in several rows (2 bought, sold 1 and 1) is one fill: its quantities add up.
-    The file's fills are held until its end (ids and amounts only; these exports are small).
+    Only paired quantities are in these files: a fill still partly open when the file was saved
+    is stored with its paired part (docs/file-import.md). The file's fills are held until its end
+    (these exports are small).
     """
     rows = CsvRows(text_lines(stream, encoding))
     zone = options.time_zone or DEFAULT_ZONE
     options.note(NO_FEES)
     fills: dict[str, _Fill] = {}
+    accounts: dict[str, str] = {}
     for row, values in rows:
-        symbol = _symbol(required(values, "symbol", row=row, name="symbol"), row, "symbol")
-        quantity = positive(required(values, "qty", row=row, name="qty"), row=row, column="qty")
-        for side, id_col, price_col, time_col in (
-            (BUY, "buyFillId", "buyPrice", "boughtTimestamp"),
-            (SELL, "sellFillId", "sellPrice", "soldTimestamp"),
-        ):
-            fill_id = required(values, id_col, row=row, name=id_col)
-            price = number(required(values, price_col, row=row, name=price_col), row=row, column=price_col)
-            at = _performance_time(required(values, time_col, row=row, name=time_col), zone, row, time_col)
+
+        def get(name: str, values=values, row=row) -> str:
+            return required(values, rows.column(name), row=row, name=name)
+
+        symbol = _symbol(get(layout.symbol), row, layout.symbol)
+        quantity = positive(get(layout.quantity), row=row, column=layout.quantity)
+        account = values.get(rows.column(layout.account) or "", "") if layout.account else ""
+        for side, id_col, price_col, time_col in layout.legs:
+            fill_id = get(id_col)
+            price = number(get(price_col), row=row, column=price_col)
+            at = _performance_time(get(time_col), zone, row, time_col)
             known = fills.get(fill_id)
             if known is None:
                 fills[fill_id] = _Fill(row, side, symbol, quantity, price, at, {"row": values})
+                accounts[fill_id] = account
             elif (known.side, known.symbol, known.price, known.at) != (side, symbol, price, at):
                 raise FileProblem(f"fill {fill_id} differs from its row {known.row}", row=row, column=id_col)
             else:
@@ -148,7 +196,7 @@ def read_performance(stream: IO[bytes], encoding: str, options: Options) -> Iter
     for fill_id, fill in sorted(fills.items(), key=lambda item: item[1].row):
         trade = BrokerTrade(
             broker_trade_id=fill_id,
-            account_external_id="",
+            account_external_id=accounts[fill_id],
             symbol=fill.symbol,
             side=fill.side,
             quantity=fill.quantity,
@@ -158,7 +206,7 @@ def read_performance(stream: IO[bytes], encoding: str, options: Options) -> Iter
             multiplier=_multiplier(fill.symbol, options),
             raw=fill.raw,
         )
-        yield Parsed(fill.row, trade)
+        yield Parsed(fill.row, trade, accounts[fill_id])
 
 
 def _performance_time(text: str, zone, row: int, column: str) -> datetime:

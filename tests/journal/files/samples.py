@@ -18,6 +18,16 @@ TRADOVATE_PERFORMANCE = (
     "MESZ5,-2,0,0.25,9001,9003,1,6850.25,6849.00,$(6.25),11/25/2025 04:38:24,11/25/2025 04:45:02,6min 38sec\n"
 )
 
+TRADOVATE_POSITION_HISTORY = (
+    "Position ID,Timestamp,Trade Date,Net Pos,Net Price,Bought,Avg. Buy,Sold,Avg. Sell,Account,Contract,Product,"
+    "Product Description,_priceFormat,_priceFormatType,_tickSize,Pair ID,Buy Fill ID,Sell Fill ID,Paired Qty,"
+    "Buy Price,Sell Price,P/L,Currency,Bought Timestamp,Sold Timestamp\n"
+    "5550001,11/25/2025 04:45:02,2025-11-25,0,,2,6850.25,2,6850.75,DEMO123456,MESZ5,MES,Micro E-mini S&P 500,"
+    "-2,0,0.25,8801,9001,9002,1,6850.25,6852.50,11.25,USD,11/25/2025 04:38:24,11/25/2025 04:41:10\n"
+    "5550001,11/25/2025 04:45:02,2025-11-25,0,,2,6850.25,2,6850.75,DEMO123456,MESZ5,MES,Micro E-mini S&P 500,"
+    "-2,0,0.25,8802,9001,9003,1,6850.25,6849.00,-6.25,USD,11/25/2025 04:38:24,11/25/2025 04:45:02\n"
+)
+
 NINJATRADER_EXECUTIONS = (
     "Instrument,Action,Quantity,Price,Time,ID,E/X,Position,Order ID,Name,Commission,Rate,"
     "Account display name,Connection,\n"

@@ -324,3 +324,16 @@ def test_a_semicolon_template_reads_decimal_commas():
 def test_an_excel_file_is_refused_with_the_way_to_save_it():
     with pytest.raises(FileProblem, match="save the export as CSV"):
         detect(b"PK\x03\x04\x14\x00\x06\x00" + b"\x00" * 100)
+
+
+def test_tradovate_position_history_gives_the_same_fills_as_performance_with_their_account():
+    key, fills, _, _ = read(samples.TRADOVATE_POSITION_HISTORY)
+    _, performance, _, _ = read(samples.TRADOVATE_PERFORMANCE)
+    assert key == "tradovate_position_history"
+    assert [
+        (p.trade.broker_trade_id, p.trade.side, p.trade.quantity, p.trade.price, p.trade.executed_at) for p in fills
+    ] == [
+        (p.trade.broker_trade_id, p.trade.side, p.trade.quantity, p.trade.price, p.trade.executed_at)
+        for p in performance
+    ]
+    assert {p.account for p in fills} == {"DEMO123456"}
