@@ -47,9 +47,9 @@ def file_import_page(request, pk=None):
     initial = {}
     if pk is not None:
         initial["account"] = get_object_or_404(BrokerAccount, pk=pk, connection__owner=request.user)
-    elif request.GET.get("connection", "").isdigit():
+    elif (chosen := request.GET.get("connection", "")).isascii() and chosen.isdecimal() and len(chosen) < 19:
         initial["account"] = BrokerAccount.objects.filter(
-            connection_id=int(request.GET["connection"]), connection__owner=request.user
+            connection_id=int(chosen), connection__owner=request.user
         ).first()
     result = None
     if request.method == "POST":

@@ -174,3 +174,8 @@ def test_a_failure_on_our_side_stores_nothing_and_answers_without_a_server_error
     )
     assert answer.status_code == 400 and b"failed on our side" in answer.content
     assert not Trade.objects.exists()
+
+
+@pytest.mark.parametrize("connection", ["²", "99999999999999999999999", "-1", "x", ""])
+def test_an_odd_connection_in_the_address_opens_the_form_without_a_choice(trader_client, account, connection):
+    assert trader_client.get("/sync/import/", {"connection": connection}).status_code == 200
