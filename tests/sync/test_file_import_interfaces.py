@@ -179,3 +179,7 @@ def test_a_failure_on_our_side_stores_nothing_and_answers_without_a_server_error
 @pytest.mark.parametrize("connection", ["²", "99999999999999999999999", "-1", "x", ""])
 def test_an_odd_connection_in_the_address_opens_the_form_without_a_choice(trader_client, account, connection):
     assert trader_client.get("/sync/import/", {"connection": connection}).status_code == 200
+
+
+def test_an_account_id_beyond_any_stored_one_is_not_found(trader_client, account):
+    assert trader_client.get("/sync/accounts/99999999999999999999999/import/").status_code == 404
