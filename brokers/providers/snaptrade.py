@@ -65,9 +65,12 @@ ACCOUNT_BUCKETS = ("customer", "account")
 ACTIVITIES_MIN_INTERVAL_S = 24 * 3600
 # How long the record of an account's last read is kept: far longer than any pause between syncs.
 READ_RECORD_S = 400 * 86400
-# The brokerages SnapTrade's public integrations page (docs.snaptrade.com) names, as (slug, name):
-# the catalogue (its count and the picker) uses these, since the live list (GET /brokerages) needs a
-# key and varies with its plan, while the count must be the same on every installation.
+# The brokerages SnapTrade's documentation names (its integrations page, and the broker access
+# guide's "available immediately" table), as (slug, name): the catalogue (its count and the picker)
+# uses these, since the live list (GET /brokerages) needs a key and varies with its plan, while the
+# count must be the same on every installation. The guide gives names, not slugs: the slugs of its
+# entries are written as SnapTrade writes the others and are UNCONFIRMED, which costs nothing if
+# wrong, since a brokerage is preselected in the portal only when the live list has its slug.
 DOCUMENTED_BROKERAGES = (
     ("SCHWAB", "Charles Schwab"),
     ("FIDELITY", "Fidelity"),
@@ -83,6 +86,19 @@ DOCUMENTED_BROKERAGES = (
     ("PUBLIC", "Public"),
     ("TRADIER", "Tradier"),
     ("ALPACA", "Alpaca"),
+    ("AJBELL", "AJ Bell"),
+    ("BINANCE", "Binance"),
+    ("BUX", "BUX"),
+    ("COINBASE", "Coinbase"),
+    ("COMMSEC", "CommSec"),
+    ("DEGIRO", "Degiro"),
+    ("ETORO", "eToro"),
+    ("KRAKEN", "Kraken"),
+    ("MOOMOO", "Moomoo"),
+    ("STAKE", "Stake Australia"),
+    ("TDDI", "TD Direct Investing"),
+    ("UPSTOX", "Upstox"),
+    ("ZERODHA", "Zerodha"),
 )
 # How long the list of brokerages (for the connect page) is kept before it is asked for again.
 BROKERAGES_CACHE_S = 6 * 3600
