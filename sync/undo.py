@@ -37,7 +37,7 @@ class UndoRefused(Exception):
 
 @dataclass(frozen=True)
 class RunFills:
-    """What undoing a run would remove: per account's external id, how many fills, from which moment."""
+    """What undoing a run would remove (or removed): how many fills, per account's external id."""
 
     by_account: dict[str, int] = field(default_factory=dict)
 

@@ -8,18 +8,6 @@ from journal.models import RoundTrip, TraderProfile
 from tests.factories import SUNDAY_EVENING, account_with, fill
 
 
-@pytest.fixture
-def es_round_trip_and_open_nq(trader):
-    return account_with(
-        trader,
-        [
-            fill(1, "BUY", 2, "5900.00", SUNDAY_EVENING),
-            fill(2, "SELL", 2, "5910.25", SUNDAY_EVENING + timedelta(minutes=20)),
-            fill(3, "SELL", 1, "21000", SUNDAY_EVENING, symbol="NQZ6", multiplier="20"),
-        ],
-    )
-
-
 @pytest.mark.django_db
 def test_the_round_trips_page_shows_each_round_trip_with_its_net_pnl_and_opens_onto_its_fills(
     trader_client, es_round_trip_and_open_nq
