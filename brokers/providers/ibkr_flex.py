@@ -578,6 +578,7 @@ def _position(attrs: Mapping[str, str], statement_end: str) -> BrokerPosition | 
         symbol=symbol,
         quantity=quantity,
         average_price=_decimal(attrs, _first_present(attrs, "openPrice", "costBasisPrice")),
+        mark_price=_decimal(attrs, "markPrice"),
         expiry=_date(expiry) if expiry else None,
         strike=_decimal(attrs, "strike") if is_option else None,
         option_right=_OPTION_RIGHTS.get(_value(attrs, "putCall").upper(), "") if is_option else "",

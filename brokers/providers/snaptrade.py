@@ -291,7 +291,7 @@ class SnapTradeProvider(BrokerProvider):
     def _held(self, row: Mapping[str, Any], as_of: datetime | None) -> BrokerPosition:
         # A position's symbol wraps the universal symbol an activity carries directly.
         symbol = row["symbol"]["symbol"]["symbol"]
-        average = row.get("average_purchase_price")
+        average, price = row.get("average_purchase_price"), row.get("price")
         if not symbol:
             raise ValueError("no symbol")
         return BrokerPosition(
@@ -299,6 +299,7 @@ class SnapTradeProvider(BrokerProvider):
             quantity=_decimal(row.get("units") or 0),
             average_price=_decimal(average) if average is not None else None,
             as_of=as_of,
+            mark_price=_decimal(price) if price is not None else None,
         )
 
     def _held_option(self, row: Mapping[str, Any], as_of: datetime | None) -> BrokerPosition:

@@ -12,7 +12,7 @@ from brokers.providers import ratelimit
 from brokers.providers.demo import DemoProvider
 from brokers.providers.types import BrokerPosition
 from journal.models import Trade
-from journal.reconciling import position_differences
+from journal.reconciling import broker_marks, position_differences
 from sync.runs import run_inline
 from tests import factories
 from tests.e2e.broker_conditions import tradovate_connection
@@ -150,6 +150,8 @@ def test_a_sync_agrees_with_the_flex_statement_s_open_positions_without_asking_f
     log = run_inline(connection.pk)
     assert log.status == SyncLog.Status.SUCCESS, log.error_message
     assert log.detail["U1111111"]["differences"] == []
+    # The statement's mark prices are kept with the run, to value the open positions.
+    assert log.detail["U1111111"]["marks"]["AAPL"]["price"] == "230.5"
     # The week's report (accounts and positions) and the year's (the first sync's fills): no third.
     assert len(flex.send_requests) == 2
     deleted = Trade.objects.filter(asset_class="STK").first()
@@ -172,3 +174,16 @@ def test_a_flex_query_without_open_positions_compares_nothing_and_says_how_to_ge
     assert log.status == SyncLog.Status.SUCCESS, log.error_message
     assert "differences" not in log.detail["U1111111"]
     assert "Open Positions" in log.detail["U1111111"]["note"]
+
+
+def test_the_broker_s_prices_are_kept_per_instrument_named_as_the_differences_name_it():
+    at = SUNDAY_EVENING + timedelta(hours=1)
+    reported = [
+        BrokerPosition("ESZ6", Decimal(2), mark_price=Decimal("5912.25")),
+        BrokerPosition("AAPL", Decimal(-1), expiry=SUNDAY_EVENING.date(), strike=Decimal("250.0"), option_right="C"),
+        BrokerPosition("BTC/USD", Decimal("0.5"), mark_price=Decimal("90000.10"), as_of=SUNDAY_EVENING),
+    ]
+    assert broker_marks(reported, read_at=at) == {
+        "ESZ6": {"price": "5912.25", "as_of": at.isoformat()},
+        "BTCUSD": {"price": "90000.1", "as_of": SUNDAY_EVENING.isoformat()},
+    }

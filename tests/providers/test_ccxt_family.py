@@ -486,6 +486,7 @@ def test_perpetual_positions_come_signed_in_contracts_as_the_fills_and_spot_bala
     provider = get_broker_provider("ccxt_okx", "live")
     (short,) = provider.get_positions(OKX_AUTH, BrokerAccountInfo("swap", "perpetuals"))
     assert (short.symbol, short.quantity, short.average_price) == ("BTC/USDT:USDT", Decimal(-3), Decimal(51858))
+    assert short.mark_price == Decimal(51900)
     assert provider.get_positions(OKX_AUTH, BrokerAccountInfo("spot", "spot")) is None
     assert sum("/account/positions" in c.request.url for c in rsps.calls) == 1
 

@@ -564,6 +564,7 @@ def test_open_positions_are_read_signed_summary_rows_only_as_of_the_end_of_the_r
     )
     stock, short_option, tesla = report_.positions["U1111111"]
     assert (stock.symbol, stock.quantity, stock.average_price) == ("AAPL", Decimal(100), Decimal("230.5"))
+    assert stock.mark_price == Decimal("231.2")
     assert (short_option.quantity, short_option.expiry, short_option.strike, short_option.option_right) == (
         Decimal(-2),
         date(2026, 12, 18),

@@ -596,7 +596,12 @@ def test_holdings_are_positions_named_as_the_activities_name_them(provider, rsps
         json={
             "account": {"id": ACCOUNT_ID},
             "balances": [],
-            "positions": [holding("AAPL", 10), holding("TSLA", -3), holding("BTC", 0.25, "crypto"), holding("F", 0)],
+            "positions": [
+                holding("AAPL", 10) | {"price": 152.5},
+                holding("TSLA", -3),
+                holding("BTC", 0.25, "crypto"),
+                holding("F", 0),
+            ],
             "option_positions": [{"symbol": {"id": "p1", "option_symbol": OPTION}, "units": -2, "price": 3.1}],
             "orders": [],
         },
@@ -608,6 +613,7 @@ def test_holdings_are_positions_named_as_the_activities_name_them(provider, rsps
         ("BTC", Decimal("0.25"), Decimal("150.25")),
         ("AAPL", Decimal(-2), None),
     ]
+    assert [p.mark_price for p in positions] == [Decimal("152.5"), None, None, None]
     option = positions[3]
     assert (option.expiry, option.strike, option.option_right) == (date(2026, 12, 18), Decimal(240), "C")
     assert "userSecret" in rsps.calls[0].request.url

@@ -165,12 +165,13 @@ class CcxtProvider(BrokerProvider):
                 # ccxt gives contracts unsigned and the direction in side (a hedge-mode account has one
                 # position per side in a market: the comparison adds them up).
                 sign = {"long": 1, "short": -1}[row.get("side")]
-                entry = row.get("entryPrice")
+                entry, mark = row.get("entryPrice"), row.get("markPrice")
                 positions.append(
                     BrokerPosition(
                         symbol=symbol,
                         quantity=sign * contracts,
                         average_price=Decimal(str(entry)) if entry not in (None, "") else None,
+                        mark_price=Decimal(str(mark)) if mark not in (None, "") else None,
                     )
                 )
             except (KeyError, InvalidOperation):
