@@ -636,3 +636,34 @@ def test_the_statement_s_positions_and_executions_name_instruments_alike_so_they
     assert position_differences(account.pk, positions[:2], read_at=datetime(2026, 11, 22, tzinfo=UTC)) == [
         {"instrument": "ESZ6 2026-12-18", "journal": "100", "broker": "0"}
     ]
+
+
+@pytest.mark.django_db
+def test_an_option_ibkr_books_as_expired_closes_its_round_trip_at_zero_and_leaves_the_statement_s_positions(trader):
+    option = dict(assetCategory="OPT", symbol="AAPL  261120C00250000", multiplier="100", strike="250")
+    option |= dict(expiry="20261120", putCall="C")
+    # The expiry as IBKR lists it among the trades (UNCONFIRMED shape: a BookTrade at 0, notes Ep, no execution id).
+    expiry = row(
+        **option,
+        transactionType="BookTrade",
+        notes="Ep",
+        quantity="-2",
+        tradePrice="0",
+        ibCommission="0",
+        ibExecID="",
+        transactionID="6002",
+        dateTime="20261120;162000",
+    )
+    report_ = parse(
+        with_positions(
+            statement("U1111111", row(**option, quantity="2", tradePrice="3.5", ibExecID="x1"), expiry),
+        )
+    )
+    bought, expired = report_.trades["U1111111"]
+    assert (expired.broker_trade_id, expired.side, expired.price, expired.multiplier) == ("6002", SELL, 0, 100)
+    account = account_with(trader, report_.trades["U1111111"], external_id="U1111111")
+    (trip,) = account.round_trips.all()
+    assert (trip.closed_at is not None, trip.gross_pnl, trip.net_pnl) == (True, Decimal(-700), Decimal(-701))
+    # The option is gone from the statement's (empty) Open Positions and from the journal's alike.
+    assert report_.positions["U1111111"] == ()
+    assert position_differences(account.pk, report_.positions["U1111111"], read_at=datetime.now(UTC)) == []
