@@ -230,6 +230,7 @@ class SnapTradeProvider(BrokerProvider):
             # The account steps of this run decide from it whether SnapTrade has anything new.
             self.run_cache.put("snaptrade-sync-status", json.dumps(statuses))
             self.run_cache.put("snaptrade-holdings-status", json.dumps(holdings))
+            self.run_cache.put("snaptrade-freshness", str(authorization.get("data_freshness_mode") or ""))
         return accounts
 
     def get_trades(
@@ -264,10 +265,15 @@ class SnapTradeProvider(BrokerProvider):
         newer than the last read, and comparing would flag what SnapTrade reported since), at most
         once in HOLDINGS_MIN_INTERVAL_S, and only when SnapTrade's holdings are no newer than its
         transactions (a trade in the holdings whose activity SnapTrade has not posted yet would be
-        a false alarm). The figure holds at the holdings' last sync (as_of). None when skipped.
+        a false alarm; a real-time connection's holdings always are). The figure holds at the
+        holdings' last sync (as_of). None when skipped.
         """
         as_of = None
         if self.run_id:
+            if self.run_cache is not None and self.run_cache.get("snaptrade-freshness") == b"realtime":
+                # Real-time holdings hold today's trades, whose activities come a day later: every
+                # trading day would show a false difference.
+                return None
             holdings = self._holdings_status(account)
             if not self._activities_due(self._sync_status(account), self._last_read(account)):
                 return None

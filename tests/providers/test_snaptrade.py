@@ -670,3 +670,16 @@ def test_holdings_newer_than_snaptrade_s_transactions_are_not_compared(trader, s
         assert log.status == SyncLog.Status.SUCCESS
         assert sim.count(f"/api/v1/accounts/{account['id']}/holdings") == 0
         assert all("differences" not in a for a in log.detail.values())
+
+
+@pytest.mark.django_db
+def test_a_real_time_connection_s_holdings_are_not_compared_with_activities_a_day_behind(trader, settings):
+    with SnapTradeSim(accounts_per_connection=1) as sim:
+        configure(settings, sim)
+        connection = snaptrade_link(trader, sim)
+        sim.authorizations[connection.credentials["authorization_id"]]["data_freshness_mode"] = "realtime"
+        (account,) = sim.accounts_of(connection.credentials["authorization_id"])
+        log = runs.run_inline(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+        assert log.status == SyncLog.Status.SUCCESS
+        assert sim.count(f"/api/v1/accounts/{account['id']}/holdings") == 0
+        assert all("differences" not in a for a in log.detail.values())
