@@ -295,6 +295,8 @@ def snaptrade_accounts_inside_their_budget(trader, tmp_path: Path, timings: Timi
     assert second.status == SyncLog.Status.SUCCESS, second.error_message
     assert imported_ids(connection) == expected
     assert (first.trades_imported, second.trades_imported) == (6, 0)
+    # The first run read the activities and so the holdings (inside the same budget): they agree.
+    assert [account.get("differences") for account in first.detail.values()] == [[], []], first.detail
     assert not any(throttled.values()), throttled
     assert busiest <= 2, busiest
 
