@@ -632,7 +632,7 @@ def _moment(value: Any) -> datetime | None:
 
 
 def _holdings_no_newer(holdings: Mapping[str, Any], transactions: Mapping[str, Any]) -> bool:
-    """SnapTrade's holdings were last synced no later a day than its transactions (unknown counts as not)."""
+    """SnapTrade's holdings were last synced on a day no later than its transactions (unknown counts as not)."""
     held, traded = _moment(holdings.get("last_successful_sync")), transactions.get("last_successful_sync")
     try:
         return held is not None and bool(traded) and held.date() <= date.fromisoformat(str(traded)[:10])
