@@ -41,7 +41,15 @@ from brokers.providers.errors import (
 )
 from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S
 from brokers.providers.ratelimit import Scope, capped_wait, get_limiter, scope_for
-from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials, BrokerTrade
+from brokers.providers.types import (
+    BUY,
+    SELL,
+    AuthResult,
+    BrokerAccountInfo,
+    BrokerCredentials,
+    BrokerPosition,
+    BrokerTrade,
+)
 
 log = structlog.get_logger("brokers.snaptrade")
 
@@ -63,6 +71,9 @@ ACCOUNT_BUCKETS = ("customer", "account")
 # SnapTrade's launch guide: an account's activities at most once every 24 hours (it refreshes
 # them once a day), sooner only when its sync status says it refreshed them since our last read.
 ACTIVITIES_MIN_INTERVAL_S = 24 * 3600
+# The launch guide: holdings at most 4 times a day in the background. We read an account's holdings
+# only in a run that reads its activities (about once a day), and never twice within 6 hours.
+HOLDINGS_MIN_INTERVAL_S = 6 * 3600
 # How long the record of an account's last read is kept: far longer than any pause between syncs.
 READ_RECORD_S = 400 * 86400
 # The brokerages SnapTrade's documentation names (its integrations page, and the broker access
@@ -212,7 +223,7 @@ class SnapTradeProvider(BrokerProvider):
         rows = self._user_call(auth, "GET", f"/authorizations/{authorization_id}/accounts")
         if not isinstance(rows, list):
             raise self.unreadable()
-        accounts, statuses = [], {}
+        accounts, statuses, holdings = [], {}, {}
         for row in rows:
             if str(row.get("status") or "").lower() in CLOSED_ACCOUNT_STATUSES:
                 continue
@@ -230,9 +241,12 @@ class SnapTradeProvider(BrokerProvider):
                 )
             )
             statuses[str(row["id"])] = transactions
+            holdings[str(row["id"])] = (row.get("sync_status") or {}).get("holdings") or {}
         if self.run_cache is not None:
             # The account steps of this run decide from it whether SnapTrade has anything new.
             self.run_cache.put("snaptrade-sync-status", json.dumps(statuses))
+            self.run_cache.put("snaptrade-holdings-status", json.dumps(holdings))
+            self.run_cache.put("snaptrade-freshness", str(authorization.get("data_freshness_mode") or ""))
         return accounts
 
     def get_trades(
@@ -259,6 +273,73 @@ class SnapTradeProvider(BrokerProvider):
             first = end + timedelta(days=1)
         if self.run_id:
             self._remember_read(account, {"read_at": time.time(), "synced": status.get("last_successful_sync")})
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition] | None:
+        """GET /accounts/{id}/holdings: stock, ETF, crypto and option positions, named as the activities name them.
+
+        In a run, only when the run reads the account's activities (else the journal holds none
+        newer than the last read, and comparing would flag what SnapTrade reported since), at most
+        once in HOLDINGS_MIN_INTERVAL_S, and only when SnapTrade's holdings are no newer than its
+        transactions (a trade in the holdings whose activity SnapTrade has not posted yet would be
+        a false alarm; a real-time connection's holdings always are). The figure holds at the
+        holdings' last sync (as_of). None when skipped.
+        """
+        as_of = None
+        if self.run_id:
+            if self.run_cache is not None and self.run_cache.get("snaptrade-freshness") == b"realtime":
+                # Real-time holdings hold today's trades, whose activities come a day later: every
+                # trading day would show a false difference.
+                return None
+            holdings = self._holdings_status(account)
+            if not self._activities_due(self._sync_status(account), self._last_read(account)):
+                return None
+            if not _holdings_no_newer(holdings, self._sync_status(account)):
+                log.info("snaptrade_holdings_ahead_of_activities", account=scope_for(account.external_id))
+                return None
+            marker = f"snaptrade:holdings-read:{scope_for(account.external_id)}"
+            if not get_limiter().client.set(marker, "1", nx=True, ex=HOLDINGS_MIN_INTERVAL_S):
+                return None
+            as_of = _moment(holdings.get("last_successful_sync"))
+        body = self._user_call(auth, "GET", f"/accounts/{account.external_id}/holdings", account=account.external_id)
+        if not isinstance(body, dict):
+            raise self.unreadable("the holdings")
+        try:
+            positions = [self._held(row, as_of) for row in body.get("positions") or []]
+            positions += [self._held_option(row, as_of) for row in body.get("option_positions") or []]
+        except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
+            raise self.unreadable("a position") from None
+        return [p for p in positions if p.quantity]
+
+    def _held(self, row: Mapping[str, Any], as_of: datetime | None) -> BrokerPosition:
+        # A position's symbol wraps the universal symbol an activity carries directly.
+        symbol = row["symbol"]["symbol"]["symbol"]
+        average, price = row.get("average_purchase_price"), row.get("price")
+        if not symbol:
+            raise ValueError("no symbol")
+        return BrokerPosition(
+            symbol=str(symbol),
+            quantity=_decimal(row.get("units") or 0),
+            average_price=_decimal(average) if average is not None else None,
+            as_of=as_of,
+            mark_price=_decimal(price) if price is not None else None,
+        )
+
+    def _held_option(self, row: Mapping[str, Any], as_of: datetime | None) -> BrokerPosition:
+        option = row["symbol"]["option_symbol"]
+        underlying = (option.get("underlying_symbol") or {}).get("symbol")
+        # No average price: whether SnapTrade's is per share or per contract is not documented.
+        return BrokerPosition(
+            symbol=str(underlying or str(option["ticker"]).split()[0]),
+            quantity=_decimal(row.get("units") or 0),
+            expiry=date.fromisoformat(str(option["expiration_date"])[:10]),
+            strike=_decimal(option["strike_price"]),
+            option_right=RIGHTS[option["option_type"]],
+            as_of=as_of,
+        )
+
+    def _holdings_status(self, account: BrokerAccountInfo) -> dict[str, Any]:
+        saved = self.run_cache.get("snaptrade-holdings-status") if self.run_cache is not None else None
+        return (json.loads(saved) if saved else {}).get(account.external_id) or {}
 
     # --- how often activities are read ------------------------------------------------------------
     def _activities_due(self, status: Mapping[str, Any], record: Mapping[str, Any] | None) -> bool:
@@ -555,6 +636,24 @@ class SnapTradeProvider(BrokerProvider):
             raise UnreadableRow(
                 f"activity {row.get('id') or 'without id'}: no symbol, units, price or date we can read"
             ) from None
+
+
+def _moment(value: Any) -> datetime | None:
+    """A sync status's moment in UTC, no later than now (None when absent or unreadable)."""
+    try:
+        moment = _time(str(value)) if value else None
+    except ValueError:
+        return None
+    return min(moment, datetime.now(UTC)) if moment else None
+
+
+def _holdings_no_newer(holdings: Mapping[str, Any], transactions: Mapping[str, Any]) -> bool:
+    """SnapTrade's holdings were last synced on a day no later than its transactions (unknown counts as not)."""
+    held, traded = _moment(holdings.get("last_successful_sync")), transactions.get("last_successful_sync")
+    try:
+        return held is not None and bool(traded) and held.date() <= date.fromisoformat(str(traded)[:10])
+    except ValueError:
+        return False
 
 
 def _seconds(value: str) -> float | None:
