@@ -285,22 +285,35 @@ class SnapTradeProvider(BrokerProvider):
         holdings' last sync (as_of). None when skipped.
         """
         as_of = None
+        kept = f"snaptrade-holdings:{account.external_id}"
         if self.run_id:
-            if self.run_cache is not None and self.run_cache.get("snaptrade-freshness") == b"realtime":
-                # Real-time holdings hold today's trades, whose activities come a day later: every
-                # trading day would show a false difference.
+            as_of = _moment(self._holdings_status(account).get("last_successful_sync"))
+            if (saved := self.run_cache.get(kept)) is not None:
+                # Read earlier in this run, which the account budget then paused: reading again would
+                # spend the budget each time the run resumes, and this run holds the six-hour claim.
+                return self._positions_held(json.loads(saved), as_of)
+            if not self._holdings_due(account):
                 return None
-            holdings = self._holdings_status(account)
-            if not self._activities_due(self._sync_status(account), self._last_read(account)):
-                return None
-            if not _holdings_no_newer(holdings, self._sync_status(account)):
-                log.info("snaptrade_holdings_ahead_of_activities", account=scope_for(account.external_id))
-                return None
-            marker = f"snaptrade:holdings-read:{scope_for(account.external_id)}"
-            if not get_limiter().client.set(marker, "1", nx=True, ex=HOLDINGS_MIN_INTERVAL_S):
-                return None
-            as_of = _moment(holdings.get("last_successful_sync"))
         body = self._user_call(auth, "GET", f"/accounts/{account.external_id}/holdings", account=account.external_id)
+        if self.run_id:
+            self.run_cache.put(kept, json.dumps(body))
+        return self._positions_held(body, as_of)
+
+    def _holdings_due(self, account: BrokerAccountInfo) -> bool:
+        """Whether this run reads the account's holdings (the rules are get_positions')."""
+        if self.run_cache.get("snaptrade-freshness") == b"realtime":
+            # Real-time holdings hold today's trades, whose activities come a day later: every
+            # trading day would show a false difference.
+            return False
+        if not self._activities_due(self._sync_status(account), self._last_read(account)):
+            return False
+        if not _holdings_no_newer(self._holdings_status(account), self._sync_status(account)):
+            log.info("snaptrade_holdings_ahead_of_activities", account=scope_for(account.external_id))
+            return False
+        marker = f"snaptrade:holdings-read:{scope_for(account.external_id)}"
+        return bool(get_limiter().client.set(marker, "1", nx=True, ex=HOLDINGS_MIN_INTERVAL_S))
+
+    def _positions_held(self, body: Any, as_of: datetime | None) -> list[BrokerPosition]:
         if not isinstance(body, dict):
             raise self.unreadable("the holdings")
         try:
