@@ -210,6 +210,8 @@ class SyncLogSerializer(serializers.ModelSerializer):
             "error_kind",
             "error_message",
             "detail",
+            "undone_at",
+            "trades_undone",
         ]
         read_only_fields = fields
 

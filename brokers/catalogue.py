@@ -79,8 +79,9 @@ OWN_BROKERAGES = {
 SIMULATED = {"demo"}
 # Each is a route to many brokerages, listed by a builder of its own below.
 ROUTE_PROVIDERS = {"snaptrade", "projectx", "metatrader"}
-# ccxt exchanges that are a brokerage reached another way under another name.
-SAME_AS = {"Alpaca Crypto": "Alpaca"}
+# Names one venue goes by on different routes: Alpaca's crypto exchange is Alpaca, and SnapTrade's
+# "Coinbase" is the Coinbase account whose trading ccxt reaches as Coinbase Advanced.
+SAME_AS = {"Alpaca Crypto": "Alpaca", "Coinbase": "Coinbase Advanced"}
 
 METATRADER = "MetaTrader 4/5 — any broker"
 # MetaTrader reaches any MT4/MT5 broker: naming well-known ones makes it findable by the broker's

@@ -249,6 +249,12 @@ class SyncLog(models.Model):
     # Per account: {"<external id>": {"imported": n, "skipped": n, "error": "..."}}, plus
     # "busted": n when the broker voided (busted) n fills the journal held, now tombstones.
     detail = models.JSONField(default=dict, blank=True)
+    # Undone (sync.undo): the fills the run added were removed then, by whom, and how many.
+    undone_at = models.DateTimeField(null=True, blank=True)
+    undone_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    trades_undone = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-started_at", "-id"]

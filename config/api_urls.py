@@ -11,7 +11,7 @@ from brokers.api import (
     ProviderList,
 )
 from journal.api import CalendarView, PositionList, RoundTripList, TradeList
-from sync.api import AccountFileImportView
+from sync.api import AccountFileImportView, RunUndoView
 
 app_name = "api"
 
@@ -23,6 +23,7 @@ urlpatterns = [
     path("connections/<int:pk>/sync/", ConnectionSyncView.as_view(), name="connection-sync"),
     path("connections/<int:pk>/logs/", ConnectionLogList.as_view(), name="connection-logs"),
     path("accounts/<int:pk>/import/", AccountFileImportView.as_view(), name="account-import"),
+    path("runs/<int:pk>/undo/", RunUndoView.as_view(), name="run-undo"),
     path("providers/", ProviderList.as_view(), name="providers"),
     path("trades/", TradeList.as_view(), name="trades"),
     path("round-trips/", RoundTripList.as_view(), name="round-trips"),

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE, REPORTED_FIELDS, TRADE_DATE_RULE, RoundTrip, Trade
 from journal.numbers import plain
-from journal.selectors import calendar_days, open_positions_of, round_trips_visible_to, trades_visible_to
+from journal.selectors import calendar_days, open_positions_of, round_trips_visible_to, trades_visible_to, valued
 
 # Ids are 64-bit: a larger one cannot exist, and the database would refuse it with an error.
 MAX_ID = 2**63 - 1
@@ -213,17 +213,40 @@ class RoundTripList(generics.ListAPIView):
         return trips
 
 
-class PositionList(generics.ListAPIView):
-    """The trader's open positions: the round trips not yet back to flat."""
+class PositionSerializer(RoundTripSerializer):
+    mark_price = PlainDecimalField(
+        max_digits=38,
+        decimal_places=18,
+        read_only=True,
+        allow_null=True,
+        help_text="The broker's last reported price of one unit; null when its syncs gave none.",
+    )
+    mark_as_of = serializers.DateTimeField(read_only=True, allow_null=True, help_text="When that price held.")
+    unrealised_pnl = PlainDecimalField(
+        max_digits=38,
+        decimal_places=18,
+        read_only=True,
+        allow_null=True,
+        help_text="(mark_price − open_average) × open_quantity × multiplier, in the instrument's currency; "
+        "null (unknown) without a price.",
+    )
 
-    serializer_class = RoundTripSerializer
+    class Meta(RoundTripSerializer.Meta):
+        fields = [*RoundTripSerializer.Meta.fields, "mark_price", "mark_as_of", "unrealised_pnl"]
+        read_only_fields = fields
+
+
+class PositionList(generics.ListAPIView):
+    """The trader's open positions: the round trips not yet back to flat, valued at the broker's last price."""
+
+    serializer_class = PositionSerializer
     pagination_class = None
     queryset = RoundTrip.objects.none()
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        return open_positions_of(self.request.user).prefetch_related("fills")
+        return valued(open_positions_of(self.request.user).prefetch_related("fills"))
 
 
 class CalendarQuerySerializer(serializers.Serializer):

@@ -13,7 +13,7 @@ from brokers.models import BrokerAccount, BrokerConnection, SyncLog
 from brokers.vocabulary import POSITION_ADVICE, position_difference
 from journal.coverage import COVERING_RUNS, uncovered_days
 from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE
-from journal.selectors import calendar_days, open_positions_of, round_trips_visible_to, trades_visible_to
+from journal.selectors import calendar_days, open_positions_of, round_trips_visible_to, trades_visible_to, valued
 
 ROUND_TRIPS_PER_PAGE = 50
 
@@ -78,7 +78,7 @@ def round_trip_fills(request, pk):
 
 @trader_page
 def position_list(request):
-    return render(request, "journal/position_list.html", {"positions": open_positions_of(request.user)})
+    return render(request, "journal/position_list.html", {"positions": valued(open_positions_of(request.user))})
 
 
 @trader_page

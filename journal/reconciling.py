@@ -59,7 +59,27 @@ def position_differences(account_id: int, reported: Iterable[BrokerPosition], re
     for key in sorted(set(broker) | set(journal)):
         ours, theirs = journal.get(key, Decimal(0)), broker.get(key, Decimal(0))
         if ours != theirs:
-            symbol, expiry, strike, right = key
-            name = " ".join(part for part in (symbol, expiry, f"{strike}{right}" if strike else right) if part)
-            differences.append({"instrument": name, "journal": plain(ours), "broker": plain(theirs)})
+            differences.append({"instrument": _name(key), "journal": plain(ours), "broker": plain(theirs)})
     return differences
+
+
+def _name(key: tuple) -> str:
+    symbol, expiry, strike, right = key
+    return " ".join(part for part in (symbol, expiry, f"{strike}{right}" if strike else right) if part)
+
+
+def instrument_name(symbol: str, expiry, strike, option_right: str) -> str:
+    """How a run's record names an instrument ("ESZ6", "AAPL 2026-12-18 250C"), for fills and positions alike."""
+    return _name(_key(symbol, expiry, strike, option_right))
+
+
+def broker_marks(reported: Iterable[BrokerPosition], read_at: datetime) -> dict[str, dict]:
+    """The broker's price of each instrument it gives one for, and when: kept with the run to value open positions."""
+    return {
+        instrument_name(p.symbol, p.expiry, p.strike, p.option_right): {
+            "price": plain(p.mark_price),
+            "as_of": (p.as_of or read_at).isoformat(),
+        }
+        for p in reported
+        if p.mark_price is not None
+    }

@@ -16,7 +16,7 @@ from journal.files.matching import replace_file_rows
 from journal.importing import ImportResult, import_trades
 from journal.models import Trade
 from journal.positions import ChangedInstruments, positions_recompute
-from journal.reconciling import position_differences
+from journal.reconciling import broker_marks, position_differences
 
 log = structlog.get_logger("sync")
 
@@ -25,11 +25,13 @@ log = structlog.get_logger("sync")
 class AccountImport:
     """What one account's import counted, and how the journal's positions differ from the broker's.
 
-    differences is None when the broker reports no positions (or could not this time).
+    differences is None when the broker reports no positions (or could not this time); marks
+    are the broker's prices of the instruments it reported with one, to value open positions.
     """
 
     counts: ImportResult
     differences: list[dict] | None = None
+    marks: dict[str, dict] | None = None
 
 
 def import_account(
@@ -85,7 +87,7 @@ def import_account(
         result = _whole_run_counts(row, result, resumed_run_started, attempt_started, since)
     if reported is None:
         return AccountImport(result)
-    return AccountImport(result, position_differences(row.pk, reported, read_at))
+    return AccountImport(result, position_differences(row.pk, reported, read_at), broker_marks(reported, read_at))
 
 
 def _broker_positions(

@@ -297,6 +297,9 @@ def import_account(plan: RunPlan, row: BrokerAccount) -> dict:
     if outcome.differences is not None:
         # Stored with the run (SyncLog.detail): the brokers card shows the last successful run's.
         done["differences"] = outcome.differences
+    if outcome.marks:
+        # The positions page values open positions at the last successful run's prices.
+        done["marks"] = outcome.marks
     return done
 
 

@@ -1,4 +1,4 @@
-"""Sync history, file import and notices pages."""
+"""Sync history, undoing a run, file import and notices pages."""
 
 from django.urls import path
 
@@ -10,5 +10,6 @@ urlpatterns = [
     path("import/", views.file_import_page, name="file_import"),
     path("import/template.csv", views.file_template, name="file_template"),
     path("accounts/<int:pk>/import/", views.file_import_page, name="file_import_account"),
+    path("runs/<int:pk>/undo/", views.run_undo, name="undo"),
     path("notices/<int:pk>/dismiss/", views.notice_dismiss, name="dismiss_notice"),
 ]

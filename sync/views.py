@@ -1,5 +1,6 @@
-"""The trader's sync history per connection, importing a broker file, and dismissing the brokers page's notices."""
+"""The trader's sync history per connection, undoing a run, importing a broker file, and dismissing notices."""
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -7,12 +8,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from brokers.decorators import trader_page
-from brokers.models import BrokerAccount, BrokerConnection
+from brokers.models import BrokerAccount, BrokerConnection, SyncLog
 from journal.files import template
 from journal.middleware import trader_time_zone
 from sync.files import file_import
 from sync.forms import FileImportForm
 from sync.models import Notice
+from sync.undo import UndoRefused, beyond_reach, run_fills
+from sync.undo import run_undo as undo
 
 LOGS_PER_PAGE = 25
 
@@ -25,6 +28,27 @@ def sync_history(request, pk):
         request.GET.get("page")
     )
     return render(request, "sync/history.html", {"connection": connection, "page": page})
+
+
+@trader_page
+@require_http_methods(["GET", "POST"])
+def run_undo(request, pk):
+    """GET: what undoing the run would remove, and the button; POST: undo it, back to the history."""
+    run = get_object_or_404(SyncLog.objects.select_related("connection"), pk=pk, connection__owner=request.user)
+    if request.method == "POST":
+        try:
+            removed = undo(run=run, by=request.user)
+        except UndoRefused as refused:
+            messages.error(request, refused.message)
+        else:
+            messages.success(
+                request,
+                f"Run undone: {removed.total} fill{'s' if removed.total != 1 else ''} removed. The next sync "
+                "reads them again, as far back as the broker still lists them.",
+            )
+        return redirect("sync:history", pk=run.connection_id)
+    context = {"run": run, "fills": run_fills(run), "beyond_reach": beyond_reach(run)}
+    return render(request, "sync/undo.html", context)
 
 
 @trader_page

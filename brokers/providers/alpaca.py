@@ -137,9 +137,12 @@ class AlpacaProvider(BrokerProvider):
             # Alpaca signs a short's qty; the side says it too, so either alone is enough.
             if item.get("side") == "short" and quantity > 0:
                 quantity = -quantity
-            average = item.get("avg_entry_price")
+            average, current = item.get("avg_entry_price"), item.get("current_price")
             return BrokerPosition(
-                symbol=item["symbol"], quantity=quantity, average_price=Decimal(average) if average else None
+                symbol=item["symbol"],
+                quantity=quantity,
+                average_price=Decimal(average) if average else None,
+                mark_price=Decimal(current) if current else None,
             )
         except (KeyError, TypeError, ValueError, InvalidOperation):
             raise self.unreadable("a position") from None

@@ -141,10 +141,17 @@ class DemoProvider(BrokerProvider):
         """What the fills of the current hour leave open (every earlier hour ended flat)."""
         now = datetime.now(UTC)
         held: dict[str, Decimal] = {}
+        last: dict[str, Decimal] = {}
         for trade in self._fills(account.external_id, now, now):
             signed = trade.quantity if trade.side == BUY else -trade.quantity
             held[trade.symbol] = held.get(trade.symbol, Decimal(0)) + signed
-        return [BrokerPosition(symbol=symbol, quantity=q) for symbol, q in sorted(held.items()) if q]
+            last[trade.symbol] = trade.price
+        # The simulated market's price is its last fill's.
+        return [
+            BrokerPosition(symbol=symbol, quantity=q, mark_price=last[symbol])
+            for symbol, q in sorted(held.items())
+            if q
+        ]
 
     def _fills(self, account_id: str, since: datetime, until: datetime) -> Iterator[BrokerTrade]:
         """The account's fills from the start of since's hour to until (never past now)."""

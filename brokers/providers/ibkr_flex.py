@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
@@ -34,6 +34,7 @@ from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
     BrokerCredentials,
+    BrokerPosition,
     BrokerTrade,
     CredentialField,
 )
@@ -56,6 +57,10 @@ MAX_PERIOD_DAYS = 365
 # a business day). It ends today like the trades' periods do, so an incremental sync's trades
 # (cursor less two days, to today) come from the same report: one SendRequest per run.
 ACCOUNTS_CHECK_DAYS = 7
+NO_POSITIONS_NOTE = (
+    "Your Flex Query has no Open Positions section, so the journal cannot check its positions against "
+    "IBKR's. To get that check, edit the Activity Flex Query and add Open Positions (Summary)."
+)
 API_VERSION = "3"
 EMPTY_VALUES = {"", "-", "--", "N/A"}
 TOKEN_HELP = "Client Portal → Settings → Flex Web Service"
@@ -100,11 +105,18 @@ _OPTION_RIGHTS = {"C": "C", "CALL": "C", "P": "P", "PUT": "P"}
 @dataclass(frozen=True)
 class FlexReport:
     """What one Flex report holds for us: its accounts, each account's executions, and why each
-    row of an account that we could not read was left out."""
+    row of an account that we could not read was left out.
+
+    positions has an entry for each account whose statement carries the Open Positions section
+    (an Activity query that includes it; a Trade Confirmation query never does), empty when the
+    account is flat; unreadable_positions says why an account's positions cannot be trusted.
+    """
 
     accounts: tuple[BrokerAccountInfo, ...]
     trades: Mapping[str, tuple[BrokerTrade, ...]]
     unreadable: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    positions: Mapping[str, tuple[BrokerPosition, ...]] = field(default_factory=dict)
+    unreadable_positions: Mapping[str, str] = field(default_factory=dict)
 
 
 class _BadRow(UnreadableRow):
@@ -211,6 +223,34 @@ class IbkrFlexProvider(BrokerProvider):
                     yield trade
             for reason in report.unreadable.get(account.external_id, ()):
                 self.skip_unreadable(reason, account=account.external_id)
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition] | None:
+        """The statement's Open Positions: from the report this run already has, never a request of its own.
+
+        get_accounts asked for the last week's report, ending today; that report (or any wider one
+        the run holds) serves here from the instance or the run cache. Its positions hold at the
+        end of the statement's day (as_of), the same report's executions up to there. A query
+        without the section (a Trade Confirmation query, or an Activity query without it) reports
+        no positions: None, and the trader is told how to get the check.
+        """
+        today = datetime.now(REPORT_TIMEZONE).date()
+        report = self._report(auth, today - timedelta(days=ACCOUNTS_CHECK_DAYS), today)
+        if account.external_id in report.unreadable_positions:
+            raise BrokerAPIError(
+                f"{self.display_name} sent open positions we could not read "
+                f"({report.unreadable_positions[account.external_id]}), so this sync does not compare them.",
+                provider=self.key,
+                transient=False,
+            )
+        if account.external_id not in report.positions:
+            if NO_POSITIONS_NOTE not in self.notes:
+                self.notes.append(NO_POSITIONS_NOTE)
+            return None
+        now = datetime.now(UTC)
+        return [
+            p if p.as_of is None or p.as_of <= now else replace(p, as_of=now)
+            for p in report.positions[account.external_id]
+        ]
 
     # --- the two calls -------------------------------------------------------------------
     def _report(self, auth: AuthResult, first: date, last: date) -> FlexReport:
@@ -409,10 +449,27 @@ def parse_report(root: Element) -> FlexReport:
     accounts: dict[str, BrokerAccountInfo] = {}
     trades: dict[str, list[BrokerTrade]] = {}
     unreadable: dict[str, list[str]] = {}
+    positions: dict[str, list[BrokerPosition]] = {}
+    unreadable_positions: dict[str, str] = {}
     for statement in root.iter("FlexStatement"):
         statement_account = _value(statement.attrib, "accountId")
         if statement_account and statement_account not in accounts:
             accounts[statement_account] = _account_info(statement, statement_account)
+        section = statement.find("OpenPositions")
+        if section is not None and statement_account:
+            positions.setdefault(statement_account, [])
+            for row in section.iterfind("OpenPosition"):
+                # A query may list each position's lots (LOT) beside its total (SUMMARY): the total only.
+                if _value(row.attrib, "levelOfDetail").upper() not in ("", "SUMMARY"):
+                    continue
+                account_id = _value(row.attrib, "accountId") or statement_account
+                try:
+                    position = _position(row.attrib, _value(statement.attrib, "toDate"))
+                except _BadRow as exc:
+                    unreadable_positions.setdefault(account_id, str(exc))
+                    continue
+                if position is not None:
+                    positions.setdefault(account_id, []).append(position)
         for row in [*statement.iterfind("Trades/Trade"), *statement.iterfind("TradeConfirms/TradeConfirm")]:
             # The same fill also appears as ORDER and CLOSED_LOT rows with other ids.
             if _value(row.attrib, "levelOfDetail").upper() not in ("", "EXECUTION"):
@@ -431,6 +488,8 @@ def parse_report(root: Element) -> FlexReport:
         accounts=tuple(accounts.values()),
         trades={account_id: tuple(rows) for account_id, rows in trades.items()},
         unreadable={account_id: tuple(reasons) for account_id, reasons in unreadable.items()},
+        positions={account_id: tuple(rows) for account_id, rows in positions.items()},
+        unreadable_positions=unreadable_positions,
     )
 
 
@@ -499,6 +558,41 @@ def _trade(attrs: Mapping[str, str], account_id: str) -> BrokerTrade:
         )
     except (TypeError, ValueError) as exc:
         raise _BadRow(str(exc)) from None
+
+
+def _position(attrs: Mapping[str, str], statement_end: str) -> BrokerPosition | None:
+    """One OpenPosition row (None when flat), named as the account's Trade rows name the instrument."""
+    symbol = _value(attrs, "symbol")
+    if not symbol:
+        raise _BadRow("a position without symbol")
+    quantity = _required_decimal(attrs, "position")
+    # position is signed; side says it too, so either alone is enough.
+    if _value(attrs, "side").upper() == "SHORT" and quantity > 0:
+        quantity = -quantity
+    if quantity == 0:
+        return None
+    is_option = _value(attrs, "assetCategory").upper() in _OPTION_CLASSES
+    expiry = _value(attrs, "expiry")
+    day = _value(attrs, "reportDate") or statement_end
+    # The figure holds at the end of its statement's day, New York time.
+    as_of = (
+        (
+            datetime.combine(_date(day) + timedelta(days=1), datetime.min.time(), REPORT_TIMEZONE)
+            - timedelta(microseconds=1)
+        ).astimezone(UTC)
+        if day
+        else None
+    )
+    return BrokerPosition(
+        symbol=symbol,
+        quantity=quantity,
+        average_price=_decimal(attrs, _first_present(attrs, "openPrice", "costBasisPrice")),
+        mark_price=_decimal(attrs, "markPrice"),
+        expiry=_date(expiry) if expiry else None,
+        strike=_decimal(attrs, "strike") if is_option else None,
+        option_right=_OPTION_RIGHTS.get(_value(attrs, "putCall").upper(), "") if is_option else "",
+        as_of=as_of,
+    )
 
 
 def _row_id(attrs: Mapping[str, str]) -> str:

@@ -225,6 +225,7 @@ class MetaTraderProvider(BrokerProvider):
                     * _decimal(p["volume"])
                     * _contract_size(self._spec(auth, base, str(p["symbol"]), specs)),
                     average_price=_decimal(p["openPrice"]) if p.get("openPrice") is not None else None,
+                    mark_price=_decimal(p["currentPrice"]) if p.get("currentPrice") is not None else None,
                 )
                 for p in rows
             ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -9,7 +10,15 @@ from typing import Any
 
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError, UnreadableRow
 from brokers.providers.oauth import OAuthProvider, reconnect_message
-from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerTrade, OAuthSpec
+from brokers.providers.types import (
+    BUY,
+    SELL,
+    AuthResult,
+    BrokerAccountInfo,
+    BrokerPosition,
+    BrokerTrade,
+    OAuthSpec,
+)
 
 # Schwab documents a maximum range per transactions call that we could not confirm (clients
 # use 60 to 365 days); 60-day windows stay inside every figure reported. UNCONFIRMED.
@@ -23,6 +32,9 @@ OPTION_MULTIPLIER = Decimal("100")
 ASSET_CLASSES = {"EQUITY": "STK", "COLLECTIVE_INVESTMENT": "STK", "OPTION": "OPT"}
 RIGHTS = {"CALL": "C", "PUT": "P"}
 DATA_BUCKETS = ("requests",)
+# An option's OCC symbol: root padded to six, expiry YYMMDD, C or P, strike × 1000 in eight digits.
+# Schwab's positions name an option this way (without its expiry and strike as fields of their own).
+OCC_SYMBOL = re.compile(r"(?P<root>.{1,6}?)\s*(?P<expiry>\d{6})(?P<right>[CP])(?P<strike>\d{8})")
 
 
 def _iso(moment: datetime) -> str:
@@ -89,6 +101,54 @@ class SchwabProvider(OAuthProvider):
             yield from self._window(auth, account, middle, end)
             return
         yield from self.readable((r for r in rows if r.get("type") == "TRADE"), lambda r: self._trade(r, account))
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition]:
+        """GET /accounts/{hashValue}?fields=positions: long and short quantities per instrument, named as the fills.
+
+        Only the kinds of instrument the fills import (stocks, ETFs, options) are positions here:
+        a money-market sweep or a bond never arrives as a TRADE fill, so comparing it would only
+        raise a false alarm.
+        """
+        body = self._get(auth, f"accounts/{account.external_id}", params={"fields": "positions"})
+        if not isinstance(body, dict) or not isinstance(body.get("securitiesAccount"), dict):
+            raise self.unreadable("the positions")
+        rows = body["securitiesAccount"].get("positions") or []
+        if not isinstance(rows, list):
+            raise self.unreadable("the positions")
+        positions = (self._position(row) for row in rows)
+        return [p for p in positions if p is not None]
+
+    def _position(self, row: Mapping[str, Any]) -> BrokerPosition | None:
+        try:
+            instrument = row["instrument"]
+            asset_class = ASSET_CLASSES.get(instrument.get("assetType"))
+            if asset_class is None:
+                return None
+            long, short = Decimal(str(row.get("longQuantity") or 0)), Decimal(str(row.get("shortQuantity") or 0))
+            quantity = long - short
+            if quantity == 0:
+                return None
+            average = row.get("averageLongPrice" if quantity > 0 else "averageShortPrice") or row.get("averagePrice")
+            symbol = instrument.get("symbol") or instrument.get("cusip")
+            if asset_class != "OPT":
+                if not symbol:
+                    raise ValueError("no symbol")
+                return BrokerPosition(
+                    symbol=symbol, quantity=quantity, average_price=Decimal(str(average)) if average else None
+                )
+            occ = OCC_SYMBOL.fullmatch(symbol or "")
+            expiry = instrument.get("expirationDate")
+            strike = instrument.get("strikePrice")
+            return BrokerPosition(
+                symbol=instrument.get("underlyingSymbol") or (occ["root"] if occ else symbol.split()[0]),
+                quantity=quantity,
+                average_price=Decimal(str(average)) if average else None,
+                expiry=date.fromisoformat(expiry[:10]) if expiry else datetime.strptime(occ["expiry"], "%y%m%d").date(),
+                strike=Decimal(str(strike)) if strike is not None else Decimal(occ["strike"]) / 1000,
+                option_right=RIGHTS.get(instrument.get("putCall")) or occ["right"],
+            )
+        except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
+            raise self.unreadable("a position") from None
 
     def _trade(self, row: Mapping[str, Any], account: BrokerAccountInfo) -> BrokerTrade:
         try:

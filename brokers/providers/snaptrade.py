@@ -41,7 +41,15 @@ from brokers.providers.errors import (
 )
 from brokers.providers.http import DEFAULT_RATE_LIMIT_WAIT_S
 from brokers.providers.ratelimit import Scope, capped_wait, get_limiter, scope_for
-from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials, BrokerTrade
+from brokers.providers.types import (
+    BUY,
+    SELL,
+    AuthResult,
+    BrokerAccountInfo,
+    BrokerCredentials,
+    BrokerPosition,
+    BrokerTrade,
+)
 
 log = structlog.get_logger("brokers.snaptrade")
 
@@ -63,11 +71,17 @@ ACCOUNT_BUCKETS = ("customer", "account")
 # SnapTrade's launch guide: an account's activities at most once every 24 hours (it refreshes
 # them once a day), sooner only when its sync status says it refreshed them since our last read.
 ACTIVITIES_MIN_INTERVAL_S = 24 * 3600
+# The launch guide: holdings at most 4 times a day in the background. We read an account's holdings
+# only in a run that reads its activities (about once a day), and never twice within 6 hours.
+HOLDINGS_MIN_INTERVAL_S = 6 * 3600
 # How long the record of an account's last read is kept: far longer than any pause between syncs.
 READ_RECORD_S = 400 * 86400
-# The brokerages SnapTrade's public integrations page (docs.snaptrade.com) names, as (slug, name):
-# the catalogue (its count and the picker) uses these, since the live list (GET /brokerages) needs a
-# key and varies with its plan, while the count must be the same on every installation.
+# The brokerages SnapTrade's documentation names (its integrations page, and the broker access
+# guide's "available immediately" table), as (slug, name): the catalogue (its count and the picker)
+# uses these, since the live list (GET /brokerages) needs a key and varies with its plan, while the
+# count must be the same on every installation. The guide gives names, not slugs: the slugs of its
+# entries are written as SnapTrade writes the others and are UNCONFIRMED, which costs nothing if
+# wrong, since a brokerage is preselected in the portal only when the live list has its slug.
 DOCUMENTED_BROKERAGES = (
     ("SCHWAB", "Charles Schwab"),
     ("FIDELITY", "Fidelity"),
@@ -83,6 +97,19 @@ DOCUMENTED_BROKERAGES = (
     ("PUBLIC", "Public"),
     ("TRADIER", "Tradier"),
     ("ALPACA", "Alpaca"),
+    ("AJBELL", "AJ Bell"),
+    ("BINANCE", "Binance"),
+    ("BUX", "BUX"),
+    ("COINBASE", "Coinbase"),
+    ("COMMSEC", "CommSec"),
+    ("DEGIRO", "Degiro"),
+    ("ETORO", "eToro"),
+    ("KRAKEN", "Kraken"),
+    ("MOOMOO", "Moomoo"),
+    ("STAKE", "Stake Australia"),
+    ("TDDI", "TD Direct Investing"),
+    ("UPSTOX", "Upstox"),
+    ("ZERODHA", "Zerodha"),
 )
 # How long the list of brokerages (for the connect page) is kept before it is asked for again.
 BROKERAGES_CACHE_S = 6 * 3600
@@ -196,7 +223,7 @@ class SnapTradeProvider(BrokerProvider):
         rows = self._user_call(auth, "GET", f"/authorizations/{authorization_id}/accounts")
         if not isinstance(rows, list):
             raise self.unreadable()
-        accounts, statuses = [], {}
+        accounts, statuses, holdings = [], {}, {}
         for row in rows:
             if str(row.get("status") or "").lower() in CLOSED_ACCOUNT_STATUSES:
                 continue
@@ -214,9 +241,12 @@ class SnapTradeProvider(BrokerProvider):
                 )
             )
             statuses[str(row["id"])] = transactions
+            holdings[str(row["id"])] = (row.get("sync_status") or {}).get("holdings") or {}
         if self.run_cache is not None:
             # The account steps of this run decide from it whether SnapTrade has anything new.
             self.run_cache.put("snaptrade-sync-status", json.dumps(statuses))
+            self.run_cache.put("snaptrade-holdings-status", json.dumps(holdings))
+            self.run_cache.put("snaptrade-freshness", str(authorization.get("data_freshness_mode") or ""))
         return accounts
 
     def get_trades(
@@ -243,6 +273,86 @@ class SnapTradeProvider(BrokerProvider):
             first = end + timedelta(days=1)
         if self.run_id:
             self._remember_read(account, {"read_at": time.time(), "synced": status.get("last_successful_sync")})
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition] | None:
+        """GET /accounts/{id}/holdings: stock, ETF, crypto and option positions, named as the activities name them.
+
+        In a run, only when the run reads the account's activities (else the journal holds none
+        newer than the last read, and comparing would flag what SnapTrade reported since), at most
+        once in HOLDINGS_MIN_INTERVAL_S, and only when SnapTrade's holdings are no newer than its
+        transactions (a trade in the holdings whose activity SnapTrade has not posted yet would be
+        a false alarm; a real-time connection's holdings always are). The figure holds at the
+        holdings' last sync (as_of). None when skipped.
+        """
+        as_of = None
+        kept = f"snaptrade-holdings:{account.external_id}"
+        if self.run_id:
+            as_of = _moment(self._holdings_status(account).get("last_successful_sync"))
+            if (saved := self.run_cache.get(kept)) is not None:
+                # Read earlier in this run, which the account budget then paused: reading again would
+                # spend the budget each time the run resumes, and this run holds the six-hour claim.
+                return self._positions_held(json.loads(saved), as_of)
+            if not self._holdings_due(account):
+                return None
+        body = self._user_call(auth, "GET", f"/accounts/{account.external_id}/holdings", account=account.external_id)
+        if self.run_id:
+            self.run_cache.put(kept, json.dumps(body))
+        return self._positions_held(body, as_of)
+
+    def _holdings_due(self, account: BrokerAccountInfo) -> bool:
+        """Whether this run reads the account's holdings (the rules are get_positions')."""
+        if self.run_cache.get("snaptrade-freshness") == b"realtime":
+            # Real-time holdings hold today's trades, whose activities come a day later: every
+            # trading day would show a false difference.
+            return False
+        if not self._activities_due(self._sync_status(account), self._last_read(account)):
+            return False
+        if not _holdings_no_newer(self._holdings_status(account), self._sync_status(account)):
+            log.info("snaptrade_holdings_ahead_of_activities", account=scope_for(account.external_id))
+            return False
+        marker = f"snaptrade:holdings-read:{scope_for(account.external_id)}"
+        return bool(get_limiter().client.set(marker, "1", nx=True, ex=HOLDINGS_MIN_INTERVAL_S))
+
+    def _positions_held(self, body: Any, as_of: datetime | None) -> list[BrokerPosition]:
+        if not isinstance(body, dict):
+            raise self.unreadable("the holdings")
+        try:
+            positions = [self._held(row, as_of) for row in body.get("positions") or []]
+            positions += [self._held_option(row, as_of) for row in body.get("option_positions") or []]
+        except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError):
+            raise self.unreadable("a position") from None
+        return [p for p in positions if p.quantity]
+
+    def _held(self, row: Mapping[str, Any], as_of: datetime | None) -> BrokerPosition:
+        # A position's symbol wraps the universal symbol an activity carries directly.
+        symbol = row["symbol"]["symbol"]["symbol"]
+        average, price = row.get("average_purchase_price"), row.get("price")
+        if not symbol:
+            raise ValueError("no symbol")
+        return BrokerPosition(
+            symbol=str(symbol),
+            quantity=_decimal(row.get("units") or 0),
+            average_price=_decimal(average) if average is not None else None,
+            as_of=as_of,
+            mark_price=_decimal(price) if price is not None else None,
+        )
+
+    def _held_option(self, row: Mapping[str, Any], as_of: datetime | None) -> BrokerPosition:
+        option = row["symbol"]["option_symbol"]
+        underlying = (option.get("underlying_symbol") or {}).get("symbol")
+        # No average price: whether SnapTrade's is per share or per contract is not documented.
+        return BrokerPosition(
+            symbol=str(underlying or str(option["ticker"]).split()[0]),
+            quantity=_decimal(row.get("units") or 0),
+            expiry=date.fromisoformat(str(option["expiration_date"])[:10]),
+            strike=_decimal(option["strike_price"]),
+            option_right=RIGHTS[option["option_type"]],
+            as_of=as_of,
+        )
+
+    def _holdings_status(self, account: BrokerAccountInfo) -> dict[str, Any]:
+        saved = self.run_cache.get("snaptrade-holdings-status") if self.run_cache is not None else None
+        return (json.loads(saved) if saved else {}).get(account.external_id) or {}
 
     # --- how often activities are read ------------------------------------------------------------
     def _activities_due(self, status: Mapping[str, Any], record: Mapping[str, Any] | None) -> bool:
@@ -539,6 +649,24 @@ class SnapTradeProvider(BrokerProvider):
             raise UnreadableRow(
                 f"activity {row.get('id') or 'without id'}: no symbol, units, price or date we can read"
             ) from None
+
+
+def _moment(value: Any) -> datetime | None:
+    """A sync status's moment in UTC, no later than now (None when absent or unreadable)."""
+    try:
+        moment = _time(str(value)) if value else None
+    except ValueError:
+        return None
+    return min(moment, datetime.now(UTC)) if moment else None
+
+
+def _holdings_no_newer(holdings: Mapping[str, Any], transactions: Mapping[str, Any]) -> bool:
+    """SnapTrade's holdings were last synced on a day no later than its transactions (unknown counts as not)."""
+    held, traded = _moment(holdings.get("last_successful_sync")), transactions.get("last_successful_sync")
+    try:
+        return held is not None and bool(traded) and held.date() <= date.fromisoformat(str(traded)[:10])
+    except ValueError:
+        return False
 
 
 def _seconds(value: str) -> float | None:

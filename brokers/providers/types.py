@@ -163,6 +163,8 @@ class BrokerPosition:
     average_price where the broker gives one; expiry, strike and option_right name an option
     series as BrokerTrade does. as_of is when the broker's figure was true, for a broker
     whose report lags (a statement's end); None means at the moment of the request.
+    mark_price is the broker's price of one unit (as fills are priced) at that moment, where it
+    gives one: the journal values the open position at it (unrealised P&L).
     """
 
     symbol: str
@@ -172,10 +174,13 @@ class BrokerPosition:
     strike: Decimal | None = None
     option_right: str = ""
     as_of: datetime | None = None
+    mark_price: Decimal | None = None
 
     def __post_init__(self):
         if not isinstance(self.quantity, Decimal):
             raise TypeError("quantity must be a Decimal")
+        if self.mark_price is not None and not isinstance(self.mark_price, Decimal):
+            raise TypeError("mark_price must be a Decimal")
         if self.as_of is not None and (self.as_of.tzinfo is None or self.as_of.utcoffset() != timedelta(0)):
             raise ValueError("as_of must be an aware datetime in UTC")
 

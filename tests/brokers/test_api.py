@@ -424,6 +424,8 @@ def test_logs_are_newest_first_and_paginated(api, quiet_connection):
         "error_kind",
         "error_message",
         "detail",
+        "undone_at",
+        "trades_undone",
     }
     assert [r["task_id"] for r in api.get(page["next"]).json()["results"]] == ["t0"]
 

@@ -26,6 +26,10 @@ def test_a_venue_reached_by_two_routes_is_counted_once():
     names = [line.strip() for line in text.splitlines() if line.startswith("  ") and "also reached" not in line]
     for venue in ("Charles Schwab", "Interactive Brokers", "Alpaca", "Tradovate"):
         assert names.count(venue) == 1, venue
-    assert "also reached here, counted above: Alpaca, Charles Schwab, Interactive Brokers" in text
+    assert (
+        "also reached here, counted above: Alpaca, Binance, Charles Schwab, Coinbase, Interactive Brokers, Kraken"
+        in text
+    )
+    assert "Coinbase" not in names, "SnapTrade's Coinbase is ccxt's Coinbase Advanced"
     assert "Binance US" in names and "Binance COIN-M" not in names, "a venue's other market is not another venue"
     assert "NinjaTrader brokerage (through Tradovate)" in names and "any MT4/MT5 broker" in text

@@ -164,6 +164,8 @@ def flex_two_accounts_one_statement(trader, tmp_path: Path, timings: Timings, ex
     long_ones = [(first, last) for first, last in requests if (last - first).days > 7]
     assert len(requests) == 2 and len(long_ones) == 1, requests
     assert refused == 0, "our limiter let IBKR's own limit be reached"
+    # Each account's positions come from the statement the run already had: compared, and in agreement.
+    assert all(account["differences"] == [] for account in log.detail.values()), log.detail
 
 
 def late_fills_land_on_the_next_sync(trader, tmp_path: Path, timings: Timings) -> None:
@@ -223,6 +225,9 @@ def ccxt_two_market_types_in_parallel(trader, tmp_path: Path, timings: Timings) 
     assert second.status == SyncLog.Status.SUCCESS, second.error_message
     assert imported_ids(connection) == expected
     assert (first.trades_imported, second.trades_imported) == (400, 0)
+    # Perpetuals are compared with OKX's positions; a spot balance is no position (deposits move it).
+    compared = {account: d.get("differences") for account, d in second.detail.items()}
+    assert compared == {"spot": None, "swap": []}, compared
     # Markets are cached for every worker: two runs and four account tasks listed them once per type.
     assert instrument_lists == 3, instrument_lists
 
@@ -290,6 +295,8 @@ def snaptrade_accounts_inside_their_budget(trader, tmp_path: Path, timings: Timi
     assert second.status == SyncLog.Status.SUCCESS, second.error_message
     assert imported_ids(connection) == expected
     assert (first.trades_imported, second.trades_imported) == (6, 0)
+    # The first run read the activities and so the holdings (inside the same budget): they agree.
+    assert [account.get("differences") for account in first.detail.values()] == [[], []], first.detail
     assert not any(throttled.values()), throttled
     assert busiest <= 2, busiest
 

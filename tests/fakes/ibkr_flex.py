@@ -6,7 +6,9 @@ ReferenceCode and a Url to this server's GetStatement; `GET <Url>?t=&q=<referenc
 answers ErrorCode 1019 (still generating) for the first `polls_before_ready` polls, then the
 FlexQueryResponse: one FlexStatement per account, its executions dated within [fd, td] as
 `<Trade levelOfDetail="EXECUTION">` rows (stocks and options, with fxRateToBase), plus the
-ORDER and CLOSED_LOT rows a real report carries for the same fills.
+ORDER and CLOSED_LOT rows a real report carries for the same fills, and (unless
+`open_positions=False`, a query without that section) the Open Positions at the statement's end,
+summed from the executions up to then, as SUMMARY rows beside a LOT row.
 
 Per token, exactly IBKR's limit: a request within 1 s of the last one answered, or beyond
 10 answered in 60 s, gets ErrorCode 1018 (answers 1018, 1020, 1015 and refuse_next's do not
@@ -80,8 +82,10 @@ class FakeFlex(LoopbackServer):
         token: str = TOKEN,
         query_id: str = QUERY_ID,
         delay_s: float = 0.0,
+        open_positions: bool = True,
     ):
         super().__init__(prefix="/AccountManagement/FlexWebService", delay_s=delay_s)
+        self.open_positions = open_positions
         self.accounts = dict(ACCOUNTS if accounts is None else accounts)
         self.polls_before_ready = polls_before_ready
         self.token, self.query_id = token, query_id
@@ -244,12 +248,36 @@ class FakeFlex(LoopbackServer):
             statements.append(
                 f'<FlexStatement accountId="{account}" fromDate="{first:%Y%m%d}" toDate="{last:%Y%m%d}" '
                 f'period="" whenGenerated="{datetime.now(NEW_YORK):%Y%m%d;%H%M%S}">{info}'
-                f"<Trades>{''.join(rows)}</Trades></FlexStatement>"
+                f"<Trades>{''.join(rows)}</Trades>{self._positions(account, last)}</FlexStatement>"
             )
         return (
             f'<FlexQueryResponse queryName="journal" type="AF"><FlexStatements count="{len(statements)}">'
             f"{''.join(statements)}</FlexStatements></FlexQueryResponse>"
         )
+
+    def _positions(self, account: str, last: date) -> str:
+        if not self.open_positions:
+            return ""
+        held: dict[str, tuple[dict[str, str], int]] = {}
+        for row in self._rows(account, date.min, last):
+            first_row, quantity = held.get(row["symbol"], (row, 0))
+            held[row["symbol"]] = (first_row, quantity + int(row["quantity"]))
+        rows = []
+        for row, quantity in held.values():
+            if not quantity:
+                continue
+            keep = ("accountId", "currency", "fxRateToBase", "assetCategory", "symbol", "description", "conid")
+            keep += ("underlyingSymbol", "multiplier", "strike", "expiry", "putCall")
+            position = {k: row[k] for k in keep} | {
+                "reportDate": f"{last:%Y%m%d}",
+                "position": str(quantity),
+                "markPrice": row["tradePrice"],
+                "openPrice": row["tradePrice"],
+                "side": "Long" if quantity > 0 else "Short",
+                "levelOfDetail": "SUMMARY",
+            }
+            rows += [_attrs("OpenPosition", position), _attrs("OpenPosition", position | {"levelOfDetail": "LOT"})]
+        return f"<OpenPositions>{''.join(rows)}</OpenPositions>"
 
     def _rows(self, account: str, first: date, last: date) -> list[dict[str, str]]:
         with self.lock:

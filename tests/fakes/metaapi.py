@@ -403,6 +403,8 @@ class MetaApiSim(LoopbackServer):
                 "magic": 0,
                 "time": first[position_id]["time"],
                 "openPrice": first[position_id]["price"],
+                # The simulated market has not moved since the position opened.
+                "currentPrice": first[position_id]["price"],
                 "volume": float(abs(lots)),
                 "swap": 0,
                 "commission": first[position_id]["commission"],

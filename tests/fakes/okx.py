@@ -3,7 +3,8 @@
 Built from OKX's documented formats (the same as tests/providers/ccxt_exchanges.py):
 `GET /api/v5/public/instruments?instType=` lists BTC-USDT (SPOT) and BTC-USDT-SWAP (SWAP);
 `GET /api/v5/account/balance` holds BTC and USDT; `GET /api/v5/trade/fills-history?instType=`
-answers the newest 100 fills of that type with `ts` at or before `end`. A request without
+answers the newest 100 fills of that type with `ts` at or before `end`; `GET /api/v5/account/positions`
+answers the perpetual's net position (contracts) summed from its fills, none when flat. A request without
 the key's OK-ACCESS-KEY and OK-ACCESS-PASSPHRASE headers is refused with code 50111.
 The generic faults of tests/fakes/loopback.py apply too.
 """
@@ -37,6 +38,7 @@ class FakeOkx(LoopbackServer):
         self.route("GET", "/api/v5/public/instruments", self._instruments)
         self.route("GET", "/api/v5/account/balance", self._private(self._balance))
         self.route("GET", "/api/v5/trade/fills-history", self._private(self._fills_history))
+        self.route("GET", "/api/v5/account/positions", self._private(self._positions))
 
     @property
     def credentials(self) -> dict[str, str]:
@@ -71,3 +73,13 @@ class FakeOkx(LoopbackServer):
             fills = self.fills.get(request.query.get("instType", ""), [])
             older = sorted((f for f in fills if int(f["ts"]) <= end), key=lambda f: int(f["ts"]), reverse=True)
         return 200, {"code": "0", "msg": "", "data": older[:PAGE_SIZE]}
+
+    def _positions(self, request: Request):
+        with self.lock:
+            fills = list(self.fills.get("SWAP", []))
+        net = sum(int(f["fillSz"]) * (1 if f["side"] == "buy" else -1) for f in fills)
+        if not net:
+            return 200, {"code": "0", "msg": "", "data": []}
+        row = {"instId": OKX_SWAP["instId"], "instType": "SWAP", "posSide": "net", "pos": str(net)}
+        row |= {"avgPx": fills[-1]["fillPx"], "mgnMode": "cross", "ccy": "USDT", "uTime": fills[-1]["ts"]}
+        return 200, {"code": "0", "msg": "", "data": [row]}

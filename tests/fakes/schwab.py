@@ -3,7 +3,8 @@
 The consent page has Allow and Deny links back to the redirect_uri; the token endpoint checks
 the app's HTTP Basic credentials, the redirect_uri, single use and lifetime of codes and PKCE
 (S256); refresh tokens end hard `refresh_lifetime_s` after consent, as Schwab's 7 days do.
-Payloads follow Schwab's documented shapes (accountNumbers, transactions with transferItems).
+Payloads follow Schwab's documented shapes (accountNumbers, transactions with transferItems, an
+account with fields=positions: long and short quantities summed from its TRADE transactions).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class SchwabSim(LoopbackServer):
         self.route("GET", "/trader/v1/accounts/accountNumbers", self._account_numbers)
         for _, hash_value in ACCOUNTS:
             self.route("GET", f"/trader/v1/accounts/{hash_value}/transactions", self._transactions(hash_value))
+            self.route("GET", f"/trader/v1/accounts/{hash_value}", self._positions(hash_value))
 
     @property
     def authorize_url(self) -> str:
@@ -166,6 +168,37 @@ class SchwabSim(LoopbackServer):
             with self.lock:
                 rows = [t for t in self.transactions[hash_value] if start <= t["time"][:19] + ".000Z" <= end]
             return Reply(200, rows)
+
+        return handler
+
+    def _positions(self, hash_value):
+        def handler(request):
+            if not self._authorised(request):
+                return Reply(401, {"message": "Unauthorized"})
+            net: dict[str, tuple[dict, float]] = {}
+            with self.lock:
+                for t in self.transactions[hash_value]:
+                    for item in t["transferItems"]:
+                        if item.get("feeType"):
+                            continue
+                        instrument = item["instrument"]
+                        held = net.get(instrument["symbol"], (instrument, 0.0))[1]
+                        net[instrument["symbol"]] = (instrument, held + item["amount"])
+            positions = [
+                {
+                    # Schwab's positions name an option by its OCC symbol and underlying only.
+                    "instrument": {k: v for k, v in i.items() if k not in ("expirationDate", "strikePrice")},
+                    "longQuantity": max(q, 0.0),
+                    "shortQuantity": max(-q, 0.0),
+                    "averagePrice": 1.0,
+                }
+                for i, q in net.values()
+                if q
+            ]
+            account = {"type": "MARGIN", "accountNumber": "12345678"}
+            if request.query.get("fields") == "positions":
+                account["positions"] = positions
+            return Reply(200, {"securitiesAccount": account})
 
         return handler
 

@@ -375,6 +375,11 @@ class SnapTradeSim(LoopbackServer):
                 f"/api/v1/accounts/{account_id}/activities",
                 self._signed(self._account_activities(account_id), user=True, account=True),
             )
+            self.route(
+                "GET",
+                f"/api/v1/accounts/{account_id}/holdings",
+                self._signed(self._account_holdings(account_id), user=True, account=True),
+            )
         return row
 
     # --- data ---------------------------------------------------------------------------------
@@ -450,6 +455,48 @@ class SnapTradeSim(LoopbackServer):
             return 200, {
                 "data": rows[offset : offset + limit],
                 "pagination": {"offset": offset, "limit": limit, "total": len(rows)},
+            }
+
+        return serve
+
+    def _account_holdings(self, account_id):
+        """The account's holdings, summed from its activities (as SnapTrade's daily copy would hold them)."""
+
+        def serve(request, client_id):
+            account = self.accounts[account_id]
+            if self._owned(request, client_id, account["brokerage_authorization"]) is None:
+                return 404, NOT_FOUND
+            stocks: dict[str, list] = {}
+            options: dict[str, list] = {}
+            for r in self.activities[account_id]:
+                if r["_hidden"] or r["type"] not in ("BUY", "SELL"):
+                    continue
+                bought = r["option_type"].startswith("BUY") if r["option_type"] else r["type"] == "BUY"
+                units = abs(r["units"]) if bought else -abs(r["units"])
+                if r["option_symbol"]:
+                    held = options.setdefault(r["option_symbol"]["ticker"], [r["option_symbol"], 0.0])
+                else:
+                    held = stocks.setdefault(r["symbol"]["symbol"], [r["symbol"], 0.0])
+                held[1] += units
+            positions = [
+                {"symbol": {"id": f"pos-{s['symbol']}", "symbol": s}, "units": units, "price": 1.0}
+                | {"open_pnl": 0.0, "average_purchase_price": 1.0, "currency": s["currency"]}
+                for s, units in stocks.values()
+                if units
+            ]
+            option_positions = [
+                {"symbol": {"id": f"pos-{o['ticker']}", "option_symbol": o}, "units": units, "price": 1.0}
+                | {"average_purchase_price": 100.0, "currency": {"code": "USD"}}
+                for o, units in options.values()
+                if units
+            ]
+            return 200, {
+                "account": self._public(account),
+                "balances": [{"currency": {"code": "USD"}, "cash": 1000.0, "buying_power": 1000.0}],
+                "positions": positions,
+                "option_positions": option_positions,
+                "orders": [],
+                "total_value": {"value": 1000.0, "currency": "USD"},
             }
 
         return serve

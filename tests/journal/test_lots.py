@@ -124,6 +124,16 @@ def test_an_option_expiring_worthless_closes_at_zero_when_the_broker_reports_the
     assert (still_open.closed_at, still_open.open_quantity, still_open.open_average) == (None, 2, D("3.50"))
 
 
+def test_a_short_option_expiring_worthless_keeps_the_whole_premium_times_100():
+    written = fill(1, "SELL", 2, "3.50", mult=100, fees="1.30")
+    (open_,) = round_trips([written])
+    # Before expiry, at a mark of 1.20: 2.30 × 2 × 100 not yet realised.
+    assert (open_.open_quantity, open_.unrealised(D("1.20"), D(100))) == (-2, D("460.00"))
+    (expired,) = round_trips([written, fill(2, "BUY", 2, "0", mult=100)])
+    assert (expired.side, expired.gross, expired.net, expired.exit_average) == (SHORT, D("700.00"), D("698.70"), 0)
+    assert expired.open_quantity == 0 and expired.closed_at is not None
+
+
 def test_a_fill_that_reverses_the_position_closes_one_round_trip_and_opens_the_next():
     # Long 2 at 5900, then sell 5 at 5905: 2 close (+5 points × 2 × $50), 3 open a short; fees by quantity.
     first, second = round_trips(

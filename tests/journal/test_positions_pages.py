@@ -4,20 +4,9 @@ from datetime import timedelta
 
 import pytest
 
+from brokers.models import SyncLog
 from journal.models import RoundTrip, TraderProfile
 from tests.factories import SUNDAY_EVENING, account_with, fill
-
-
-@pytest.fixture
-def es_round_trip_and_open_nq(trader):
-    return account_with(
-        trader,
-        [
-            fill(1, "BUY", 2, "5900.00", SUNDAY_EVENING),
-            fill(2, "SELL", 2, "5910.25", SUNDAY_EVENING + timedelta(minutes=20)),
-            fill(3, "SELL", 1, "21000", SUNDAY_EVENING, symbol="NQZ6", multiplier="20"),
-        ],
-    )
 
 
 @pytest.mark.django_db
@@ -80,3 +69,25 @@ def test_another_traders_round_trips_stay_hidden(client, other_trader, es_round_
     es = RoundTrip.objects.get(symbol="ESZ6")
     assert client.get(f"/trades/round-trips/{es.pk}/fills/").status_code == 404
     assert "1016.00" not in client.get("/trades/calendar/?month=2026-03").content.decode()
+
+
+@pytest.mark.django_db
+def test_the_positions_page_values_a_position_at_the_broker_s_price_or_says_unknown(
+    trader, trader_client, es_round_trip_and_open_nq
+):
+    page = trader_client.get("/trades/positions/").content.decode()
+    assert ">unknown<" in page
+    detail = {
+        "ACC-1": {
+            "imported": 3,
+            "skipped": 0,
+            "marks": {"NQZ6": {"price": "21010", "as_of": "2026-03-02T00:00:00+00:00"}},
+        }
+    }
+    at = SUNDAY_EVENING + timedelta(hours=1)
+    SyncLog.objects.create(
+        connection=es_round_trip_and_open_nq.connection, status="SUCCESS", started_at=at, detail=detail
+    )
+    page = trader_client.get("/trades/positions/").content.decode()
+    # Short 1 NQ from 21000, now 21010: 10 points × $20 against the trader.
+    assert "-200.00" in page and "21010" in page and ">unknown<" not in page

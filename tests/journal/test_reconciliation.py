@@ -6,15 +6,18 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from brokers import services
 from brokers.models import SyncLog
+from brokers.providers import ratelimit
 from brokers.providers.demo import DemoProvider
 from brokers.providers.types import BrokerPosition
 from journal.models import Trade
-from journal.reconciling import position_differences
+from journal.reconciling import broker_marks, position_differences
 from sync.runs import run_inline
 from tests import factories
 from tests.e2e.broker_conditions import tradovate_connection
 from tests.factories import SUNDAY_EVENING, account_with, fill
+from tests.fakes.ibkr_flex import FakeFlex
 from tests.fakes.tradovate import FakeTradovate
 
 
@@ -123,3 +126,64 @@ def test_a_fill_tradovate_busts_leaves_the_journal_and_its_positions_as_it_leave
     assert all(account["differences"] == [] for account in log.detail.values())
     busted.refresh_from_db()
     assert busted.deleted_at is not None and not busted.round_trips.exists()
+
+
+@pytest.fixture
+def flex(settings, monkeypatch):
+    settings.IBKR_FLEX_POLL_PAUSE_S = 0
+    # Room for the limiter's one Flex call in 2 s to sleep between the run's few calls.
+    monkeypatch.setattr(ratelimit.get_limiter(), "max_sleep_s", 2.5)
+    with FakeFlex({"U1111111": "USD"}, executions_per_account=4, polls_before_ready=0) as fake:
+        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "ibkr_flex": fake.url}
+        yield fake
+
+
+@pytest.mark.django_db
+def test_a_sync_agrees_with_the_flex_statement_s_open_positions_without_asking_for_another_statement(trader, flex):
+    connection = services.connection_create(
+        owner=trader,
+        broker_type="ibkr_flex",
+        label="IBKR",
+        sync_enabled=False,
+        credentials={"token": flex.token, "query_id": flex.query_id},
+    )
+    log = run_inline(connection.pk)
+    assert log.status == SyncLog.Status.SUCCESS, log.error_message
+    assert log.detail["U1111111"]["differences"] == []
+    # The statement's mark prices are kept with the run, to value the open positions.
+    assert log.detail["U1111111"]["marks"]["AAPL"]["price"] == "230.5"
+    # The week's report (accounts and positions) and the year's (the first sync's fills): no third.
+    assert len(flex.send_requests) == 2
+    deleted = Trade.objects.filter(asset_class="STK").first()
+    Trade.objects.filter(pk=deleted.pk).update(deleted_at=timezone.now())
+    log = run_inline(connection.pk)
+    assert [d["instrument"] for d in log.detail["U1111111"]["differences"]] == ["AAPL"]
+
+
+@pytest.mark.django_db
+def test_a_flex_query_without_open_positions_compares_nothing_and_says_how_to_get_the_check(trader, flex):
+    flex.open_positions = False
+    connection = services.connection_create(
+        owner=trader,
+        broker_type="ibkr_flex",
+        label="IBKR",
+        sync_enabled=False,
+        credentials={"token": flex.token, "query_id": flex.query_id},
+    )
+    log = run_inline(connection.pk)
+    assert log.status == SyncLog.Status.SUCCESS, log.error_message
+    assert "differences" not in log.detail["U1111111"]
+    assert "Open Positions" in log.detail["U1111111"]["note"]
+
+
+def test_the_broker_s_prices_are_kept_per_instrument_named_as_the_differences_name_it():
+    at = SUNDAY_EVENING + timedelta(hours=1)
+    reported = [
+        BrokerPosition("ESZ6", Decimal(2), mark_price=Decimal("5912.25")),
+        BrokerPosition("AAPL", Decimal(-1), expiry=SUNDAY_EVENING.date(), strike=Decimal("250.0"), option_right="C"),
+        BrokerPosition("BTC/USD", Decimal("0.5"), mark_price=Decimal("90000.10"), as_of=SUNDAY_EVENING),
+    ]
+    assert broker_marks(reported, read_at=at) == {
+        "ESZ6": {"price": "5912.25", "as_of": at.isoformat()},
+        "BTCUSD": {"price": "90000.1", "as_of": SUNDAY_EVENING.isoformat()},
+    }

@@ -282,7 +282,7 @@ def test_long_and_short_positions_come_back_signed_with_their_average_price(pape
     rsps.get(
         f"{PAPER}/v2/positions",
         json=[
-            {"symbol": "AAPL", "qty": "10", "side": "long", "avg_entry_price": "231.45"},
+            {"symbol": "AAPL", "qty": "10", "side": "long", "avg_entry_price": "231.45", "current_price": "233.1"},
             {"symbol": "TSLA", "qty": "-5", "side": "short", "avg_entry_price": "250.10"},
         ],
     )
@@ -291,6 +291,8 @@ def test_long_and_short_positions_come_back_signed_with_their_average_price(pape
         ("AAPL", Decimal("10"), Decimal("231.45")),
         ("TSLA", Decimal("-5"), Decimal("250.10")),
     ]
+    # The broker's price values the open position (unrealised P&L); none given, none assumed.
+    assert [p.mark_price for p in positions] == [Decimal("233.1"), None]
 
 
 def test_a_position_we_cannot_read_is_an_error_a_retry_may_cure(paper, rsps):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -19,8 +20,12 @@ from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRate
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.registry import get_broker_provider, provider_classes
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
+from journal.reconciling import position_differences
+from tests.factories import account_with
 from tests.providers.ccxt_exchanges import (
     API_KEY,
+    OKX_SPOT,
+    OKX_SWAP,
     PASSPHRASE,
     SECRET,
     Binance,
@@ -29,6 +34,8 @@ from tests.providers.ccxt_exchanges import (
     Kraken,
     Okx,
     coinbase_secret,
+    okx_fill,
+    query,
     spread,
 )
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
@@ -425,3 +432,92 @@ def test_ccxt_errors_become_ours_with_words_a_trader_can_act_on(raised, transien
         call("ccxt_kraken", "Kraken", "", fails)
     assert info.value.transient is transient
     assert str(info.value).startswith(f"Kraken {words}") and SECRET_MARK not in str(info.value)
+
+
+# --- positions -------------------------------------------------------------------------------
+def okx_position(inst_id: str, pos: str, avg: str = "51858", pos_side: str = "net") -> dict:
+    """One row of OKX's GET /api/v5/account/positions (contracts, signed in net mode)."""
+    return {
+        "adl": "1",
+        "availPos": "",
+        "avgPx": avg,
+        "cTime": "1700000000000",
+        "ccy": "USDT",
+        "instId": inst_id,
+        "instType": "SWAP",
+        "lever": "10",
+        "liqPx": "",
+        "margin": "",
+        "markPx": "51900",
+        "mgnMode": "cross",
+        "mgnRatio": "",
+        "notionalUsd": "1557",
+        "pos": pos,
+        "posCcy": "",
+        "posId": f"pos-{inst_id}-{pos_side}",
+        "posSide": pos_side,
+        "upl": "1.26",
+        "uTime": "1700000000000",
+    }
+
+
+def okx_with_perpetuals(rsps, positions: list[dict], fills: list[dict]) -> None:
+    def markets(request):
+        kind = query(request)["instType"]
+        data = {"SPOT": [OKX_SPOT], "SWAP": [OKX_SWAP]}.get(kind, [])
+        return 200, {}, json.dumps({"code": "0", "msg": "", "data": data})
+
+    def trades(request):
+        end = int(query(request).get("end", 10**15))
+        older = sorted((f for f in fills if int(f["ts"]) <= end), key=lambda f: int(f["ts"]), reverse=True)
+        return 200, {}, json.dumps({"code": "0", "msg": "", "data": older})
+
+    base = re.escape(Okx.base)
+    rsps.add_callback("GET", re.compile(rf"{base}/public/instruments\b.*"), callback=markets)
+    rsps.add_callback("GET", re.compile(rf"{base}/trade/fills-history\b.*"), callback=trades)
+    rsps.get(re.compile(rf"{base}/account/positions\b.*"), json={"code": "0", "msg": "", "data": positions})
+
+
+OKX_AUTH = AuthResult(token=json.dumps({"apiKey": API_KEY, "secret": SECRET, "password": PASSPHRASE}))
+
+
+def test_perpetual_positions_come_signed_in_contracts_as_the_fills_and_spot_balances_are_not_positions(rsps):
+    okx_with_perpetuals(rsps, [okx_position("BTC-USDT-SWAP", "-3"), okx_position("BTC-USDT-SWAP", "0")], [])
+    provider = get_broker_provider("ccxt_okx", "live")
+    (short,) = provider.get_positions(OKX_AUTH, BrokerAccountInfo("swap", "perpetuals"))
+    assert (short.symbol, short.quantity, short.average_price) == ("BTC/USDT:USDT", Decimal(-3), Decimal(51858))
+    assert short.mark_price == Decimal(51900)
+    assert provider.get_positions(OKX_AUTH, BrokerAccountInfo("spot", "spot")) is None
+    assert sum("/account/positions" in c.request.url for c in rsps.calls) == 1
+
+
+def test_an_exchange_ccxt_reads_no_positions_for_reports_none(rsps, monkeypatch):
+    okx_with_perpetuals(rsps, [], [])
+    provider = get_broker_provider("ccxt_okx", "live")
+    made = provider._exchange
+
+    def without_positions(keys):
+        exchange = made(keys)
+        exchange.has = {**exchange.has, "fetchPositions": False}
+        return exchange
+
+    monkeypatch.setattr(provider, "_exchange", without_positions)
+    assert provider.get_positions(OKX_AUTH, BrokerAccountInfo("swap", "perpetuals")) is None
+    assert not any("/account/positions" in c.request.url for c in rsps.calls)
+
+
+@pytest.mark.django_db
+def test_perpetual_fills_and_positions_name_the_market_alike_so_they_agree(rsps, trader):
+    fills = [okx_fill(i, t, "BTC-USDT-SWAP", "SWAP") for i, t in enumerate(spread(2))]
+    fills[1] = {**fills[1], "side": "buy", "fillSz": "2"}
+    okx_with_perpetuals(rsps, [okx_position("BTC-USDT-SWAP", "5")], fills)
+    provider = get_broker_provider("ccxt_okx", "live")
+    account = BrokerAccountInfo("swap", "perpetuals")
+    trades = list(provider.get_trades(OKX_AUTH, account, SINCE, UNTIL))
+    positions = provider.get_positions(OKX_AUTH, account)
+    journal = account_with(trader, trades, external_id="swap")
+    assert sorted((t.symbol, t.quantity, t.multiplier) for t in trades) == [
+        ("BTC/USDT:USDT", Decimal(2), Decimal("0.01")),
+        ("BTC/USDT:USDT", Decimal(3), Decimal("0.01")),
+    ]
+    assert position_differences(journal.pk, positions, read_at=UNTIL) == []

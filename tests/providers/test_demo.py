@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.test import override_settings
 
+from brokers.providers import demo
 from brokers.providers.errors import BrokerAuthError, BrokerUnavailableError
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerCredentials
@@ -81,3 +82,26 @@ def test_no_fill_from_the_future():
         )
     )
     assert trades and max(t.executed_at for t in trades) <= now
+
+
+class _MidHour(datetime):
+    """datetime whose now() is forty minutes into an hour: the demo broker then holds what the hour opened."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return datetime(2026, 11, 5, 14, 40, tzinfo=UTC)
+
+
+def test_demo_positions_carry_the_last_fill_s_price_so_make_run_shows_unrealised_pnl(monkeypatch):
+    monkeypatch.setattr(demo, "datetime", _MidHour)
+    provider = get_broker_provider("demo")
+    auth = AuthResult(token="t")
+    moment = _MidHour.now()
+    positions = []
+    for account in (BrokerAccountInfo("DEMO-FUT-1", "f"), BrokerAccountInfo("DEMO-STK-1", "s")):
+        fills = list(provider.get_trades(auth, account, moment - timedelta(minutes=40), moment))
+        last = {t.symbol: t.price for t in fills}
+        held = provider.get_positions(auth, account)
+        positions += held
+        assert [p.mark_price for p in held] == [last[p.symbol] for p in held]
+    assert positions, "forty minutes into the hour the demo broker holds something open"

@@ -25,6 +25,8 @@ from brokers.providers.types import (
     BrokerAccountInfo,
     BrokerCredentials,
 )
+from journal.reconciling import position_differences
+from tests.factories import account_with
 from tests.providers.contract import SECRET_MARK, ProviderContract
 
 TOKEN = f"{SECRET_MARK}-184467440737095"
@@ -507,3 +509,161 @@ def test_account_currency_and_name_come_from_account_information_when_present():
         ("U1111111", "Main", "EUR"),
         ("U2222222", "U2222222", "USD"),
     ]
+
+
+# --- open positions ------------------------------------------------------------------------
+def open_position(**overrides: str) -> str:
+    attrs = {
+        "accountId": "U1111111",
+        "currency": "USD",
+        "assetCategory": "STK",
+        "symbol": "AAPL",
+        "multiplier": "1",
+        "strike": "",
+        "expiry": "",
+        "putCall": "",
+        "reportDate": "20261120",
+        "position": "100",
+        "markPrice": "231.2",
+        "openPrice": "230.5",
+        "costBasisPrice": "230.51",
+        "side": "Long",
+        "levelOfDetail": "SUMMARY",
+    }
+    attrs.update(overrides)
+    return "<OpenPosition " + " ".join(f"{k}={quoteattr(v)}" for k, v in attrs.items() if v is not None) + " />"
+
+
+def with_positions(statement_xml: str, *positions: str) -> str:
+    return statement_xml.replace(
+        "</FlexStatement>", f"<OpenPositions>{''.join(positions)}</OpenPositions></FlexStatement>"
+    )
+
+
+def test_open_positions_are_read_signed_summary_rows_only_as_of_the_end_of_the_report_day():
+    option = dict(
+        assetCategory="OPT",
+        symbol="AAPL  261218C00250000",
+        multiplier="100",
+        strike="250",
+        expiry="20261218",
+        putCall="C",
+        position="-2",
+        openPrice="4.15",
+        side="Short",
+    )
+    report_ = parse(
+        with_positions(
+            statement("U1111111"),
+            open_position(),
+            open_position(levelOfDetail="LOT", position="40"),
+            open_position(**option),
+            open_position(symbol="MSFT", position="0"),
+            open_position(symbol="TSLA", position="5", side="Short"),
+        )
+    )
+    stock, short_option, tesla = report_.positions["U1111111"]
+    assert (stock.symbol, stock.quantity, stock.average_price) == ("AAPL", Decimal(100), Decimal("230.5"))
+    assert stock.mark_price == Decimal("231.2")
+    assert (short_option.quantity, short_option.expiry, short_option.strike, short_option.option_right) == (
+        Decimal(-2),
+        date(2026, 12, 18),
+        Decimal(250),
+        "C",
+    )
+    assert tesla.quantity == Decimal(-5)
+    # 20 November 2026 ends at midnight New York time (EST, UTC-5).
+    assert stock.as_of == datetime(2026, 11, 21, 4, 59, 59, 999999, tzinfo=UTC)
+
+
+@responses.activate
+def test_positions_come_from_the_report_the_run_already_has_without_another_request():
+    stub_flow(responses, report(with_positions(statement("U1111111", row()), open_position())))
+    provider = IbkrFlexProvider()
+    (account,) = provider.get_accounts(auth())
+    (position,) = provider.get_positions(auth(), account)
+    assert (position.symbol, position.quantity) == ("AAPL", Decimal(100))
+    assert len(responses.calls) == 2  # the SendRequest and the one poll of get_accounts
+
+
+@responses.activate
+def test_a_flat_account_reports_no_positions_and_a_query_without_the_section_reports_none_and_says_why():
+    stub_flow(
+        responses,
+        report(with_positions(statement("U1111111")), statement("U2222222", row(accountId="U2222222"))),
+    )
+    provider = IbkrFlexProvider()
+    flat, without = provider.get_accounts(auth())
+    assert provider.get_positions(auth(), flat) == []
+    assert provider.notes == []
+    assert provider.get_positions(auth(), without) is None
+    assert provider.get_positions(auth(), without) is None
+    assert provider.notes == [ibkr_flex.NO_POSITIONS_NOTE]
+
+
+@responses.activate
+def test_an_unreadable_position_skips_the_comparison_and_keeps_the_executions():
+    stub_flow(responses, report(with_positions(statement("U1111111", row()), open_position(position="lots"))))
+    provider = IbkrFlexProvider()
+    (account,) = provider.get_accounts(auth())
+    with pytest.raises(BrokerAPIError) as info:
+        provider.get_positions(auth(), account)
+    assert not info.value.transient and "position" in str(info.value)
+    since, until = datetime(2026, 11, 1, tzinfo=UTC), datetime.now(UTC)
+    assert len(list(provider.get_trades(auth(), account, since, until))) == 1
+
+
+@pytest.mark.django_db
+def test_the_statement_s_positions_and_executions_name_instruments_alike_so_they_agree(trader):
+    option = dict(assetCategory="OPT", symbol="AAPL  261218C00250000", multiplier="100", strike="250")
+    option |= dict(expiry="20261218", putCall="C")
+    report_ = parse(
+        with_positions(
+            statement(
+                "U1111111",
+                row(),
+                row(**option, quantity="-2", tradePrice="4.15", ibExecID="x2"),
+                row(assetCategory="FUT", symbol="ESZ6", multiplier="50", expiry="20261218", ibExecID="x3"),
+            ),
+            open_position(),
+            open_position(**option, position="-2", side="Short"),
+            open_position(assetCategory="FUT", symbol="ESZ6", multiplier="50", expiry="20261218"),
+        )
+    )
+    account = account_with(trader, report_.trades["U1111111"], external_id="U1111111")
+    positions = report_.positions["U1111111"]
+    assert position_differences(account.pk, positions, read_at=datetime(2026, 11, 22, tzinfo=UTC)) == []
+    assert position_differences(account.pk, positions[:2], read_at=datetime(2026, 11, 22, tzinfo=UTC)) == [
+        {"instrument": "ESZ6 2026-12-18", "journal": "100", "broker": "0"}
+    ]
+
+
+@pytest.mark.django_db
+def test_an_option_ibkr_books_as_expired_closes_its_round_trip_at_zero_and_leaves_the_statement_s_positions(trader):
+    option = dict(assetCategory="OPT", symbol="AAPL  261120C00250000", multiplier="100", strike="250")
+    option |= dict(expiry="20261120", putCall="C")
+    # The expiry as IBKR lists it among the trades (UNCONFIRMED shape: a BookTrade at 0, notes Ep, no execution id).
+    expiry = row(
+        **option,
+        transactionType="BookTrade",
+        notes="Ep",
+        quantity="-2",
+        tradePrice="0",
+        ibCommission="0",
+        ibExecID="",
+        transactionID="6002",
+        dateTime="20261120;162000",
+    )
+    report_ = parse(
+        with_positions(
+            statement("U1111111", row(**option, quantity="2", tradePrice="3.5", ibExecID="x1"), expiry),
+        )
+    )
+    bought, expired = report_.trades["U1111111"]
+    assert (expired.broker_trade_id, expired.side, expired.price, expired.multiplier) == ("6002", SELL, 0, 100)
+    account = account_with(trader, report_.trades["U1111111"], external_id="U1111111")
+    (trip,) = account.round_trips.all()
+    assert (trip.closed_at is not None, trip.gross_pnl, trip.net_pnl) == (True, Decimal(-700), Decimal(-701))
+    # The option is gone from the statement's (empty) Open Positions and from the journal's alike.
+    assert report_.positions["U1111111"] == ()
+    assert position_differences(account.pk, report_.positions["U1111111"], read_at=datetime.now(UTC)) == []

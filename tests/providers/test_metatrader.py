@@ -297,6 +297,7 @@ def test_open_positions_come_signed_in_the_fills_units_one_per_position_of_a_hed
         ("EURUSD", Decimal("25000"), Decimal("1.08512")),
         ("XAUUSD+", Decimal("-10"), Decimal("1.08512")),
     ]
+    assert {p.mark_price for p in positions} == {Decimal("1.08512")}
 
 
 def test_keep_deployed_leaves_the_terminal_running(settings, sim, provider):

@@ -1,5 +1,6 @@
 """Charles Schwab on the shared contract, plus its windows, fee lines, options and token renewal."""
 
+import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import parse_qs, urlparse
@@ -8,10 +9,12 @@ import pytest
 from responses import matchers
 
 from brokers.providers import schwab
-from brokers.providers.errors import BrokerAuthError
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
-from tests.fakes.schwab import equity_trade, option_trade
+from journal.reconciling import position_differences
+from tests.factories import account_with
+from tests.fakes.schwab import ACCOUNTS, SchwabSim, configure_app, equity_trade, option_trade
 from tests.providers.contract import SECRET_MARK, SINCE, UNTIL, ProviderContract
 
 # Outside the contract class, a stub a test never reaches fails it (tests/conftest.py's rsps).
@@ -178,3 +181,72 @@ def test_a_refused_access_token_is_an_auth_error(provider, rsps):
     rsps.get(f"{API}/accounts/accountNumbers", status=401)
     with pytest.raises(BrokerAuthError):
         provider.get_accounts(make_auth())
+
+
+def positions_answer(*positions):
+    return {"securitiesAccount": {"type": "MARGIN", "accountNumber": "12345678", "positions": list(positions)}}
+
+
+def held(instrument, long=0.0, short=0.0, **fields):
+    return {"instrument": instrument, "longQuantity": long, "shortQuantity": short, **fields}
+
+
+OPTION = {
+    "assetType": "OPTION",
+    "cusip": "0AAPL.KK60230000",
+    "symbol": "AAPL  261120C00230000",
+    "putCall": "CALL",
+    "underlyingSymbol": "AAPL",
+    "type": "VANILLA",
+}
+
+
+def test_positions_are_long_less_short_with_options_named_as_their_fills(provider, rsps):
+    rsps.get(
+        f"{API}/accounts/{HASH}",
+        match=[matchers.query_param_matcher({"fields": "positions"})],
+        json=positions_answer(
+            held({"assetType": "EQUITY", "symbol": "AAPL", "cusip": "037833100"}, long=10, averageLongPrice=231.45),
+            held({"assetType": "EQUITY", "symbol": "TSLA"}, short=3, averageShortPrice=250.5, averagePrice=250.4),
+            held(OPTION, short=1, averagePrice=2.5),
+            held({"assetType": "EQUITY", "symbol": "MSFT"}),
+            held({"assetType": "CASH_EQUIVALENT", "symbol": "MMDA1"}, long=1520.33),
+        ),
+    )
+    positions = provider.get_positions(make_auth(), make_account())
+    assert [(p.symbol, p.quantity, p.average_price) for p in positions] == [
+        ("AAPL", Decimal(10), Decimal("231.45")),
+        ("TSLA", Decimal(-3), Decimal("250.5")),
+        ("AAPL", Decimal(-1), Decimal("2.5")),
+    ]
+    option = positions[2]
+    assert (option.expiry, option.strike, option.option_right) == (date(2026, 11, 20), Decimal(230), "C")
+    assert rsps.calls[0].request.headers["Authorization"] == f"Bearer {ACCESS}"
+
+
+def test_an_account_without_positions_is_flat(provider, rsps):
+    rsps.get(f"{API}/accounts/{HASH}", json={"securitiesAccount": {"type": "CASH", "accountNumber": "12345678"}})
+    assert provider.get_positions(make_auth(), make_account()) == []
+
+
+def test_a_position_we_cannot_read_skips_the_comparison_with_an_error(provider, rsps):
+    rsps.get(f"{API}/accounts/{HASH}", json=positions_answer(held({**OPTION, "symbol": "AAPL CALL"}, long=1)))
+    with pytest.raises(BrokerAPIError, match="position"):
+        provider.get_positions(make_auth(), make_account())
+
+
+@pytest.mark.django_db
+def test_the_loopback_schwab_s_positions_agree_with_its_fills_in_the_journal(settings, trader):
+    with SchwabSim() as sim:
+        configure_app(settings, sim, "https://journal.example.com/brokers/oauth/callback/")
+        first = ACCOUNTS[0][1]
+        sim.transactions[first] = [equity_trade(1), equity_trade(2, amount=-4, price=232.0), option_trade(3)]
+        token = "sim-access-token"
+        sim.access[token] = time.time() + 600
+        auth, account = make_auth(token=token), BrokerAccountInfo(external_id=first, name="Schwab ····5678")
+        provider = get_broker_provider("schwab")
+        fills = list(provider.get_trades(auth, account, SINCE - timedelta(days=400), datetime.now(UTC)))
+        positions = provider.get_positions(auth, account)
+    journal = account_with(trader, fills, external_id=first)
+    assert [(p.symbol, p.quantity) for p in positions] == [("AAPL", Decimal(6)), ("AAPL", Decimal(-1))]
+    assert position_differences(journal.pk, positions, read_at=datetime.now(UTC)) == []

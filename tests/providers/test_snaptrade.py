@@ -571,3 +571,115 @@ def test_a_fill_whose_activity_id_changed_is_not_imported_twice(provider, rsps):
     first = [t.broker_trade_id for t in provider.get_trades(make_auth(), make_account(), SINCE, UNTIL)]
     again = [t.broker_trade_id for t in provider.get_trades(make_auth(), make_account(), SINCE, UNTIL)]
     assert sorted(first) == sorted(again) and len(set(first)) == 3, "two alike fills of one order stay two"
+
+
+# --- holdings, for the comparison of positions ----------------------------------------------------
+OPTION = {
+    "id": "opt-1",
+    "ticker": "AAPL  261218C00240000",
+    "option_type": "CALL",
+    "strike_price": 240,
+    "expiration_date": "2026-12-18",
+    "is_mini_option": False,
+    "underlying_symbol": {"id": "u1", "symbol": "AAPL", "description": "APPLE INC"},
+}
+
+
+def holding(symbol, units, code="cs", average=150.25):
+    universal = {"id": f"sym-{symbol}", "symbol": symbol, "raw_symbol": symbol, "type": {"code": code}}
+    return {"symbol": {"id": f"pos-{symbol}", "symbol": universal}, "units": units, "average_purchase_price": average}
+
+
+def test_holdings_are_positions_named_as_the_activities_name_them(provider, rsps):
+    rsps.get(
+        f"{API}/accounts/{ACCOUNT_ID}/holdings",
+        json={
+            "account": {"id": ACCOUNT_ID},
+            "balances": [],
+            "positions": [
+                holding("AAPL", 10) | {"price": 152.5},
+                holding("TSLA", -3),
+                holding("BTC", 0.25, "crypto"),
+                holding("F", 0),
+            ],
+            "option_positions": [{"symbol": {"id": "p1", "option_symbol": OPTION}, "units": -2, "price": 3.1}],
+            "orders": [],
+        },
+    )
+    positions = provider.get_positions(make_auth(), make_account())
+    assert [(p.symbol, p.quantity, p.average_price) for p in positions] == [
+        ("AAPL", Decimal(10), Decimal("150.25")),
+        ("TSLA", Decimal(-3), Decimal("150.25")),
+        ("BTC", Decimal("0.25"), Decimal("150.25")),
+        ("AAPL", Decimal(-2), None),
+    ]
+    assert [p.mark_price for p in positions] == [Decimal("152.5"), None, None, None]
+    option = positions[3]
+    assert (option.expiry, option.strike, option.option_right) == (date(2026, 12, 18), Decimal(240), "C")
+    assert "userSecret" in rsps.calls[0].request.url
+
+
+def test_holdings_we_cannot_read_skip_the_comparison(provider, rsps):
+    rsps.get(f"{API}/accounts/{ACCOUNT_ID}/holdings", json={"positions": [{"symbol": None, "units": 1}]})
+    with pytest.raises(BrokerAPIError, match="position"):
+        provider.get_positions(make_auth(), make_account())
+
+
+@pytest.mark.django_db
+def test_a_run_that_reads_activities_compares_holdings_at_most_every_six_hours_and_a_lost_fill_shows(trader, settings):
+    with SnapTradeSim(accounts_per_connection=1) as sim:
+        configure(settings, sim)
+        connection = snaptrade_link(trader, sim)
+        (account,) = sim.accounts_of(connection.credentials["authorization_id"])
+        holdings = f"/api/v1/accounts/{account['id']}/holdings"
+        two_days_ago = datetime.now(UTC) - timedelta(days=2)
+        sim.add_activity(account["id"], units=10, trade_date=two_days_ago)
+        sim.add_activity(account["id"], type="SELL", units=-4, price=151.0, trade_date=two_days_ago)
+        sim.add_activity(account["id"], units=2, price=3.1, option=OPTION, option_type="SELL_TO_OPEN")
+        sim.activities[account["id"]][-1]["trade_date"] = two_days_ago.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        log = runs.run_inline(connection.pk, trigger=SyncLog.Trigger.SCHEDULED)
+        assert log.status == SyncLog.Status.SUCCESS and log.trades_imported == 3
+        assert [a["differences"] for a in log.detail.values()] == [[]]
+        assert sim.count(holdings) == 1
+
+        # Activities not due: no holdings read and no comparison (the journal has nothing newer).
+        log = runs.run_inline(connection.pk, trigger=SyncLog.Trigger.SCHEDULED)
+        assert sim.count(holdings) == 1 and all("differences" not in a for a in log.detail.values())
+        # Sync now reads activities, but the holdings were read less than six hours ago.
+        runs.run_inline(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+        assert sim.count(holdings) == 1
+
+        ratelimit.get_limiter().client.delete(*ratelimit.get_limiter().client.keys("snaptrade:holdings-read:*"))
+        Trade.objects.filter(quantity=4).update(deleted_at=datetime.now(UTC))
+        log = runs.run_inline(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+        assert sim.count(holdings) == 2
+        assert [a["differences"] for a in log.detail.values()] == [
+            [{"instrument": "AAPL", "journal": "10", "broker": "6"}]
+        ]
+
+
+@pytest.mark.django_db
+def test_holdings_newer_than_snaptrade_s_transactions_are_not_compared(trader, settings):
+    with SnapTradeSim(accounts_per_connection=1) as sim:
+        configure(settings, sim)
+        connection = snaptrade_link(trader, sim)
+        (account,) = sim.accounts_of(connection.credentials["authorization_id"])
+        sim.refresh_transactions(account["id"], datetime.now(UTC).date() - timedelta(days=1))
+        log = runs.run_inline(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+        assert log.status == SyncLog.Status.SUCCESS
+        assert sim.count(f"/api/v1/accounts/{account['id']}/holdings") == 0
+        assert all("differences" not in a for a in log.detail.values())
+
+
+@pytest.mark.django_db
+def test_a_real_time_connection_s_holdings_are_not_compared_with_activities_a_day_behind(trader, settings):
+    with SnapTradeSim(accounts_per_connection=1) as sim:
+        configure(settings, sim)
+        connection = snaptrade_link(trader, sim)
+        sim.authorizations[connection.credentials["authorization_id"]]["data_freshness_mode"] = "realtime"
+        (account,) = sim.accounts_of(connection.credentials["authorization_id"])
+        log = runs.run_inline(connection.pk, trigger=SyncLog.Trigger.MANUAL)
+        assert log.status == SyncLog.Status.SUCCESS
+        assert sim.count(f"/api/v1/accounts/{account['id']}/holdings") == 0
+        assert all("differences" not in a for a in log.detail.values())

@@ -36,6 +36,7 @@ from brokers.providers.types import (
     AuthResult,
     BrokerAccountInfo,
     BrokerCredentials,
+    BrokerPosition,
     BrokerTrade,
     CredentialField,
     Fee,
@@ -132,6 +133,50 @@ class CcxtProvider(BrokerProvider):
             # The exchange lists trades per market only (Binance): ask per market the account holds.
             for symbol in self._held_markets(exchange, market_type, params):
                 yield from self._pages(exchange, account, symbol, since_ms, until_ms, params)
+
+    def get_positions(self, auth: AuthResult, account: BrokerAccountInfo) -> list[BrokerPosition] | None:
+        """A perpetuals or futures account's open positions (ccxt's fetchPositions), in contracts as its fills.
+
+        None for a spot account: a coin balance moves with deposits, withdrawals, transfers between
+        accounts, staking rewards and fees taken in the coin, none of which is a fill, so comparing
+        it with the fills would flag every deposit. None too where ccxt reads no positions for the
+        exchange, or reads them only market by market (which markets to ask is not known).
+        """
+        market_type = account.external_id
+        if market_type == "spot":
+            return None
+        exchange = self._exchange(self._keys(auth))
+        if not exchange.has.get("fetchPositions"):
+            return None
+        params = {"type": market_type} if len(self._account_types(exchange)) > 1 else {}
+        try:
+            rows = self._call(exchange, exchange.fetch_positions, None, params)
+        except ArgumentsMissing:
+            return None
+        positions = []
+        for row in rows:
+            symbol = row.get("symbol") or ""
+            if "/" not in symbol or self._type_of(exchange, symbol) != market_type:
+                continue
+            try:
+                contracts = abs(Decimal(str(row.get("contracts") or 0)))
+                if not contracts:
+                    continue
+                # ccxt gives contracts unsigned and the direction in side (a hedge-mode account has one
+                # position per side in a market: the comparison adds them up).
+                sign = {"long": 1, "short": -1}[row.get("side")]
+                entry, mark = row.get("entryPrice"), row.get("markPrice")
+                positions.append(
+                    BrokerPosition(
+                        symbol=symbol,
+                        quantity=sign * contracts,
+                        average_price=Decimal(str(entry)) if entry not in (None, "") else None,
+                        mark_price=Decimal(str(mark)) if mark not in (None, "") else None,
+                    )
+                )
+            except (KeyError, InvalidOperation):
+                raise self.unreadable("a position") from None
+        return positions
 
     # --- paging and parsing --------------------------------------------------------------------
     def _pages(self, exchange, account, symbol, since_ms, until_ms, params) -> Iterator[BrokerTrade]:

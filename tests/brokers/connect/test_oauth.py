@@ -80,6 +80,9 @@ def test_connect_stores_tokens_encrypted_lists_accounts_and_syncs(trader_client,
     # The card names accounts by their last four digits; the full number is nowhere.
     assert "Schwab ····5678" in page and "12345678" not in page
     assert "link expires in 6 days" in page and "Reconnect" in page
+    # Its first sync compared the journal's positions with Schwab's, and they agree.
+    detail = connection.sync_logs.get().detail
+    assert all(account["differences"] == [] for account in detail.values())
 
 
 def test_denied_consent_says_so_and_saves_nothing(trader_client, sim):

@@ -54,8 +54,15 @@ def test_the_picker_lists_each_kind_of_brokerage_once_grouped_by_what_it_trades(
     assert ("MetaTrader 4/5 — any broker", "Through MetaApi", "/brokers/add/?broker=metatrader") in found
     # One venue is one entry, each way in named as it is on its route: Binance's other markets...
     binance = entry_of(text, "Binance")
-    assert [name for name, _, _ in binance] == ["Binance", "Binance COIN-M", "Binance USDⓈ-M"]
+    assert [(name, how) for name, how, _ in binance] == [
+        ("Binance", "API key"),
+        ("Binance COIN-M", "API key"),
+        ("Binance USDⓈ-M", "API key"),
+        ("Binance", SNAP),
+    ]
     assert binance[0] == ("Binance", "API key", "/brokers/add/?broker=ccxt_binance")
+    # SnapTrade's Coinbase is the account ccxt trades as Coinbase Advanced: one venue.
+    assert [(name, how) for name, how, _ in entry_of(text, "Coinbase Advanced")][-1] == ("Coinbase", SNAP)
     # ...and a brokerage reached by several routes, Alpaca's crypto exchange included.
     assert [(name, how) for name, how, _ in entry_of(text, "Alpaca")] == [
         ("Alpaca", "API key"),

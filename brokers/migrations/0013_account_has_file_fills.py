@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('brokers', '0011_synclog_trigger_file'),
+        ('brokers', '0012_synclog_trigger_file'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('brokers', '0010_api_token'),
+        ('brokers', '0011_sync_log_undone'),
     ]
 
     operations = [
