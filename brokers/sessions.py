@@ -26,6 +26,16 @@ def _calendar(code: str):
     return exchange_calendars.get_calendar(code)
 
 
+def warm() -> None:
+    """Build every exchange's calendar now: about a second (pandas), which no page should pay.
+
+    gunicorn calls this once in its master before the workers fork (config/gunicorn.py), so every
+    worker starts with the calendars built and shares their memory.
+    """
+    for code in {*CALENDAR_OF.values(), DEFAULT_CALENDAR}:
+        _calendar(code)
+
+
 def session_closes(code: str, first: date, last: date) -> dict[date, datetime]:
     """Each session of this exchange from first to last (inclusive) with the moment it closed, in UTC."""
     calendar = _calendar(code)

@@ -18,7 +18,7 @@ from journal.models import (
     TraderProfile,
     time_zone_choices,
 )
-from journal.selectors import trades_visible_to
+from journal.selectors import symbols_traded_by, trades_visible_to
 
 TRADES_PER_PAGE = 50
 TRADE_DATE_BOUNDS = [
@@ -78,7 +78,7 @@ def trade_list(request):
     elif form.is_bound:
         # An invalid filter shows nothing rather than silently showing everything.
         trades = trades.none()
-    symbols = trades_visible_to(request.user).order_by("symbol").values_list("symbol", flat=True).distinct()
+    symbols = symbols_traded_by(request.user)
     page = Paginator(trades, TRADES_PER_PAGE).get_page(request.GET.get("page"))
     return render(
         request,

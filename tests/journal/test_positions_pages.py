@@ -1,5 +1,6 @@
 """The round-trips, positions and calendar pages, as a trader sees them."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -91,3 +92,16 @@ def test_the_positions_page_values_a_position_at_the_broker_s_price_or_says_unkn
     page = trader_client.get("/trades/positions/").content.decode()
     # Short 1 NQ from 21000, now 21010: 10 points × $20 against the trader.
     assert "-200.00" in page and "21010" in page and ">unknown<" not in page
+
+
+@pytest.mark.django_db
+def test_the_trades_page_suggests_each_symbol_the_trader_traded_and_no_one_else_s(
+    client, trader, other_trader, es_round_trip_and_open_nq
+):
+    account_with(other_trader, [fill(9, "BUY", 1, "180.5", SUNDAY_EVENING, symbol="AAPL", asset_class="STK")])
+    client.force_login(trader)
+    page = client.get("/trades/").content.decode()
+    suggested = re.findall(
+        r'<option value="([^"]+)">', page.split('<datalist id="symbols">', 1)[1].split("</datalist>")[0]
+    )
+    assert suggested == ["ESZ6", "NQZ6"]

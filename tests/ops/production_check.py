@@ -290,6 +290,15 @@ def json_lines_only(processes: list[Process]) -> None:
     step("every line of gunicorn, worker and beat is one JSON object")
 
 
+def calendars_built_before_workers(web: Process) -> None:
+    """gunicorn's master builds the exchanges' calendars before it forks: no worker's first calendar page waits."""
+    lines = list(web.lines)
+    built = next((i for i, line in enumerate(lines) if "exchange calendars built in" in line), None)
+    booted = next((i for i, line in enumerate(lines) if "Booting worker" in line), None)
+    assert built is not None and booted is not None and built < booted, "\n".join(lines[-20:])
+    step("gunicorn built the exchange calendars before its workers forked")
+
+
 def beat_dispatched(beat: Process) -> bool:
     # sync.beat.scheduler logs one line per batch it sends.
     return any('"beat: sent ' in line for line in beat.lines)
@@ -330,6 +339,7 @@ def main() -> int:
         wait_for("/healthz", STARTUP_DEADLINE_S, lambda: requests.get(f"{base}/healthz", timeout=2).ok)
         wait_for("/readyz", STARTUP_DEADLINE_S, lambda: requests.get(f"{base}/readyz", timeout=10).ok)
         step("web, worker and beat are up")
+        calendars_built_before_workers(processes[0])
 
         session = trader_journey(base, "operator", password)
         css = check_static(session, base, "/admin/login/", r'href="(/static/admin/css/[^"]+\.css)"')
