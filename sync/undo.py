@@ -5,8 +5,9 @@ run of the connection out from its start to its end, so nothing else imported in
 accounts then. They are removed outright, not as tombstones, so a later sync imports them again
 (a trader's own deletion leaves a tombstone and stays deleted: journal.services.trades_delete).
 A fill of the run that is a tombstone by now (busted by the broker, deleted by the trader) stays
-one. Each account's cursor goes back to the earliest removed fill, and the round trips of the
-instruments touched are rebuilt from that moment. The SyncLog keeps the run, marked undone.
+one. Each account's cursor goes back to the earliest removed fill (not for a file import, which
+moved none), and the round trips of the instruments touched are rebuilt from that moment. The
+SyncLog keeps the run, marked undone.
 """
 
 from __future__ import annotations
@@ -84,8 +85,11 @@ def run_undo(*, run: SyncLog, by) -> RunFills:
             by_account: dict[BrokerAccount, list[Trade]] = defaultdict(list)
             for trade in removed:
                 by_account[trade.account].append(trade)
-            for account, fills in by_account.items():
-                _read_again_from(account, min(t.executed_at for t in fills))
+            # A file import moved no cursor, so its undo moves none: the file's fills leave, and
+            # the next sync reads from where it was going to.
+            if run.trigger != SyncLog.Trigger.FILE:
+                for account, fills in by_account.items():
+                    _read_again_from(account, min(t.executed_at for t in fills))
             run.undone_at, run.undone_by, run.trades_undone = timezone.now(), by, len(removed)
             run.save(update_fields=["undone_at", "undone_by", "trades_undone"])
         for account, fills in by_account.items():

@@ -14,6 +14,8 @@ from journal.services import trades_delete
 from sync import locks
 from sync.tasks import sync_connection
 from sync.undo import UndoRefused, run_undo
+from tests import factories
+from tests.sync.file_imports import HEADER, imported
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -164,3 +166,23 @@ def test_the_admin_undoes_the_selected_runs(two_runs, admin_client):
     assert f"undone, {second.trades_imported} fills removed" in answer.content.decode()
     second.refresh_from_db()
     assert second.undone_at is not None
+
+
+def test_undoing_a_file_import_takes_its_fills_out_and_leaves_the_cursor(trader, client):
+    account = factories.account_with(trader, [], external_id="ACC-1")
+    cursor = timezone.now() - timedelta(hours=1)
+    BrokerAccount.objects.filter(pk=account.pk).update(sync_cursor=cursor)
+    rows = "".join(
+        f"ACC-1,2025-11-25T10:3{n}:00Z,MESZ5,future,{side},1,6850.25,5,f-{n}\n" for n, side in ((1, "buy"), (2, "sell"))
+    )
+    result = imported(account, HEADER + rows)
+    assert result.imported == 2
+    run = SyncLog.objects.get(pk=result.sync_log_id)
+    assert run.trigger == SyncLog.Trigger.FILE
+    client.force_login(trader)
+    page = client.get(reverse("sync:undo", args=[run.pk])).content.decode()
+    assert "Undo the file import of" in page and "importing the file again brings its fills back" in page
+    assert run_undo(run=run, by=trader).total == 2
+    account.refresh_from_db()
+    assert account.sync_cursor == cursor
+    assert not Trade.objects.filter(account=account).exists() and not RoundTrip.objects.filter(account=account).exists()
