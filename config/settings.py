@@ -467,6 +467,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # No badge from the public validator: the page loads nothing from other hosts.
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    # A fill's side (BUY/SELL) and a round trip's or position's (LONG/SHORT) share the field name.
+    "ENUM_NAME_OVERRIDES": {
+        "FillSideEnum": "journal.models.Trade.Side",
+        "RoundTripSideEnum": "journal.models.RoundTrip.Side",
+    },
 }
 RATELIMIT_USE_CACHE = "default"
 # "Sync now" per trader and connection, on pages and API alike (django-ratelimit syntax).
