@@ -19,7 +19,9 @@ from journal.models import Trade
 from sync import archiving, locks
 from sync.runs import run_inline
 from sync.tasks import prune_sync_logs
+from tests import factories
 from tests.fakes.ibkr_flex import QUERY_ID, TOKEN
+from tests.fakes.tradovate import FakeTradovate
 from tests.sync.file_imports import HEADER, flex_connection, imported
 
 pytestmark = pytest.mark.django_db
@@ -233,3 +235,37 @@ def test_the_secrets_of_a_run_are_its_secret_credentials_and_its_sessions_tokens
     connection = flex_connection(trader)
     assert TOKEN in archiving.run_secrets(connection, None)
     assert QUERY_ID not in archiving.run_secrets(connection, None)  # a plain field: a parser may need it
+
+
+def test_a_tradovate_run_keeps_no_password_key_or_token_and_its_reparse_sends_no_request(trader, settings):
+    password, sec = "a-long-password-1", "sec-value-0123456789"
+    with FakeTradovate({"alice": 1}, fills_per_account=5, password=password) as broker:
+        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "tradovate": broker.url}
+        credentials = {"username": "alice", "password": password, "app_id": "TradeJournal", "app_version": "1.0"}
+        connection = factories.connection(
+            trader,
+            broker_type="tradovate",
+            label="Tradovate",
+            environment="demo",
+            sync_enabled=False,
+            credentials={**credentials, "cid": "123", "sec": sec},
+        )
+        run = run_inline(connection.pk)
+        assert run.status == SyncLog.Status.SUCCESS and run.trades_imported == 5
+        connection.refresh_from_db()
+        session = connection.auth
+        secrets = {password, sec, session.token, *(str(v) for k, v in session.extra.items() if "token" in k.lower())}
+        kept = archived_bytes(run)
+        login = [a for a in archiving.answers_of(run.archives.all()) if a.path == "/v1/auth/accesstokenrequest"]
+        assert json.loads(login[0].body)["accessToken"] == "[redacted]"
+        for body in kept:
+            for secret in secrets:
+                assert secret.encode() not in body, secret
+        asked = broker.count()
+
+        call_command("reparse", connection=connection.pk, since=LAST_WEEK, stdout=io.StringIO())
+
+        assert broker.count() == asked
+    reparse = SyncLog.objects.get(trigger=SyncLog.Trigger.REPARSE)
+    assert reparse.status == SyncLog.Status.SUCCESS
+    assert sum(d["skipped"] for d in reparse.detail.values()) == 5 and reparse.trades_imported == 0
