@@ -266,6 +266,11 @@ class SyncLog(models.Model):
         return f"{self.connection} {self.status} {self.started_at:%Y-%m-%d %H:%M}"
 
 
+# Runs that asked no broker anything (a file import, a reparse of archived answers): they cover no
+# trading day, compare no positions, and say nothing of what the broker lists.
+READ_NO_BROKER = (SyncLog.Trigger.FILE, SyncLog.Trigger.REPARSE)
+
+
 class RunArchive(models.Model):
     """What one part of a run read, kept compressed for a reparse: a read's broker answers, or an imported file.
 

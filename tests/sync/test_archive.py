@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from brokers.models import RunArchive, SyncLog
 from brokers.providers import archive, ibkr_flex
+from journal.coverage import uncovered_days
 from journal.models import Trade
 from sync import archiving, locks
 from sync.runs import run_inline
@@ -269,3 +270,15 @@ def test_a_tradovate_run_keeps_no_password_key_or_token_and_its_reparse_sends_no
     reparse = SyncLog.objects.get(trigger=SyncLog.Trigger.REPARSE)
     assert reparse.status == SyncLog.Status.SUCCESS
     assert sum(d["skipped"] for d in reparse.detail.values()) == 5 and reparse.trades_imported == 0
+
+
+def test_a_reparse_reads_no_broker_so_it_covers_no_trading_day(make_connection):
+    connection = make_connection(first_sync=False)
+    run_inline(connection.pk)
+    now = timezone.now()
+    # Judged as a connection made long ago: each of these days was the syncs' to read.
+    connection.created_at = now - timedelta(days=60)
+    first, last = (now - timedelta(days=10)).date(), now.date()
+    after_the_sync = uncovered_days([connection], first, last, now)
+    SyncLog.objects.filter(connection=connection).update(trigger=SyncLog.Trigger.REPARSE)
+    assert len(uncovered_days([connection], first, last, now)) > len(after_the_sync)
