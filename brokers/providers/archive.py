@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import requests
@@ -68,6 +69,7 @@ class Answer:
     def as_response(self, url: str) -> requests.Response:
         response = requests.Response()
         response.status_code = self.status
+        response.reason = _phrase(self.status)
         response._content = self.body.encode(*_BYTES)
         if self.content_type:
             response.headers["Content-Type"] = self.content_type
@@ -139,6 +141,14 @@ class Replayer:
         )
 
 
+def _phrase(status: int) -> str:
+    """The reason phrase a live answer carries (ccxt reads it), "" for a status HTTP does not name."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def _queues(answers: Iterable[Answer]) -> dict[tuple[str, str], deque[Answer]]:
     queues: dict[tuple[str, str], deque[Answer]] = defaultdict(deque)
     for answer in answers:
@@ -159,6 +169,11 @@ _current: ContextVar[Recorder | Replayer | None] = ContextVar("broker_answers", 
 
 def current() -> Recorder | Replayer | None:
     return _current.get()
+
+
+def replaying_now() -> bool:
+    """Whether the current read is a reparse's replay (no request leaves, nothing to wait for)."""
+    return isinstance(_current.get(), Replayer)
 
 
 def note_window(since: datetime, until: datetime) -> None:
