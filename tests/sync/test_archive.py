@@ -8,11 +8,13 @@ from datetime import timedelta
 
 import pytest
 import requests
+from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 from django.utils import timezone
 
+from brokers import services
 from brokers.models import RunArchive, SyncLog
 from brokers.providers import archive, ibkr_flex
 from journal.coverage import uncovered_days
@@ -22,6 +24,7 @@ from sync.runs import run_inline
 from sync.tasks import prune_sync_logs
 from tests import factories
 from tests.fakes.ibkr_flex import QUERY_ID, TOKEN
+from tests.fakes.okx import FakeOkx
 from tests.fakes.tradovate import FakeTradovate
 from tests.sync.file_imports import HEADER, flex_connection, imported
 
@@ -282,3 +285,30 @@ def test_a_reparse_reads_no_broker_so_it_covers_no_trading_day(make_connection):
     after_the_sync = uncovered_days([connection], first, last, now)
     SyncLog.objects.filter(connection=connection).update(trigger=SyncLog.Trigger.REPARSE)
     assert len(uncovered_days([connection], first, last, now)) > len(after_the_sync)
+
+
+def test_a_ccxt_exchange_is_archived_without_its_keys_and_reparsed_with_no_request(trader, settings):
+    with FakeOkx({"SPOT": 6, "SWAP": 4}) as broker:
+        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "ccxt_okx": broker.url}
+        connection = services.connection_create(
+            owner=trader,
+            broker_type="ccxt_okx",
+            label="OKX",
+            environment="live",
+            sync_enabled=False,
+            credentials=broker.credentials,
+        )
+        run = run_inline(connection.pk)
+        assert run.status == SyncLog.Status.SUCCESS and run.trades_imported == 10, run.error_message
+        for body in archived_bytes(run):
+            for secret in broker.credentials.values():
+                assert secret.encode() not in body, secret
+        asked = broker.count()
+        cache.clear()  # the market list then comes from the run's archived answers too
+
+        call_command("reparse", connection=connection.pk, since=LAST_WEEK, stdout=io.StringIO())
+
+        assert broker.count() == asked
+    reparse = SyncLog.objects.get(trigger=SyncLog.Trigger.REPARSE)
+    assert reparse.status == SyncLog.Status.SUCCESS, reparse.error_message
+    assert reparse.trades_imported == 0 and reparse.trades_skipped >= 10
