@@ -241,7 +241,9 @@ def test_the_secrets_of_a_run_are_its_secret_credentials_and_its_sessions_tokens
     assert QUERY_ID not in archiving.run_secrets(connection, None)  # a plain field: a parser may need it
 
 
-def test_a_tradovate_run_keeps_no_password_key_or_token_and_its_reparse_sends_no_request(trader, settings):
+def test_a_tradovate_run_keeps_no_password_key_or_token_and_its_reparse_sends_no_request(
+    trader, settings, trader_client
+):
     password, sec = "a-long-password-1", "sec-value-0123456789"
     with FakeTradovate({"alice": 1}, fills_per_account=5, password=password) as broker:
         settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "tradovate": broker.url}
@@ -273,6 +275,8 @@ def test_a_tradovate_run_keeps_no_password_key_or_token_and_its_reparse_sends_no
     reparse = SyncLog.objects.get(trigger=SyncLog.Trigger.REPARSE)
     assert reparse.status == SyncLog.Status.SUCCESS
     assert sum(d["skipped"] for d in reparse.detail.values()) == 5 and reparse.trades_imported == 0
+    card = trader_client.get("/brokers/").content.decode()
+    assert "0 imported, 5 skipped · the archived broker answers read again" in card
 
 
 def test_a_reparse_reads_no_broker_so_it_covers_no_trading_day(make_connection):
