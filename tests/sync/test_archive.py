@@ -316,3 +316,13 @@ def test_a_ccxt_exchange_is_archived_without_its_keys_and_reparsed_with_no_reque
     reparse = SyncLog.objects.get(trigger=SyncLog.Trigger.REPARSE)
     assert reparse.status == SyncLog.Status.SUCCESS, reparse.error_message
     assert reparse.trades_imported == 0 and reparse.trades_skipped >= 10
+
+
+def test_the_admin_lists_the_archive_and_shows_the_start_of_an_imported_file(account, admin_client):
+    data = HEADER + "U1234567,2026-03-02T14:30:00Z,AAPL,stock,buy,10,190.5,,E-1\n"
+    result = imported(account, data, name="fills.csv")
+    part = RunArchive.objects.get(sync_log_id=result.sync_log_id)
+    listed = admin_client.get(reverse("admin:brokers_runarchive_changelist"))
+    assert listed.status_code == 200 and "Imported file: fills.csv" in listed.content.decode()
+    shown = admin_client.get(reverse("admin:brokers_runarchive_change", args=[part.pk]))
+    assert shown.status_code == 200 and "U1234567,2026-03-02T14:30:00Z,AAPL" in shown.content.decode()
