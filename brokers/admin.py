@@ -1,5 +1,7 @@
 """Admin for connections, accounts and sync logs. Every write goes through brokers.services."""
 
+import gzip
+import io
 import json
 
 from django import forms
@@ -8,12 +10,13 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django_celery_beat.models import PeriodicTask
 
 from brokers import periodic_tasks, services
-from brokers.models import ApiToken, BrokerAccount, BrokerConnection, SnapTradeUser, SyncLog
+from brokers.models import ApiToken, BrokerAccount, BrokerConnection, RunArchive, SnapTradeUser, SyncLog
+from brokers.providers.archive import unpacked
 from brokers.providers.registry import provider_choices
 
 
@@ -169,6 +172,87 @@ class BrokerAccountAdmin(admin.ModelAdmin):
     readonly_fields = ["connection", "external_id", "sync_cursor", "created_at"]
 
 
+# How much of one archived body the admin shows: an answer may be a year's report.
+SHOWN_BODY_CHARS = 64 * 1024
+
+
+class RunArchiveInline(admin.TabularInline):
+    """The run's archived parts (sync.archiving), each opened on its own page."""
+
+    model = RunArchive
+    fields = ["part", "kind", "account", "answers", "size", "not_kept"]
+    readonly_fields = fields
+    verbose_name_plural = "archived answers and files"
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="part")
+    def part(self, obj):
+        return format_html('<a href="{}">{}</a>', reverse("admin:brokers_runarchive_change", args=[obj.pk]), obj)
+
+
+@admin.register(RunArchive)
+class RunArchiveAdmin(admin.ModelAdmin):
+    """A run's archived broker answers (secrets blanked when kept) or imported file, read-only."""
+
+    list_display = ["__str__", "sync_log", "kind", "answers", "size", "not_kept", "created_at"]
+    list_filter = ["kind", "sync_log__connection__broker_type"]
+    search_fields = ["sync_log__connection__label", "account__external_id", "file_name"]
+    list_select_related = ["sync_log__connection", "account"]
+    exclude = ["content"]
+    readonly_fields = [
+        "sync_log",
+        "account",
+        "kind",
+        "answers",
+        "size",
+        "read_since",
+        "read_until",
+        "file_name",
+        "not_kept",
+        "created_at",
+        "contents",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="contents")
+    def contents(self, obj):
+        if not obj.content:
+            return "Nothing kept."
+        if obj.kind == RunArchive.Kind.FILE:
+            # Only the start is read: a file may be a hundred MB once decompressed.
+            with gzip.GzipFile(fileobj=io.BytesIO(bytes(obj.content))) as file:
+                start = file.read(SHOWN_BODY_CHARS + 1).decode("utf-8", "replace")
+            return format_html("<pre>{}</pre>", _shown(start))
+        rows = (
+            (i, a.method, a.path, a.status, a.content_type, f"{len(a.body):,}", _shown(a.body))
+            for i, a in enumerate(unpacked(bytes(obj.content)), 1)
+        )
+        answers = format_html_join(
+            "",
+            "<details><summary>{}. {} {} — HTTP {}, {}, {} characters</summary><pre>{}</pre></details>",
+            rows,
+        )
+        return format_html("<div>{}</div>", answers)
+
+
+def _shown(text: str) -> str:
+    if len(text) <= SHOWN_BODY_CHARS:
+        return text
+    return f"{text[:SHOWN_BODY_CHARS]}\n… (only the first {SHOWN_BODY_CHARS:,} characters are shown)"
+
+
 @admin.register(SyncLog)
 class SyncLogAdmin(admin.ModelAdmin):
     list_display = [
@@ -184,6 +268,7 @@ class SyncLogAdmin(admin.ModelAdmin):
     list_filter = ["status", "trigger", "connection__broker_type"]
     search_fields = ["connection__label", "task_id", "error_message"]
     date_hierarchy = "started_at"
+    inlines = [RunArchiveInline]
 
     def has_add_permission(self, request):
         return False

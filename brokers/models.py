@@ -223,6 +223,8 @@ class SyncLog(models.Model):
         RETRY = "retry", "Retry"
         # A broker export the trader imported (sync.files): it reads no broker, so it covers no trading day.
         FILE = "file", "File import"
+        # Archived broker answers read again by today's parser (manage.py reparse): no broker is asked.
+        REPARSE = "reparse", "Reparse"
 
     class Status(models.TextChoices):
         RUNNING = "RUNNING", "Running"
@@ -262,6 +264,48 @@ class SyncLog(models.Model):
 
     def __str__(self):
         return f"{self.connection} {self.status} {self.started_at:%Y-%m-%d %H:%M}"
+
+
+# Runs that asked no broker anything (a file import, a reparse of archived answers): they cover no
+# trading day, compare no positions, and say nothing of what the broker lists.
+READ_NO_BROKER = (SyncLog.Trigger.FILE, SyncLog.Trigger.REPARSE)
+
+
+class RunArchive(models.Model):
+    """What one part of a run read, kept compressed for a reparse: a read's broker answers, or an imported file.
+
+    One row per account step of a sync (and one for its connection step: login, account list), and
+    one per imported file. A part over the run's size cap (ARCHIVE_MAX_BYTES_PER_RUN) keeps no
+    content and says so in not_kept, as does the run's detail. No secret is in content
+    (brokers.providers.archive, sync.archiving).
+    """
+
+    class Kind(models.TextChoices):
+        ANSWERS = "answers", "Broker answers"
+        FILE = "file", "Imported file"
+
+    sync_log = models.ForeignKey(SyncLog, on_delete=models.CASCADE, related_name="archives")
+    # None for the connection step's answers (login, account list), which belong to no one account.
+    account = models.ForeignKey(BrokerAccount, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    # Gzip: the answers as JSON (method, path, status, content type, body), or the file's bytes.
+    content = models.BinaryField(editable=False)
+    size = models.PositiveIntegerField(default=0, help_text="Compressed bytes kept.")
+    answers = models.PositiveIntegerField(default=0)
+    # The window the account's read asked for: a reparse asks for the same, so the same pages.
+    read_since = models.DateTimeField(null=True, blank=True)
+    read_until = models.DateTimeField(null=True, blank=True)
+    file_name = models.CharField(max_length=200, blank=True)
+    not_kept = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["sync_log", "id"]
+        indexes = [models.Index(fields=["created_at"], name="runarchive_created")]
+
+    def __str__(self):
+        part = self.file_name or (str(self.account) if self.account_id else "connection")
+        return f"{self.get_kind_display()}: {part}"
 
 
 class SnapTradeUser(models.Model):

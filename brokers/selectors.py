@@ -9,7 +9,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from brokers import periodic_tasks, sessions
-from brokers.models import BrokerConnection, SyncLog
+from brokers.models import READ_NO_BROKER, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class
 
@@ -77,7 +77,7 @@ def unsynced_session(connection: BrokerConnection, now: datetime | None = None) 
             started_at__gte=closed_at,
             started_at__lt=reach_ends,
         )
-        .exclude(trigger=SyncLog.Trigger.FILE)
+        .exclude(trigger__in=READ_NO_BROKER)
         .exists()
     )
     return None if read else UnsyncedSession(day, closed_at, now < reach_ends)

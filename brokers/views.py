@@ -16,7 +16,7 @@ from brokers.forms import (
     SyncSettingsForm,
     interval_choices,
 )
-from brokers.models import BrokerConnection, SyncLog
+from brokers.models import READ_NO_BROKER, BrokerConnection, SyncLog
 from brokers.vocabulary import (
     POSITION_ADVICE,
     DisplayStatus,
@@ -42,7 +42,7 @@ def _with_status(connections) -> list[BrokerConnection]:
     runs = SyncLog.objects.filter(connection=OuterRef("pk"))
     last_run = runs.filter(status__in=FINISHED_RUNS).order_by("-started_at", "-id")
     # What the broker said about the first import (MT5 on MetaApi: only the last 5,000 deals) stays on the card.
-    first_run = runs.filter(status__in=FINISHED_RUNS).exclude(trigger=SyncLog.Trigger.FILE).order_by("started_at", "id")
+    first_run = runs.filter(status__in=FINISHED_RUNS).exclude(trigger__in=READ_NO_BROKER).order_by("started_at", "id")
     last_error = runs.exclude(error_kind="").exclude(status=SyncLog.Status.SKIPPED).order_by("-started_at", "-id")
     rows = list(
         connections.annotate(
@@ -54,9 +54,9 @@ def _with_status(connections) -> list[BrokerConnection]:
             last_error_kind=Subquery(last_error.values("error_kind")[:1]),
             # The positions the last successful run compared (sync stores them in its detail).
             last_checked_detail=Subquery(
-                # A file import compares no positions: the last sync's comparison stands.
+                # A file import or a reparse compares no positions: the last sync's comparison stands.
                 runs.filter(status__in=SUCCEEDED_RUNS)
-                .exclude(trigger=SyncLog.Trigger.FILE)
+                .exclude(trigger__in=READ_NO_BROKER)
                 .order_by("-started_at", "-id")
                 .values("detail")[:1],
                 output_field=JSONField(),

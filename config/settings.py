@@ -337,6 +337,13 @@ SYNC_RETRY_DELAYS_S = tuple(float(s) for s in env("SYNC_RETRY_DELAYS_S", "60,300
 # SyncLog rows older than this many days are deleted by the daily prune task.
 SYNC_LOG_RETENTION_DAYS = env_int("SYNC_LOG_RETENTION_DAYS", 90)
 SYNC_IMPORT_BATCH_SIZE = env_int("SYNC_IMPORT_BATCH_SIZE", 2000)
+# The raw archive (sync.archiving): every broker answer a run read and every imported file, kept
+# compressed so that `manage.py reparse` can run a fixed parser over the past without asking the
+# broker again. Kept this many days (no longer than the runs' own logs, which take it with them)...
+ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 90)
+# ...and at most this many compressed bytes per run: a part that would pass it is not kept, and the
+# run says so (its detail, and the part in the admin). 0 keeps nothing.
+ARCHIVE_MAX_BYTES_PER_RUN = env_int("ARCHIVE_MAX_BYTES_PER_RUN", 64 * 2**20)
 # The largest broker file a trader may import (page and API). Files stream row by row, so the limit
 # guards the disk and the request's time, not memory: a year of a busy account's fills is far smaller.
 FILE_IMPORT_MAX_BYTES = env_int("FILE_IMPORT_MAX_BYTES", 200 * 2**20)

@@ -14,7 +14,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from datetime import date, datetime
 
-from brokers.models import BrokerConnection, SyncLog
+from brokers.models import READ_NO_BROKER, BrokerConnection, SyncLog
 from brokers.providers.errors import BrokerConfigurationError
 from brokers.providers.registry import get_provider_class
 from brokers.sessions import CALENDAR_OF, DEFAULT_CALENDAR, session_closes
@@ -38,7 +38,7 @@ def uncovered_days(connections: list[BrokerConnection], first: date, last: date,
             continue
         runs = sorted(
             SyncLog.objects.filter(connection=connection, status__in=COVERING_RUNS)
-            .exclude(trigger=SyncLog.Trigger.FILE)
+            .exclude(trigger__in=READ_NO_BROKER)
             .values_list("started_at", flat=True)
         )
         judged_from = connection.created_at - reach

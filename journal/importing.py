@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from functools import cache
 from itertools import islice
 from operator import attrgetter
@@ -215,3 +216,47 @@ def _next_batch(iterator, size: int) -> tuple[list[BrokerTrade], Exception | Non
     except Exception as exc:  # the source raised after yielding some trades; islice kept them
         return batch, exc
     return batch, None
+
+
+# What a correction may rewrite: everything the broker reported but the key that found the fill.
+_CORRECTED_FIELDS = tuple(name for name in REPORTED_FIELDS if name != "broker_trade_id")
+
+
+def _stored_form(name: str, value):
+    """A reported value as the journal's column holds it, to compare with a stored fill's."""
+    field = Trade._meta.get_field(name)
+    if isinstance(field, models.JSONField):
+        return json.loads(_as_json(value))
+    if isinstance(field, models.DecimalField) and value is not None:
+        # The column rounds to its places: more digits from the parser are not a difference.
+        return value.quantize(Decimal(1).scaleb(-field.decimal_places))
+    return value
+
+
+def trades_correct(account_id: int, fills: Iterable[BrokerTrade]) -> list[tuple[Trade, Trade]]:
+    """Rewrite the stored fills these fills match on the unique key where what the broker reported differs.
+
+    For a reparse (sync.reparse): today's parser reads the same broker answers as the run that stored
+    the fills, so a field it now reads (or reads right) reaches them. A tombstone stays as it is, and
+    so does a fill a file stored (its raw says which file and row: it keeps what the file said).
+    Returns (before, after) for each fill rewritten, so positions can follow from the earlier moment.
+    """
+    by_id = {t.broker_trade_id: t for t in fills if not t.busted}
+    stored = Trade.objects.filter(account_id=account_id, broker_trade_id__in=list(by_id), deleted_at__isnull=True)
+    corrected = []
+    for trade in stored:
+        if isinstance(trade.raw, dict) and "file" in trade.raw:
+            continue
+        fill = by_id[trade.broker_trade_id]
+        changes = {
+            name: getattr(fill, name)
+            for name in _CORRECTED_FIELDS
+            if _stored_form(name, getattr(fill, name)) != getattr(trade, name)
+        }
+        if not changes:
+            continue
+        changes = {name: _stored_form(name, value) for name, value in changes.items()}
+        Trade.objects.filter(pk=trade.pk, deleted_at__isnull=True).update(**changes)
+        after = Trade(**{**{f.attname: getattr(trade, f.attname) for f in Trade._meta.concrete_fields}, **changes})
+        corrected.append((trade, after))
+    return corrected

@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
 from brokers.decorators import trader_page
-from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.models import READ_NO_BROKER, BrokerAccount, BrokerConnection, SyncLog
 from brokers.vocabulary import POSITION_ADVICE, position_difference
 from journal.coverage import COVERING_RUNS, uncovered_days
 from journal.models import EARLIEST_TRADE_DATE, LATEST_TRADE_DATE
@@ -130,10 +130,9 @@ def _position_differences(connections: list[BrokerConnection], account: BrokerAc
     """What the last successful run of each connection found differing from the broker's positions."""
     found = []
     for connection in connections:
-        # A file import compares no positions: the last sync's comparison stands.
-        runs = SyncLog.objects.filter(connection=connection, status__in=COVERING_RUNS).exclude(
-            trigger=SyncLog.Trigger.FILE
-        )
+        # A file import or a reparse compares no positions: the last sync's comparison stands.
+        runs = SyncLog.objects.filter(connection=connection, status__in=COVERING_RUNS)
+        runs = runs.exclude(trigger__in=READ_NO_BROKER)
         run = runs.order_by("-started_at").first()
         for external_id, result in (run.detail or {}).items() if run else ():
             if account and external_id != account.external_id:

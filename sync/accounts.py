@@ -9,9 +9,10 @@ import structlog
 from django.utils import timezone
 
 from brokers.models import BrokerAccount, SyncLog
+from brokers.providers import archive
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAuthError, BrokerError, BrokerRateLimitError
-from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerPosition
+from brokers.providers.types import AuthResult, BrokerAccountInfo, BrokerPosition, BrokerTrade
 from journal.files.matching import replace_file_rows
 from journal.importing import ImportResult, import_trades
 from journal.models import Trade
@@ -56,18 +57,13 @@ def import_account(
     if reported is not None:
         until = max(until, read_at)
     since = row.sync_cursor - provider.sync_overlap if row.sync_cursor else until - provider.max_history
+    archive.note_window(since, until)
     attempt_started = timezone.now()
     cursor = row.sync_cursor
     changes = ChangedInstruments(row.pk)
 
     def committed(batch, voided, last):
-        changes.add(batch, voided)
-        if row.has_file_fills:
-            # Fills a file stored by content, now delivered under the broker's id: one row each.
-            replaced = replace_file_rows(row.pk, batch, inserted_since=attempt_started)
-            if replaced:
-                changes.add([], replaced)
-                log.info("file_fills_replaced", account=row.external_id, fills=len(replaced))
+        landed(row, changes, batch, voided, attempt_started)
         if last or not provider.trades_ascending:
             return  # after the last batch of a source that ended well, the caller moves the cursor
         # Every fill up to this batch's newest is committed: a rate-limit pause or a crash
@@ -88,6 +84,22 @@ def import_account(
     if reported is None:
         return AccountImport(result)
     return AccountImport(result, position_differences(row.pk, reported, read_at), broker_marks(reported, read_at))
+
+
+def landed(
+    row: BrokerAccount, changes: ChangedInstruments, batch: list[BrokerTrade], voided: list[Trade], since: datetime
+) -> None:
+    """After a batch of broker fills committed (a sync's or a reparse's): what changed, and file rows replaced.
+
+    since: when this import began, so only the fills it inserted replace a file's rows.
+    """
+    changes.add(batch, voided)
+    if row.has_file_fills:
+        # Fills a file stored by content, now delivered under the broker's id: one row each.
+        replaced = replace_file_rows(row.pk, batch, inserted_since=since)
+        if replaced:
+            changes.add([], replaced)
+            log.info("file_fills_replaced", account=row.external_id, fills=len(replaced))
 
 
 def _broker_positions(

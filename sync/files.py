@@ -3,7 +3,8 @@
 The file is read row by row into BrokerTrade values (journal.files) and goes through
 journal.importing.import_trades inside one transaction: a row we cannot read rolls back every
 batch before it, so a bad file stores nothing. Each import leaves a SyncLog (trigger "file")
-on the account's connection, so the card and the history say what it did.
+on the account's connection, so the card and the history say what it did, and the file imported
+is kept, compressed, in the run's archive (sync.archiving).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from journal.files.reading import CONTENT_KEY_PREFIX, FileProblem, NotAFill, Opt
 from journal.importing import import_trades
 from journal.models import Trade
 from journal.positions import ChangedInstruments, positions_recompute
-from sync import locks
+from sync import archiving, locks
 
 log = structlog.get_logger("sync.files")
 
@@ -94,7 +95,10 @@ def file_import(
                 _import(account, stream, format, time_zone, trader_zone, contract_sizes or {}, result)
         finally:
             locks.release(account.connection_id, run_id)
-    result.sync_log_id = _record(account, result, name, digest, started, clock, run_id).pk
+    sync_log = _record(account, result, name, digest, started, clock, run_id)
+    result.sync_log_id = sync_log.pk
+    if result.ok:
+        _archive(account, stream, name, result, sync_log)
     log.info(
         "file_imported" if result.ok else "file_refused",
         account=account.pk,
@@ -136,6 +140,15 @@ def _import(account, stream, format, time_zone, trader_zone, contract_sizes, res
         _refused(result, "The import failed on our side and stored nothing; it was logged. Please try again later.")
     else:
         positions_recompute(changed=changes.since)
+
+
+def _archive(account: BrokerAccount, stream: IO[bytes], name: str, result: FileImportResult, sync_log: SyncLog) -> None:
+    """Keep the imported file in the run's archive; a file the cap leaves out is said in the result and the log."""
+    not_kept = archiving.keep_file(sync_log.pk, account.pk, stream, name)
+    if not_kept:
+        result.notes.append(not_kept)
+        sync_log.detail["file"]["notes"] = result.notes
+        sync_log.save(update_fields=["detail"])
 
 
 def _refused(result: FileImportResult, error: str) -> None:

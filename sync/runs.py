@@ -19,12 +19,13 @@ from django.db.models import F, OuterRef, Subquery
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from brokers import periodic_tasks
+from brokers import crypto, periodic_tasks
 from brokers.models import BrokerAccount, BrokerConnection, SyncLog
+from brokers.providers import archive
 from brokers.providers.errors import BrokerAuthError, BrokerError, ErrorKind
 from brokers.providers.registry import get_broker_provider
-from brokers.providers.types import BrokerAccountInfo
-from sync import accounts, locks, notifications, outcomes, policy, sessions
+from brokers.providers.types import AuthResult, BrokerAccountInfo
+from sync import accounts, archiving, locks, notifications, outcomes, policy, sessions
 from sync.outcomes import DATABASE_ERRORS, RunSuperseded
 from telemetry import counters
 
@@ -103,11 +104,15 @@ def start_run(connection_id: int, *, run_id: str, trigger: str, attempt: int = 1
     )
     _bound(connection, sync_log).info("sync_started", trigger=trigger)
     provider = get_broker_provider(connection.broker_type, connection.environment, run_id=run_id)
-    try:
-        with locks.kept_alive(connection.pk, run_id):
-            infos = sessions.with_session(connection, provider, provider.get_accounts)
-    finally:
-        _count_request_retries(sync_log.pk, provider.request_retries)
+    session_before = _stored_session(connection)
+    with archive.recording() as read:
+        try:
+            with locks.kept_alive(connection.pk, run_id):
+                infos = sessions.with_session(connection, provider, provider.get_accounts)
+        finally:
+            _count_request_retries(sync_log.pk, provider.request_retries)
+            # What the step read is kept whatever became of it: its answers are what the broker said.
+            archiving.keep_answers(sync_log.pk, None, read, connection, session_before, _stored_session(connection))
     rows = _refresh_accounts(connection, infos, known)
     if not rows:
         locks.release(connection.pk, run_id)
@@ -236,6 +241,14 @@ def _day(text: str | None) -> date | None:
         return None
 
 
+def _stored_session(connection: BrokerConnection) -> AuthResult | None:
+    """The session stored now, to blank its tokens in the archive; None when there is none or no key opens it."""
+    try:
+        return connection.auth
+    except crypto.CredentialsUnreadable:
+        return None
+
+
 def _count_request_retries(sync_log_id: int, retries: int) -> None:
     if retries:
         SyncLog.objects.filter(pk=sync_log_id).update(request_retries=F("request_retries") + retries)
@@ -263,17 +276,23 @@ def import_account(plan: RunPlan, row: BrokerAccount) -> dict:
     provider = get_broker_provider(connection.broker_type, connection.environment, run_id=plan.run_id)
     provider.trader_asked = plan.trigger == SyncLog.Trigger.MANUAL
     info = BrokerAccountInfo(external_id=row.external_id, name=row.name, currency=row.currency)
-    try:
-        with locks.kept_alive(connection.pk, plan.run_id):
-            outcome = sessions.with_session(
-                connection,
-                provider,
-                lambda auth: accounts.import_account(
-                    provider, auth, row, info, plan.until, plan.started_at if plan.resumed else None
-                ),
+    session_before = _stored_session(connection)
+    with archive.recording() as read:
+        try:
+            with locks.kept_alive(connection.pk, plan.run_id):
+                outcome = sessions.with_session(
+                    connection,
+                    provider,
+                    lambda auth: accounts.import_account(
+                        provider, auth, row, info, plan.until, plan.started_at if plan.resumed else None
+                    ),
+                )
+        finally:
+            _count_request_retries(plan.sync_log_id, provider.request_retries)
+            # An attempt that stopped early keeps its answers too: the batches it committed came from them.
+            not_archived = archiving.keep_answers(
+                plan.sync_log_id, row.pk, read, connection, session_before, _stored_session(connection)
             )
-    finally:
-        _count_request_retries(plan.sync_log_id, provider.request_retries)
     result = outcome.counts
     log.info(
         "account_synced",
@@ -290,8 +309,9 @@ def import_account(plan: RunPlan, row: BrokerAccount) -> dict:
     done = {"account": row.external_id, "imported": result.imported, "skipped": result.skipped}
     if result.busted:
         done["busted"] = result.busted
-    if provider.notes:
-        done["note"] = " ".join(provider.notes)
+    notes = [*provider.notes, not_archived] if not_archived else provider.notes
+    if notes:
+        done["note"] = " ".join(notes)
     if provider.unreadable_rows:
         done["unreadable"] = list(provider.unreadable_rows)
     if outcome.differences is not None:

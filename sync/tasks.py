@@ -19,7 +19,7 @@ from django.conf import settings
 from brokers import periodic_tasks
 from brokers.models import BrokerAccount, SyncLog
 from brokers.providers.errors import ErrorKind
-from sync import housekeeping, locks, outcomes, policy, runs
+from sync import archiving, housekeeping, locks, outcomes, policy, runs
 from sync.runs import RunPlan
 
 log = structlog.get_logger("sync.tasks")
@@ -296,5 +296,6 @@ def reconcile_schedules():
 
 @shared_task(name="sync.tasks.prune_sync_logs")
 def prune_sync_logs():
-    """Daily: delete SyncLog rows past SYNC_LOG_RETENTION_DAYS."""
+    """Daily: delete the archive's parts past ARCHIVE_RETENTION_DAYS and SyncLog rows past SYNC_LOG_RETENTION_DAYS."""
+    archiving.prune_archives()
     return housekeeping.prune_sync_logs()

@@ -12,6 +12,7 @@ import requests
 import structlog
 from django.conf import settings
 
+from brokers.providers import archive
 from brokers.providers.errors import (
     BrokerAPIError,
     BrokerAuthError,
@@ -110,8 +111,14 @@ class BrokerHTTP:
         allow_statuses are statuses the caller interprets itself instead of the mapping;
         idempotent overrides the method's own meaning (e.g. a POST that only reads);
         weight is how many limiter slots the request takes (a ccxt endpoint's cost).
+        The answer returned is kept by the read being recorded for the raw archive, and while a
+        reparse replays one, comes from it instead (brokers.providers.archive).
         """
         url = path_or_url if "://" in path_or_url else f"{self.base_url}/{path_or_url.lstrip('/')}"
+        read = archive.current()
+        if isinstance(read, archive.Replayer):
+            # A reparse: the archived answer, and no request leaves (brokers.providers.archive).
+            return read.answer(method, url)
         idempotent = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         tries = 1 + settings.BROKER_HTTP_RETRIES
         attempt = 0
@@ -129,6 +136,8 @@ class BrokerHTTP:
                 raise
             # A 3xx is not ok here: redirects are not followed, and error_for says so.
             if response.status_code in allow_statuses or response.status_code < 300:
+                if read is not None:
+                    read.add(method, url, response)
                 return response
             error = self.error_for(response, scope=scope)
             if attempt < tries and idempotent and self._worth_resending(response, error):

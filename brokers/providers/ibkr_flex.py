@@ -19,6 +19,7 @@ from django.conf import settings
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from brokers.providers import archive
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import (
     BrokerAPIError,
@@ -425,7 +426,8 @@ def statement_url_allowed(url: str, base_url: str) -> bool:
 
 
 def _poll_pause_s() -> float:
-    return settings.IBKR_FLEX_POLL_PAUSE_S
+    # A reparse replays the polls from the archive: no report is being generated to wait for.
+    return 0.0 if archive.replaying_now() else settings.IBKR_FLEX_POLL_PAUSE_S
 
 
 # --- periods -------------------------------------------------------------------------------

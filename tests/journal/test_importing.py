@@ -11,7 +11,7 @@ from django.db.migrations.executor import MigrationExecutor
 
 from brokers import services
 from brokers.providers.types import BUY, BrokerTrade
-from journal.importing import import_trades
+from journal.importing import import_trades, trades_correct
 from journal.models import Trade
 
 START = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
@@ -185,3 +185,24 @@ def test_postgresql_keeps_twenty_integer_digits_and_eighteen_decimals(account):
     import_trades(account.pk, [replace(trade, broker_trade_id="huge", quantity=huge, price=huge)])
     stored = Trade.objects.get(broker_trade_id="huge")
     assert (stored.quantity, stored.price) == (huge, huge)
+
+
+@pytest.mark.django_db
+def test_a_correction_rewrites_what_the_broker_reported_differently_and_leaves_tombstones_and_file_rows(account):
+    stored = trades(4)
+    import_trades(account.pk, [replace(t, order_id="") for t in stored])
+    Trade.objects.filter(broker_trade_id="fill-1").update(deleted_at=START)  # the trader deleted it
+    Trade.objects.filter(broker_trade_id="fill-2").update(raw={"file": {"sha256": "ab", "row": 2}})
+    read_again = [replace(t, order_id=f"order-{i}") for i, t in enumerate(stored)]
+
+    corrected = trades_correct(account.pk, read_again)
+
+    assert sorted(after.broker_trade_id for _, after in corrected) == ["fill-0", "fill-3"]
+    assert dict(Trade.objects.values_list("broker_trade_id", "order_id")) == {
+        "fill-0": "order-0",
+        "fill-1": "",
+        "fill-2": "",
+        "fill-3": "order-3",
+    }
+    # Read the same way once more, nothing differs: price digits past the column's places are no difference.
+    assert trades_correct(account.pk, [replace(t, price=t.price + Decimal("1e-20")) for t in read_again]) == []
