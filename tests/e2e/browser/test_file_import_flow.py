@@ -29,8 +29,19 @@ def test_a_trader_imports_the_template_from_the_card_and_reads_what_a_bad_file_d
     page.get_by_role("link", name="Import a file into Journal files").click()
     expect(page.get_by_label("Account")).to_have_value(str(connection.accounts.get().pk))
     page.locator("#id_file").set_input_files(str(good))
+    # What the progress bar showed while the file went up (base.html's handler runs first).
+    page.evaluate(
+        """window.__shown = [];
+        document.addEventListener("htmx:xhr:progress", () => {
+          const box = document.querySelector("#import-progress");
+          window.__shown.push([box.hidden, box.querySelector("progress").value, box.textContent.trim()]);
+        });"""
+    )
     page.get_by_role("button", name="Import").click()
     expect(page.locator("#import-result")).to_contain_text("3 fills imported")
+    shown = page.evaluate("window.__shown")
+    assert shown and not any(hidden for hidden, _, _ in shown), shown
+    assert shown[-1][1:] == [100, "Importing: the journal is reading the file…"], shown
     screenshot(page, "file-import", full_page=True)
 
     page.locator("#id_file").set_input_files(str(bad))
