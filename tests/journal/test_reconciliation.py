@@ -6,7 +6,6 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from brokers import services
 from brokers.models import SyncLog
 from brokers.providers import ratelimit
 from brokers.providers.demo import DemoProvider
@@ -19,6 +18,7 @@ from tests.e2e.broker_conditions import tradovate_connection
 from tests.factories import SUNDAY_EVENING, account_with, fill
 from tests.fakes.ibkr_flex import FakeFlex
 from tests.fakes.tradovate import FakeTradovate
+from tests.sync.file_imports import flex_connection
 
 
 @pytest.fixture
@@ -140,13 +140,7 @@ def flex(settings, monkeypatch):
 
 @pytest.mark.django_db
 def test_a_sync_agrees_with_the_flex_statement_s_open_positions_without_asking_for_another_statement(trader, flex):
-    connection = services.connection_create(
-        owner=trader,
-        broker_type="ibkr_flex",
-        label="IBKR",
-        sync_enabled=False,
-        credentials={"token": flex.token, "query_id": flex.query_id},
-    )
+    connection = flex_connection(trader)
     log = run_inline(connection.pk)
     assert log.status == SyncLog.Status.SUCCESS, log.error_message
     assert log.detail["U1111111"]["differences"] == []
@@ -163,13 +157,7 @@ def test_a_sync_agrees_with_the_flex_statement_s_open_positions_without_asking_f
 @pytest.mark.django_db
 def test_a_flex_query_without_open_positions_compares_nothing_and_says_how_to_get_the_check(trader, flex):
     flex.open_positions = False
-    connection = services.connection_create(
-        owner=trader,
-        broker_type="ibkr_flex",
-        label="IBKR",
-        sync_enabled=False,
-        credentials={"token": flex.token, "query_id": flex.query_id},
-    )
+    connection = flex_connection(trader)
     log = run_inline(connection.pk)
     assert log.status == SyncLog.Status.SUCCESS, log.error_message
     assert "differences" not in log.detail["U1111111"]
