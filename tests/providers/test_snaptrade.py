@@ -359,16 +359,20 @@ def test_a_date_only_trade_is_midnight_utc(provider, rsps):
     assert trade.executed_at == datetime(2026, 11, 10, tzinfo=UTC)
 
 
+# An AAPL call as SnapTrade describes an option in activities and holdings alike.
+OPTION = {
+    "id": "opt-1",
+    "ticker": "AAPL  261218C00240000",
+    "option_type": "CALL",
+    "strike_price": 240,
+    "expiration_date": "2026-12-18",
+    "is_mini_option": False,
+    "underlying_symbol": {"id": "u1", "symbol": "AAPL", "description": "APPLE INC"},
+}
+
+
 def test_an_option_trade_carries_underlying_expiry_strike_right_and_multiplier(provider, rsps):
-    option = {
-        "id": "opt-1",
-        "ticker": "AAPL  261218C00240000",
-        "option_type": "CALL",
-        "strike_price": 240,
-        "expiration_date": "2026-12-18",
-        "is_mini_option": False,
-        "underlying_symbol": {"id": "u1", "symbol": "AAPL", "description": "APPLE INC"},
-    }
+    option = OPTION
     mini = option | {"is_mini_option": True, "option_type": "PUT"}
     rsps.get(
         f"{API}/accounts/{ACCOUNT_ID}/activities",
@@ -574,15 +578,6 @@ def test_a_fill_whose_activity_id_changed_is_not_imported_twice(provider, rsps):
 
 
 # --- holdings, for the comparison of positions ----------------------------------------------------
-OPTION = {
-    "id": "opt-1",
-    "ticker": "AAPL  261218C00240000",
-    "option_type": "CALL",
-    "strike_price": 240,
-    "expiration_date": "2026-12-18",
-    "is_mini_option": False,
-    "underlying_symbol": {"id": "u1", "symbol": "AAPL", "description": "APPLE INC"},
-}
 
 
 def holding(symbol, units, code="cs", average=150.25):
