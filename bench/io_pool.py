@@ -13,6 +13,7 @@ fill, and what 100,000 connections every 15 minutes (111 syncs/s) would need at 
 from __future__ import annotations
 
 import argparse
+import collections
 import time
 from pathlib import Path
 
@@ -91,12 +92,14 @@ def run_round(worker, connections, concurrency: int, deadline_s: float) -> dict:
     else:
         raise SystemExit("the round did not finish in time")
     cpu = cpu_s(process) - cpu_before
-    closed = list(logs.values("connection_id", "status", "duration_ms", "finished_at"))
+    closed = list(logs.values("connection_id", "status", "duration_ms", "finished_at", "error_message"))
     wall = (max(r["finished_at"] for r in closed) - began).total_seconds()
     durations = [r["duration_ms"] / 1000 for r in closed]
     return {
         "syncs": len(closed),
         "statuses": sorted({r["status"] for r in closed}),
+        # Why a run did not succeed, with how many runs said it: a figure with failures is no figure.
+        "errors": collections.Counter(r["error_message"] for r in closed if r["status"] != SyncLog.Status.SUCCESS),
         "runs_per_connection": max(sum(1 for r in closed if r["connection_id"] == pk) for pk in ids[:50]),
         "wall_s": wall,
         "syncs_per_s": len(closed) / wall,

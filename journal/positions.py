@@ -14,6 +14,7 @@ from datetime import date, datetime
 from decimal import Context, Decimal
 
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 
 from brokers.providers.types import BrokerTrade
 from journal import lots
@@ -139,16 +140,15 @@ def _restart_point(instrument: Instrument, since: datetime | None) -> datetime |
     if since is None:
         return None
     # The last few closes are enough: a longer run of reversals rebuilds the whole instrument.
-    closes = list(
+    reopened = instrument.round_trips().filter(opened_at=OuterRef("closed_at"))
+    closes = (
         instrument.round_trips()
         .filter(closed_at__lt=since)
+        .annotate(reopened=Exists(reopened))
         .order_by("-closed_at", "-id")
-        .values_list("closed_at", flat=True)[:50]
+        .values_list("closed_at", "reopened")[:50]
     )
-    for closed_at in closes:
-        if not instrument.round_trips().filter(opened_at=closed_at).exists():
-            return closed_at
-    return None
+    return next((closed_at for closed_at, reopened in closes if not reopened), None)
 
 
 def _recompute(instrument: Instrument, since: datetime | None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import threading
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import IO
@@ -65,48 +66,99 @@ def _secret_name(key: str) -> bool:
 def keep_answers(
     sync_log_id: int, account_id: int | None, recorder: Recorder, connection: BrokerConnection, *sessions
 ) -> str:
-    """Keep what a step read; returns why it was not kept ("" when kept, or when it read nothing)."""
+    """Keep what a step read now; returns why it was not kept ("" when kept, or when it read nothing)."""
     if not recorder.answers:
         return ""
+    packed, not_kept = _packed(recorder, connection, sessions)
+    with transaction.atomic():
+        # One part at a time per run: the account tasks of one run may finish together.
+        SyncLog.objects.select_for_update().filter(pk=sync_log_id).first()
+        if not not_kept:
+            not_kept = _over_cap(_kept_by(sync_log_id), len(packed))
+        _part(sync_log_id, account_id, recorder, packed, not_kept).save()
+    return _said(sync_log_id, account_id, not_kept)
+
+
+class RunParts:
+    """What a run's steps read, held until the run writes its end, where it costs one INSERT.
+
+    Only a run's first attempt holds its parts, its steps all in one task: no other task keeps
+    parts of that run meanwhile, so the cap is counted here. Any other attempt (a resumed run, an
+    account task of a chord) keeps each part as its step ends. A worker killed mid-run loses what
+    its run held: that run's fills are read again by the next run, which keeps its own answers.
+    """
+
+    def __init__(self, sync_log_id: int, *, hold: bool):
+        self.sync_log_id = sync_log_id
+        self.hold = hold
+        self._parts: list[RunArchive] = []
+        self._kept = 0
+        # The accounts of a run are read in threads of their own.
+        self._lock = threading.Lock()
+
+    def keep(self, account_id: int | None, recorder: Recorder, connection: BrokerConnection, *sessions) -> str:
+        """Keep what a step read (now, or with the run's end); returns why it was not kept."""
+        if not self.hold:
+            return keep_answers(self.sync_log_id, account_id, recorder, connection, *sessions)
+        if not recorder.answers:
+            return ""
+        packed, not_kept = _packed(recorder, connection, sessions)
+        with self._lock:
+            if not not_kept:
+                not_kept = _over_cap(self._kept, len(packed))
+            if not not_kept:
+                self._kept += len(packed)
+            self._parts.append(_part(self.sync_log_id, account_id, recorder, packed, not_kept))
+        return _said(self.sync_log_id, account_id, not_kept)
+
+    def write(self) -> None:
+        """Write the parts held so far (inside the caller's transaction, when it has one)."""
+        with self._lock:
+            parts, self._parts = self._parts, []
+        if parts:
+            RunArchive.objects.bulk_create(parts)
+
+
+def _packed(recorder: Recorder, connection: BrokerConnection, sessions) -> tuple[bytes, str]:
+    """The step's answers without a secret, compressed, or why they cannot be kept."""
     try:
         secrets = run_secrets(connection, *sessions)
     except crypto.CredentialsUnreadable:
         # Without the credentials nothing can be checked for them: nothing is kept.
-        return _store(sync_log_id, account_id, recorder, b"", "the credentials could not be read to remove them")
-    return _store(sync_log_id, account_id, recorder, recorder.packed(secrets), "")
+        return b"", "the credentials could not be read to remove them"
+    return recorder.packed(secrets), ""
 
 
-def _store(sync_log_id: int, account_id: int | None, recorder: Recorder, packed: bytes, not_kept: str) -> str:
-    with transaction.atomic():
-        # One part at a time per run: the account steps of one run may finish together.
-        SyncLog.objects.select_for_update().filter(pk=sync_log_id).first()
-        if not not_kept:
-            not_kept = _over_cap(sync_log_id, len(packed))
-        RunArchive.objects.create(
-            sync_log_id=sync_log_id,
-            account_id=account_id,
-            kind=RunArchive.Kind.ANSWERS,
-            content=b"" if not_kept else packed,
-            size=0 if not_kept else len(packed),
-            answers=len(recorder.answers),
-            read_since=recorder.since,
-            read_until=recorder.until,
-            not_kept=not_kept,
-        )
-    if not_kept:
-        log.warning("answers_not_archived", sync_log_id=sync_log_id, account_id=account_id, reason=not_kept)
-    return f"Broker answers not archived: {not_kept}." if not_kept else ""
+def _part(sync_log_id: int, account_id: int | None, recorder: Recorder, packed: bytes, not_kept: str) -> RunArchive:
+    return RunArchive(
+        sync_log_id=sync_log_id,
+        account_id=account_id,
+        kind=RunArchive.Kind.ANSWERS,
+        content=b"" if not_kept else packed,
+        size=0 if not_kept else len(packed),
+        answers=len(recorder.answers),
+        read_since=recorder.since,
+        read_until=recorder.until,
+        not_kept=not_kept,
+    )
+
+
+def _said(sync_log_id: int, account_id: int | None, not_kept: str) -> str:
+    if not not_kept:
+        return ""
+    log.warning("answers_not_archived", sync_log_id=sync_log_id, account_id=account_id, reason=not_kept)
+    return f"Broker answers not archived: {not_kept}."
 
 
 def _kept_by(sync_log_id: int) -> int:
     return RunArchive.objects.filter(sync_log_id=sync_log_id).aggregate(n=Sum("size"))["n"] or 0
 
 
-def _over_cap(sync_log_id: int, size: int) -> str:
+def _over_cap(kept: int, size: int) -> str:
     cap = settings.ARCHIVE_MAX_BYTES_PER_RUN
     if cap <= 0:
         return "the archive is off on this installation (ARCHIVE_MAX_BYTES_PER_RUN=0)"
-    if _kept_by(sync_log_id) + size > cap:
+    if kept + size > cap:
         return f"{size:,} compressed bytes would pass the run's cap of {cap:,} (ARCHIVE_MAX_BYTES_PER_RUN)"
     return ""
 

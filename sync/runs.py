@@ -53,6 +53,11 @@ class RunPlan:
     resumed: bool = False
     accounts: tuple[BrokerAccount, ...] = field(default=(), compare=False, repr=False)
     sync_log: SyncLog | None = field(default=None, compare=False, repr=False)
+    parts: archiving.RunParts | None = field(default=None, compare=False, repr=False)
+
+    def archive(self) -> archiving.RunParts:
+        """Where this run's steps keep what they read: held by the task that started the run, else kept at once."""
+        return self.parts or archiving.RunParts(self.sync_log_id, hold=False)
 
     def message(self) -> dict:
         """The run as the kwargs of its account tasks and its finish (JSON)."""
@@ -105,18 +110,24 @@ def start_run(connection_id: int, *, run_id: str, trigger: str, attempt: int = 1
     _bound(connection, sync_log).info("sync_started", trigger=trigger)
     provider = get_broker_provider(connection.broker_type, connection.environment, run_id=run_id)
     session_before = _stored_session(connection)
-    with archive.recording() as read:
-        try:
-            with locks.kept_alive(connection.pk, run_id):
-                infos = sessions.with_session(connection, provider, provider.get_accounts)
-        finally:
-            _count_request_retries(sync_log.pk, provider.request_retries)
-            # What the step read is kept whatever became of it: its answers are what the broker said.
-            archiving.keep_answers(sync_log.pk, None, read, connection, session_before, _stored_session(connection))
+    # A first attempt holds what its steps read until its end; a resumed run's parts may be written meanwhile.
+    parts = archiving.RunParts(sync_log.pk, hold=open_log_id is None)
+    try:
+        with archive.recording() as read:
+            try:
+                with locks.kept_alive(connection.pk, run_id):
+                    infos = sessions.with_session(connection, provider, provider.get_accounts)
+            finally:
+                _count_request_retries(sync_log.pk, provider.request_retries)
+                # What the step read is kept whatever became of it: its answers are what the broker said.
+                parts.keep(None, read, connection, session_before, _stored_session(connection))
+    except BaseException:
+        parts.write()  # the run waits or ends here, with no end of its own to write them
+        raise
     rows = _refresh_accounts(connection, infos, known)
     if not rows:
         locks.release(connection.pk, run_id)
-        return _finish_ok(connection, sync_log, {})
+        return _finish_ok(connection, sync_log, {}, parts=parts)
     return RunPlan(
         sync_log_id=sync_log.pk,
         connection_id=connection.pk,
@@ -128,6 +139,7 @@ def start_run(connection_id: int, *, run_id: str, trigger: str, attempt: int = 1
         resumed=open_log_id is not None,
         accounts=tuple(rows),
         sync_log=sync_log,
+        parts=parts,
     )
 
 
@@ -290,9 +302,7 @@ def import_account(plan: RunPlan, row: BrokerAccount) -> dict:
         finally:
             _count_request_retries(plan.sync_log_id, provider.request_retries)
             # An attempt that stopped early keeps its answers too: the batches it committed came from them.
-            not_archived = archiving.keep_answers(
-                plan.sync_log_id, row.pk, read, connection, session_before, _stored_session(connection)
-            )
+            not_archived = plan.archive().keep(row.pk, read, connection, session_before, _stored_session(connection))
     result = outcome.counts
     log.info(
         "account_synced",
@@ -419,8 +429,9 @@ def finish_run(plan: RunPlan, results: list[dict], *, synced: tuple[int, ...] = 
                 message=failed[0]["error"],
                 kind=failed[0]["kind"],
                 credentials_rejected=any(r["kind"] == ErrorKind.AUTH for r in failed),
+                parts=plan.parts,
             )
-        return _finish_ok(connection, sync_log, detail, synced=synced, until=plan.until)
+        return _finish_ok(connection, sync_log, detail, synced=synced, until=plan.until, parts=plan.parts)
     finally:
         locks.release(connection.pk, plan.run_id)
 
@@ -470,7 +481,10 @@ def _finish_ok(
     *,
     synced: tuple[int, ...] = (),
     until: datetime | None = None,
+    parts: archiving.RunParts | None = None,
 ) -> SyncLog:
+    if parts:
+        parts.write()
     if synced:
         # Their trades are committed whatever becomes of the log: the next sync starts from here.
         BrokerAccount.objects.filter(pk__in=synced).update(sync_cursor=until)
@@ -517,7 +531,10 @@ def _finish_failed(
     message: str,
     kind: str,
     credentials_rejected: bool = False,
+    parts: archiving.RunParts | None = None,
 ) -> SyncLog:
+    if parts:
+        parts.write()
     if not close_log(sync_log, SyncLog.Status.FAILED, detail, message, kind):
         sync_log.refresh_from_db()
         return sync_log

@@ -211,6 +211,9 @@ def _fan_out(plan: RunPlan, accounts: list[tuple[int, StepWaits | None]], done: 
 
     The lock is held for the longest wait plus one TTL, as SyncTask.retry does for a waiting task.
     """
+    if plan.parts:
+        # The account tasks keep theirs as they go: what this task read is written before they start.
+        plan.parts.write()
     longest = max((wait.countdown for _, wait in accounts if wait), default=0)
     if longest:
         locks.hold(plan.connection_id, plan.run_id, longest + settings.SYNC_LOCK_TTL_S)

@@ -9,7 +9,8 @@ Two servers on the shared tests/fakes/loopback.py helper, with one fill format:
   the drills. `GET /v2/account` and `GET /v2/account/activities/FILL` honour `after`/`until`
   (so a cursor that skips ahead loses fills here as it would at Alpaca), `page_size` and
   `page_token` (the id of the last fill already read); keys in `APCA-API-KEY-ID` /
-  `APCA-API-SECRET-KEY`.
+  `APCA-API-SECRET-KEY`. `GET /v2/positions` nets the key's fills, so a sync's positions check
+  finds what the journal holds.
 
 ScriptedAlpaca's faults are queued per (key, call) and consumed one per request, so a drill says exactly
 which request fails and how:
@@ -32,11 +33,14 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from tests.fakes.loopback import LoopbackServer, Reply, Request
 
 ACCOUNT_PATH = "/v2/account"
 FILLS_PATH = "/v2/account/activities/FILL"
+POSITIONS_PATH = "/v2/positions"
+SYMBOL = "AAPL"  # every fill's
 CALLS = {ACCOUNT_PATH: "account", FILLS_PATH: "fills"}
 FAULTS = {"500", "timeout", "garbage", "truncated", "cut", "429", "401", "ok"}
 ACCOUNT = {"id": "5f1c-acc", "account_number": "PA3FAKE", "currency": "USD", "status": "ACTIVE"}
@@ -63,7 +67,7 @@ def fill(key_id: str, i: int, at: datetime) -> dict:
         "price": "187.42",
         "qty": "5",
         "side": "buy" if i % 2 else "sell",
-        "symbol": "AAPL",
+        "symbol": SYMBOL,
         "order_id": f"order-{key_id}-{i}",
         "cum_qty": "5",
         "leaves_qty": "0",
@@ -126,6 +130,7 @@ class ScriptedAlpaca:
         self.server = LoopbackServer()
         for path in CALLS:
             self.server.route("GET", path, self._answer_call)
+        self.server.route("GET", POSITIONS_PATH, self._positions)
         self.url = self.server.url
 
     def __enter__(self):
@@ -191,6 +196,19 @@ class ScriptedAlpaca:
         if served == "429":
             return Reply(429, b'{"code": 42910000, "message": "rate limit exceeded"}', {"Retry-After": "1"})
         return Reply(401, b'{"code": 40110000, "message": "request is not authorized"}')
+
+    def _positions(self, request: Request) -> Reply:
+        """The key's open position, netted from its fills as Alpaca nets them (answered, never scripted)."""
+        key_id = request.headers.get("APCA-API-KEY-ID", "")
+        if key_id not in self.fills:
+            return Reply(401, b'{"message": "no"}')
+        with self._lock:
+            net = sum(Decimal(f["qty"]) * (1 if f["side"] == "buy" else -1) for f in self.fills[key_id])
+        if not net:
+            return Reply(200, b"[]")
+        side = "long" if net > 0 else "short"
+        position = {"symbol": SYMBOL, "qty": str(abs(net)), "side": side, "avg_entry_price": "187.42"}
+        return Reply(200, json.dumps([position]).encode())
 
     def _body(self, key_id: str, call: str, query: dict[str, str]) -> bytes:
         if call == "account":
