@@ -11,6 +11,8 @@ import requests
 from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection as db
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -21,8 +23,9 @@ from journal.coverage import uncovered_days
 from journal.models import Trade
 from sync import archiving, locks
 from sync.runs import run_inline
-from sync.tasks import prune_sync_logs
+from sync.tasks import prune_sync_logs, sync_connection
 from tests import factories
+from tests.fakes.alpaca import ScriptedAlpaca
 from tests.fakes.ibkr_flex import QUERY_ID, TOKEN
 from tests.fakes.okx import FakeOkx
 from tests.fakes.tradovate import FakeTradovate
@@ -145,6 +148,29 @@ def test_a_part_over_the_runs_cap_keeps_nothing_and_the_run_says_so(trader, flex
     assert sum(RunArchive.objects.filter(sync_log=run).values_list("size", flat=True)) <= 1500
     with pytest.raises(CommandError, match="were not all kept .*ARCHIVE_MAX_BYTES_PER_RUN.*so not reparsed"):
         call_command("reparse", connection=connection.pk, since=LAST_WEEK, stdout=io.StringIO())
+
+
+def test_a_run_keeps_what_each_step_read_and_writes_it_once_with_its_end(trader, settings):
+    with ScriptedAlpaca({"LEAN": 3}) as broker:
+        settings.BROKER_BASE_URLS = {**settings.BROKER_BASE_URLS, "alpaca": broker.url}
+        connection = services.connection_create(
+            owner=trader,
+            broker_type="alpaca",
+            environment="paper",
+            label="Lean",
+            credentials={"key_id": "LEAN", "secret_key": "secret-LEAN"},
+            sync_enabled=False,
+        )
+        with CaptureQueriesContext(db) as queries:
+            result = sync_connection.delay(connection.pk).get()
+    assert result["status"] == SyncLog.Status.SUCCESS
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "brokers_runarchive"')]
+    assert len(writes) == 1
+    parts = RunArchive.objects.filter(sync_log_id=result["sync_log_id"])
+    # The connection step (the account list) and the account's step (its fills and positions).
+    assert sorted(part.account_id is not None for part in parts) == [False, True]
+    assert all(part.content and not part.not_kept for part in parts)
+    assert Trade.objects.filter(account__connection=connection).count() == 3
 
 
 def test_parts_past_the_retention_are_pruned_and_their_runs_stay(trader, flex, settings):
