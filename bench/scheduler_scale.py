@@ -213,7 +213,8 @@ def beat(kind: str, logs: Path, phase: str):
     scheduler = SCHEDULERS[kind][0]
     log_path = logs / f"{phase}.log"
     options = ("-l", "INFO", "-S", scheduler, "--schedule", str(logs / "beat-schedule"))
-    with harness.celery_process("beat", log_path, *options) as process:
+    # The bench reads beat's INFO lines ("Schedule changed"); the other processes log warnings only.
+    with harness.celery_process("beat", log_path, *options, LOG_LEVEL="INFO") as process:
         yield psutil.Process(process.pid), log_path
 
 
