@@ -18,12 +18,13 @@ from urllib.parse import urlencode, urlsplit
 import ccxt
 from django.urls import reverse
 
-from brokers.providers import projectx, snaptrade
+from brokers.providers import projectx, snaptrade, tradovate
 from brokers.providers.ccxt.family import FAMILY
 from brokers.providers.registry import provider_classes
 
 DIRECT, CCXT, SNAPTRADE, PROJECTX = "direct", "ccxt", "SnapTrade", "ProjectX firms"
-ROUTES = (DIRECT, CCXT, SNAPTRADE, PROJECTX)
+TRADOVATE_FIRMS = "Tradovate prop firms"
+ROUTES = (DIRECT, CCXT, SNAPTRADE, PROJECTX, TRADOVATE_FIRMS)
 
 # What a brokerage trades, in the order the picker groups them.
 MARKETS = (
@@ -79,9 +80,13 @@ OWN_BROKERAGES = {
 SIMULATED = {"demo"}
 # Each is a route to many brokerages, listed by a builder of its own below.
 ROUTE_PROVIDERS = {"snaptrade", "projectx", "metatrader"}
-# Names one venue goes by on different routes: Alpaca's crypto exchange is Alpaca, and SnapTrade's
-# "Coinbase" is the Coinbase account whose trading ccxt reaches as Coinbase Advanced.
-SAME_AS = {"Alpaca Crypto": "Alpaca", "Coinbase": "Coinbase Advanced"}
+# Names one venue goes by on different routes: Alpaca's crypto exchange is Alpaca, SnapTrade's
+# "Coinbase" is the Coinbase account whose trading ccxt reaches as Coinbase Advanced, and Topstep's
+# Tradovate accounts belong to the firm ProjectX names after its platform, TopstepX.
+SAME_AS = {"Alpaca Crypto": "Alpaca", "Coinbase": "Coinbase Advanced", "Topstep": "Topstep (TopstepX)"}
+# The Tradovate providers reach a prop firm's Tradovate accounts as they reach Tradovate's own: the
+# sign-in first, since whether a firm's accounts may buy Tradovate's API Access is UNCONFIRMED.
+TRADOVATE_PROVIDERS = ("tradovate_signin", "tradovate")
 
 METATRADER = "MetaTrader 4/5 — any broker"
 # MetaTrader reaches any MT4/MT5 broker: naming well-known ones makes it findable by the broker's
@@ -238,6 +243,27 @@ def _firms() -> list[Brokerage]:
     return found
 
 
+def _tradovate_firms(installed: dict) -> list[Brokerage]:
+    """Each firm with a way in through each Tradovate provider installed."""
+    found = []
+    for firm in tradovate.FIRMS.values():
+        name = firm["name"]
+        login = f"The Tradovate login {name} gave you"
+        connects = {
+            "tradovate_signin": (SIGN_IN, f"{login}."),
+            "tradovate": (
+                API_KEY,
+                f"{login} and a Tradovate API key (CID and secret). UNCONFIRMED whether {name}'s accounts may "
+                "use Tradovate's API Access: if not, sign in at Tradovate instead.",
+            ),
+        }
+        ways = tuple(Way(key, name, TRADOVATE_FIRMS, *connects[key]) for key in TRADOVATE_PROVIDERS if key in installed)
+        found.append(
+            Brokerage(name, "futures", ways, note="A futures prop firm whose accounts are Tradovate accounts.")
+        )
+    return found
+
+
 def _metatrader() -> Brokerage:
     needs = (
         "Your MetaTrader login, its investor (read-only) password and server; the server search finds "
@@ -254,6 +280,8 @@ def catalogue() -> Catalogue:
         found += _snaptrade()
     if "projectx" in installed:
         found += _firms()
+    if any(key in installed for key in TRADOVATE_PROVIDERS):
+        found += _tradovate_firms(installed)
     if "metatrader" in installed:
         found.append(_metatrader())
     # One entry per venue, as the first route reaching it names it (found is in ROUTES order).

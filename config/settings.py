@@ -434,6 +434,9 @@ METAAPI_CONNECT_TIMEOUT_S = float(env("METAAPI_CONNECT_TIMEOUT_S", "480"))
 # ProjectX (docs/brokers/projectx.md): a TOML file of prop firms added to the shipped table
 # (brokers/providers/projectx_firms.toml), for a firm that joins ProjectX or moves its host.
 PROJECTX_FIRMS_FILE = env("PROJECTX_FIRMS_FILE", "")
+# Tradovate (docs/brokers/tradovate.md): a TOML file of futures prop firms whose accounts are Tradovate
+# accounts, added to the shipped table (brokers/providers/tradovate_firms.toml) for the broker picker.
+TRADOVATE_FIRMS_FILE = env("TRADOVATE_FIRMS_FILE", "")
 # The public address of /brokers/oauth/callback/, exactly as registered with each broker's app.
 OAUTH_CALLBACK_URL = env("OAUTH_CALLBACK_URL", "")
 # A sign-in must come back within this long; its state is single use and bound to the session.

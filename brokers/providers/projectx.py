@@ -13,7 +13,6 @@ import base64
 import binascii
 import json
 import re
-import tomllib
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -23,8 +22,9 @@ from typing import Any
 import structlog
 from django.conf import settings
 
+from brokers.providers import firms
 from brokers.providers.base import BrokerProvider
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerConfigurationError
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError
 from brokers.providers.ratelimit import scope_for
 from brokers.providers.types import (
     BUY,
@@ -88,28 +88,18 @@ ACCOUNT_NOT_FOUND = 1
 
 def load_firms(extra_file: str = "") -> dict[str, dict[str, str]]:
     """Firm key -> {"name", "host"}: the shipped table, then the operator's file over it."""
-    firms = _read_firms(FIRMS_FILE, "brokers/providers/projectx_firms.toml")
-    if extra_file:
-        firms.update(_read_firms(Path(extra_file), f"PROJECTX_FIRMS_FILE ({extra_file})"))
-    return firms
+    return firms.load_firms(
+        FIRMS_FILE,
+        extra_file,
+        "PROJECTX_FIRMS_FILE",
+        needs="a name and a bare host such as api.topstepx.com (no https://, no port, no path)",
+        fields=_host,
+    )
 
 
-def _read_firms(path: Path, source: str) -> dict[str, dict[str, str]]:
-    try:
-        with open(path, "rb") as fh:
-            table = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BrokerConfigurationError(f"{source} cannot be read as TOML: {exc}") from None
-    firms = {}
-    for key, row in table.items():
-        host = str(row.get("host", "")).strip().lower() if isinstance(row, dict) else ""
-        if not (isinstance(row, dict) and str(row.get("name", "")).strip() and HOST.fullmatch(host)):
-            raise BrokerConfigurationError(
-                f"{source}: firm [{key}] needs a name and a bare host such as api.topstepx.com "
-                "(no https://, no port, no path)."
-            )
-        firms[key] = {"name": str(row["name"]).strip(), "host": host}
-    return firms
+def _host(row: Mapping[str, Any]) -> dict[str, str] | None:
+    host = str(row.get("host", "")).strip().lower()
+    return {"host": host} if HOST.fullmatch(host) else None
 
 
 FIRMS = load_firms(settings.PROJECTX_FIRMS_FILE)

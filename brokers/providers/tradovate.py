@@ -1,5 +1,6 @@
-"""Tradovate (futures, and NinjaTrader brokerage accounts, which Tradovate serves): one stored session per
-user, today's fills resolved in batches to accounts and contracts, on the organisation's own API host."""
+"""Tradovate (futures, and NinjaTrader brokerage accounts and prop firms' accounts, which Tradovate serves): one
+stored session per user, today's fills resolved in batches to accounts and contracts, on the organisation's own
+API host."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +19,7 @@ import requests
 import structlog
 from django.conf import settings
 
+from brokers.providers import firms
 from brokers.providers.base import BrokerProvider
 from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError, UnreadableRow
 from brokers.providers.http import parse_retry_after
@@ -58,6 +61,11 @@ API_PATH = "/v1"
 # A host name as DNS spells it: nothing else may reach a URL the token is sent to.
 HOST_NAME = re.compile(r"[a-z0-9.-]{1,253}")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+# Futures prop firms whose trader accounts are Tradovate accounts (tradovate_firms.toml, extended by
+# the operator's TRADOVATE_FIRMS_FILE). Their traders connect here like any Tradovate user, on the
+# organisation hosts Tradovate names; the table only lets the catalogue name the firms.
+FIRMS_FILE = Path(__file__).with_name("tradovate_firms.toml")
+FIRMS = firms.load_firms(FIRMS_FILE, settings.TRADOVATE_FIRMS_FILE, "TRADOVATE_FIRMS_FILE")
 
 # --- UNCONFIRMED points (docs/brokers/tradovate.md lists them) ------------------------------
 # Token lifetime is 80 or 90 minutes depending on the source; only used when a login or

@@ -561,11 +561,15 @@ def test_providers_serve_the_pickers_catalogue_by_the_names_traders_know(api):
     assert [b["name"] for b in providers["demo"]["brokerages"]] == ["Demo broker"]
     robinhood = next(b for b in providers["snaptrade"]["brokerages"] if b["name"] == "Robinhood")
     assert robinhood["connects"] == "Through SnapTrade" and robinhood["query"] == {"brokerage": "ROBINHOOD"}
-    # Tradovate's two ways in reach the same brokerages, NinjaTrader's accounts among them.
-    assert [b["name"] for b in providers["tradovate_signin"]["brokerages"]] == [
-        "NinjaTrader brokerage (through Tradovate)",
-        "Tradovate",
-    ]
+    # Tradovate's two ways in reach the same brokerages: NinjaTrader's accounts and the prop firms whose
+    # accounts are Tradovate accounts among them, a firm ProjectX counted under its ProjectX name.
+    signin, api_key = (providers[key]["brokerages"] for key in ("tradovate_signin", "tradovate"))
+    assert [b["name"] for b in signin] == [b["name"] for b in api_key]
+    assert {"NinjaTrader brokerage (through Tradovate)", "Tradovate"} <= {b["name"] for b in signin}
+    apex = next(b for b in signin if b["name"] == "Apex Trader Funding")
+    assert apex["counted_under"] == "Tradovate prop firms" and apex["connects"] == "Sign in at the broker"
+    topstep = next(b for b in signin if b["listed_as"] == "Topstep")
+    assert topstep["name"] == "Topstep (TopstepX)" and topstep["counted_under"] == "ProjectX firms"
     # A venue's other market is a way into the venue, counted once, under the first route reaching it.
     coin_m = providers["ccxt_binancecoinm"]["brokerages"]
     assert [(b["name"], b["listed_as"], b["counted_under"]) for b in coin_m] == [("Binance", "Binance COIN-M", "ccxt")]

@@ -31,5 +31,7 @@ def test_a_venue_reached_by_two_routes_is_counted_once():
         in text
     )
     assert "Coinbase" not in names, "SnapTrade's Coinbase is ccxt's Coinbase Advanced"
+    assert "also reached here, counted above: TickTickTrader, Topstep, TradeDay" in text
+    assert names.count("Topstep (TopstepX)") == 1 and "Topstep" not in names, "ProjectX counts Topstep"
     assert "Binance US" in names and "Binance COIN-M" not in names, "a venue's other market is not another venue"
     assert "NinjaTrader brokerage (through Tradovate)" in names and "any MT4/MT5 broker" in text

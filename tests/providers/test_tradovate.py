@@ -10,8 +10,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import responses
 
-from brokers.providers import tradovate
-from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerRateLimitError
+from brokers.providers import firms, tradovate
+from brokers.providers.errors import BrokerAPIError, BrokerAuthError, BrokerConfigurationError, BrokerRateLimitError
 from brokers.providers.ratelimit import get_limiter, scope_for
 from brokers.providers.registry import get_broker_provider
 from brokers.providers.types import BUY, SELL, AuthResult, BrokerAccountInfo, BrokerCredentials
@@ -514,3 +514,20 @@ def test_a_renewal_naming_hosts_replaces_the_stored_ones_and_one_without_keeps_t
     rsps.remove(renewal)
     rsps.get(f"{moved}/v1/auth/renewaccesstoken", json=login_body("token-3"))
     assert provider.refresh_token(renewed).extra["api_hosts"] == {"demo": f"{moved}/v1"}
+
+
+# --- prop firms whose accounts are Tradovate accounts -----------------------------------------
+def test_an_operator_file_adds_prop_firms_to_the_shipped_table(tmp_path):
+    extra = tmp_path / "firms.toml"
+    extra.write_text('[newfirm]\nname = "New Firm"\n\n[apex]\nname = "Apex"\n')
+    found = firms.load_firms(tradovate.FIRMS_FILE, str(extra), "TRADOVATE_FIRMS_FILE")
+    assert found["newfirm"] == {"name": "New Firm"} and found["apex"] == {"name": "Apex"}
+    assert found["takeprofittrader"] == {"name": "Take Profit Trader"}
+    assert tradovate.FIRMS == firms.load_firms(tradovate.FIRMS_FILE, "", "TRADOVATE_FIRMS_FILE")
+
+
+def test_an_operator_file_with_a_nameless_firm_names_the_setting(tmp_path):
+    extra = tmp_path / "firms.toml"
+    extra.write_text('[nameless]\nname = "  "\n')
+    with pytest.raises(BrokerConfigurationError, match="TRADOVATE_FIRMS_FILE.*firm \\[nameless\\] needs a name"):
+        firms.load_firms(tradovate.FIRMS_FILE, str(extra), "TRADOVATE_FIRMS_FILE")

@@ -8,7 +8,8 @@ from brokers.catalogue import catalogue
 class Command(BaseCommand):
     help = (
         "List every reachable brokerage once, grouped by how it connects (direct, ccxt, SnapTrade, "
-        "ProjectX firms), with the total; MetaTrader through MetaApi is one route to any MT4/MT5 broker."
+        "ProjectX firms, Tradovate prop firms), with the total; MetaTrader through MetaApi is one route to any "
+        "MT4/MT5 broker."
     )
 
     def handle(self, *args, **options):

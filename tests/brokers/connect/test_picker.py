@@ -72,6 +72,13 @@ def test_the_picker_lists_each_kind_of_brokerage_once_grouped_by_what_it_trades(
     ]
     assert [how for _, how, _ in entry_of(text, "Interactive Brokers")] == ["API key", SNAP]
     assert "You need: Your ProjectX username and an API key from Bulenox" in text
+    # A prop firm whose accounts are Tradovate accounts: signing in at Tradovate with the firm's login.
+    assert entry_of(text, "Apex Trader Funding")[0] == (
+        "Apex Trader Funding",
+        "Sign in at the broker",
+        "/brokers/add/?broker=tradovate_signin",
+    )
+    assert "You need: The Tradovate login Apex Trader Funding gave you." in text
 
 
 def entry_of(text: str, name: str) -> list[tuple[str, str, str]]:
@@ -88,7 +95,12 @@ SNAP = "Through SnapTrade"
 
 def test_typing_tops_finds_topstepx_and_choosing_it_preselects_the_firm(trader_client):
     found = entries(trader_client.get("/brokers/add/", {"q": "tops"}))
-    assert found == [("Topstep (TopstepX)", "API key", "/brokers/add/?broker=projectx&firm=topstep")]
+    # One entry: the firm's ProjectX platform, then its Tradovate accounts (a prop firm on Tradovate).
+    assert found == [
+        ("Topstep (TopstepX)", "API key", "/brokers/add/?broker=projectx&firm=topstep"),
+        ("Topstep", "Sign in at the broker", "/brokers/add/?broker=tradovate_signin"),
+        ("Topstep", "API key", "/brokers/add/?broker=tradovate"),
+    ]
     form = trader_client.get(found[0][2]).content.decode()
     assert "Connect ProjectX" in form and '<a href="/brokers/add/">Search all brokers</a>' in form
     assert re.search(r'<option value="topstep" selected>Topstep \(TopstepX\)</option>', form)
