@@ -106,6 +106,13 @@ def test_typing_tops_finds_topstepx_and_choosing_it_preselects_the_firm(trader_c
     assert re.search(r'<option value="topstep" selected>Topstep \(TopstepX\)</option>', form)
 
 
+def test_typing_tradovate_lists_tradovate_before_the_prop_firms_found_by_their_note(trader_client):
+    found = [name for name, _, _ in entries(trader_client.get("/brokers/add/", {"q": "tradovate"}))]
+    named = ["NinjaTrader brokerage (through Tradovate)"] * 2 + ["Tradovate"] * 2
+    assert found[:4] == named
+    assert "Apex Trader Funding" in found[4:] and "Take Profit Trader" in found[4:]
+
+
 def test_robin_finds_robinhood_through_snaptrade_whose_page_names_it(trader_client):
     found = entries(trader_client.get("/brokers/add/", {"q": "robin"}))
     assert found == [("Robinhood", SNAP, "/brokers/add/?broker=snaptrade&brokerage=ROBINHOOD")]

@@ -52,8 +52,10 @@ def test_arrow_keys_walk_the_list_in_order(page, live_server, log_in, trader):
     search = page.get_by_label("Find your broker")
     search.press_sequentially("tradovate", delay=50)
     links = page.locator("#picker-results a.picker-way")
-    # NinjaTrader's brokerage accounts, through Tradovate, then Tradovate: two ways into each.
-    expect(links).to_have_count(4)
+    # NinjaTrader's brokerage accounts, through Tradovate, then Tradovate: two ways into each; then the
+    # prop firms whose accounts are Tradovate accounts, found by their note.
+    expect(links.nth(4)).to_contain_text("Apex Trader Funding")
+    expect(links.nth(3)).to_contain_text("Tradovate")
     search.press("ArrowDown")
     for _ in range(3):
         page.keyboard.press("ArrowDown")
