@@ -115,6 +115,48 @@ def run_round(worker, connections, concurrency: int, deadline_s: float) -> dict:
     }
 
 
+def sustained(worker, broker, keys, connections, rate: float, seconds: float) -> dict:
+    """Syncs sent at `rate` a second for `seconds`, round the connections, each after one new fill of its
+    own; the worker's figures over the time it took to close them all."""
+    from django.utils import timezone
+
+    from brokers.models import SyncLog
+    from sync.tasks import sync_connection
+
+    process = psutil.Process(worker.pid)
+    began = timezone.now()
+    cpu_before = cpu_s(process)
+    started = time.monotonic()
+    sent = 0
+    while (elapsed := time.monotonic() - started) < seconds:
+        for _ in range(int(elapsed * rate) - sent):
+            i = sent % len(connections)
+            broker.publish(keys[i], 1)
+            sync_connection.apply_async(kwargs={"connection_id": connections[i].pk})
+            sent += 1
+        time.sleep(0.01)
+    logs = SyncLog.objects.filter(connection_id__in=[c.pk for c in connections], started_at__gte=began)
+    harness.wait_for(lambda: logs.exclude(status=SyncLog.Status.RUNNING).count() >= sent, 900, "the sustained runs")
+    cpu = cpu_s(process) - cpu_before
+    closed = list(logs.values("status", "duration_ms", "finished_at", "error_message"))
+    wall = (max(r["finished_at"] for r in closed) - began).total_seconds()
+    durations = [r["duration_ms"] / 1000 for r in closed]
+    return {
+        "asked_per_s": rate,
+        "syncs": len(closed),
+        "syncs_per_s": len(closed) / wall,
+        "behind_s": wall - seconds,
+        "cpu_ms_per_sync": cpu / len(closed) * 1000,
+        "cores": cpu / wall,
+        "p50_s": harness.percentile(durations, 50),
+        "p99_s": harness.percentile(durations, 99),
+        "skipped": sum(1 for r in closed if r["status"] == SyncLog.Status.SKIPPED),
+        "errors": collections.Counter(
+            r["error_message"] for r in closed if r["status"] not in (SyncLog.Status.SUCCESS, SyncLog.Status.SKIPPED)
+        ),
+    }
+
+
 def statements_per_sync(connection, accounts_in_task: int, broker_url: str) -> int:
     """SQL statements of one incremental sync of `connection`, run eagerly here with the path's setting."""
     from django.conf import settings
@@ -163,6 +205,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=200, help="concurrency of the threads worker")
     parser.add_argument("--fills", type=int, default=5)
     parser.add_argument("--db", default="sqlite")
+    parser.add_argument("--sustain-s", type=float, default=0, help="then syncs at --rate a second for this long")
+    parser.add_argument("--rate", type=float, default=60, help="syncs sent a second while sustained")
     args = parser.parse_args()
     PATHS["new: threads, lean run"] = ("threads", args.threads, 4)
     harness.print_machine()
@@ -190,6 +234,11 @@ def main() -> None:
                     for key in keys:
                         broker.publish(key, 1)
                     second = run_round(worker, connections, concurrency, 900)
+                    if args.sustain_s and pool == "threads":
+                        held = sustained(worker, broker, keys, connections, args.rate, args.sustain_s)
+                        print(f"  sustained: {held}", flush=True)
+                        # A run skipped while another of its connection's ran leaves a fill for the next.
+                        run_round(worker, connections, concurrency, 900)
                 lost, doubled = check_fills(broker, keys, connections)
                 for key in keys:
                     broker.publish(key, 1)
